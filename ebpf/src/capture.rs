@@ -18,9 +18,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, RingBuf},
     programs::TracePointContext,
 };
-use halo_common::capture::{
-    tracepoint_layout, CaptureOffsets, FileKey, WriteEvent, WriteKind,
-};
+use halo_common::capture::{tracepoint_layout, CaptureOffsets, FileKey, WriteEvent, WriteKind};
 
 /// Struct member offsets, filled in by user space from BTF before loading.
 #[no_mangle]
@@ -154,7 +152,7 @@ fn on_enter(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
 
     let key = FileKey { ino, dev, _pad: 0 };
     // SAFETY: a map lookup; the value is not kept.
-    if unsafe { CAPTURE_FILES.get(&key) }.is_none() {
+    if unsafe { CAPTURE_FILES.get(key) }.is_none() {
         return Err(Skip::Uninteresting);
     }
     let pos = match kind {
@@ -169,17 +167,17 @@ fn on_enter(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
         kind: kind as u32,
         _pad: 0,
     };
-    CAPTURE_IN_FLIGHT.insert(&bpf_get_current_pid_tgid(), &call, 0)?;
+    CAPTURE_IN_FLIGHT.insert(bpf_get_current_pid_tgid(), call, 0)?;
     Ok(())
 }
 
 fn on_exit(ctx: &TracePointContext) -> Result<(), Skip> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { CAPTURE_IN_FLIGHT.get(&pid_tgid) }).copied() else {
+    let Some(call) = (unsafe { CAPTURE_IN_FLIGHT.get(pid_tgid) }).copied() else {
         return Err(Skip::Uninteresting);
     };
-    let _ = CAPTURE_IN_FLIGHT.remove(&pid_tgid);
+    let _ = CAPTURE_IN_FLIGHT.remove(pid_tgid);
     // SAFETY: a read of the tracepoint record through the helper.
     let ret: i64 = unsafe { ctx.read_at(tracepoint_layout::EXIT_RET) }?;
     if ret <= 0 {
@@ -205,7 +203,7 @@ fn on_exit(ctx: &TracePointContext) -> Result<(), Skip> {
         tgid: (pid_tgid >> 32) as u32,
         _pad: 0,
     };
-    if CAPTURE_EVENTS.output::<WriteEvent>(&event, 0).is_err() {
+    if CAPTURE_EVENTS.output::<WriteEvent>(event, 0).is_err() {
         if let Some(lost) = CAPTURE_LOST.get_ptr_mut(0) {
             // SAFETY: this CPU's slot; tracepoint programs do not migrate.
             unsafe { *lost += 1 };

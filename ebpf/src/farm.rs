@@ -21,8 +21,7 @@ use halo_ebpf::packet::{
 
 /// Frames seen per [`PacketClass`], per CPU (no atomics on the hot path).
 #[map]
-static FARM_CLASS_COUNTERS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(PacketClass::COUNT, 0);
+static FARM_CLASS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PacketClass::COUNT, 0);
 
 #[xdp]
 pub fn farm_ingress(ctx: XdpContext) -> u32 {

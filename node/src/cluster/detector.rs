@@ -18,14 +18,26 @@ pub type Millis = Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Liveness {
     /// The first frame from a peer, or the first after it was down.
-    PeerUp { peer: String },
+    PeerUp {
+        peer: String,
+    },
     /// Every network silent for `timeout`.
-    PeerDown { peer: String },
+    PeerDown {
+        peer: String,
+    },
     /// One network stopped carrying a peer's heartbeats (others may still).
-    NetworkDown { peer: String, network: u8 },
-    NetworkUp { peer: String, network: u8 },
+    NetworkDown {
+        peer: String,
+        network: u8,
+    },
+    NetworkUp {
+        peer: String,
+        network: u8,
+    },
     /// This node's own tick came `late` after it was due.
-    LateTick { late: Duration },
+    LateTick {
+        late: Duration,
+    },
 }
 
 #[derive(Debug)]
@@ -242,7 +254,10 @@ mod tests {
         // lost while the machine was paused).
         let events = d.tick(ms(3100));
         assert_eq!(events, vec![Liveness::LateTick { late: ms(2000) }]);
-        assert!(d.is_up("b"), "a stall of our own must not declare the peer down");
+        assert!(
+            d.is_up("b"),
+            "a stall of our own must not declare the peer down"
+        );
         assert_eq!(d.late_ticks(), 1);
         // Once running again, a silent peer goes down `timeout` after its
         // last frame plus the 2 s we were away: at 3500, not at 1500.

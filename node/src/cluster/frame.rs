@@ -212,7 +212,10 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], FrameError> {
-        let end = self.at.checked_add(n).ok_or(FrameError::Malformed("length overflow"))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(FrameError::Malformed("length overflow"))?;
         let slice = self
             .bytes
             .get(self.at..end)
@@ -226,7 +229,9 @@ impl Cursor<'_> {
     }
 
     fn u64(&mut self) -> Result<u64, FrameError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn name(&mut self) -> Result<String, FrameError> {
@@ -280,7 +285,10 @@ mod tests {
     fn a_frame_round_trips() {
         let frame = sample();
         let bytes = frame.encode(&key()).unwrap();
-        assert_eq!(HeartbeatFrame::decode(&bytes, &key(), cluster_id("prod")), Ok(frame));
+        assert_eq!(
+            HeartbeatFrame::decode(&bytes, &key(), cluster_id("prod")),
+            Ok(frame)
+        );
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl MacKey {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -161,15 +161,24 @@ mod tests {
         assert_ne!(a, b);
         let tag = a.tag(b"frame");
         assert!(a.verify(b"frame", &tag));
-        assert!(!b.verify(b"frame", &tag), "another cluster's key must not verify");
-        assert!(!a.verify(b"frame!", &tag), "a changed frame must not verify");
+        assert!(
+            !b.verify(b"frame", &tag),
+            "another cluster's key must not verify"
+        );
+        assert!(
+            !a.verify(b"frame!", &tag),
+            "a changed frame must not verify"
+        );
     }
 
     #[test]
     fn debug_output_never_shows_key_material() {
         let secret = ClusterSecret::from_bytes(&[0xab; 32]);
         assert_eq!(format!("{secret:?}"), "ClusterSecret(<redacted>)");
-        assert_eq!(format!("{:?}", secret.heartbeat_key()), "MacKey(<redacted>)");
+        assert_eq!(
+            format!("{:?}", secret.heartbeat_key()),
+            "MacKey(<redacted>)"
+        );
     }
 
     #[test]

@@ -40,7 +40,13 @@ impl ReplayGuard {
     /// Accepts and records `(epoch, seq)` if it is fresh. Returns `true` when
     /// the epoch is new for this sender (its daemon restarted), which the
     /// caller persists as the new floor.
-    pub fn check(&mut self, sender: &str, network: u8, epoch: u64, seq: u64) -> Result<bool, Replay> {
+    pub fn check(
+        &mut self,
+        sender: &str,
+        network: u8,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<bool, Replay> {
         let floor = self.floor.get(sender).copied().unwrap_or(0);
         if epoch < floor {
             return Err(Replay::StaleEpoch {
@@ -51,7 +57,10 @@ impl ReplayGuard {
         let key = (sender.to_owned(), network);
         match self.newest.get(&key) {
             Some(&(current, _)) if epoch < current => {
-                return Err(Replay::StaleEpoch { got: epoch, current });
+                return Err(Replay::StaleEpoch {
+                    got: epoch,
+                    current,
+                });
             }
             Some(&(current, last)) if epoch == current && seq <= last => {
                 return Err(Replay::OldSequence { got: seq, last });

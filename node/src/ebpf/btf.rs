@@ -78,7 +78,9 @@ impl Btf {
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
         let header = Reader::new(data);
         if header.u16(0)? != MAGIC {
-            return Err(BtfError::Format("bad magic (big-endian BTF is not supported)"));
+            return Err(BtfError::Format(
+                "bad magic (big-endian BTF is not supported)",
+            ));
         }
         let hdr_len = header.u32(4)? as usize;
         let type_off = header.u32(8)? as usize;
@@ -86,9 +88,14 @@ impl Btf {
         let str_off = header.u32(16)? as usize;
         let str_len = header.u32(20)? as usize;
         let section = |off: usize, len: usize| {
-            let start = hdr_len.checked_add(off).ok_or(BtfError::Format("offset overflow"))?;
-            let end = start.checked_add(len).ok_or(BtfError::Format("length overflow"))?;
-            data.get(start..end).ok_or(BtfError::Format("section out of bounds"))
+            let start = hdr_len
+                .checked_add(off)
+                .ok_or(BtfError::Format("offset overflow"))?;
+            let end = start
+                .checked_add(len)
+                .ok_or(BtfError::Format("length overflow"))?;
+            data.get(start..end)
+                .ok_or(BtfError::Format("section out of bounds"))
         };
         let types = section(type_off, type_len)?;
         let strings = section(str_off, str_len)?;
@@ -116,9 +123,9 @@ impl Btf {
             let extra = match kind {
                 // ptr, fwd, typedef, volatile, const, restrict, func, float, type tag
                 2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
-                1 | 14 | 17 => 4,          // int, var, decl tag
-                3 => 12,                   // array
-                6 | 13 => 8 * vlen,        // enum, func proto
+                1 | 14 | 17 => 4,             // int, var, decl tag
+                3 => 12,                      // array
+                6 | 13 => 8 * vlen,           // enum, func proto
                 4 | 5 | 15 | 19 => 12 * vlen, // struct, union, datasec, enum64
                 _ => return Err(BtfError::UnknownKind { kind, id }),
             };
@@ -204,12 +211,18 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&self, at: usize) -> Result<u16, BtfError> {
-        let bytes = self.0.get(at..at + 2).ok_or(BtfError::Format("truncated"))?;
+        let bytes = self
+            .0
+            .get(at..at + 2)
+            .ok_or(BtfError::Format("truncated"))?;
         Ok(u16::from_le_bytes([bytes[0], bytes[1]]))
     }
 
     fn u32(&self, at: usize) -> Result<u32, BtfError> {
-        let bytes = self.0.get(at..at + 4).ok_or(BtfError::Format("truncated"))?;
+        let bytes = self
+            .0
+            .get(at..at + 4)
+            .ok_or(BtfError::Format("truncated"))?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 }
@@ -224,7 +237,11 @@ mod tests {
         let strings = b"\0outer\0a\0b\0c\0int\0long\0";
         let name = |s: &str| -> u32 {
             let needle = [b"\0".as_slice(), s.as_bytes(), b"\0"].concat();
-            strings.windows(needle.len()).position(|w| w == needle).unwrap() as u32 + 1
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap() as u32
+                + 1
         };
         let mut types = Vec::new();
         let mut push = |words: &[u32]| {

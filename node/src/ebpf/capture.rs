@@ -164,7 +164,11 @@ fn check_tracepoint_layout() -> anyhow::Result<()> {
     let expect = [
         ("sys_enter_write", "fd", tracepoint_layout::ENTER_FD),
         ("sys_enter_pwrite64", "fd", tracepoint_layout::ENTER_FD),
-        ("sys_enter_pwrite64", "pos", tracepoint_layout::ENTER_PWRITE_POS),
+        (
+            "sys_enter_pwrite64",
+            "pos",
+            tracepoint_layout::ENTER_PWRITE_POS,
+        ),
         ("sys_exit_write", "ret", tracepoint_layout::EXIT_RET),
         ("sys_exit_pwrite64", "ret", tracepoint_layout::EXIT_RET),
     ];
@@ -174,7 +178,9 @@ fn check_tracepoint_layout() -> anyhow::Result<()> {
             .with_context(|| format!("reading {path} (is tracefs mounted on {TRACEFS}?)"))?;
         match field_offset(&format, field) {
             Some(found) if found == offset => {}
-            Some(found) => bail!("{event}.{field} is at offset {found}, the programs read {offset}"),
+            Some(found) => {
+                bail!("{event}.{field} is at offset {found}, the programs read {offset}")
+            }
             None => bail!("{path} has no field {field}"),
         }
     }
@@ -182,7 +188,7 @@ fn check_tracepoint_layout() -> anyhow::Result<()> {
 }
 
 /// The offset of `field` in a tracefs `format` description, whose lines read
-/// `field:unsigned int fd;	offset:16;	size:8;	signed:0;`.
+/// `field:unsigned int fd;<TAB>offset:16;<TAB>size:8;<TAB>signed:0;`.
 fn field_offset(format: &str, field: &str) -> Option<usize> {
     format.lines().find_map(|line| {
         let mut parts = line.trim().split(';');

@@ -23,7 +23,8 @@ pub(crate) static CAPTURE_OBJECT: &[u8] =
 /// Mounts `fstype` on `target` unless something is mounted there already:
 /// bpffs and tracefs are not mounted on a fresh boot of the target machines.
 pub fn ensure_mounted(fstype: &str, target: &str) -> anyhow::Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     let mounted = mounts
         .lines()
         .any(|line| line.split_whitespace().nth(1) == Some(target));

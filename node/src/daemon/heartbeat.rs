@@ -1,0 +1,369 @@
+//! The heartbeat thread: sends this node's frame on every heartbeat network
+//! each pulse, reads, authenticates and de-duplicates the peers' frames, and
+//! runs the failure detector.
+//!
+//! It is a plain OS thread at raised (real-time) priority rather than a tokio
+//! task, so that a busy runtime, a slow script or an overloaded machine does
+//! not delay heartbeats; and it reads every waiting frame before each
+//! detector tick, so a stall of this process is never blamed on a peer.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsFd as _,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, info, warn};
+
+use crate::cluster::{
+    detector::{FailureDetector, Liveness},
+    frame::{cluster_id, HeartbeatFrame, ModuleReport},
+    keys::MacKey,
+    replay::ReplayGuard,
+};
+
+/// One heartbeat network as the thread sees it.
+#[derive(Debug, Clone)]
+pub struct HeartbeatNetwork {
+    pub name: String,
+    /// This node's address on the network (bound).
+    pub local: SocketAddr,
+    /// Every peer's address on the network, by peer name.
+    pub peers: Vec<(String, SocketAddr)>,
+}
+
+/// What the heartbeat thread needs to run.
+#[derive(Debug, Clone)]
+pub struct HeartbeatSetup {
+    pub cluster: String,
+    pub node: String,
+    pub epoch: u64,
+    pub pulse: Duration,
+    pub timeout: Duration,
+    pub networks: Vec<HeartbeatNetwork>,
+    pub key: MacKey,
+    /// Lowest acceptable epoch per peer (persisted from earlier runs).
+    pub epoch_floors: HashMap<String, u64>,
+}
+
+/// What the heartbeat thread tells the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    Liveness(Liveness),
+    /// A peer's latest module reports (sent with every accepted frame whose
+    /// content changed).
+    Reports {
+        peer: String,
+        modules: Vec<ModuleReport>,
+    },
+    /// A peer restarted its daemon: its new epoch should be persisted.
+    NewEpoch {
+        peer: String,
+        epoch: u64,
+    },
+}
+
+/// Counters of the heartbeat path, shared with the API and metrics.
+#[derive(Debug, Default)]
+pub struct HeartbeatStats {
+    pub sent: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub received: AtomicU64,
+    pub late_ticks: AtomicU64,
+    /// Dropped frames by reason (`malformed`, `forged`, `replayed`, …).
+    pub rejected: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl HeartbeatStats {
+    fn reject(&self, reason: &'static str) {
+        let mut rejected = self.rejected.lock().expect("stats lock");
+        *rejected.entry(reason).or_default() += 1;
+    }
+
+    /// A copy of the per-reason drop counters.
+    pub fn rejected(&self) -> HashMap<&'static str, u64> {
+        self.rejected.lock().expect("stats lock").clone()
+    }
+}
+
+/// A running heartbeat thread; dropping it stops the thread.
+pub struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The module reports this node sends; the daemon updates them.
+    pub reports: Arc<Mutex<Vec<ModuleReport>>>,
+    pub stats: Arc<HeartbeatStats>,
+}
+
+impl Heartbeat {
+    /// Binds every network's socket and starts the thread.
+    pub fn start(
+        setup: HeartbeatSetup,
+        events: UnboundedSender<ClusterEvent>,
+    ) -> anyhow::Result<Self> {
+        let mut sockets = Vec::new();
+        for network in &setup.networks {
+            let socket = UdpSocket::bind(network.local).with_context(|| {
+                format!(
+                    "binding the heartbeat socket of network {} on {}",
+                    network.name, network.local
+                )
+            })?;
+            socket.set_nonblocking(true)?;
+            sockets.push(socket);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(HeartbeatStats::default());
+        let mut runner = Runner {
+            detector: FailureDetector::new(
+                setup.pulse,
+                setup.timeout,
+                &peer_names(&setup),
+                setup.networks.len(),
+            ),
+            guard: ReplayGuard::with_floors(setup.epoch_floors.clone()),
+            cluster: cluster_id(&setup.cluster),
+            setup,
+            sockets,
+            events,
+            stop: Arc::clone(&stop),
+            reports: Arc::clone(&reports),
+            stats: Arc::clone(&stats),
+            last_reports: HashMap::new(),
+            seq: 0,
+            origin: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("halo-heartbeat".into())
+            .spawn(move || runner.run())
+            .context("spawning the heartbeat thread")?;
+        Ok(Heartbeat {
+            stop,
+            thread: Some(thread),
+            reports,
+            stats,
+        })
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn peer_names(setup: &HeartbeatSetup) -> Vec<String> {
+    let mut names: Vec<String> = setup
+        .networks
+        .iter()
+        .flat_map(|n| n.peers.iter().map(|(name, _)| name.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+struct Runner {
+    setup: HeartbeatSetup,
+    cluster: u64,
+    sockets: Vec<UdpSocket>,
+    detector: FailureDetector,
+    guard: ReplayGuard,
+    events: UnboundedSender<ClusterEvent>,
+    stop: Arc<AtomicBool>,
+    reports: Arc<Mutex<Vec<ModuleReport>>>,
+    stats: Arc<HeartbeatStats>,
+    last_reports: HashMap<String, Vec<ModuleReport>>,
+    seq: u64,
+    origin: Instant,
+}
+
+impl Runner {
+    fn run(&mut self) {
+        raise_priority();
+        let mut next_tick = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next_tick {
+                self.send();
+                self.receive_waiting();
+                let events = self.detector.tick(self.clock(now));
+                self.publish(events);
+                // Schedule from the ideal time, not from now, so that the
+                // pulse does not drift; after a stall, restart from now.
+                next_tick += self.setup.pulse;
+                if next_tick <= now {
+                    next_tick = now + self.setup.pulse;
+                }
+            }
+            self.wait_for_frames(next_tick.saturating_duration_since(Instant::now()));
+            self.receive_waiting();
+        }
+    }
+
+    fn clock(&self, at: Instant) -> Duration {
+        at.duration_since(self.origin)
+    }
+
+    fn send(&mut self) {
+        self.seq += 1;
+        let modules = self.reports.lock().expect("reports lock").clone();
+        for (index, network) in self.setup.networks.iter().enumerate() {
+            let frame = HeartbeatFrame {
+                network: index as u8,
+                cluster: self.cluster,
+                sender: self.setup.node.clone(),
+                epoch: self.setup.epoch,
+                seq: self.seq,
+                modules: modules.clone(),
+            };
+            let bytes = match frame.encode(&self.setup.key) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    warn!(%error, "cannot encode this node's heartbeat");
+                    return;
+                }
+            };
+            for (peer, addr) in &network.peers {
+                match self.sockets[index].send_to(&bytes, addr) {
+                    Ok(_) => {
+                        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        // An unreachable network is what heartbeats exist to
+                        // detect; count it and say it at debug level.
+                        self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                        debug!(%error, peer, network = %network.name, "heartbeat send failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait_for_frames(&self, timeout: Duration) {
+        let mut fds: Vec<PollFd> = self
+            .sockets
+            .iter()
+            .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        // EINTR and friends just end the wait early; the loop re-checks.
+        let _ = poll(&mut fds, PollTimeout::from(millis));
+    }
+
+    fn receive_waiting(&mut self) {
+        let mut buf = [0u8; 2048];
+        for index in 0..self.sockets.len() {
+            loop {
+                let (len, from) = match self.sockets[index].recv_from(&mut buf) {
+                    Ok(received) => received,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(error) => {
+                        debug!(%error, "heartbeat receive failed");
+                        break;
+                    }
+                };
+                let now = self.clock(Instant::now());
+                self.accept(index as u8, &buf[..len], from, now);
+            }
+        }
+    }
+
+    fn accept(&mut self, network: u8, bytes: &[u8], from: SocketAddr, now: Duration) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let frame = match HeartbeatFrame::decode(bytes, &self.setup.key, self.cluster) {
+            Ok(frame) => frame,
+            Err(error) => {
+                self.stats.reject(error.reason());
+                debug!(%error, %from, "heartbeat dropped");
+                return;
+            }
+        };
+        let expected = self.setup.networks[usize::from(network)]
+            .peers
+            .iter()
+            .any(|(name, _)| *name == frame.sender);
+        if !expected {
+            self.stats.reject("unknown_sender");
+            return;
+        }
+        if frame.network != network {
+            self.stats.reject("wrong_network");
+            return;
+        }
+        match self
+            .guard
+            .check(&frame.sender, network, frame.epoch, frame.seq)
+        {
+            Ok(new_epoch) => {
+                if new_epoch {
+                    let _ = self.events.send(ClusterEvent::NewEpoch {
+                        peer: frame.sender.clone(),
+                        epoch: frame.epoch,
+                    });
+                }
+            }
+            Err(error) => {
+                self.stats.reject("replayed");
+                debug!(%error, peer = %frame.sender, "heartbeat replay dropped");
+                return;
+            }
+        }
+        let events = self.detector.heard(&frame.sender, network, now);
+        self.publish(events);
+        if self.last_reports.get(&frame.sender) != Some(&frame.modules) {
+            self.last_reports
+                .insert(frame.sender.clone(), frame.modules.clone());
+            let _ = self.events.send(ClusterEvent::Reports {
+                peer: frame.sender,
+                modules: frame.modules,
+            });
+        }
+    }
+
+    fn publish(&self, events: Vec<Liveness>) {
+        for event in events {
+            match &event {
+                Liveness::LateTick { late } => {
+                    self.stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+                    warn!(late_ms = late.as_millis() as u64, "heartbeat tick late: this node was starved of CPU or paused; not counted against peers");
+                }
+                Liveness::PeerDown { peer } => info!(peer, "peer down on every heartbeat network"),
+                Liveness::PeerUp { peer } => info!(peer, "peer up"),
+                Liveness::NetworkDown { peer, network } => {
+                    info!(peer, network = %self.setup.networks[usize::from(*network)].name, "heartbeat network lost")
+                }
+                Liveness::NetworkUp { peer, network } => {
+                    info!(peer, network = %self.setup.networks[usize::from(*network)].name, "heartbeat network up")
+                }
+            }
+            let _ = self.events.send(ClusterEvent::Liveness(event));
+        }
+    }
+}
+
+/// Runs the calling thread under SCHED_FIFO so heartbeats keep their pace on
+/// a saturated machine; without the privilege, says so and goes on.
+fn raise_priority() {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid param.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot raise the heartbeat thread to SCHED_FIFO; heartbeats may lag under CPU load"
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! `cargo xtask`: halo's set-up and test automation.
+
+mod cmd;
+mod setup;
+mod step;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Set-up and test automation for halo.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install and mount what building and testing need (idempotent; needs root).
+    Setup,
+    /// Set up, then run fmt, clippy, the unit tests and the lab tests (needs root).
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Setup => setup::run(),
+        Command::Test(args) => test::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            step::report(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
