@@ -1,6 +1,10 @@
 //! halo's node: the daemon, its pure state machines, and the control of its kernel programs.
 
 pub mod api;
+pub mod cli;
 pub mod cluster;
+pub mod config;
 pub mod daemon;
 pub mod ebpf;
+pub mod fsm;
+pub mod witness;

@@ -1,1 +1,52 @@
-fn main() {}
+//! The `halo` binary: the node daemon and its command line.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use halo::{
+    cli::{self, Cli, Command},
+    config::ConfigError,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => halo::daemon::run(&config).map(|()| ExitCode::SUCCESS),
+        Command::CheckConfig { file } => cli::check_config::run(&file)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        Command::Keygen { file } => cli::keygen::run(&file).map(|()| ExitCode::SUCCESS),
+        Command::State {
+            module,
+            quiet,
+            target,
+        } => cli::state::run(&module, quiet, &target),
+        Command::Witness { listen, secret } => {
+            halo::daemon::run_witness(listen, &secret).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Status { json, target } => {
+            cli::status::run(json, &target).map(|()| ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => report(&error),
+    }
+}
+
+/// Prints the error chain and picks the exit code: 64 for a bad
+/// configuration, 1 otherwise; a closed stdout (`halo status | head`) is
+/// not an error.
+fn report(error: &anyhow::Error) -> ExitCode {
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::BrokenPipe {
+            return ExitCode::SUCCESS;
+        }
+    }
+    if let Some(config) = error.chain().find_map(|e| e.downcast_ref::<ConfigError>()) {
+        eprintln!("halo: invalid configuration:\n{config}");
+        return ExitCode::from(ConfigError::EXIT_CODE);
+    }
+    eprintln!("halo: {error:#}");
+    ExitCode::FAILURE
+}

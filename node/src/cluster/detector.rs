@@ -1,8 +1,8 @@
 //! The failure detector: decides, from the heartbeats heard on each network
 //! and the time, when a peer is up or down.
 //!
-//! A peer is down only when every heartbeat network has been silent for
-//! `timeout`. The detector also watches its own ticks: when the process was
+//! A network loses a peer when it has been silent for that network's
+//! `timeout`; a peer is down only when every heartbeat network lost it. The detector also watches its own ticks: when the process was
 //! not scheduled (CPU starvation, a frozen VM), the frames peers sent during
 //! the stall may still sit in the socket, and the silence it measures is its
 //! own, not theirs. So a late tick is reported, and the time it was late by
@@ -51,16 +51,20 @@ struct Peer {
 /// Liveness of every peer on every heartbeat network.
 #[derive(Debug)]
 pub struct FailureDetector {
+    /// How often `tick` is called.
     pulse: Duration,
-    timeout: Duration,
+    /// Per network.
+    timeouts: Vec<Duration>,
     peers: BTreeMap<String, Peer>,
     last_tick: Option<Millis>,
     late_ticks: u64,
 }
 
 impl FailureDetector {
-    /// A detector for `peers` on `networks` heartbeat networks.
-    pub fn new(pulse: Duration, timeout: Duration, peers: &[String], networks: usize) -> Self {
+    /// A detector for `peers`, ticked every `pulse`, with one heartbeat
+    /// network per entry of `timeouts`.
+    pub fn new(pulse: Duration, timeouts: Vec<Duration>, peers: &[String]) -> Self {
+        let networks = timeouts.len();
         let peers = peers
             .iter()
             .map(|name| {
@@ -74,7 +78,7 @@ impl FailureDetector {
             .collect();
         FailureDetector {
             pulse,
-            timeout,
+            timeouts,
             peers,
             last_tick: None,
             late_ticks: 0,
@@ -135,7 +139,8 @@ impl FailureDetector {
 
         for (name, peer) in &mut self.peers {
             for (network, heard) in peer.heard.iter().enumerate() {
-                let silent = heard.is_none_or(|at| now.saturating_sub(at) >= self.timeout);
+                let timeout = self.timeouts[network];
+                let silent = heard.is_none_or(|at| now.saturating_sub(at) >= timeout);
                 if silent && peer.network_up[network] {
                     peer.network_up[network] = false;
                     events.push(Liveness::NetworkDown {
@@ -180,7 +185,7 @@ mod tests {
     }
 
     fn detector(networks: usize) -> FailureDetector {
-        FailureDetector::new(PULSE, TIMEOUT, &["b".to_owned()], networks)
+        FailureDetector::new(PULSE, vec![TIMEOUT; networks], &["b".to_owned()])
     }
 
     /// Runs ticks every pulse from `from` to `to` (inclusive), with the peer
@@ -264,6 +269,25 @@ mod tests {
         assert!(run(&mut d, 3200, 3400, &[]).is_empty());
         let events = run(&mut d, 3500, 3500, &[]);
         assert!(events.contains(&Liveness::PeerDown { peer: "b".into() }));
+    }
+
+    #[test]
+    fn each_network_loses_the_peer_after_its_own_timeout() {
+        let mut d = FailureDetector::new(PULSE, vec![TIMEOUT, ms(1000)], &["b".to_owned()]);
+        run(&mut d, 0, 1000, &[0, 1]);
+        let events = run(&mut d, 1100, 1500, &[]);
+        assert_eq!(
+            events,
+            vec![Liveness::NetworkDown {
+                peer: "b".into(),
+                network: 0
+            }]
+        );
+        let events = run(&mut d, 1600, 2000, &[]);
+        assert!(
+            events.contains(&Liveness::PeerDown { peer: "b".into() }),
+            "{events:?}"
+        );
     }
 
     #[test]

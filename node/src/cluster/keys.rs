@@ -18,6 +18,10 @@ pub const SECRET_LEN: usize = 32;
 /// The heartbeat MAC key's derivation context. Changing it is a wire break.
 const HEARTBEAT_CONTEXT: &str = "halo 2026 heartbeat frame v1";
 
+/// The witness (arbiter lease) MAC key's derivation context. Changing it is a
+/// wire break between nodes and `halo witness`.
+const WITNESS_CONTEXT: &str = "halo 2026 witness lease v1";
+
 /// Problems with the secret file.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -115,6 +119,12 @@ impl ClusterSecret {
     /// The key that authenticates heartbeat frames.
     pub fn heartbeat_key(&self) -> MacKey {
         MacKey(blake3::derive_key(HEARTBEAT_CONTEXT, &self.0))
+    }
+
+    /// The key that authenticates lease requests and replies between the
+    /// nodes and the arbiter witness (`halo witness`).
+    pub fn witness_key(&self) -> MacKey {
+        MacKey(blake3::derive_key(WITNESS_CONTEXT, &self.0))
     }
 }
 

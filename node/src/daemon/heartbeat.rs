@@ -34,6 +34,10 @@ use crate::cluster::{
 #[derive(Debug, Clone)]
 pub struct HeartbeatNetwork {
     pub name: String,
+    /// Time between two frames on this network.
+    pub pulse: Duration,
+    /// Silence after which this network has lost a peer.
+    pub timeout: Duration,
     /// This node's address on the network (bound).
     pub local: SocketAddr,
     /// Every peer's address on the network, by peer name.
@@ -46,8 +50,6 @@ pub struct HeartbeatSetup {
     pub cluster: String,
     pub node: String,
     pub epoch: u64,
-    pub pulse: Duration,
-    pub timeout: Duration,
     pub networks: Vec<HeartbeatNetwork>,
     pub key: MacKey,
     /// Lowest acceptable epoch per peer (persisted from earlier runs).
@@ -123,13 +125,17 @@ impl Heartbeat {
         let stop = Arc::new(AtomicBool::new(false));
         let reports = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(HeartbeatStats::default());
+        let tick = setup
+            .networks
+            .iter()
+            .map(|n| n.pulse)
+            .min()
+            .context("no heartbeat network")?;
+        let timeouts = setup.networks.iter().map(|n| n.timeout).collect();
         let mut runner = Runner {
-            detector: FailureDetector::new(
-                setup.pulse,
-                setup.timeout,
-                &peer_names(&setup),
-                setup.networks.len(),
-            ),
+            detector: FailureDetector::new(tick, timeouts, &peer_names(&setup)),
+            tick,
+            next_send: vec![Instant::now(); setup.networks.len()],
             guard: ReplayGuard::with_floors(setup.epoch_floors.clone()),
             cluster: cluster_id(&setup.cluster),
             setup,
@@ -164,6 +170,18 @@ impl Drop for Heartbeat {
     }
 }
 
+/// The next time after `scheduled` a periodic event of `period` is due:
+/// from the ideal time, so the pulse does not drift, but never in the past
+/// after a stall.
+fn advance(scheduled: Instant, period: Duration, now: Instant) -> Instant {
+    let next = scheduled + period;
+    if next <= now {
+        now + period
+    } else {
+        next
+    }
+}
+
 fn peer_names(setup: &HeartbeatSetup) -> Vec<String> {
     let mut names: Vec<String> = setup
         .networks
@@ -177,6 +195,10 @@ fn peer_names(setup: &HeartbeatSetup) -> Vec<String> {
 
 struct Runner {
     setup: HeartbeatSetup,
+    /// The detector's tick: the shortest pulse.
+    tick: Duration,
+    /// Per network: when its next frame is due.
+    next_send: Vec<Instant>,
     cluster: u64,
     sockets: Vec<UdpSocket>,
     detector: FailureDetector,
@@ -197,16 +219,11 @@ impl Runner {
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_tick {
-                self.send();
+                self.send(now);
                 self.receive_waiting();
                 let events = self.detector.tick(self.clock(now));
                 self.publish(events);
-                // Schedule from the ideal time, not from now, so that the
-                // pulse does not drift; after a stall, restart from now.
-                next_tick += self.setup.pulse;
-                if next_tick <= now {
-                    next_tick = now + self.setup.pulse;
-                }
+                next_tick = advance(next_tick, self.tick, now);
             }
             self.wait_for_frames(next_tick.saturating_duration_since(Instant::now()));
             self.receive_waiting();
@@ -217,10 +234,14 @@ impl Runner {
         at.duration_since(self.origin)
     }
 
-    fn send(&mut self) {
+    fn send(&mut self, now: Instant) {
         self.seq += 1;
         let modules = self.reports.lock().expect("reports lock").clone();
         for (index, network) in self.setup.networks.iter().enumerate() {
+            if now < self.next_send[index] {
+                continue;
+            }
+            self.next_send[index] = advance(self.next_send[index], network.pulse, now);
             let frame = HeartbeatFrame {
                 network: index as u8,
                 cluster: self.cluster,

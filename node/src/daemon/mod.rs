@@ -1,4 +1,264 @@
 //! The node daemon's runtime: the threads and tasks that perform what the
 //! pure parts (`cluster`, `fsm`) decide.
+//!
+//! Start-up follows linkerd2-proxy's order: tracing, configuration (a bad
+//! one exits 64 before anything runs), build (secret, epoch, sockets),
+//! spawn (heartbeat thread, API), then wait for SIGTERM/SIGINT, then drain.
 
+pub mod epoch;
 pub mod heartbeat;
+pub mod notify;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, status::NetworkStatus, NodeStatus, PeerStatus, SharedStatus},
+    cluster::{detector::Liveness, keys::ClusterSecret},
+    config::{self, Config},
+};
+use heartbeat::{ClusterEvent, Heartbeat, HeartbeatNetwork, HeartbeatSetup};
+
+/// How long shutdown waits for the API and modules to finish.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// `halo run`: runs the daemon until SIGTERM or SIGINT.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    init_tracing();
+    let config = config::load(config_path)?;
+    info!(node = %config.node.name, cluster = %config.cluster.name, config = %config_path.display(), "starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("halo-worker")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// `halo witness`: serves leases until SIGTERM or SIGINT.
+pub fn run_witness(listen: SocketAddr, secret_file: &Path) -> anyhow::Result<()> {
+    init_tracing();
+    let secret = ClusterSecret::load(secret_file)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let policy = crate::witness::lease::LeasePolicy::default();
+        let arbiter =
+            crate::witness::arbiter::Arbiter::bind(listen, secret.witness_key(), policy).await?;
+        info!(listen = %arbiter.local_addr()?, "witness ready");
+        notify::notify("READY=1");
+        tokio::select! {
+            result = arbiter.run() => result,
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); Ok(()) }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); Ok(()) }
+        }
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HALO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// Everything the daemon runs, built from the configuration.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let state_dir = &config.node.state_dir;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let secret = ClusterSecret::load(&config.cluster.secret_file)?;
+    let epoch = epoch::next_boot_epoch(state_dir)?;
+    let mut peer_epochs = epoch::load_peer_epochs(state_dir)?;
+    let setup = heartbeat_setup(&config, epoch, &secret, peer_epochs.clone())?;
+
+    let status: SharedStatus = Arc::new(RwLock::new(initial_status(&config, epoch)));
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let heartbeat = Heartbeat::start(setup, events_tx)?;
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("binding the API on {}", config.api.listen))?;
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let app = api::router(Arc::clone(&status));
+    let api_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    info!(api = %config.api.listen, epoch, "ready");
+    notify::notify("READY=1");
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut counters = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            Some(event) = events.recv() => {
+                if let ClusterEvent::NewEpoch { peer, epoch } = &event {
+                    peer_epochs.insert(peer.clone(), *epoch);
+                    if let Err(error) = epoch::store_peer_epochs(&config.node.state_dir, &peer_epochs) {
+                        warn!(error = %format!("{error:#}"), "cannot persist peer epochs");
+                    }
+                }
+                apply_cluster_event(&status, &config, &event);
+            }
+            _ = counters.tick() => publish_counters(&status, &heartbeat),
+        }
+    }
+
+    notify::notify("STOPPING=1");
+    let _ = shutdown_tx.send(true);
+    drop(heartbeat);
+    match tokio::time::timeout(DRAIN_GRACE, api_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => warn!(%error, "the API ended with an error"),
+        Ok(Err(error)) => warn!(%error, "the API task failed"),
+        Err(_) => warn!("the API did not stop within the grace period"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// The heartbeat thread's view of the configuration.
+fn heartbeat_setup(
+    config: &Config,
+    epoch: u64,
+    secret: &ClusterSecret,
+    epoch_floors: HashMap<String, u64>,
+) -> anyhow::Result<HeartbeatSetup> {
+    let me = config
+        .this_node()
+        .with_context(|| format!("node {} is not in [[cluster.node]]", config.node.name))?;
+    let networks = config
+        .cluster
+        .networks
+        .iter()
+        .map(|network| {
+            let local_ip = me.addresses.get(&network.name).with_context(|| {
+                format!(
+                    "node {} has no address on network {}",
+                    me.name, network.name
+                )
+            })?;
+            let peers = config
+                .cluster
+                .nodes
+                .iter()
+                .filter(|n| n.name != me.name)
+                .filter_map(|n| {
+                    let ip = n.addresses.get(&network.name)?;
+                    Some((n.name.clone(), SocketAddr::new(*ip, network.port)))
+                })
+                .collect();
+            Ok(HeartbeatNetwork {
+                name: network.name.clone(),
+                pulse: network.pulse,
+                timeout: network.timeout,
+                local: SocketAddr::new(*local_ip, network.port),
+                peers,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(HeartbeatSetup {
+        cluster: config.cluster.name.clone(),
+        node: me.name.clone(),
+        epoch,
+        networks,
+        key: secret.heartbeat_key(),
+        epoch_floors,
+    })
+}
+
+fn initial_status(config: &Config, epoch: u64) -> NodeStatus {
+    let peers = config
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != config.node.name)
+        .map(|n| PeerStatus {
+            name: n.name.clone(),
+            up: false,
+            networks: config
+                .cluster
+                .networks
+                .iter()
+                .map(|net| NetworkStatus {
+                    name: net.name.clone(),
+                    up: false,
+                })
+                .collect(),
+        })
+        .collect();
+    NodeStatus {
+        node: config.node.name.clone(),
+        cluster: config.cluster.name.clone(),
+        epoch,
+        peers,
+        ..NodeStatus::default()
+    }
+}
+
+fn apply_cluster_event(status: &SharedStatus, config: &Config, event: &ClusterEvent) {
+    let ClusterEvent::Liveness(liveness) = event else {
+        return;
+    };
+    let mut status = status.write().expect("status lock");
+    let network_name = |index: u8| config.cluster.networks[usize::from(index)].name.clone();
+    match liveness {
+        Liveness::PeerUp { peer } | Liveness::PeerDown { peer } => {
+            let up = matches!(liveness, Liveness::PeerUp { .. });
+            if let Some(p) = status.peers.iter_mut().find(|p| &p.name == peer) {
+                p.up = up;
+            }
+        }
+        Liveness::NetworkUp { peer, network } | Liveness::NetworkDown { peer, network } => {
+            let up = matches!(liveness, Liveness::NetworkUp { .. });
+            let name = network_name(*network);
+            if let Some(p) = status.peers.iter_mut().find(|p| &p.name == peer) {
+                if let Some(n) = p.networks.iter_mut().find(|n| n.name == name) {
+                    n.up = up;
+                }
+            }
+        }
+        Liveness::LateTick { .. } => {}
+    }
+}
+
+fn publish_counters(status: &SharedStatus, heartbeat: &Heartbeat) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &heartbeat.stats;
+    let mut status = status.write().expect("status lock");
+    status.heartbeat.sent = stats.sent.load(Relaxed);
+    status.heartbeat.received = stats.received.load(Relaxed);
+    status.heartbeat.late_ticks = stats.late_ticks.load(Relaxed);
+    status.heartbeat.rejected = stats
+        .rejected()
+        .into_iter()
+        .map(|(reason, n)| (reason.to_owned(), n))
+        .collect();
+}

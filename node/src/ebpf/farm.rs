@@ -3,18 +3,18 @@
 use anyhow::Context as _;
 use aya::{
     maps::PerCpuArray,
-    programs::{xdp::XdpMode, Xdp},
+    programs::{xdp::XdpMode, TestRun as _, TestRunOptions, Xdp},
     Ebpf,
 };
 use halo_common::farm::PacketClass;
 
 use super::FARM_OBJECT;
 
-/// The farm ingress program, loaded and attached to one interface; dropping
-/// it detaches the program.
+/// The farm ingress program, loaded into the kernel and attached to at most
+/// one interface; dropping it detaches and unloads the program.
 pub struct FarmIngress {
     ebpf: Ebpf,
-    interface: String,
+    interface: Option<String>,
 }
 
 /// Frames seen by the ingress program, per [`PacketClass`].
@@ -49,28 +49,49 @@ impl std::fmt::Display for ClassCounts {
 }
 
 impl FarmIngress {
-    /// Loads the program and attaches it to `interface` (in the calling
-    /// thread's network namespace).
-    pub fn attach(interface: &str, mode: XdpMode) -> anyhow::Result<Self> {
+    /// Loads the program into the kernel (the verifier runs here) without
+    /// attaching it anywhere.
+    pub fn load() -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(FARM_OBJECT).context("loading the farm XDP object")?;
-        let program: &mut Xdp = ebpf
-            .program_mut("farm_ingress")
-            .context("the farm object has no farm_ingress program")?
-            .try_into()
-            .context("farm_ingress is not an XDP program")?;
-        program.load().context("the kernel refused farm_ingress")?;
-        program.attach(interface, mode).with_context(|| {
-            format!("attaching farm_ingress to {interface} in {mode:?} mode (try XdpMode::Skb)")
-        })?;
+        program(&mut ebpf)?
+            .load()
+            .context("the kernel refused farm_ingress")?;
         Ok(FarmIngress {
             ebpf,
-            interface: interface.to_owned(),
+            interface: None,
         })
     }
 
-    /// The interface the program is attached to.
-    pub fn interface(&self) -> &str {
-        &self.interface
+    /// Loads the program and attaches it to `interface` (in the calling
+    /// thread's network namespace).
+    pub fn attach(interface: &str, mode: XdpMode) -> anyhow::Result<Self> {
+        let mut ingress = Self::load()?;
+        program(&mut ingress.ebpf)?
+            .attach(interface, mode)
+            .with_context(|| {
+                format!("attaching farm_ingress to {interface} in {mode:?} mode (try XdpMode::Skb)")
+            })?;
+        ingress.interface = Some(interface.to_owned());
+        Ok(ingress)
+    }
+
+    /// The interface the program is attached to, if any.
+    pub fn interface(&self) -> Option<&str> {
+        self.interface.as_deref()
+    }
+
+    /// Runs the program once on `frame` through `BPF_PROG_TEST_RUN`, as if
+    /// it had arrived on an interface, and returns its verdict (`XDP_*`).
+    /// The counters count it like any other frame.
+    pub fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<u32> {
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        let result = program(&mut self.ebpf)?
+            .test_run(options)
+            .with_context(|| {
+                format!("BPF_PROG_TEST_RUN of farm_ingress on {} bytes", frame.len())
+            })?;
+        Ok(result.return_value)
     }
 
     /// The per-class frame counters, summed over CPUs.
@@ -89,4 +110,11 @@ impl FarmIngress {
         }
         Ok(counts)
     }
+}
+
+fn program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    ebpf.program_mut("farm_ingress")
+        .context("the farm object has no farm_ingress program")?
+        .try_into()
+        .context("farm_ingress is not an XDP program")
 }
