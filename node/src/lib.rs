@@ -1,6 +1,7 @@
 //! halo's node: the daemon, its pure state machines, and the control of its kernel programs.
 
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -44,7 +44,13 @@ fn report(error: &anyhow::Error) -> ExitCode {
         }
     }
     if let Some(config) = error.chain().find_map(|e| e.downcast_ref::<ConfigError>()) {
-        eprintln!("halo: invalid configuration:\n{config}");
+        match config {
+            ConfigError::Invalid { .. } => eprintln!("halo: invalid configuration:\n{config}"),
+            // The file was never read, so nothing in it is invalid: the
+            // chain says why it could not be (missing, a directory, not
+            // UTF-8), which the bare error would leave out.
+            ConfigError::Read { .. } => eprintln!("halo: {error:#}"),
+        }
         return ExitCode::from(ConfigError::EXIT_CODE);
     }
     eprintln!("halo: {error:#}");

@@ -2,5 +2,6 @@
 //! privileged test, `cargo xtask demo` and `cargo xtask bench` build their
 //! farms in.
 
+pub mod cluster;
 pub mod frames;
 pub mod lab;

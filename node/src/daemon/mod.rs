@@ -6,7 +6,9 @@
 //! spawn (heartbeat thread, API), then wait for SIGTERM/SIGINT, then drain.
 
 pub mod epoch;
+pub mod farm;
 pub mod heartbeat;
+pub mod module_log;
 pub mod notify;
 
 use std::{
@@ -25,10 +27,11 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, status::NetworkStatus, NodeStatus, PeerStatus, SharedStatus},
+    api::{self, status::NetworkStatus, ModuleStatus, NodeStatus, PeerStatus, SharedStatus},
     cluster::{detector::Liveness, keys::ClusterSecret},
-    config::{self, Config},
+    config::{self, Config, Module},
 };
+use farm::{FarmDriver, ModuleInput};
 use heartbeat::{ClusterEvent, Heartbeat, HeartbeatNetwork, HeartbeatSetup};
 
 /// How long shutdown waits for the API and modules to finish.
@@ -108,6 +111,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             })
             .await
     });
+    let (modules_down_tx, modules_down) = tokio::sync::watch::channel(false);
+    let mut module_inputs: Vec<(String, mpsc::UnboundedSender<ModuleInput>)> = Vec::new();
+    let mut module_tasks = Vec::new();
+    for module in &config.modules {
+        match module {
+            Module::Farm(farm) => {
+                let log = module_log::ModuleLog::open(state_dir, &farm.name)?;
+                let (sink, lines) = crate::app::LogSink::new();
+                let driver = FarmDriver::new(
+                    farm.clone(),
+                    &config.node.name,
+                    Arc::clone(&status),
+                    Arc::clone(&heartbeat.reports),
+                    log,
+                    sink,
+                );
+                let (tx, rx) = mpsc::unbounded_channel();
+                module_inputs.push((farm.name.clone(), tx));
+                module_tasks.push(tokio::spawn(driver.run(rx, lines, modules_down.clone())));
+            }
+            Module::Mirror(mirror) => {
+                warn!(module = %mirror.name, "mirror modules arrive with replication (issue 5): not started");
+            }
+        }
+    }
     info!(api = %config.api.listen, epoch, "ready");
     notify::notify("READY=1");
 
@@ -126,12 +154,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     }
                 }
                 apply_cluster_event(&status, &config, &event);
+                route_to_modules(&module_inputs, &event);
             }
             _ = counters.tick() => publish_counters(&status, &heartbeat),
         }
     }
 
     notify::notify("STOPPING=1");
+    let _ = modules_down_tx.send(true);
+    for task in module_tasks {
+        if let Err(error) = task.await {
+            warn!(%error, "a module task failed");
+        }
+    }
     let _ = shutdown_tx.send(true);
     drop(heartbeat);
     match tokio::time::timeout(DRAIN_GRACE, api_task).await {
@@ -214,12 +249,62 @@ fn initial_status(config: &Config, epoch: u64) -> NodeStatus {
                 .collect(),
         })
         .collect();
+    let modules = config
+        .modules
+        .iter()
+        .map(|module| {
+            let (kind, failover) = match module {
+                Module::Farm(_) => ("farm", true),
+                Module::Mirror(m) => ("mirror", m.failover),
+            };
+            ModuleStatus {
+                name: module.name().to_owned(),
+                kind: kind.to_owned(),
+                state: "STOP".to_owned(),
+                phase: "ready".to_owned(),
+                failover,
+                checkers: true,
+                ..ModuleStatus::default()
+            }
+        })
+        .collect();
     NodeStatus {
         node: config.node.name.clone(),
         cluster: config.cluster.name.clone(),
         epoch,
         peers,
+        modules,
         ..NodeStatus::default()
+    }
+}
+
+/// Hands peers' module reports, and peer losses, to the module drivers.
+fn route_to_modules(
+    modules: &[(String, mpsc::UnboundedSender<ModuleInput>)],
+    event: &ClusterEvent,
+) {
+    match event {
+        ClusterEvent::Reports {
+            peer,
+            modules: reports,
+        } => {
+            for (name, tx) in modules {
+                let report = reports.iter().find(|r| &r.name == name).cloned();
+                let _ = tx.send(ModuleInput::Peer {
+                    peer: peer.clone(),
+                    report,
+                });
+            }
+        }
+        ClusterEvent::Liveness(Liveness::PeerDown { peer }) => {
+            for (_, tx) in modules {
+                let _ = tx.send(ModuleInput::Peer {
+                    peer: peer.clone(),
+                    report: None,
+                });
+            }
+        }
+        _ => {}
     }
 }
 

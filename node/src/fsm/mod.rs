@@ -139,6 +139,31 @@ impl State {
         }
     }
 
+    /// The state's code in heartbeat frames (`cluster::frame::ModuleReport`).
+    pub const fn code(self) -> u8 {
+        match self {
+            State::Stop => 0,
+            State::Wait => 1,
+            State::Alone => 2,
+            State::Prim => 3,
+            State::Second => 4,
+            State::Up => 5,
+        }
+    }
+
+    /// The state of a heartbeat code, if it is one.
+    pub const fn from_code(code: u8) -> Option<State> {
+        Some(match code {
+            0 => State::Stop,
+            1 => State::Wait,
+            2 => State::Alone,
+            3 => State::Prim,
+            4 => State::Second,
+            5 => State::Up,
+            _ => return None,
+        })
+    }
+
     /// The upper-case name used by the CLI, the scripts' arguments and the console.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -535,6 +560,25 @@ impl RunningScript {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_codes_round_trip_and_are_distinct() {
+        let all = [
+            State::Stop,
+            State::Wait,
+            State::Alone,
+            State::Prim,
+            State::Second,
+            State::Up,
+        ];
+        for state in all {
+            assert_eq!(State::from_code(state.code()), Some(state));
+        }
+        let mut codes: Vec<u8> = all.iter().map(|s| s.code()).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        assert_eq!(State::from_code(6), None);
+    }
 
     #[test]
     fn exit_codes_match_safekit_state_q() {

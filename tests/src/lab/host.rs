@@ -1,5 +1,6 @@
-//! A lab host: a network namespace wired to the switch, a mount namespace of
-//! its own, and a state directory on the real filesystem.
+//! A lab host: a network namespace wired to the switch once per lab network,
+//! a mount namespace of its own, and a state directory on the real
+//! filesystem.
 
 use std::{
     ffi::CStr,
@@ -18,31 +19,41 @@ use super::{
     command::{self, describe},
     ns::{self, NsId},
     process::{read_lossy, wait_deadline, LabProcess},
-    HOST_IFACE,
 };
 
 /// How long [`Host::run`] lets a command take.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One machine of the lab. Its processes see its own interface `eth0`, its
-/// own `/sys`, and its own directory on every private path; the rest of the
-/// filesystem, including its state directory, is the real machine's.
+/// One machine of the lab. Its processes see its own interfaces `eth0`,
+/// `eth1`… (one per lab network), its own `/sys`, and its own directory on
+/// every private path; the rest of the filesystem, including its state
+/// directory, is the real machine's.
 #[derive(Debug)]
 pub struct Host {
     pub(crate) name: String,
     pub(crate) netns: String,
     pub(crate) netns_path: PathBuf,
     pub(crate) mntns_path: PathBuf,
-    /// The switch's end of the host's veth pair.
-    pub(crate) port: String,
-    pub(crate) ipv4: Ipv4Addr,
-    pub(crate) ipv6: Ipv6Addr,
+    /// The host's attachments, indexed by network.
+    pub(crate) links: Vec<Link>,
     pub(crate) state_dir: PathBuf,
     /// The real directory under which the private paths live:
     /// `/var/lib/app` is `<root_dir>/var/lib/app`.
     pub(crate) root_dir: PathBuf,
     pub(crate) private_paths: Vec<PathBuf>,
     pub(crate) namespaces: Vec<NsId>,
+}
+
+/// A host's attachment to one lab network: a veth pair between the host and
+/// the network's bridge.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// The host's end, `eth<k>` on network k.
+    pub(crate) iface: String,
+    /// The switch's end, a port of the network's bridge.
+    pub(crate) port: String,
+    pub(crate) ipv4: Ipv4Addr,
+    pub(crate) ipv6: Ipv6Addr,
 }
 
 impl Host {
@@ -56,19 +67,43 @@ impl Host {
         &self.netns
     }
 
-    /// The host's interface to the lab network.
+    /// The host's interface to network 0.
     pub fn iface(&self) -> &str {
-        HOST_IFACE
+        self.iface_on(0)
     }
 
-    /// The host's IPv4 address on the lab network.
+    /// The host's IPv4 address on network 0.
     pub fn ipv4(&self) -> Ipv4Addr {
-        self.ipv4
+        self.ipv4_on(0)
     }
 
-    /// The host's IPv6 address on the lab network.
+    /// The host's IPv6 address on network 0.
     pub fn ipv6(&self) -> Ipv6Addr {
-        self.ipv6
+        self.ipv6_on(0)
+    }
+
+    /// The host's interface to network `network`, `eth<network>`.
+    ///
+    /// # Panics
+    /// If the lab has no such network: a test asking for it is wrong.
+    pub fn iface_on(&self, network: u8) -> &str {
+        &self.expect_link(network).iface
+    }
+
+    /// The host's IPv4 address on network `network`.
+    ///
+    /// # Panics
+    /// If the lab has no such network.
+    pub fn ipv4_on(&self, network: u8) -> Ipv4Addr {
+        self.expect_link(network).ipv4
+    }
+
+    /// The host's IPv6 address on network `network`.
+    ///
+    /// # Panics
+    /// If the lab has no such network.
+    pub fn ipv6_on(&self, network: u8) -> Ipv6Addr {
+        self.expect_link(network).ipv6
     }
 
     /// The host's directory on the real filesystem (logs of spawned
@@ -206,9 +241,9 @@ impl Host {
         }
     }
 
-    /// Adds `addr` to the host's interface, as a lone /32 or /128: an extra
-    /// client address that others reach on the lab network and that the host
-    /// uses as a source only when told to bind it.
+    /// Adds `addr` to the host's interface to network 0, as a lone /32 or
+    /// /128: an extra client address that others reach on network 0 and that
+    /// the host uses as a source only when told to bind it.
     pub fn add_address(&self, addr: impl Into<IpAddr>) -> Result<()> {
         self.add_addresses(&[addr.into()])
     }
@@ -220,7 +255,7 @@ impl Host {
             .iter()
             .map(|addr| {
                 let len = if addr.is_ipv4() { 32 } else { 128 };
-                format!("address add {addr}/{len} dev {HOST_IFACE}\n")
+                format!("address add {addr}/{len} dev {}\n", self.iface())
             })
             .collect();
         command::ip_batch(&self.netns, &script)
@@ -232,6 +267,22 @@ impl Host {
     /// host's interface, or sending crafted frames from it.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         ns::in_namespaces(&self.netns_path, Some(&self.mntns_path), f)
+    }
+
+    /// The host's link to network `network`.
+    pub(crate) fn link(&self, network: u8) -> Result<&Link> {
+        self.links.get(usize::from(network)).with_context(|| {
+            format!(
+                "host {} has no network {network}: its lab has networks 0 to {}",
+                self.name,
+                self.links.len() - 1
+            )
+        })
+    }
+
+    fn expect_link(&self, network: u8) -> &Link {
+        self.link(network)
+            .unwrap_or_else(|error| panic!("{error:#}"))
     }
 
     /// Spawns `cmd` from a thread inside the host's namespaces.

@@ -1,9 +1,18 @@
-//! The network-namespace lab: a switch namespace holding a Linux bridge, and
-//! host namespaces wired to it by veth pairs. Each host has its own IPv4 and
-//! IPv6 address, its own mount namespace (every private path such as
-//! `/var/lib/app` is a different directory on every host, as on real
-//! machines, and `/sys` shows the host's own interfaces) and its own state
-//! directory.
+//! The network-namespace lab: a switch namespace holding one Linux bridge per
+//! lab network, and host namespaces wired to every bridge by veth pairs
+//! created inside the namespaces (port `p<N>` of bridge `br0` and `eth0` in
+//! host N for network 0; port `p<N>n<k>` of bridge `br<k>` and `eth<k>` for
+//! network k). Each host has an IPv4 and an IPv6 address on every network
+//! (10.77.0.0/16 and fd77::/64 for network 0, see [`lab_ipv4_on`]), its own
+//! mount namespace (every private path such as `/var/lib/app` is a different
+//! directory on every host, as on real machines, and `/sys` shows the host's
+//! own interfaces) and its own state directory.
+//!
+//! A lab has one network unless [`LabBuilder::networks`] asks for more, as
+//! tests of heartbeats over redundant networks do. The switch cuts hosts
+//! with a bridge-family nftables table, so a cut drops everything, ARP and
+//! broadcasts included: [`Lab::cut`] and [`Lab::cut_pair`] cut every
+//! network (a partition), [`Lab::cut_network`] and [`Lab::cut_pair_on`] one.
 //!
 //! Every object a lab creates is owned by a guard on its cleanup stack, so
 //! dropping the [`Lab`] — also while unwinding from a panic — removes all of
@@ -15,9 +24,15 @@
 //! use std::{process::Command, time::Duration};
 //! use halo_tests::lab::{wait_until, LabBuilder};
 //!
-//! let lab = LabBuilder::new("failover").hosts(&["n1", "n2", "client"]).build()?;
+//! let lab = LabBuilder::new("failover")
+//!     .hosts(&["n1", "n2", "client"])
+//!     .networks(2)
+//!     .build()?;
 //! let n1 = lab.host("n1");
 //! let _daemon = n1.spawn("halo", Command::new("halo").arg("run"))?;
+//! // n2 still hears n1 on network 0.
+//! lab.cut_network("n2", 1)?;
+//! // Now it hears nothing.
 //! lab.cut("n2")?;
 //! wait_until(Duration::from_secs(5), "n1 to answer the client", || {
 //!     lab.host("client").ping(n1.ipv4(), Duration::from_millis(200))
@@ -56,6 +71,7 @@ use self::{
 /// The signals [`LabProcess::signal`] sends.
 pub use nix::sys::signal::Signal;
 
+use self::host::Link;
 pub use self::{
     host::{Host, RUN_TIMEOUT},
     process::LabProcess,
@@ -63,18 +79,22 @@ pub use self::{
 
 /// Where labs keep their directories on the real filesystem.
 pub const LAB_ROOT: &str = "/run/halo-lab";
-/// Every host's interface to the lab network.
+/// Every host's interface to network 0, the only one of a single-network
+/// lab; network k's is `eth<k>`.
 pub const HOST_IFACE: &str = "eth0";
 /// The paths every host has its own directory on, unless told more.
 pub const DEFAULT_PRIVATE_PATHS: [&str; 4] =
     ["/var/lib/app", "/var/lib/halo", "/etc/halo", "/run/halo"];
-/// Prefix length of the lab's IPv4 network, 10.77.0.0/16.
+/// Prefix length of every lab network's IPv4 subnet, 10.77.0.0/16 for
+/// network 0.
 pub const IPV4_PREFIX_LEN: u8 = 16;
-/// Prefix length of the lab's IPv6 network, fd77::/64.
+/// Prefix length of every lab network's IPv6 subnet, fd77::/64 for network 0.
 pub const IPV6_PREFIX_LEN: u8 = 64;
+/// The most networks a lab can have: the last one uses 10.255.0.0/16.
+pub const MAX_NETWORKS: u8 = u8::MAX - IPV4_NETWORK_0_OCTET + 1;
 
-/// The bridge in the switch namespace.
-const BRIDGE: &str = "br0";
+/// The second octet of network 0's IPv4 subnet; network k's is 77 + k.
+const IPV4_NETWORK_0_OCTET: u8 = 77;
 /// The switch's nftables table: a bridge-family filter whose sets hold the
 /// cut ports and the cut pairs of ports.
 const FIREWALL_TABLE: &str = "halo_lab";
@@ -83,18 +103,36 @@ const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long processes may take to die of SIGKILL.
 pub(crate) const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The `n`th IPv4 address of the lab network, 10.77.0.0/16: hosts hold 1 to
-/// N in build order, and higher numbers are free for VIPs and clients.
-/// Every lab has its own switch, so all labs use the same addresses.
+/// The `n`th IPv4 address of network 0, 10.77.0.0/16: hosts hold 1 to N in
+/// build order, and higher numbers are free for VIPs and clients. Every lab
+/// has its own switch, so all labs use the same addresses.
 pub fn lab_ipv4(n: u16) -> Ipv4Addr {
-    let [high, low] = n.to_be_bytes();
-    Ipv4Addr::new(10, 77, high, low)
+    lab_ipv4_on(0, n)
 }
 
-/// The `n`th IPv6 address of the lab network, fd77::/64, numbered as
-/// [`lab_ipv4`].
+/// The `n`th IPv6 address of network 0, fd77::/64, numbered as [`lab_ipv4`].
 pub fn lab_ipv6(n: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, n)
+    lab_ipv6_on(0, n)
+}
+
+/// The `n`th IPv4 address of network `network`, 10.(77+network).0.0/16,
+/// numbered as [`lab_ipv4`].
+///
+/// # Panics
+/// If `network` is not below [`MAX_NETWORKS`]: no lab has it.
+pub fn lab_ipv4_on(network: u8, n: u16) -> Ipv4Addr {
+    let octet = IPV4_NETWORK_0_OCTET
+        .checked_add(network)
+        .unwrap_or_else(|| panic!("network {network}: a lab has at most {MAX_NETWORKS} networks"));
+    let [high, low] = n.to_be_bytes();
+    Ipv4Addr::new(10, octet, high, low)
+}
+
+/// The `n`th IPv6 address of network `network`, `fd77:0:0:<network>::/64`
+/// (subnet `network` of the lab's ULA prefix fd77::/48), numbered as
+/// [`lab_ipv4`].
+pub fn lab_ipv6_on(network: u8, n: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd77, 0, 0, network.into(), 0, 0, 0, n)
 }
 
 /// Polls `condition` until it holds; fails if it does not within `timeout`
@@ -125,6 +163,7 @@ pub fn wait_until(
 pub struct LabBuilder {
     label: String,
     hosts: Vec<String>,
+    networks: u8,
     private_paths: Vec<PathBuf>,
 }
 
@@ -135,6 +174,7 @@ impl LabBuilder {
         Self {
             label: label.to_owned(),
             hosts: Vec::new(),
+            networks: 1,
             private_paths: DEFAULT_PRIVATE_PATHS.iter().map(PathBuf::from).collect(),
         }
     }
@@ -148,6 +188,14 @@ impl LabBuilder {
     /// Adds several hosts, as [`LabBuilder::host`] does.
     pub fn hosts(self, names: &[&str]) -> Self {
         names.iter().fold(self, |builder, name| builder.host(name))
+    }
+
+    /// Gives the lab `n` independent networks, 1 unless told: every host gets
+    /// interfaces `eth0` to `eth<n-1>`, one on each, with addresses
+    /// [`lab_ipv4_on`] and [`lab_ipv6_on`] of its number.
+    pub fn networks(mut self, n: u8) -> Self {
+        self.networks = n;
+        self
     }
 
     /// Gives every host its own directory at absolute path `path`, besides
@@ -200,7 +248,7 @@ impl LabBuilder {
             cleanup.push(Guard::Netns(name.clone()));
             disable_dad(&Path::new(NETNS_DIR).join(name))?;
         }
-        command::ip_batch(&switch, &switch_script(&netns))?;
+        command::ip_batch(&switch, &switch_script(&netns, self.networks))?;
         nft(&switch_path, &firewall_script())
             .with_context(|| format!("create the switch's firewall in {switch}"))?;
 
@@ -218,6 +266,7 @@ impl LabBuilder {
             dir,
             switch,
             switch_path,
+            networks: self.networks,
             hosts,
             _cleanup: cleanup,
         })
@@ -228,6 +277,12 @@ impl LabBuilder {
             !self.hosts.is_empty(),
             "lab {}: add at least one host",
             self.label
+        );
+        ensure!(
+            (1..=MAX_NETWORKS).contains(&self.networks),
+            "lab {}: asked for {} networks, a lab has 1 to {MAX_NETWORKS}",
+            self.label,
+            self.networks
         );
         for (i, name) in self.hosts.iter().enumerate() {
             let valid = name.len() <= 32
@@ -280,7 +335,8 @@ impl LabBuilder {
     }
 
     /// Configures the addresses, directories and mount namespace of host
-    /// `name`, number `index`, whose network namespace `netns` exists.
+    /// `name`, number `index`, whose network namespace `netns` exists and
+    /// holds its end of a veth pair to every network.
     fn create_host(
         &self,
         cleanup: &mut Cleanup,
@@ -289,16 +345,26 @@ impl LabBuilder {
         name: &str,
         netns: String,
     ) -> Result<Host> {
-        let (ipv4, ipv6) = (lab_ipv4(index), lab_ipv6(index));
-        command::ip_batch(
-            &netns,
-            &format!(
-                "link set lo up\n\
-                 link set {HOST_IFACE} up\n\
-                 address add {ipv4}/{IPV4_PREFIX_LEN} dev {HOST_IFACE}\n\
-                 address add {ipv6}/{IPV6_PREFIX_LEN} dev {HOST_IFACE}\n"
-            ),
-        )?;
+        let links: Vec<Link> = (0..self.networks)
+            .map(|network| Link {
+                iface: host_iface(network),
+                port: port_name(network, index),
+                ipv4: lab_ipv4_on(network, index),
+                ipv6: lab_ipv6_on(network, index),
+            })
+            .collect();
+        let mut script = "link set lo up\n".to_owned();
+        for link in &links {
+            let (iface, ipv4, ipv6) = (&link.iface, link.ipv4, link.ipv6);
+            // Writing to a String cannot fail.
+            let _ = write!(
+                script,
+                "link set {iface} up\n\
+                 address add {ipv4}/{IPV4_PREFIX_LEN} dev {iface}\n\
+                 address add {ipv6}/{IPV6_PREFIX_LEN} dev {iface}\n"
+            );
+        }
+        command::ip_batch(&netns, &script)?;
 
         let state_dir = dir.join(name);
         let root_dir = state_dir.join("root");
@@ -331,12 +397,10 @@ impl LabBuilder {
 
         Ok(Host {
             name: name.to_owned(),
-            port: format!("p{index}"),
             netns,
             netns_path,
             mntns_path,
-            ipv4,
-            ipv6,
+            links,
             state_dir,
             root_dir,
             private_paths: self.private_paths.clone(),
@@ -351,6 +415,7 @@ pub struct Lab {
     dir: PathBuf,
     switch: String,
     switch_path: PathBuf,
+    networks: u8,
     hosts: Vec<Host>,
     _cleanup: Cleanup,
 }
@@ -368,9 +433,15 @@ impl Lab {
         &self.dir
     }
 
-    /// The network namespace of the switch.
+    /// The network namespace of the switch, which holds the bridges of all
+    /// networks.
     pub fn switch_netns(&self) -> &str {
         &self.switch
+    }
+
+    /// How many networks the lab has; they are numbered from 0.
+    pub fn networks(&self) -> u8 {
+        self.networks
     }
 
     /// The hosts, in build order.
@@ -394,54 +465,103 @@ impl Lab {
             .with_context(|| format!("kill the processes of host {name}"))
     }
 
-    /// Cuts host `name` off the network: the switch drops every frame from
-    /// and to it. Its link stays up, as when a switch or the network beyond
-    /// fails.
+    /// Cuts host `name` off every network: the switch drops every frame from
+    /// and to it. Its links stay up, as when the switches or the networks
+    /// beyond fail.
     pub fn cut(&self, host: &str) -> Result<()> {
-        let port = &self.find(host)?.port;
-        self.firewall(&format!(
-            "add element bridge {FIREWALL_TABLE} cut_ports {{ \"{port}\" }}\n"
-        ))
-        .with_context(|| format!("cut host {host}"))
+        let element = self.ports_element(host, None)?;
+        self.firewall(&format!("add element {element}\n"))
+            .with_context(|| format!("cut host {host}"))
     }
 
-    /// Undoes [`Lab::cut`] of host `name`; does nothing if it is not cut.
+    /// Undoes [`Lab::cut`] and [`Lab::cut_network`] of host `name` on every
+    /// network; does nothing where it is not cut.
     pub fn heal(&self, host: &str) -> Result<()> {
-        let port = &self.find(host)?.port;
-        let element = format!("bridge {FIREWALL_TABLE} cut_ports {{ \"{port}\" }}");
-        // Adding first makes the deletion succeed whether or not it was cut;
-        // one nft run is one transaction.
-        self.firewall(&format!(
-            "add element {element}\ndelete element {element}\n"
-        ))
-        .with_context(|| format!("heal host {host}"))
+        let element = self.ports_element(host, None)?;
+        self.firewall(&add_then_delete(&element))
+            .with_context(|| format!("heal host {host}"))
     }
 
-    /// Cuts hosts `a` and `b` off each other, both ways; both still reach
-    /// every other host.
+    /// Cuts host `name` off network `network` only, as [`Lab::cut`] does; it
+    /// still reaches every host on the other networks.
+    pub fn cut_network(&self, host: &str, network: u8) -> Result<()> {
+        let element = self.ports_element(host, Some(network))?;
+        self.firewall(&format!("add element {element}\n"))
+            .with_context(|| format!("cut host {host} off network {network}"))
+    }
+
+    /// Heals host `name` on network `network`, whether [`Lab::cut`] or
+    /// [`Lab::cut_network`] cut it; the other networks stay as they are.
+    pub fn heal_network(&self, host: &str, network: u8) -> Result<()> {
+        let element = self.ports_element(host, Some(network))?;
+        self.firewall(&add_then_delete(&element))
+            .with_context(|| format!("heal host {host} on network {network}"))
+    }
+
+    /// Cuts hosts `a` and `b` off each other on every network, both ways;
+    /// both still reach every other host.
     pub fn cut_pair(&self, a: &str, b: &str) -> Result<()> {
-        let element = self.pair_element(a, b)?;
+        let element = self.pairs_element(a, b, None)?;
         self.firewall(&format!("add element {element}\n"))
             .with_context(|| format!("cut hosts {a} and {b} off each other"))
     }
 
-    /// Undoes [`Lab::cut_pair`] of `a` and `b`; does nothing if they are not
-    /// cut.
+    /// Undoes [`Lab::cut_pair`] and [`Lab::cut_pair_on`] of `a` and `b` on
+    /// every network; does nothing where they are not cut.
     pub fn heal_pair(&self, a: &str, b: &str) -> Result<()> {
-        let element = self.pair_element(a, b)?;
-        self.firewall(&format!(
-            "add element {element}\ndelete element {element}\n"
-        ))
-        .with_context(|| format!("heal the link between hosts {a} and {b}"))
+        let element = self.pairs_element(a, b, None)?;
+        self.firewall(&add_then_delete(&element))
+            .with_context(|| format!("heal the link between hosts {a} and {b}"))
     }
 
-    /// The firewall element that stands for the pair `a`, `b`: both
-    /// directions through the bridge.
-    fn pair_element(&self, a: &str, b: &str) -> Result<String> {
-        ensure!(a != b, "cannot cut host {a} off itself");
-        let (a, b) = (&self.find(a)?.port, &self.find(b)?.port);
+    /// Cuts hosts `a` and `b` off each other on network `network` only, both
+    /// ways.
+    pub fn cut_pair_on(&self, network: u8, a: &str, b: &str) -> Result<()> {
+        let element = self.pairs_element(a, b, Some(network))?;
+        self.firewall(&format!("add element {element}\n"))
+            .with_context(|| format!("cut hosts {a} and {b} off each other on network {network}"))
+    }
+
+    /// Heals the link between `a` and `b` on network `network`, whether
+    /// [`Lab::cut_pair`] or [`Lab::cut_pair_on`] cut it; the other networks
+    /// stay as they are.
+    pub fn heal_pair_on(&self, network: u8, a: &str, b: &str) -> Result<()> {
+        let element = self.pairs_element(a, b, Some(network))?;
+        self.firewall(&add_then_delete(&element)).with_context(|| {
+            format!("heal the link between hosts {a} and {b} on network {network}")
+        })
+    }
+
+    /// The firewall element that stands for the switch ports of `host` on
+    /// `network`, or on every network if `None`.
+    fn ports_element(&self, host: &str, network: Option<u8>) -> Result<String> {
+        let ports: Vec<String> = links_of(self.find(host)?, network)?
+            .iter()
+            .map(|link| format!("\"{}\"", link.port))
+            .collect();
         Ok(format!(
-            "bridge {FIREWALL_TABLE} cut_pairs {{ \"{a}\" . \"{b}\", \"{b}\" . \"{a}\" }}"
+            "bridge {FIREWALL_TABLE} cut_ports {{ {} }}",
+            ports.join(", ")
+        ))
+    }
+
+    /// The firewall element that stands for the pair `a`, `b` on `network`,
+    /// or on every network if `None`: both directions through each bridge.
+    fn pairs_element(&self, a: &str, b: &str, network: Option<u8>) -> Result<String> {
+        ensure!(a != b, "cannot cut host {a} off itself");
+        let a = links_of(self.find(a)?, network)?;
+        let b = links_of(self.find(b)?, network)?;
+        let pairs: Vec<String> = a
+            .iter()
+            .zip(&b)
+            .map(|(a, b)| {
+                let (a, b) = (&a.port, &b.port);
+                format!("\"{a}\" . \"{b}\", \"{b}\" . \"{a}\"")
+            })
+            .collect();
+        Ok(format!(
+            "bridge {FIREWALL_TABLE} cut_pairs {{ {} }}",
+            pairs.join(", ")
         ))
     }
 
@@ -463,6 +583,14 @@ impl Lab {
     }
 }
 
+/// The links of `host` to network `network`, or to every network if `None`.
+fn links_of(host: &Host, network: Option<u8>) -> Result<Vec<&Link>> {
+    match network {
+        Some(network) => Ok(vec![host.link(network)?]),
+        None => Ok(host.links.iter().collect()),
+    }
+}
+
 /// `label` made fit for names: letters, digits and '_', the last 32 of them.
 fn sanitize_label(label: &str) -> String {
     let chars: Vec<char> = label
@@ -474,6 +602,32 @@ fn sanitize_label(label: &str) -> String {
         "lab".to_owned()
     } else {
         label
+    }
+}
+
+/// The nft script that removes `element` whether or not it is there: adding
+/// first makes the deletion succeed, and one nft run is one transaction.
+fn add_then_delete(element: &str) -> String {
+    format!("add element {element}\ndelete element {element}\n")
+}
+
+/// The bridge of network `network` in the switch.
+fn bridge_name(network: u8) -> String {
+    format!("br{network}")
+}
+
+/// A host's interface to network `network`.
+fn host_iface(network: u8) -> String {
+    format!("eth{network}")
+}
+
+/// The switch port of host number `index` on network `network`: `p<N>` on
+/// network 0, `p<N>n<k>` on network k. Short enough for any host number
+/// and network (at most 10 of the 15 characters an interface name has).
+fn port_name(network: u8, index: u16) -> String {
+    match network {
+        0 => format!("p{index}"),
+        _ => format!("p{index}n{network}"),
     }
 }
 
@@ -515,30 +669,41 @@ fn disable_dad(netns: &Path) -> Result<()> {
     .with_context(|| format!("disable IPv6 DAD in {}", netns.display()))
 }
 
-/// The `ip` batch that builds the switch: the bridge, and a veth pair to
-/// each host, port `p<N>` on the bridge and [`HOST_IFACE`] in the host.
-fn switch_script(hosts: &[String]) -> String {
-    // Without multicast snooping the bridge floods IPv6 neighbour discovery
-    // instead of waiting to learn who listens.
-    let mut script = format!(
-        "link set lo up\n\
-         link add {BRIDGE} type bridge mcast_snooping 0\n\
-         link set {BRIDGE} up\n"
-    );
-    for (index, netns) in (1..).zip(hosts) {
-        // Writing to a String cannot fail.
+/// The `ip` batch that builds the switch: a bridge per network, and a veth
+/// pair from each to each host, created here with the host's end moved
+/// straight into the host, so that the root namespace never sees them.
+fn switch_script(hosts: &[String], networks: u8) -> String {
+    let mut script = "link set lo up\n".to_owned();
+    // Writing to a String cannot fail.
+    for network in 0..networks {
+        let bridge = bridge_name(network);
+        // Without multicast snooping the bridge floods IPv6 neighbour
+        // discovery instead of waiting to learn who listens.
         let _ = write!(
             script,
-            "link add p{index} type veth peer name {HOST_IFACE} netns {netns}\n\
-             link set p{index} master {BRIDGE} up\n"
+            "link add {bridge} type bridge mcast_snooping 0\n\
+             link set {bridge} up\n"
         );
+    }
+    for (index, netns) in (1..).zip(hosts) {
+        for network in 0..networks {
+            let (port, iface) = (port_name(network, index), host_iface(network));
+            let bridge = bridge_name(network);
+            let _ = write!(
+                script,
+                "link add {port} type veth peer name {iface} netns {netns}\n\
+                 link set {port} master {bridge} up\n"
+            );
+        }
     }
     script
 }
 
 /// The switch's firewall: frames from or to a cut port, and frames between
-/// a cut pair of ports, are dropped as the bridge forwards them (flooded
+/// a cut pair of ports, are dropped as a bridge forwards them (flooded
 /// frames pass the forward hook once per port, so broadcasts are cut too).
+/// The hook sees every bridge of the switch, and a port belongs to one
+/// network, so cutting a port cuts its host off that network only.
 fn firewall_script() -> String {
     format!(
         "table bridge {FIREWALL_TABLE} {{\n\
@@ -563,15 +728,17 @@ fn nft(netns: &Path, script: &str) -> Result<()> {
     .map(drop)
 }
 
-/// Whether every host's interface and its switch port are up.
+/// Whether every host's interfaces and their switch ports are up.
 fn links_up(switch: &str, hosts: &[Host]) -> Result<bool> {
     let up = |netns: &str, dev: &str| -> Result<bool> {
         let link = command::ip(&["-netns", netns, "-oneline", "link", "show", "dev", dev])?;
         Ok(link.contains("state UP"))
     };
     for host in hosts {
-        if !up(switch, &host.port)? || !up(&host.netns, HOST_IFACE)? {
-            return Ok(false);
+        for link in &host.links {
+            if !up(switch, &link.port)? || !up(&host.netns, &link.iface)? {
+                return Ok(false);
+            }
         }
     }
     Ok(true)
@@ -598,12 +765,50 @@ mod tests {
     }
 
     #[test]
+    fn every_network_has_its_own_subnets() {
+        assert_eq!(lab_ipv4_on(0, 258), lab_ipv4(258));
+        assert_eq!(lab_ipv6_on(0, 258), lab_ipv6(258));
+        assert_eq!(lab_ipv4_on(1, 258), Ipv4Addr::new(10, 78, 1, 2));
+        assert_eq!(
+            lab_ipv6_on(1, 0x1ff),
+            "fd77:0:0:1::1ff".parse::<Ipv6Addr>().unwrap()
+        );
+        let last = MAX_NETWORKS - 1;
+        assert_eq!(lab_ipv4_on(last, 1), Ipv4Addr::new(10, 255, 0, 1));
+        assert_eq!(
+            lab_ipv6_on(last, 1),
+            "fd77:0:0:b2::1".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn network_0_keeps_the_names_of_single_network_labs() {
+        assert_eq!(host_iface(0), HOST_IFACE);
+        assert_eq!(
+            (bridge_name(0), port_name(0, 3)),
+            ("br0".into(), "p3".into())
+        );
+        assert_eq!(
+            (host_iface(2), port_name(2, 3)),
+            ("eth2".into(), "p3n2".into())
+        );
+        let longest = port_name(MAX_NETWORKS - 1, u16::MAX);
+        assert!(
+            longest.len() <= 15,
+            "port name {longest:?} is longer than an interface name may be"
+        );
+    }
+
+    #[test]
     fn bad_hosts_and_private_paths_are_refused() {
         let refused = |builder: LabBuilder| builder.validate().unwrap_err().to_string();
         assert!(refused(LabBuilder::new("t")).contains("at least one host"));
         assert!(refused(LabBuilder::new("t").hosts(&["a", "a"])).contains("twice"));
         assert!(refused(LabBuilder::new("t").host("switch")).contains("switch"));
         assert!(refused(LabBuilder::new("t").host("a/b")).contains("host name"));
+        assert!(refused(LabBuilder::new("t").host("a").networks(0)).contains("networks"));
+        let too_many = LabBuilder::new("t").host("a").networks(MAX_NETWORKS + 1);
+        assert!(refused(too_many).contains("networks"));
         assert!(refused(LabBuilder::new("t").host("a").private_path("var/x")).contains("absolute"));
         assert!(
             refused(LabBuilder::new("t").host("a").private_path("/var/../x")).contains("absolute")

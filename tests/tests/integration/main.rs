@@ -2,5 +2,6 @@
 //! so they need root; run them one at a time (`--test-threads=1`), as
 //! `cargo xtask test` does.
 
+mod daemon;
 mod ebpf;
 mod lab;

@@ -21,7 +21,7 @@ use nix::{
     unistd::{fork, pause, pipe2, ForkResult},
 };
 
-use super::{leftovers, namespace_inodes, processes_in, ProcessId};
+use super::{leftovers, namespace_inodes, output, processes_in, ProcessId};
 
 /// A private path no real machine has, for the lab to create as a
 /// mountpoint (one for each test, as labs only remove unused ones).
@@ -40,14 +40,25 @@ struct Trace {
     mountpoint: PathBuf,
 }
 
-/// Builds a lab with a probe private path and, in each host, a process
-/// owned by a [`LabProcess`] and an orphaned one that only the lab can kill.
+/// Builds a lab with two networks, a probe private path and, in each host, a
+/// process owned by a [`LabProcess`] and an orphaned one that only the lab
+/// can kill.
 fn busy_lab(label: &str) -> (Lab, Vec<LabProcess>, Trace) {
     let lab = LabBuilder::new(label)
         .hosts(&["n1", "n2"])
+        .networks(2)
         .private_path(probe_path(label))
         .build()
         .expect("build lab");
+    let switch = lab.switch_netns();
+    let bridges = output(
+        "ip",
+        &["-n", switch, "-o", "link", "show", "type", "bridge"],
+    );
+    assert!(
+        bridges.contains(" br0:") && bridges.contains(" br1:"),
+        "expected the switch to hold bridges br0 and br1, found:\n{bridges}"
+    );
     let mut owned = Vec::new();
     let mut processes = Vec::new();
     for host in lab.hosts() {
@@ -194,10 +205,13 @@ fn a_new_lab_sweeps_the_leftovers_of_a_crashed_run() {
     );
 }
 
-/// In the forked child: builds a lab with a running process, reports
-/// `PREFIX PID`, and waits to be killed.
+/// In the forked child: builds a lab with two networks and a running
+/// process, reports `PREFIX PID`, and waits to be killed.
 fn crashed_run(report: &mut File) -> anyhow::Result<Infallible> {
-    let lab = LabBuilder::new("crashed_run").host("n1").build()?;
+    let lab = LabBuilder::new("crashed_run")
+        .host("n1")
+        .networks(2)
+        .build()?;
     let sleeper = lab
         .host("n1")
         .spawn("sleeper", Command::new("sleep").arg("1000"))?;

@@ -3,6 +3,7 @@
 mod cleanup;
 mod mounts;
 mod network;
+mod networks;
 mod processes;
 
 use std::{fs, os::unix::fs::MetadataExt, path::Path, process::Command, time::Duration};

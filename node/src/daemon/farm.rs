@@ -1,0 +1,356 @@
+//! The driver of one farm module: feeds the pure `fsm::farm::Farm` machine
+//! with commands, peer reports, checker results, script completions and
+//! time, and performs the actions it returns.
+//!
+//! Not yet performed (the farm data path, issue 4): `ClaimVip`,
+//! `ReleaseVip` and `SetBuckets` are logged, and no address is bound and no
+//! bucket table is written.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant as TokioInstant,
+};
+use tracing::{info, warn};
+
+use crate::{
+    api::SharedStatus,
+    app::{self, checker::CheckerReport, script::ScriptSpec, LogSink},
+    cluster::frame::ModuleReport,
+    config::{self, FarmModule},
+    fsm::{
+        self,
+        farm::{Action, Farm, FarmConfig, Input},
+        Command, Instant, Phase, RestartPolicy, ScriptTimeouts, State,
+    },
+};
+
+use super::module_log::ModuleLog;
+
+/// What reaches a module driver from the rest of the daemon.
+#[derive(Debug)]
+pub enum ModuleInput {
+    /// A peer's report of this module (`None`: the peer is down).
+    Peer {
+        peer: String,
+        report: Option<ModuleReport>,
+    },
+    Command(Command),
+    /// Maintenance switch: checkers on or off.
+    Checkers(bool),
+}
+
+/// How long a stopping daemon waits for a module's stop scripts.
+const STOP_GRACE: Duration = Duration::from_secs(120);
+
+/// Everything a farm driver needs, shared with the daemon.
+pub struct FarmDriver {
+    module: FarmModule,
+    node: String,
+    machine: Farm,
+    origin: TokioInstant,
+    status: SharedStatus,
+    reports: Arc<Mutex<Vec<ModuleReport>>>,
+    log: ModuleLog,
+    sink: LogSink,
+    /// Peers whose module is UP Ready.
+    members: BTreeMap<String, u32>,
+    peer_reports: HashMap<String, ModuleReport>,
+    checkers_on: watch::Sender<bool>,
+    checker_states: HashMap<String, bool>,
+}
+
+impl FarmDriver {
+    pub fn new(
+        module: FarmModule,
+        node: &str,
+        status: SharedStatus,
+        reports: Arc<Mutex<Vec<ModuleReport>>>,
+        log: ModuleLog,
+        sink: LogSink,
+    ) -> Self {
+        let machine = Farm::new(FarmConfig {
+            node: node.to_owned(),
+            weight: module.power.get(node).copied().unwrap_or(1),
+            scripts: ScriptTimeouts {
+                start: module.scripts.start_timeout,
+                nice_stop: module.scripts.nicestoptimeout,
+                force_stop: module.scripts.forcestoptimeout,
+            },
+            restart: RestartPolicy {
+                maxloop: module.maxloop,
+                loop_interval: module.loop_interval,
+            },
+        });
+        let (checkers_on, _) = watch::channel(true);
+        FarmDriver {
+            module,
+            node: node.to_owned(),
+            machine,
+            origin: TokioInstant::now(),
+            status,
+            reports,
+            log,
+            sink,
+            members: BTreeMap::new(),
+            peer_reports: HashMap::new(),
+            checkers_on,
+            checker_states: HashMap::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_start(self.origin.elapsed())
+    }
+
+    /// Runs the module until `shutdown`, then stops it (scripts included).
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<ModuleInput>,
+        mut log_lines: mpsc::UnboundedReceiver<app::LogLine>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (script_tx, mut script_done) = mpsc::unbounded_channel();
+        let (checker_tx, mut checker_reports) = mpsc::channel(64);
+        let context = app::checker::CheckerContext {
+            interface: self.module.interface.clone(),
+            vips: self.module.vips.clone(),
+        };
+        for checker in &self.module.checkers {
+            app::checker::spawn(
+                checker.clone(),
+                context.clone(),
+                checker_tx.clone(),
+                self.checkers_on.subscribe(),
+            );
+        }
+        self.feed(Input::Command(Command::Start), &script_tx);
+        let mut stopping = false;
+        let mut stop_deadline = None;
+        loop {
+            let deadline = self
+                .machine
+                .next_deadline()
+                .map(|t| self.origin + t.since_start());
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s), if !stopping => {
+                    stopping = true;
+                    stop_deadline = Some(TokioInstant::now() + STOP_GRACE);
+                    self.feed(Input::Command(Command::Stop), &script_tx);
+                }
+                Some(input) = inputs.recv() => self.on_input(input, &script_tx),
+                Some(done) = script_done.recv() => self.feed(done, &script_tx),
+                Some(report) = checker_reports.recv() => self.on_checker(report, &script_tx),
+                Some(line) = log_lines.recv() => self.write_log(&line.source, &line.text),
+                _ = sleep_until(deadline) => self.feed(Input::Timer, &script_tx),
+                _ = sleep_until(stop_deadline) => {
+                    warn!(module = %self.module.name, "stop scripts did not finish within the grace period");
+                    break;
+                }
+            }
+            if stopping
+                && self.machine.state() == State::Stop
+                && self.machine.phase() == Phase::Ready
+            {
+                break;
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: ModuleInput, scripts: &mpsc::UnboundedSender<Input>) {
+        match input {
+            ModuleInput::Command(command) => self.feed(Input::Command(command), scripts),
+            ModuleInput::Checkers(on) => {
+                self.checkers_on.send_replace(on);
+                self.write_log("admin", if on { "checkers on" } else { "checkers off" });
+            }
+            ModuleInput::Peer { peer, report } => {
+                match report {
+                    Some(report) => {
+                        self.peer_reports.insert(peer, report);
+                    }
+                    None => {
+                        self.peer_reports.remove(&peer);
+                    }
+                }
+                let members: BTreeMap<String, u32> = self
+                    .peer_reports
+                    .iter()
+                    .filter(|(_, r)| r.state == State::Up.code() && r.phase == 0)
+                    .map(|(peer, _)| {
+                        (
+                            peer.clone(),
+                            self.module.power.get(peer).copied().unwrap_or(1),
+                        )
+                    })
+                    .collect();
+                if members != self.members {
+                    self.members = members.clone();
+                    self.feed(Input::Members(members), scripts);
+                }
+            }
+        }
+    }
+
+    fn on_checker(&mut self, report: CheckerReport, scripts: &mpsc::UnboundedSender<Input>) {
+        let previous = self.checker_states.insert(report.id.clone(), report.ok);
+        let verdict = if report.ok { "ok" } else { "failed" };
+        self.write_log(
+            &format!("checker:{}", report.id),
+            &format!("{verdict}: {}", report.detail),
+        );
+        let input = match (report.ok, report.action) {
+            (false, config::CheckerAction::Wait) => Input::ResourceDown {
+                resource: report.id,
+            },
+            (true, config::CheckerAction::Wait) if previous == Some(false) => Input::ResourceUp {
+                resource: report.id,
+            },
+            (false, action) => Input::CheckerFailed {
+                action: match action {
+                    config::CheckerAction::Restart => fsm::CheckerAction::Restart,
+                    config::CheckerAction::Stopstart => fsm::CheckerAction::StopStart,
+                    config::CheckerAction::Stop | config::CheckerAction::Wait => {
+                        fsm::CheckerAction::Stop
+                    }
+                },
+            },
+            (true, _) => return,
+        };
+        self.feed(input, scripts);
+    }
+
+    /// Hands `input` to the machine and performs every action, in order.
+    fn feed(&mut self, input: Input, scripts: &mpsc::UnboundedSender<Input>) {
+        let now = self.now();
+        for action in self.machine.handle(now, input) {
+            match action {
+                Action::RunScript(run) => {
+                    let path = self.script_path(run.kind);
+                    let spec = ScriptSpec::new(&self.module.name, &self.node, &run, path);
+                    let sink = self.sink.clone();
+                    let done = scripts.clone();
+                    tokio::spawn(async move {
+                        let outcome = app::script::run_script(&spec, &sink).await;
+                        let _ = done.send(Input::ScriptDone {
+                            kind: spec.kind,
+                            ok: outcome.ok(),
+                        });
+                    });
+                }
+                Action::ClaimVip | Action::ReleaseVip | Action::SetBuckets { .. } => {
+                    // The farm data path (VIP binding, XDP bucket table) is
+                    // the farm module's issue; until then this is logged.
+                    self.write_log(
+                        "datapath",
+                        &format!("{action:?} (not performed yet: farm data path)"),
+                    );
+                }
+                Action::Log(event) => {
+                    info!(module = %self.module.name, %event, "module event");
+                    self.write_log("fsm", &event.to_string());
+                    if let fsm::Event::StateChanged { from, to, .. } = event {
+                        self.run_transition(from, to);
+                    }
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// The `transition` script runs on every state change; the machine does
+    /// not wait for it (fsm's driver contract).
+    fn run_transition(&self, from: State, to: State) {
+        let Some(path) = self.module.scripts.transition.clone() else {
+            return;
+        };
+        let spec = app::script::TransitionSpec {
+            module: self.module.name.clone(),
+            node: self.node.clone(),
+            path: Some(path),
+            from,
+            to,
+            timeout: self.module.scripts.nicestoptimeout,
+        };
+        let sink = self.sink.clone();
+        tokio::spawn(async move { app::script::run_transition(&spec, &sink).await });
+    }
+
+    fn script_path(&self, kind: fsm::ScriptKind) -> Option<std::path::PathBuf> {
+        let scripts = &self.module.scripts;
+        match kind {
+            fsm::ScriptKind::Prestart => scripts.prestart.clone(),
+            fsm::ScriptKind::StartBoth => scripts.start_both.clone(),
+            fsm::ScriptKind::StopBoth => scripts.stop_both.clone(),
+            fsm::ScriptKind::Poststop => scripts.poststop.clone(),
+            fsm::ScriptKind::StartPrim | fsm::ScriptKind::StopPrim => None,
+        }
+    }
+
+    fn write_log(&mut self, source: &str, text: &str) {
+        match self.log.append(source, text) {
+            Ok(_) => {
+                if source == "fsm" {
+                    self.set_last_event(text);
+                }
+            }
+            Err(error) => {
+                warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot write the module log")
+            }
+        }
+    }
+
+    fn set_last_event(&self, text: &str) {
+        let mut status = self.status.write().expect("status lock");
+        if let Some(m) = status
+            .modules
+            .iter_mut()
+            .find(|m| m.name == self.module.name)
+        {
+            m.last_event = text.to_owned();
+        }
+    }
+
+    /// Publishes the machine's state to the API and the heartbeat.
+    fn publish(&self) {
+        let (state, phase) = (self.machine.state(), self.machine.phase());
+        {
+            let mut status = self.status.write().expect("status lock");
+            if let Some(m) = status
+                .modules
+                .iter_mut()
+                .find(|m| m.name == self.module.name)
+            {
+                m.state = state.as_str().to_owned();
+                m.phase = phase.to_string();
+                m.serving = self.machine.is_serving();
+                m.exit_code = self.machine.exit_code();
+                m.checkers = *self.checkers_on.borrow();
+            }
+        }
+        let report = ModuleReport {
+            name: self.module.name.clone(),
+            state: state.code(),
+            phase: u8::from(phase == Phase::Transient),
+            flags: 0,
+            generation: 0,
+        };
+        let mut reports = self.reports.lock().expect("reports lock");
+        match reports.iter_mut().find(|r| r.name == report.name) {
+            Some(slot) => *slot = report,
+            None => reports.push(report),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<TokioInstant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

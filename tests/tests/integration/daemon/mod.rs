@@ -1,0 +1,4 @@
+//! The node daemon, really run: `halo run` processes in lab hosts.
+
+mod heartbeat;
+mod state;
