@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use halo::{
-    cli::{self, Cli, Command},
+    api::ModuleAction,
+    cli::{self, Cli, Command, Switch},
     config::ConfigError,
 };
 
@@ -24,6 +25,26 @@ fn main() -> ExitCode {
         Command::Witness { listen, secret } => {
             halo::daemon::run_witness(listen, &secret).map(|()| ExitCode::SUCCESS)
         }
+        Command::Start(args) => cli::action::run(&args, ModuleAction::Start),
+        Command::Stop(args) => cli::action::run(&args, ModuleAction::Stop),
+        Command::Restart(args) => cli::action::run(&args, ModuleAction::Restart),
+        Command::Prim(args) => cli::action::run(&args, ModuleAction::Prim),
+        Command::Second(args) => cli::action::run(&args, ModuleAction::Second),
+        Command::Swap(args) => cli::action::run(&args, ModuleAction::Swap),
+        Command::Checkers { action, switch } => cli::action::run(
+            &action,
+            match switch {
+                Switch::On => ModuleAction::CheckersOn,
+                Switch::Off => ModuleAction::CheckersOff,
+            },
+        ),
+        Command::Failover { action, switch } => cli::action::run(
+            &action,
+            match switch {
+                Switch::On => ModuleAction::FailoverOn,
+                Switch::Off => ModuleAction::FailoverOff,
+            },
+        ),
         Command::Status { json, target } => {
             cli::status::run(json, &target).map(|()| ExitCode::SUCCESS)
         }

@@ -58,6 +58,9 @@ pub struct Cluster<'lab> {
     daemons: BTreeMap<String, LabProcess>,
 }
 
+/// The API token every test node accepts (written to `/etc/halo/api.token`).
+pub const TEST_TOKEN: &str = "lab-token";
+
 /// A fixed test secret: 32 bytes of hex, as `halo keygen` writes.
 pub const TEST_SECRET: &str = "6c61622d7365637265742d6e6f742d666f722d70726f64756374696f6e212121";
 
@@ -103,6 +106,7 @@ impl<'lab> Cluster<'lab> {
                 TEST_SECRET,
                 0o600,
             )?;
+            write_private(&host.outside_path("/etc/halo/api.token"), TEST_TOKEN, 0o600)?;
         }
         Ok(Cluster {
             lab,
@@ -176,6 +180,18 @@ impl<'lab> Cluster<'lab> {
             );
         }
         serde_json::from_slice(&output.stdout).context("parsing halo status --json")
+    }
+
+    /// Runs the `halo` CLI with `args` on `node`, pointed at its daemon.
+    pub fn cli(&self, node: &str, args: &[&str]) -> Result<std::process::Output> {
+        self.lab
+            .host(node)
+            .run(Command::new(halo_bin()).args(args).args([
+                "--api",
+                &format!("127.0.0.1:{API_PORT}"),
+                "--config",
+                CONFIG_PATH,
+            ]))
     }
 
     /// Waits until `node`'s status satisfies `what`.

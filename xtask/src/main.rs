@@ -1,5 +1,6 @@
 //! `cargo xtask`: halo's set-up and test automation.
 
+mod bench;
 mod cmd;
 mod setup;
 mod step;
@@ -23,6 +24,9 @@ enum Command {
     Setup,
     /// Set up, then run fmt, clippy, the unit tests and the lab tests (needs root).
     Test(test::TestArgs),
+    /// Set up, build halo in release mode, then run a bench in the lab and
+    /// print its figures (needs root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Setup => setup::run(),
         Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -116,14 +116,14 @@ fn run_steps(steps: &mut Steps, args: &TestArgs) -> Result<()> {
 }
 
 /// The workspace root: xtask's own manifest directory's parent.
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
     xtask.parent().unwrap_or(xtask).to_path_buf()
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace,
 /// where cargo runs), else `target/`.
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     env::var_os("CARGO_TARGET_DIR")
         .map(|dir| root.join(dir))
         .unwrap_or_else(|| root.join("target"))

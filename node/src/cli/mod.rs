@@ -1,5 +1,6 @@
 //! The `halo` command line: one module per subcommand.
 
+pub mod action;
 pub mod check_config;
 pub mod client;
 pub mod keygen;
@@ -60,6 +61,32 @@ pub enum Command {
         #[arg(long, default_value = "/etc/halo/cluster.key")]
         secret: PathBuf,
     },
+    /// Start MODULE on this node.
+    Start(ActionArgs),
+    /// Stop MODULE on this node (stop scripts run).
+    Stop(ActionArgs),
+    /// Stop then start MODULE on this node.
+    Restart(ActionArgs),
+    /// Force this node primary of a mirror MODULE (first start, recovery).
+    Prim(ActionArgs),
+    /// Force this node secondary of a mirror MODULE.
+    Second(ActionArgs),
+    /// Planned switch-over of a mirror MODULE's primary and secondary.
+    Swap(ActionArgs),
+    /// Switch MODULE's checkers on or off (maintenance).
+    Checkers {
+        #[command(flatten)]
+        action: ActionArgs,
+        #[arg(value_enum)]
+        switch: Switch,
+    },
+    /// Switch a mirror MODULE's automatic failover on or off (maintenance).
+    Failover {
+        #[command(flatten)]
+        action: ActionArgs,
+        #[arg(value_enum)]
+        switch: Switch,
+    },
     /// Every module's state on this node, and its peers.
     Status {
         /// Machine-readable output.
@@ -68,6 +95,26 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// A module action's arguments.
+#[derive(Debug, clap::Args)]
+pub struct ActionArgs {
+    /// The module.
+    pub module: String,
+    #[command(flatten)]
+    pub target: Target,
+    /// The file holding the API token (default: the configuration's
+    /// `api.token_file`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Which daemon a client command talks to.

@@ -19,7 +19,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    api::SharedStatus,
+    api::{ModuleAction, SharedStatus},
     app::{self, checker::CheckerReport, script::ScriptSpec, LogSink},
     cluster::frame::ModuleReport,
     config::{self, FarmModule},
@@ -32,7 +32,7 @@ use crate::{
 
 use super::module_log::ModuleLog;
 
-/// What reaches a module driver from the rest of the daemon.
+/// What reaches a module driver from the cluster.
 #[derive(Debug)]
 pub enum ModuleInput {
     /// A peer's report of this module (`None`: the peer is down).
@@ -40,9 +40,6 @@ pub enum ModuleInput {
         peer: String,
         report: Option<ModuleReport>,
     },
-    Command(Command),
-    /// Maintenance switch: checkers on or off.
-    Checkers(bool),
 }
 
 /// How long a stopping daemon waits for a module's stop scripts.
@@ -112,6 +109,7 @@ impl FarmDriver {
     pub async fn run(
         mut self,
         mut inputs: mpsc::UnboundedReceiver<ModuleInput>,
+        mut actions: mpsc::UnboundedReceiver<ModuleAction>,
         mut log_lines: mpsc::UnboundedReceiver<app::LogLine>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -144,6 +142,7 @@ impl FarmDriver {
                     self.feed(Input::Command(Command::Stop), &script_tx);
                 }
                 Some(input) = inputs.recv() => self.on_input(input, &script_tx),
+                Some(action) = actions.recv() => self.on_action(action, &script_tx),
                 Some(done) = script_done.recv() => self.feed(done, &script_tx),
                 Some(report) = checker_reports.recv() => self.on_checker(report, &script_tx),
                 Some(line) = log_lines.recv() => self.write_log(&line.source, &line.text),
@@ -160,15 +159,43 @@ impl FarmDriver {
                 break;
             }
         }
+        // A script sends its last lines before its end reaches the machine,
+        // but `select!` may have taken the end first: keep them in the log.
+        while let Ok(line) = log_lines.try_recv() {
+            self.write_log(&line.source, &line.text);
+        }
+    }
+
+    /// An administrator's action, from the API.
+    fn on_action(&mut self, action: ModuleAction, scripts: &mpsc::UnboundedSender<Input>) {
+        self.write_log("admin", action.path());
+        let command = match action {
+            ModuleAction::Start => Command::Start,
+            ModuleAction::Stop => Command::Stop,
+            ModuleAction::Restart => Command::Restart,
+            // The farm machine refuses these and logs why.
+            ModuleAction::Prim => Command::Prim,
+            ModuleAction::Second => Command::Second,
+            ModuleAction::Swap => Command::Swap,
+            ModuleAction::CheckersOn | ModuleAction::CheckersOff => {
+                self.checkers_on
+                    .send_replace(action == ModuleAction::CheckersOn);
+                self.publish();
+                return;
+            }
+            ModuleAction::FailoverOn | ModuleAction::FailoverOff => {
+                self.write_log(
+                    "admin",
+                    "failover applies to mirror modules: nothing to change on a farm",
+                );
+                return;
+            }
+        };
+        self.feed(Input::Command(command), scripts);
     }
 
     fn on_input(&mut self, input: ModuleInput, scripts: &mpsc::UnboundedSender<Input>) {
         match input {
-            ModuleInput::Command(command) => self.feed(Input::Command(command), scripts),
-            ModuleInput::Checkers(on) => {
-                self.checkers_on.send_replace(on);
-                self.write_log("admin", if on { "checkers on" } else { "checkers off" });
-            }
             ModuleInput::Peer { peer, report } => {
                 match report {
                     Some(report) => {

@@ -102,17 +102,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("binding the API on {}", config.api.listen))?;
-    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let app = api::router(Arc::clone(&status));
-    let api_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown_rx.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let token = api::ApiToken::load(&config.api.token_file)?;
+    if !token.is_set() {
+        warn!(
+            token_file = %config.api.token_file.display(),
+            "no API token file: write actions (start, stop, …) are refused until it exists"
+        );
+    }
     let (modules_down_tx, modules_down) = tokio::sync::watch::channel(false);
     let mut module_inputs: Vec<(String, mpsc::UnboundedSender<ModuleInput>)> = Vec::new();
+    let mut module_actions = HashMap::new();
     let mut module_tasks = Vec::new();
     for module in &config.modules {
         match module {
@@ -128,14 +127,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     sink,
                 );
                 let (tx, rx) = mpsc::unbounded_channel();
+                let (actions_tx, actions_rx) = mpsc::unbounded_channel();
                 module_inputs.push((farm.name.clone(), tx));
-                module_tasks.push(tokio::spawn(driver.run(rx, lines, modules_down.clone())));
+                module_actions.insert(farm.name.clone(), actions_tx);
+                module_tasks.push(tokio::spawn(driver.run(
+                    rx,
+                    actions_rx,
+                    lines,
+                    modules_down.clone(),
+                )));
             }
             Module::Mirror(mirror) => {
                 warn!(module = %mirror.name, "mirror modules arrive with replication (issue 5): not started");
             }
         }
     }
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let app = api::router(Arc::clone(&status), Arc::new(module_actions), token);
+    let api_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
     info!(api = %config.api.listen, epoch, "ready");
     notify::notify("READY=1");
 
