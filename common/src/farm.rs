@@ -51,3 +51,244 @@ impl PacketClass {
 /// How many VLAN tags the parser walks through before giving up on a frame
 /// (QinQ is two; more is not a frame a farm interface should see).
 pub const MAX_VLAN_TAGS: usize = 2;
+
+/// Buckets of the farm's client hash (SafeKit has 256).
+pub const BUCKETS: u32 = 4096;
+
+/// What this node does with the frames of one bucket; the values of the
+/// `FARM_BUCKETS` table.
+///
+/// A bucket that changes owner in a planned rebalance passes through
+/// `Draining` on the old owner and `Incoming` on the new one: the old owner
+/// keeps the TCP connections it has sockets for, the new one takes new
+/// connections (SYN) and what it has sockets for. No state is shared: each
+/// node asks its own kernel.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BucketState {
+    /// Another node's bucket: drop.
+    NotMine = 0,
+    /// This node's bucket: accept.
+    Owned = 1,
+    /// Was this node's: accept only flows it still has a socket (TCP) or a
+    /// recent flow entry (UDP) for.
+    Draining = 2,
+    /// Now this node's, while the old owner drains: accept new TCP
+    /// connections and flows with a socket here; UDP stays with the old
+    /// owner until it reports the bucket drained.
+    Incoming = 3,
+}
+
+impl BucketState {
+    /// Decodes a table value; unknown values are treated as `NotMine`.
+    pub const fn from_raw(raw: u8) -> BucketState {
+        match raw {
+            1 => BucketState::Owned,
+            2 => BucketState::Draining,
+            3 => BucketState::Incoming,
+            _ => BucketState::NotMine,
+        }
+    }
+}
+
+/// How a rule hashes a client into a bucket.
+pub mod filter {
+    /// The client's source address: one client, one node (sticky).
+    pub const SOURCE_ADDR: u8 = 0;
+    /// The client's source address and port: connections spread.
+    pub const SOURCE_PORT: u8 = 1;
+}
+
+/// The most rules a farm module may have.
+pub const MAX_RULES: u32 = 16;
+
+/// One rule: traffic to the VIP on `proto` and a destination port in
+/// `first..=last` is load-balanced with `filter`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FarmRule {
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// A [`filter`] value.
+    pub filter: u8,
+    pub first_port: u16,
+    pub last_port: u16,
+    pub _pad: u16,
+}
+
+/// A VIP, as the ingress program keys it: IPv4 as an IPv4-mapped IPv6
+/// address (`::ffff:a.b.c.d`), so one map holds both families.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+}
+
+impl VipKey {
+    /// The key of an IPv4 VIP.
+    pub const fn v4(octets: [u8; 4]) -> VipKey {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12] = octets[0];
+        addr[13] = octets[1];
+        addr[14] = octets[2];
+        addr[15] = octets[3];
+        VipKey { addr }
+    }
+}
+
+/// Per-VIP data: the virtual MAC that ARP and neighbour answers carry.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct VipValue {
+    pub vmac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Settings of the farm ingress program (one entry).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FarmSettings {
+    /// The farm interface's own MAC: the destination of accepted frames
+    /// and the Ethernet source of ARP and neighbour answers.
+    pub own_mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// How many entries of `FARM_RULES` are in use.
+    pub rule_count: u32,
+    /// Which half of `FARM_BUCKETS` is live (0 or 1): the daemon writes the
+    /// other half, then flips this, so a table change is atomic per node.
+    pub active_table: u32,
+    /// Idle time after which a UDP flow entry no longer keeps its node.
+    pub udp_idle_ns: u64,
+}
+
+/// What the farm ingress program did with a frame; indices of
+/// `FARM_VERDICTS`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Verdict {
+    /// For the VIP, in a bucket this node serves: passed up.
+    Accepted = 0,
+    /// For the VIP, in another node's bucket: dropped.
+    OtherNode = 1,
+    /// For the VIP, but no rule names its protocol and port: dropped.
+    NoRule = 2,
+    /// An ARP request for the VIP answered by this node.
+    ArpAnswered = 3,
+    /// An ARP request for the VIP left to another node.
+    ArpLeft = 4,
+    /// An IPv6 neighbour solicitation for the VIP answered by this node.
+    NdAnswered = 5,
+    /// A neighbour solicitation for the VIP left to another node.
+    NdLeft = 6,
+    /// A draining bucket's packet kept because this node has its flow.
+    KeptFlow = 7,
+    /// Not for the VIP: passed untouched.
+    NotVip = 8,
+}
+
+impl Verdict {
+    /// Every verdict, in counter order.
+    pub const ALL: [Verdict; 9] = [
+        Verdict::Accepted,
+        Verdict::OtherNode,
+        Verdict::NoRule,
+        Verdict::ArpAnswered,
+        Verdict::ArpLeft,
+        Verdict::NdAnswered,
+        Verdict::NdLeft,
+        Verdict::KeptFlow,
+        Verdict::NotVip,
+    ];
+
+    /// The number of verdict counters.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// A stable lowercase name, for metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::OtherNode => "other_node",
+            Verdict::NoRule => "no_rule",
+            Verdict::ArpAnswered => "arp_answered",
+            Verdict::ArpLeft => "arp_left",
+            Verdict::NdAnswered => "nd_answered",
+            Verdict::NdLeft => "nd_left",
+            Verdict::KeptFlow => "kept_flow",
+            Verdict::NotVip => "not_vip",
+        }
+    }
+}
+
+/// A UDP flow as the ingress program remembers it: client address and
+/// port, VIP port.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct UdpFlowKey {
+    pub client: [u8; 16],
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub _pad: u32,
+}
+
+/// The farm's client hash: a bucket from the client's address (16 bytes,
+/// IPv4 mapped) and, for `filter::SOURCE_PORT`, its port. Shared by the
+/// kernel program and user space (the reference model of the tests), so
+/// both agree bit for bit.
+///
+/// Each 32-bit word of the address is mixed in with a multiply–rotate
+/// step and the result finished with murmur3's `fmix32`, which spreads
+/// sequential addresses and ports evenly over the buckets.
+#[inline(always)]
+pub fn bucket_of(addr: &[u8; 16], port: Option<u16>) -> u32 {
+    let mut h: u32 = 0x68_61_6c_6f; // "halo"
+    let mut i = 0;
+    while i < 4 {
+        let word = u32::from_be_bytes([
+            addr[i * 4],
+            addr[i * 4 + 1],
+            addr[i * 4 + 2],
+            addr[i * 4 + 3],
+        ]);
+        h = mix(h, word);
+        i += 1;
+    }
+    if let Some(port) = port {
+        h = mix(h, u32::from(port) | 0x1_0000);
+    }
+    fmix32(h) % BUCKETS
+}
+
+#[inline(always)]
+fn mix(h: u32, word: u32) -> u32 {
+    let k = word
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: #[repr(C)], plain integers and byte arrays, padding spelled
+    // out as fields: every bit pattern is valid.
+    unsafe impl aya::Pod for super::FarmRule {}
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::FarmSettings {}
+    unsafe impl aya::Pod for super::UdpFlowKey {}
+}

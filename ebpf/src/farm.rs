@@ -1,132 +1,546 @@
-//! The farm's XDP ingress program.
+//! The farm's XDP ingress program: the virtual IP's layer 2 and the bucket
+//! filter (SPEC §4).
 //!
-//! For now it classifies every frame (Ethernet, VLAN, ARP, IPv4, IPv6) and
-//! counts the classes; the bucket filter of the farm module builds on the
-//! same parser.
+//! Every node of a farm sees every frame for the VIP, because the VIP's
+//! virtual MAC is never a source address and switches flood it. For each
+//! frame this program decides, without asking any other node:
+//! - an ARP request or IPv6 neighbour solicitation for a VIP is answered
+//!   with the VIP's virtual MAC by exactly one node, the owner of the
+//!   requester's bucket, and dropped by the others (so no kernel answers
+//!   with its own MAC);
+//! - an IP packet for a VIP is hashed into one of 4096 buckets by the
+//!   client's address (and port, per rule); the bucket's owner rewrites the
+//!   destination MAC to its own and passes it up, every other node drops it;
+//!   buckets in a planned handover keep the connections their old owner has
+//!   sockets for;
+//! - everything else passes untouched, after one map lookup.
+
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS,
+    bindings::{
+        bpf_sock_tuple,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+        BPF_F_CURRENT_NETNS,
+    },
+    helpers::{bpf_ktime_get_ns, bpf_sk_lookup_tcp, bpf_sk_release},
     macros::{map, xdp},
-    maps::PerCpuArray,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
+    EbpfContext as _,
 };
-use halo_common::farm::{PacketClass, MAX_VLAN_TAGS};
-
+use halo_common::farm::{
+    bucket_of, filter, BucketState, FarmRule, FarmSettings, PacketClass, UdpFlowKey, Verdict,
+    VipKey, VipValue, BUCKETS, MAX_RULES, MAX_VLAN_TAGS,
+};
 use halo_ebpf::packet::{
-    be16, has_bytes, ptr_at, ArpHdr, EthHdr, Ipv4Hdr, Ipv6Hdr, Truncated, VlanHdr, ETH_P_8021AD,
-    ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6,
+    be16, has_bytes, ptr_at, ptr_at_mut, ArpHdr, EthHdr, Ipv4Hdr, Ipv6Hdr, NeighbourMessage, Ports,
+    TcpHead, Truncated, VlanHdr, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6,
+    ICMPV6_NEIGHBOUR_ADVERTISEMENT, ICMPV6_NEIGHBOUR_SOLICITATION, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN,
 };
 
 /// Frames seen per [`PacketClass`], per CPU (no atomics on the hot path).
 #[map]
 static FARM_CLASS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PacketClass::COUNT, 0);
 
+/// Frames per [`Verdict`], per CPU.
+#[map]
+static FARM_VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+
+/// Packets accepted per bucket, per CPU.
+#[map]
+static FARM_BUCKET_PACKETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(BUCKETS, 0);
+
+/// The program's settings; until the daemon writes them, nothing is a VIP.
+#[map]
+static FARM_SETTINGS: Array<FarmSettings> = Array::with_max_entries(1, 0);
+
+/// The VIPs, IPv4 mapped into IPv6, with their virtual MACs.
+#[map]
+static FARM_VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(64, 0);
+
+/// The rules, `FarmSettings::rule_count` of them in use.
+#[map]
+static FARM_RULES: Array<FarmRule> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Two bucket tables of [`BucketState`] values; `active_table` says which
+/// one is live.
+#[map]
+static FARM_BUCKETS: Array<u8> = Array::with_max_entries(2 * BUCKETS, 0);
+
+/// Recent UDP flows this node accepted, with the time it last saw them.
+#[map]
+static FARM_UDP_FLOWS: LruHashMap<UdpFlowKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
 #[xdp]
 pub fn farm_ingress(ctx: XdpContext) -> u32 {
-    // Every frame passes for now; the fallback on a parse failure is PASS as
-    // well, because dropping what we failed to understand would cut the node
-    // off its own network, while the kernel's stack validates anything it
-    // receives anyway.
-    let (class, tagged) = classify(&ctx);
-    count(class);
-    if tagged {
-        count(PacketClass::VlanTagged);
+    // A frame the parser cannot read passes: dropping what we failed to
+    // understand would cut the node off its own network, and the kernel's
+    // stack validates whatever it receives anyway. A frame for a VIP is
+    // always read completely before any decision to accept it.
+    match try_farm_ingress(&ctx) {
+        Ok(action) => action,
+        Err(Truncated) => {
+            count(&FARM_CLASS_COUNTERS, PacketClass::Malformed as u32);
+            XDP_PASS
+        }
     }
-    XDP_PASS
 }
 
 #[inline(always)]
-fn count(class: PacketClass) {
-    if let Some(counter) = FARM_CLASS_COUNTERS.get_ptr_mut(class as u32) {
-        // SAFETY: the pointer is this CPU's slot of a per-CPU array value;
-        // XDP programs run with preemption disabled, so nothing else writes it.
+fn count(counters: &PerCpuArray<u64>, index: u32) {
+    if let Some(counter) = counters.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array; XDP programs run with
+        // preemption disabled, so nothing else writes it concurrently.
         unsafe { *counter += 1 };
     }
 }
 
-/// The class of the frame, and whether it carried a VLAN tag.
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> (PacketClass, bool) {
-    match try_classify(ctx) {
-        Ok(found) => found,
-        Err(Truncated) => (PacketClass::Malformed, false),
-    }
+fn verdict(v: Verdict, action: u32) -> u32 {
+    count(&FARM_VERDICTS, v as u32);
+    action
 }
 
-#[inline(always)]
-fn try_classify(ctx: &XdpContext) -> Result<(PacketClass, bool), Truncated> {
+fn try_farm_ingress(ctx: &XdpContext) -> Result<u32, Truncated> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    // SAFETY: ptr_at checked that the whole header lies inside the frame.
+    // SAFETY: ptr_at checked that the header lies inside the frame.
     let mut ether_type = be16(unsafe { (*eth).ether_type });
     let mut offset = core::mem::size_of::<EthHdr>();
-    let mut tagged = false;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        count(&FARM_CLASS_COUNTERS, PacketClass::VlanTagged as u32);
+    }
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
-        let Ok(tag) = ptr_at::<VlanHdr>(ctx, offset) else {
-            return Ok((PacketClass::Malformed, true));
-        };
+        let tag = ptr_at::<VlanHdr>(ctx, offset)?;
         // SAFETY: bounds checked by ptr_at.
         ether_type = be16(unsafe { (*tag).ether_type });
         offset += core::mem::size_of::<VlanHdr>();
-        tagged = true;
     }
-    let class = match ether_type {
-        ETH_P_ARP => classify_arp(ctx, offset),
-        ETH_P_IPV4 => classify_ipv4(ctx, offset),
-        ETH_P_IPV6 => classify_ipv6(ctx, offset),
-        _ => PacketClass::Other,
-    };
-    Ok((class, tagged))
+    match ether_type {
+        ETH_P_ARP => on_arp(ctx, offset),
+        ETH_P_IPV4 => on_ipv4(ctx, offset),
+        ETH_P_IPV6 => on_ipv6(ctx, offset),
+        _ => {
+            count(&FARM_CLASS_COUNTERS, PacketClass::Other as u32);
+            Ok(XDP_PASS)
+        }
+    }
+}
+
+/// The state of `bucket` in the live table.
+#[inline(always)]
+fn bucket_state(settings: &FarmSettings, bucket: u32) -> BucketState {
+    let index = (settings.active_table & 1) * BUCKETS + (bucket % BUCKETS);
+    match FARM_BUCKETS.get(index) {
+        Some(raw) => BucketState::from_raw(*raw),
+        None => BucketState::NotMine,
+    }
 }
 
 #[inline(always)]
-fn classify_arp(ctx: &XdpContext, offset: usize) -> PacketClass {
-    let Ok(arp) = ptr_at::<ArpHdr>(ctx, offset) else {
-        return PacketClass::Malformed;
-    };
-    // SAFETY: bounds checked by ptr_at.
-    let arp = unsafe { &*arp };
+fn settings() -> Option<&'static FarmSettings> {
+    FARM_SETTINGS.get(0)
+}
+
+#[inline(always)]
+fn mapped_v4(octets: [u8; 4]) -> [u8; 16] {
+    VipKey::v4(octets).addr
+}
+
+fn on_arp(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
+    let arp = ptr_at_mut::<ArpHdr>(ctx, offset)?;
+    // SAFETY: bounds checked by ptr_at_mut; the frame is ours to rewrite.
+    let arp = unsafe { &mut *arp };
     let ethernet_ipv4 =
         be16(arp.htype) == 1 && be16(arp.ptype) == ETH_P_IPV4 && arp.hlen == 6 && arp.plen == 4;
-    if ethernet_ipv4 {
-        PacketClass::Arp
-    } else {
-        PacketClass::Malformed
+    if !ethernet_ipv4 {
+        count(&FARM_CLASS_COUNTERS, PacketClass::Malformed as u32);
+        return Ok(XDP_PASS);
     }
+    count(&FARM_CLASS_COUNTERS, PacketClass::Arp as u32);
+    let Some(vip) = (unsafe { FARM_VIPS.get(&VipKey::v4(arp.tpa)) }) else {
+        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    };
+    let Some(settings) = settings() else {
+        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    };
+    // Only requests from others are answered: a gratuitous announcement of
+    // the VIP (sender = target) comes from a farm node.
+    if be16(arp.oper) != 1 || arp.spa == arp.tpa {
+        return Ok(verdict(Verdict::ArpLeft, XDP_DROP));
+    }
+    let bucket = bucket_of(&mapped_v4(arp.spa), None);
+    match bucket_state(settings, bucket) {
+        BucketState::Owned | BucketState::Incoming => {}
+        BucketState::NotMine | BucketState::Draining => {
+            return Ok(verdict(Verdict::ArpLeft, XDP_DROP));
+        }
+    }
+    let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
+    // SAFETY: bounds checked; rewriting the request into its reply in place.
+    let eth = unsafe { &mut *eth };
+    let requester_mac = arp.sha;
+    let requester_ip = arp.spa;
+    let vip_ip = arp.tpa;
+    eth.dst = requester_mac;
+    // Never the virtual MAC as a source: switches must not learn it.
+    eth.src = settings.own_mac;
+    arp.oper = [0, 2];
+    arp.sha = vip.vmac;
+    arp.spa = vip_ip;
+    arp.tha = requester_mac;
+    arp.tpa = requester_ip;
+    Ok(verdict(Verdict::ArpAnswered, XDP_TX))
 }
 
-#[inline(always)]
-fn classify_ipv4(ctx: &XdpContext, offset: usize) -> PacketClass {
-    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
-        return PacketClass::Malformed;
-    };
+fn on_ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
-    let well_formed = ip.version_ihl >> 4 == 4
-        && header_len >= core::mem::size_of::<Ipv4Hdr>()
-        && usize::from(be16(ip.total_len)) >= header_len
-        && has_bytes(ctx, offset, header_len);
-    if well_formed {
-        PacketClass::Ipv4
+    if ip.version_ihl >> 4 != 4
+        || header_len < core::mem::size_of::<Ipv4Hdr>()
+        || !has_bytes(ctx, offset, header_len)
+    {
+        count(&FARM_CLASS_COUNTERS, PacketClass::Malformed as u32);
+        return Ok(XDP_PASS);
+    }
+    count(&FARM_CLASS_COUNTERS, PacketClass::Ipv4 as u32);
+    if unsafe { FARM_VIPS.get(&VipKey::v4(ip.dst)) }.is_none() {
+        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    }
+    let Some(settings) = settings() else {
+        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    };
+    // Fragments after the first carry no ports: every fragment of a
+    // datagram is bucketed by address alone so that they meet on one node.
+    let fragmented = be16(ip.frag) & 0x3fff != 0;
+    let packet = Packet {
+        client: mapped_v4(ip.src),
+        vip: mapped_v4(ip.dst),
+        proto: ip.proto,
+        l4: offset + header_len,
+        fragmented,
+        is_v4: true,
+    };
+    decide(ctx, settings, &packet)
+}
+
+fn on_ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, offset)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    if ip.version_class_flow[0] >> 4 != 6 {
+        count(&FARM_CLASS_COUNTERS, PacketClass::Malformed as u32);
+        return Ok(XDP_PASS);
+    }
+    count(&FARM_CLASS_COUNTERS, PacketClass::Ipv6 as u32);
+    let l4 = offset + core::mem::size_of::<Ipv6Hdr>();
+    if ip.next_header == IPPROTO_ICMPV6 {
+        let icmp_type = ptr_at::<u8>(ctx, l4)?;
+        // SAFETY: bounds checked by ptr_at.
+        if unsafe { *icmp_type } == ICMPV6_NEIGHBOUR_SOLICITATION {
+            return on_neighbour_solicitation(ctx, offset);
+        }
+    }
+    if unsafe { FARM_VIPS.get(&VipKey { addr: ip.dst }) }.is_none() {
+        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    }
+    let Some(settings) = settings() else {
+        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    };
+    // Extension headers are not walked: such packets are bucketed by
+    // address alone, like fragments.
+    let known = matches!(ip.next_header, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6);
+    let packet = Packet {
+        client: ip.src,
+        vip: ip.dst,
+        proto: ip.next_header,
+        l4,
+        fragmented: !known,
+        is_v4: false,
+    };
+    decide(ctx, settings, &packet)
+}
+
+/// An IP packet for a VIP, as far as the bucket decision needs it.
+struct Packet {
+    client: [u8; 16],
+    vip: [u8; 16],
+    proto: u8,
+    /// Offset of the transport header.
+    l4: usize,
+    /// No transport header to read (a fragment, or IPv6 extension headers).
+    fragmented: bool,
+    is_v4: bool,
+}
+
+/// The rule for `proto` and destination `port` (any port when the packet
+/// is a fragment), if one names them.
+#[inline(always)]
+fn find_rule(settings: &FarmSettings, proto: u8, port: Option<u16>) -> Option<FarmRule> {
+    for i in 0..MAX_RULES {
+        if i >= settings.rule_count {
+            break;
+        }
+        let Some(rule) = FARM_RULES.get(i) else {
+            break;
+        };
+        let port_matches = match port {
+            Some(port) => rule.first_port <= port && port <= rule.last_port,
+            None => true,
+        };
+        if rule.proto == proto && port_matches {
+            return Some(*rule);
+        }
+    }
+    None
+}
+
+fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> Result<u32, Truncated> {
+    let (bucket, state) = match packet.proto {
+        IPPROTO_TCP | IPPROTO_UDP if !packet.fragmented => {
+            let ports = ptr_at::<Ports>(ctx, packet.l4)?;
+            // SAFETY: bounds checked by ptr_at.
+            let (sport, dport) = unsafe { (be16((*ports).source), be16((*ports).dest)) };
+            let Some(rule) = find_rule(settings, packet.proto, Some(dport)) else {
+                return Ok(verdict(Verdict::NoRule, XDP_DROP));
+            };
+            let port = (rule.filter == filter::SOURCE_PORT).then_some(sport);
+            let bucket = bucket_of(&packet.client, port);
+            let state = bucket_state(settings, bucket);
+            let keep = match state {
+                BucketState::Owned => true,
+                BucketState::NotMine => false,
+                BucketState::Draining | BucketState::Incoming if packet.proto == IPPROTO_UDP => {
+                    let fresh = udp_flow_is_fresh(settings, packet, sport, dport);
+                    if fresh && state == BucketState::Draining {
+                        count(&FARM_VERDICTS, Verdict::KeptFlow as u32);
+                    }
+                    fresh
+                }
+                BucketState::Draining => {
+                    let kept = has_tcp_socket(ctx, packet, sport, dport);
+                    if kept {
+                        count(&FARM_VERDICTS, Verdict::KeptFlow as u32);
+                    }
+                    kept
+                }
+                BucketState::Incoming => {
+                    let tcp = ptr_at::<TcpHead>(ctx, packet.l4)?;
+                    // SAFETY: bounds checked by ptr_at.
+                    let flags = unsafe { (*tcp).flags };
+                    let new_connection = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+                    new_connection || has_tcp_socket(ctx, packet, sport, dport)
+                }
+            };
+            if !keep {
+                return Ok(verdict(Verdict::OtherNode, XDP_DROP));
+            }
+            if packet.proto == IPPROTO_UDP {
+                remember_udp_flow(packet, sport, dport);
+            }
+            (bucket, state)
+        }
+        IPPROTO_TCP | IPPROTO_UDP => {
+            if find_rule(settings, packet.proto, None).is_none() {
+                return Ok(verdict(Verdict::NoRule, XDP_DROP));
+            }
+            let bucket = bucket_of(&packet.client, None);
+            (bucket, bucket_state(settings, bucket))
+        }
+        // ICMP (echo and errors) follows the client's address: a ping to
+        // the VIP gets exactly one reply.
+        IPPROTO_ICMP if packet.is_v4 => {
+            let bucket = bucket_of(&packet.client, None);
+            (bucket, bucket_state(settings, bucket))
+        }
+        IPPROTO_ICMPV6 if !packet.is_v4 => {
+            let bucket = bucket_of(&packet.client, None);
+            (bucket, bucket_state(settings, bucket))
+        }
+        _ => return Ok(verdict(Verdict::NoRule, XDP_DROP)),
+    };
+    match state {
+        BucketState::Owned | BucketState::Incoming => {}
+        // TCP and UDP in a draining bucket were decided above.
+        BucketState::Draining
+            if matches!(packet.proto, IPPROTO_TCP | IPPROTO_UDP) && !packet.fragmented => {}
+        _ => return Ok(verdict(Verdict::OtherNode, XDP_DROP)),
+    }
+    let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
+    // SAFETY: bounds checked; the frame was sent to the virtual MAC, which
+    // the kernel would not take as its own.
+    unsafe { (*eth).dst = settings.own_mac };
+    count(&FARM_BUCKET_PACKETS, bucket);
+    Ok(verdict(Verdict::Accepted, XDP_PASS))
+}
+
+/// Whether this node's kernel has a TCP socket, other than a listener, for
+/// the packet's connection.
+#[inline(always)]
+fn has_tcp_socket(ctx: &XdpContext, packet: &Packet, sport: u16, dport: u16) -> bool {
+    // SAFETY: an all-zero tuple is valid; the fields are filled below.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if packet.is_v4 {
+        // SAFETY: writing the IPv4 member of a plain-data union.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv4;
+            t.saddr = u32::from_ne_bytes([
+                packet.client[12],
+                packet.client[13],
+                packet.client[14],
+                packet.client[15],
+            ]);
+            t.daddr = u32::from_ne_bytes([
+                packet.vip[12],
+                packet.vip[13],
+                packet.vip[14],
+                packet.vip[15],
+            ]);
+            t.sport = sport.to_be();
+            t.dport = dport.to_be();
+            core::mem::size_of_val(t)
+        }
     } else {
-        PacketClass::Malformed
+        // SAFETY: writing the IPv6 member of a plain-data union.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv6;
+            t.saddr = core::mem::transmute::<[u8; 16], [u32; 4]>(packet.client);
+            t.daddr = core::mem::transmute::<[u8; 16], [u32; 4]>(packet.vip);
+            t.sport = sport.to_be();
+            t.dport = dport.to_be();
+            core::mem::size_of_val(t)
+        }
+    };
+    // SAFETY: the helper takes the context, a tuple of `size` bytes, and
+    // returns a referenced socket or null; a non-null one is released.
+    unsafe {
+        let sk = bpf_sk_lookup_tcp(
+            ctx.as_ptr(),
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return false;
+        }
+        // TCP_LISTEN: a listener is no connection of ours.
+        let connected = (*sk).state != 10;
+        bpf_sk_release(sk.cast());
+        connected
     }
 }
 
 #[inline(always)]
-fn classify_ipv6(ctx: &XdpContext, offset: usize) -> PacketClass {
-    let Ok(ip) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
-        return PacketClass::Malformed;
-    };
-    // SAFETY: bounds checked by ptr_at.
-    if unsafe { (*ip).version_class_flow[0] } >> 4 == 6 {
-        PacketClass::Ipv6
-    } else {
-        PacketClass::Malformed
+fn udp_key(packet: &Packet, sport: u16, dport: u16) -> UdpFlowKey {
+    UdpFlowKey {
+        client: packet.client,
+        client_port: sport,
+        vip_port: dport,
+        _pad: 0,
     }
+}
+
+#[inline(always)]
+fn udp_flow_is_fresh(settings: &FarmSettings, packet: &Packet, sport: u16, dport: u16) -> bool {
+    let key = udp_key(packet, sport, dport);
+    // SAFETY: a map lookup; the value is copied out.
+    match unsafe { FARM_UDP_FLOWS.get(&key) } {
+        // SAFETY: the helper only reads the clock.
+        Some(seen) => unsafe { bpf_ktime_get_ns() }.saturating_sub(*seen) < settings.udp_idle_ns,
+        None => false,
+    }
+}
+
+/// Records that this node serves a UDP flow; rewritten at most every
+/// 100 ms per flow to keep the per-packet cost low.
+#[inline(always)]
+fn remember_udp_flow(packet: &Packet, sport: u16, dport: u16) {
+    let key = udp_key(packet, sport, dport);
+    // SAFETY: the helper only reads the clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map lookup; the value is copied out.
+    if let Some(seen) = unsafe { FARM_UDP_FLOWS.get(&key) } {
+        if now.saturating_sub(*seen) < 100_000_000 {
+            return;
+        }
+    }
+    let _ = FARM_UDP_FLOWS.insert(&key, &now, 0);
+}
+
+fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
+    let l4 = offset + core::mem::size_of::<Ipv6Hdr>();
+    let ip = ptr_at_mut::<Ipv6Hdr>(ctx, offset)?;
+    let ns = ptr_at_mut::<NeighbourMessage>(ctx, l4)?;
+    // SAFETY: both bounds checked; the frame is ours to rewrite.
+    let (ip, ns) = unsafe { (&mut *ip, &mut *ns) };
+    let Some(vip) = (unsafe { FARM_VIPS.get(&VipKey { addr: ns.target }) }) else {
+        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    };
+    let Some(settings) = settings() else {
+        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    };
+    // Answerable: a solicitation with exactly one source link-layer option
+    // (32 bytes), from a unicast address (not duplicate address detection).
+    let answerable = be16(ip.payload_len) == 32
+        && ns.code == 0
+        && ns.option_type == 1
+        && ns.option_len == 1
+        && ip.src != [0u8; 16];
+    if !answerable {
+        return Ok(verdict(Verdict::NdLeft, XDP_DROP));
+    }
+    match bucket_state(settings, bucket_of(&ip.src, None)) {
+        BucketState::Owned | BucketState::Incoming => {}
+        BucketState::NotMine | BucketState::Draining => {
+            return Ok(verdict(Verdict::NdLeft, XDP_DROP));
+        }
+    }
+    let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
+    // SAFETY: bounds checked; rewriting the solicitation into an advertisement.
+    let eth = unsafe { &mut *eth };
+    eth.dst = ns.mac;
+    eth.src = settings.own_mac;
+    ip.dst = ip.src;
+    ip.src = ns.target;
+    ip.hop_limit = 255;
+    ns.icmp_type = ICMPV6_NEIGHBOUR_ADVERTISEMENT;
+    // Solicited and Override.
+    ns.flags = [0x60, 0, 0, 0];
+    ns.option_type = 2;
+    ns.mac = vip.vmac;
+    ns.checksum = [0, 0];
+    ns.checksum = icmpv6_checksum(ip, ns).to_be_bytes();
+    Ok(verdict(Verdict::NdAnswered, XDP_TX))
+}
+
+/// The ICMPv6 checksum (RFC 4443 §2.3) of a 32-byte neighbour message.
+#[inline(always)]
+fn icmpv6_checksum(ip: &Ipv6Hdr, message: &NeighbourMessage) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        let mut i = 0;
+        while i + 1 < bytes.len() {
+            sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+            i += 2;
+        }
+    };
+    add(&ip.src);
+    add(&ip.dst);
+    // Upper-layer length (32) and next header (58), as 32-bit words.
+    add(&[0, 0, 0, 32, 0, 0, 0, IPPROTO_ICMPV6]);
+    // SAFETY: NeighbourMessage is 32 plain bytes.
+    let raw: &[u8; 32] = unsafe { &*(message as *const NeighbourMessage).cast::<[u8; 32]>() };
+    add(raw);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }

@@ -21,6 +21,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Truncated>
     Ok((ctx.data() + offset) as *const T)
 }
 
+/// A writable pointer to a `T` at `offset` bytes into the frame, for the
+/// answers the program builds in place; bounds checked like [`ptr_at`].
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Truncated> {
+    Ok(ptr_at::<T>(ctx, offset)? as *mut T)
+}
+
 /// Whether the frame holds `len` bytes from `offset` on.
 #[inline(always)]
 pub fn has_bytes(ctx: &XdpContext, offset: usize, len: usize) -> bool {
@@ -89,6 +96,50 @@ pub struct Ipv6Hdr {
     pub src: [u8; 16],
     pub dst: [u8; 16],
 }
+
+/// The first 4 bytes of a TCP or UDP header.
+#[repr(C)]
+pub struct Ports {
+    pub source: [u8; 2],
+    pub dest: [u8; 2],
+}
+
+/// The first 14 bytes of a TCP header: ports, sequence numbers, offset and
+/// flags.
+#[repr(C)]
+pub struct TcpHead {
+    pub ports: Ports,
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    pub offset: u8,
+    pub flags: u8,
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// An ICMPv6 neighbour solicitation or advertisement with one link-layer
+/// address option, as exchanged for a unicast address (RFC 4861 §4.3, §4.4).
+#[repr(C)]
+pub struct NeighbourMessage {
+    pub icmp_type: u8,
+    pub code: u8,
+    pub checksum: [u8; 2],
+    pub flags: [u8; 4],
+    pub target: [u8; 16],
+    pub option_type: u8,
+    pub option_len: u8,
+    pub mac: [u8; 6],
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_NEIGHBOUR_SOLICITATION: u8 = 135;
+pub const ICMPV6_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 
 /// Reads a big-endian `u16` stored as two bytes (packet headers are not
 /// aligned, so no `u16` field is read directly).

@@ -69,10 +69,100 @@ fn ipv4_udp_packet(
     ip
 }
 
+fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + payload.len() as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let check = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    ip.extend_from_slice(payload);
+    ip
+}
+
+/// TCP flag bits.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// An IPv4 TCP segment (no options, no payload, checksum left zero: the
+/// XDP program under test does not check it) in an Ethernet frame.
+pub fn ipv4_tcp(
+    dst_mac: Mac,
+    src_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut frame = ethernet(dst_mac, src_mac, ETH_P_IPV4);
+    frame.extend(ipv4_packet(src, dst, 6, &tcp));
+    frame
+}
+
+/// An ICMP echo request in an Ethernet frame.
+pub fn ipv4_echo(dst_mac: Mac, src_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut frame = ethernet(dst_mac, src_mac, ETH_P_IPV4);
+    frame.extend(ipv4_packet(src, dst, 1, &[8, 0, 0xf7, 0xfe, 0, 1, 0, 0]));
+    frame
+}
+
+/// An IPv6 neighbour solicitation for `target` from (`src_mac`, `src`),
+/// with its source link-layer address option, to the solicited-node
+/// multicast address (checksum left zero).
+pub fn neighbour_solicitation(src_mac: Mac, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let mut group = [0xff02, 0, 0, 0, 0, 1, 0xff00, 0]
+        .map(|w: u16| w.to_be_bytes())
+        .concat();
+    group[13..16].copy_from_slice(&t[13..16]);
+    let dst_mac = [0x33, 0x33, 0xff, t[13], t[14], t[15]];
+    let mut frame = ethernet(dst_mac, src_mac, ETH_P_IPV6);
+    frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 32, 58, 255]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&group);
+    frame.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+    frame.extend_from_slice(&t);
+    frame.extend_from_slice(&[1, 1]);
+    frame.extend_from_slice(&src_mac);
+    frame
+}
+
+/// The ICMPv6 checksum of the packet in `frame` (an untagged Ethernet
+/// frame holding IPv6 and ICMPv6): zero when the checksum field is right.
+pub fn icmpv6_checksum_residue(frame: &[u8]) -> u16 {
+    let ip = &frame[14..];
+    let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[8..40]);
+    pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&ip[40..40 + len]);
+    ipv4_checksum(&pseudo)
+}
+
 /// An IPv4 UDP datagram in an Ethernet frame.
 pub fn ipv4_udp(dst_mac: Mac, src_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    ipv4_udp_from(dst_mac, src_mac, src, dst, 40_000, dport)
+}
+
+/// An IPv4 UDP datagram from source port `sport` in an Ethernet frame.
+pub fn ipv4_udp_from(
+    dst_mac: Mac,
+    src_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     let mut frame = ethernet(dst_mac, src_mac, ETH_P_IPV4);
-    frame.extend(ipv4_udp_packet(src, dst, 40_000, dport, b"halo"));
+    frame.extend(ipv4_udp_packet(src, dst, sport, dport, b"halo"));
     frame
 }
 

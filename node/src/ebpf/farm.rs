@@ -1,12 +1,16 @@
 //! User-space control of the farm's XDP ingress program.
 
 use anyhow::Context as _;
+use std::net::IpAddr;
+
 use aya::{
-    maps::PerCpuArray,
+    maps::{Array, HashMap, PerCpuArray},
     programs::{xdp::XdpMode, TestRun as _, TestRunOptions, Xdp},
     Ebpf,
 };
-use halo_common::farm::PacketClass;
+use halo_common::farm::{
+    BucketState, FarmRule, FarmSettings, PacketClass, Verdict, VipKey, VipValue, BUCKETS, MAX_RULES,
+};
 
 use super::FARM_OBJECT;
 
@@ -94,6 +98,137 @@ impl FarmIngress {
         Ok(result.return_value)
     }
 
+    /// Writes the VIPs (with their virtual MACs), the rules and the
+    /// interface's own MAC. Until this is called nothing is a VIP and every
+    /// frame passes. The bucket table is kept.
+    pub fn configure(
+        &mut self,
+        own_mac: [u8; 6],
+        vips: &[(IpAddr, [u8; 6])],
+        rules: &[FarmRule],
+        udp_idle: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            rules.len() <= MAX_RULES as usize,
+            "{} rules, the farm program takes at most {MAX_RULES}",
+            rules.len()
+        );
+        let mut rule_map: Array<_, FarmRule> = Array::try_from(
+            self.ebpf
+                .map_mut("FARM_RULES")
+                .context("no FARM_RULES map")?,
+        )?;
+        for (i, rule) in rules.iter().enumerate() {
+            rule_map
+                .set(i as u32, *rule, 0)
+                .context("writing FARM_RULES")?;
+        }
+        let mut vip_map: HashMap<_, VipKey, VipValue> =
+            HashMap::try_from(self.ebpf.map_mut("FARM_VIPS").context("no FARM_VIPS map")?)?;
+        let stale: Vec<VipKey> = vip_map.keys().filter_map(Result::ok).collect();
+        for key in stale {
+            vip_map.remove(&key).context("clearing FARM_VIPS")?;
+        }
+        for (vip, vmac) in vips {
+            let value = VipValue {
+                vmac: *vmac,
+                _pad: [0; 2],
+            };
+            vip_map
+                .insert(vip_key(*vip), value, 0)
+                .with_context(|| format!("adding VIP {vip} to FARM_VIPS"))?;
+        }
+        let mut settings = self.settings()?;
+        settings.own_mac = own_mac;
+        settings.rule_count = rules.len() as u32;
+        settings.udp_idle_ns = udp_idle.as_nanos() as u64;
+        self.write_settings(settings)
+    }
+
+    /// Replaces the bucket table atomically: the idle half of
+    /// `FARM_BUCKETS` is written, then `active_table` flips, so the program
+    /// never sees a mix of the old and the new table.
+    pub fn set_buckets(&mut self, states: &[BucketState]) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            states.len() == BUCKETS as usize,
+            "a bucket table has {BUCKETS} entries, got {}",
+            states.len()
+        );
+        let mut settings = self.settings()?;
+        let idle = (settings.active_table & 1) ^ 1;
+        let mut table: Array<_, u8> = Array::try_from(
+            self.ebpf
+                .map_mut("FARM_BUCKETS")
+                .context("no FARM_BUCKETS map")?,
+        )?;
+        for (bucket, state) in states.iter().enumerate() {
+            table
+                .set(idle * BUCKETS + bucket as u32, *state as u8, 0)
+                .context("writing FARM_BUCKETS")?;
+        }
+        settings.active_table = idle;
+        self.write_settings(settings)
+    }
+
+    fn settings(&self) -> anyhow::Result<FarmSettings> {
+        let map: Array<_, FarmSettings> = Array::try_from(
+            self.ebpf
+                .map("FARM_SETTINGS")
+                .context("no FARM_SETTINGS map")?,
+        )?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    fn write_settings(&mut self, settings: FarmSettings) -> anyhow::Result<()> {
+        let mut map: Array<_, FarmSettings> = Array::try_from(
+            self.ebpf
+                .map_mut("FARM_SETTINGS")
+                .context("no FARM_SETTINGS map")?,
+        )?;
+        map.set(0, settings, 0).context("writing FARM_SETTINGS")
+    }
+
+    /// Frames per [`Verdict`], summed over CPUs.
+    pub fn verdict_counts(&self) -> anyhow::Result<Vec<(Verdict, u64)>> {
+        let counters = PerCpuArray::<_, u64>::try_from(
+            self.ebpf
+                .map("FARM_VERDICTS")
+                .context("no FARM_VERDICTS map")?,
+        )?;
+        Verdict::ALL
+            .into_iter()
+            .map(|v| Ok((v, counters.get(&(v as u32), 0)?.iter().sum())))
+            .collect()
+    }
+
+    /// Packets accepted per bucket, summed over CPUs.
+    pub fn bucket_packets(&self) -> anyhow::Result<Vec<u64>> {
+        let counters = PerCpuArray::<_, u64>::try_from(
+            self.ebpf
+                .map("FARM_BUCKET_PACKETS")
+                .context("no FARM_BUCKET_PACKETS map")?,
+        )?;
+        (0..BUCKETS)
+            .map(|b| Ok(counters.get(&b, 0)?.iter().sum()))
+            .collect()
+    }
+
+    /// Runs the program once on `frame` and returns its verdict and the
+    /// frame as the program left it (rewritten answers, new MACs).
+    pub fn test_run_output(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.data_out = Some(&mut out);
+        let result = program(&mut self.ebpf)?
+            .test_run(options)
+            .with_context(|| {
+                format!("BPF_PROG_TEST_RUN of farm_ingress on {} bytes", frame.len())
+            })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
     /// The per-class frame counters, summed over CPUs.
     pub fn class_counts(&self) -> anyhow::Result<ClassCounts> {
         let map = self
@@ -117,4 +252,12 @@ fn program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
         .context("the farm object has no farm_ingress program")?
         .try_into()
         .context("farm_ingress is not an XDP program")
+}
+
+/// The program's key for a VIP: IPv4 mapped into IPv6.
+pub fn vip_key(vip: IpAddr) -> VipKey {
+    match vip {
+        IpAddr::V4(v4) => VipKey::v4(v4.octets()),
+        IpAddr::V6(v6) => VipKey { addr: v6.octets() },
+    }
 }

@@ -3,3 +3,4 @@
 
 mod capture;
 mod farm_counts;
+mod farm_policy;

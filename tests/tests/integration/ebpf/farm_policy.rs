@@ -1,0 +1,358 @@
+//! The farm ingress policy, checked frame by frame through
+//! BPF_PROG_TEST_RUN against the same bucket hash in user space: VIP
+//! frames pass only in owned buckets (with the node's own MAC), ARP and
+//! neighbour solicitations for a VIP are answered by the owner alone, and
+//! frames that are not for a VIP pass untouched.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use halo::ebpf::farm::FarmIngress;
+use halo_common::farm::{bucket_of, filter, BucketState, FarmRule, VipKey, BUCKETS};
+use halo_tests::frames::{self, Mac};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const OWN_MAC: Mac = [0x02, 0, 0, 0, 0, 0xaa];
+const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xcc];
+const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const VMAC4: Mac = [0x5a, 0xfe, 10, 0, 0, 100];
+const VMAC6: Mac = [0x5a, 0xfe, 0, 0, 0x01, 0x00];
+
+fn vip6() -> Ipv6Addr {
+    "fd00::100".parse().unwrap()
+}
+
+fn mapped(ip: Ipv4Addr) -> [u8; 16] {
+    VipKey::v4(ip.octets()).addr
+}
+
+/// Every other bucket is ours: a table that splits any traffic.
+fn half_table() -> Vec<BucketState> {
+    (0..BUCKETS)
+        .map(|b| {
+            if b % 2 == 0 {
+                BucketState::Owned
+            } else {
+                BucketState::NotMine
+            }
+        })
+        .collect()
+}
+
+fn owned(bucket: u32) -> bool {
+    bucket % 2 == 0
+}
+
+fn farm(vips: &[(IpAddr, Mac)]) -> FarmIngress {
+    let mut ingress = FarmIngress::load().unwrap();
+    let rules = [
+        FarmRule {
+            proto: 6,
+            filter: filter::SOURCE_PORT,
+            first_port: 80,
+            last_port: 80,
+            _pad: 0,
+        },
+        FarmRule {
+            proto: 17,
+            filter: filter::SOURCE_ADDR,
+            first_port: 53,
+            last_port: 53,
+            _pad: 0,
+        },
+    ];
+    ingress
+        .configure(OWN_MAC, vips, &rules, Duration::from_secs(30))
+        .unwrap();
+    ingress.set_buckets(&half_table()).unwrap();
+    ingress
+}
+
+fn default_vips() -> Vec<(IpAddr, Mac)> {
+    vec![(VIP4.into(), VMAC4), (vip6().into(), VMAC6)]
+}
+
+#[test]
+fn vip_tcp_passes_only_in_owned_buckets_with_the_nodes_own_mac() {
+    let mut ingress = farm(&default_vips());
+    let client = Ipv4Addr::new(192, 168, 7, 9);
+    let (mut passed, mut dropped) = (0, 0);
+    for sport in 40_000..40_400u16 {
+        let frame = frames::ipv4_tcp(VMAC4, CLIENT_MAC, client, VIP4, sport, 80, frames::TCP_SYN);
+        let (verdict, out) = ingress.test_run_output(&frame).unwrap();
+        let bucket = bucket_of(&mapped(client), Some(sport));
+        if owned(bucket) {
+            assert_eq!(verdict, XDP_PASS, "port {sport}, bucket {bucket} is ours");
+            assert_eq!(
+                out[..6],
+                OWN_MAC,
+                "an accepted frame is readdressed to the node's MAC"
+            );
+            assert_eq!(out[6..], frame[6..], "nothing else changes");
+            passed += 1;
+        } else {
+            assert_eq!(
+                verdict, XDP_DROP,
+                "port {sport}, bucket {bucket} is another node's"
+            );
+            dropped += 1;
+        }
+    }
+    // source_port spreads one client's connections over the nodes.
+    assert!(
+        passed > 150 && dropped > 150,
+        "passed {passed}, dropped {dropped} of 400"
+    );
+}
+
+#[test]
+fn source_addr_rules_and_pings_follow_the_client_address_only() {
+    let mut ingress = farm(&default_vips());
+    for last in 1..=60u8 {
+        let client = Ipv4Addr::new(172, 16, 3, last);
+        let expected = if owned(bucket_of(&mapped(client), None)) {
+            XDP_PASS
+        } else {
+            XDP_DROP
+        };
+        for sport in [1000, 2000, 3000] {
+            let frame = frames::ipv4_udp_from(VMAC4, CLIENT_MAC, client, VIP4, sport, 53);
+            assert_eq!(
+                ingress.test_run(&frame).unwrap(),
+                expected,
+                "udp from {client}:{sport}"
+            );
+        }
+        let ping = frames::ipv4_echo(VMAC4, CLIENT_MAC, client, VIP4);
+        assert_eq!(
+            ingress.test_run(&ping).unwrap(),
+            expected,
+            "ping from {client}"
+        );
+    }
+}
+
+#[test]
+fn vip_traffic_no_rule_names_is_dropped_and_other_traffic_passes_untouched() {
+    let mut ingress = farm(&default_vips());
+    let client = Ipv4Addr::new(192, 168, 7, 9);
+    let no_rule = frames::ipv4_tcp(VMAC4, CLIENT_MAC, client, VIP4, 40_000, 81, frames::TCP_SYN);
+    assert_eq!(
+        ingress.test_run(&no_rule).unwrap(),
+        XDP_DROP,
+        "port 81 has no rule"
+    );
+    let own_address = Ipv4Addr::new(10, 0, 0, 1);
+    for sport in 40_000..40_050 {
+        let frame = frames::ipv4_tcp(
+            OWN_MAC,
+            CLIENT_MAC,
+            client,
+            own_address,
+            sport,
+            22,
+            frames::TCP_SYN,
+        );
+        let (verdict, out) = ingress.test_run_output(&frame).unwrap();
+        assert_eq!(
+            (verdict, out),
+            (XDP_PASS, frame),
+            "traffic to the node's own address"
+        );
+    }
+    let arp = frames::arp_request(CLIENT_MAC, client, own_address);
+    let (verdict, out) = ingress.test_run_output(&arp).unwrap();
+    assert_eq!(
+        (verdict, out),
+        (XDP_PASS, arp),
+        "ARP for another address is the kernel's"
+    );
+}
+
+#[test]
+fn exactly_the_owner_of_the_requesters_bucket_answers_arp_for_the_vip() {
+    let mut ingress = farm(&default_vips());
+    let mut answered = 0;
+    for last in 1..=100u8 {
+        let requester = Ipv4Addr::new(192, 168, 50, last);
+        let request = frames::arp_request(CLIENT_MAC, requester, VIP4);
+        let (verdict, reply) = ingress.test_run_output(&request).unwrap();
+        if !owned(bucket_of(&mapped(requester), None)) {
+            assert_eq!(
+                verdict, XDP_DROP,
+                "{requester}'s bucket is another node's: it answers"
+            );
+            continue;
+        }
+        answered += 1;
+        assert_eq!(verdict, XDP_TX, "{requester}'s bucket is ours: answer");
+        assert_eq!(
+            reply[0..6],
+            CLIENT_MAC,
+            "Ethernet destination: the requester"
+        );
+        assert_eq!(
+            reply[6..12],
+            OWN_MAC,
+            "Ethernet source: the node's own MAC, never the virtual one"
+        );
+        assert_eq!(reply[20..22], [0, 2], "an ARP reply");
+        assert_eq!(
+            reply[22..28],
+            VMAC4,
+            "sender hardware address: the virtual MAC"
+        );
+        assert_eq!(
+            reply[28..32],
+            VIP4.octets(),
+            "sender protocol address: the VIP"
+        );
+        assert_eq!(
+            reply[32..38],
+            CLIENT_MAC,
+            "target hardware address: the requester"
+        );
+        assert_eq!(
+            reply[38..42],
+            requester.octets(),
+            "target protocol address: the requester"
+        );
+    }
+    assert!(
+        (30..=70).contains(&answered),
+        "answered {answered} of 100 requesters"
+    );
+}
+
+#[test]
+fn exactly_the_owner_answers_neighbour_solicitations_for_the_ipv6_vip() {
+    let mut ingress = farm(&default_vips());
+    let mut answered = 0;
+    for last in 1..=100u16 {
+        let requester = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 7, last);
+        let solicitation = frames::neighbour_solicitation(CLIENT_MAC, requester, vip6());
+        let (verdict, na) = ingress.test_run_output(&solicitation).unwrap();
+        if !owned(bucket_of(&requester.octets(), None)) {
+            assert_eq!(verdict, XDP_DROP, "{requester}'s bucket is another node's");
+            continue;
+        }
+        answered += 1;
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(na[0..6], CLIENT_MAC, "to the requester");
+        assert_eq!(na[6..12], OWN_MAC, "from the node's own MAC");
+        assert_eq!(na[22..38], vip6().octets(), "IPv6 source: the VIP");
+        assert_eq!(
+            na[38..54],
+            requester.octets(),
+            "IPv6 destination: the requester"
+        );
+        assert_eq!(na[54], 136, "a neighbour advertisement");
+        assert_eq!(na[58], 0x60, "solicited and override");
+        assert_eq!(na[62..78], vip6().octets(), "target: the VIP");
+        assert_eq!(na[78..80], [2, 1], "a target link-layer address option");
+        assert_eq!(na[80..86], VMAC6, "carrying the virtual MAC");
+        assert_eq!(
+            frames::icmpv6_checksum_residue(&na),
+            0,
+            "a valid ICMPv6 checksum"
+        );
+    }
+    assert!(
+        (30..=70).contains(&answered),
+        "answered {answered} of 100 requesters"
+    );
+}
+
+#[test]
+fn a_draining_bucket_keeps_connections_this_node_has_a_socket_for() {
+    // The VIP is a loopback address here so that a real TCP connection on
+    // this machine's loopback is the "existing connection" the kernel finds.
+    let vip = Ipv4Addr::new(127, 0, 0, 1);
+    let listener = TcpListener::bind((vip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut client = TcpStream::connect((vip, port)).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"x").unwrap();
+    let mut byte = [0u8; 1];
+    server.read_exact(&mut byte).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+
+    let mut ingress = FarmIngress::load().unwrap();
+    let rules = [FarmRule {
+        proto: 6,
+        filter: filter::SOURCE_PORT,
+        first_port: port,
+        last_port: port,
+        _pad: 0,
+    }];
+    ingress
+        .configure(
+            OWN_MAC,
+            &[(vip.into(), VMAC4)],
+            &rules,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let bucket = bucket_of(&mapped(vip), Some(client_port));
+    let other_port = (1..)
+        .map(|p| client_port.wrapping_add(p))
+        .find(|p| bucket_of(&mapped(vip), Some(*p)) != bucket && *p != port)
+        .unwrap();
+    let mut table = vec![BucketState::NotMine; BUCKETS as usize];
+
+    let ack = |sport| frames::ipv4_tcp(VMAC4, CLIENT_MAC, vip, vip, sport, port, frames::TCP_ACK);
+    let syn = |sport| frames::ipv4_tcp(VMAC4, CLIENT_MAC, vip, vip, sport, port, frames::TCP_SYN);
+
+    table[bucket as usize] = BucketState::Draining;
+    table[bucket_of(&mapped(vip), Some(other_port)) as usize] = BucketState::Draining;
+    ingress.set_buckets(&table).unwrap();
+    assert_eq!(
+        ingress.test_run(&ack(client_port)).unwrap(),
+        XDP_PASS,
+        "our connection stays with us"
+    );
+    assert_eq!(
+        ingress.test_run(&ack(other_port)).unwrap(),
+        XDP_DROP,
+        "a flow we have no socket for is the new owner's"
+    );
+    assert_eq!(
+        ingress.test_run(&syn(other_port)).unwrap(),
+        XDP_DROP,
+        "new connections go to the new owner"
+    );
+
+    table[bucket as usize] = BucketState::Incoming;
+    table[bucket_of(&mapped(vip), Some(other_port)) as usize] = BucketState::Incoming;
+    ingress.set_buckets(&table).unwrap();
+    assert_eq!(
+        ingress.test_run(&syn(other_port)).unwrap(),
+        XDP_PASS,
+        "the new owner takes new connections"
+    );
+    assert_eq!(
+        ingress.test_run(&ack(other_port)).unwrap(),
+        XDP_DROP,
+        "but not the old owner's flows"
+    );
+    assert_eq!(
+        ingress.test_run(&ack(client_port)).unwrap(),
+        XDP_PASS,
+        "and what it has sockets for"
+    );
+
+    table[bucket as usize] = BucketState::NotMine;
+    ingress.set_buckets(&table).unwrap();
+    assert_eq!(
+        ingress.test_run(&ack(client_port)).unwrap(),
+        XDP_DROP,
+        "handed over: dropped"
+    );
+    drop((client, server));
+}
