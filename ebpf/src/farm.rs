@@ -24,7 +24,7 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         BPF_F_CURRENT_NETNS,
     },
-    helpers::{bpf_ktime_get_ns, bpf_sk_lookup_tcp, bpf_sk_release},
+    helpers::{bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -163,7 +163,7 @@ fn on_arp(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
         return Ok(XDP_PASS);
     }
     count(&FARM_CLASS_COUNTERS, PacketClass::Arp as u32);
-    let Some(vip) = (unsafe { FARM_VIPS.get(&VipKey::v4(arp.tpa)) }) else {
+    let Some(vip) = (unsafe { FARM_VIPS.get(VipKey::v4(arp.tpa)) }) else {
         return Ok(verdict(Verdict::NotVip, XDP_PASS));
     };
     let Some(settings) = settings() else {
@@ -211,7 +211,7 @@ fn on_ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
         return Ok(XDP_PASS);
     }
     count(&FARM_CLASS_COUNTERS, PacketClass::Ipv4 as u32);
-    if unsafe { FARM_VIPS.get(&VipKey::v4(ip.dst)) }.is_none() {
+    if unsafe { FARM_VIPS.get(VipKey::v4(ip.dst)) }.is_none() {
         return Ok(verdict(Verdict::NotVip, XDP_PASS));
     }
     let Some(settings) = settings() else {
@@ -248,7 +248,7 @@ fn on_ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
             return on_neighbour_solicitation(ctx, offset);
         }
     }
-    if unsafe { FARM_VIPS.get(&VipKey { addr: ip.dst }) }.is_none() {
+    if unsafe { FARM_VIPS.get(VipKey { addr: ip.dst }) }.is_none() {
         return Ok(verdict(Verdict::NotVip, XDP_PASS));
     }
     let Some(settings) = settings() else {
@@ -382,7 +382,9 @@ fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> Result<
 }
 
 /// Whether this node's kernel has a TCP socket, other than a listener, for
-/// the packet's connection.
+/// the packet's connection, a handshake in progress included: the lookup
+/// returns request sockets (`TCP_NEW_SYN_RECV`) too, so a connection whose
+/// SYN this node accepted just before its bucket moved completes here.
 #[inline(always)]
 fn has_tcp_socket(ctx: &XdpContext, packet: &Packet, sport: u16, dport: u16) -> bool {
     // SAFETY: an all-zero tuple is valid; the fields are filled below.
@@ -421,7 +423,7 @@ fn has_tcp_socket(ctx: &XdpContext, packet: &Packet, sport: u16, dport: u16) -> 
     // SAFETY: the helper takes the context, a tuple of `size` bytes, and
     // returns a referenced socket or null; a non-null one is released.
     unsafe {
-        let sk = bpf_sk_lookup_tcp(
+        let sk = bpf_skc_lookup_tcp(
             ctx.as_ptr(),
             &mut tuple,
             size as u32,
@@ -452,7 +454,7 @@ fn udp_key(packet: &Packet, sport: u16, dport: u16) -> UdpFlowKey {
 fn udp_flow_is_fresh(settings: &FarmSettings, packet: &Packet, sport: u16, dport: u16) -> bool {
     let key = udp_key(packet, sport, dport);
     // SAFETY: a map lookup; the value is copied out.
-    match unsafe { FARM_UDP_FLOWS.get(&key) } {
+    match unsafe { FARM_UDP_FLOWS.get(key) } {
         // SAFETY: the helper only reads the clock.
         Some(seen) => unsafe { bpf_ktime_get_ns() }.saturating_sub(*seen) < settings.udp_idle_ns,
         None => false,
@@ -467,12 +469,12 @@ fn remember_udp_flow(packet: &Packet, sport: u16, dport: u16) {
     // SAFETY: the helper only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map lookup; the value is copied out.
-    if let Some(seen) = unsafe { FARM_UDP_FLOWS.get(&key) } {
+    if let Some(seen) = unsafe { FARM_UDP_FLOWS.get(key) } {
         if now.saturating_sub(*seen) < 100_000_000 {
             return;
         }
     }
-    let _ = FARM_UDP_FLOWS.insert(&key, &now, 0);
+    let _ = FARM_UDP_FLOWS.insert(key, now, 0);
 }
 
 fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
@@ -481,7 +483,7 @@ fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Result<u32, Tru
     let ns = ptr_at_mut::<NeighbourMessage>(ctx, l4)?;
     // SAFETY: both bounds checked; the frame is ours to rewrite.
     let (ip, ns) = unsafe { (&mut *ip, &mut *ns) };
-    let Some(vip) = (unsafe { FARM_VIPS.get(&VipKey { addr: ns.target }) }) else {
+    let Some(vip) = (unsafe { FARM_VIPS.get(VipKey { addr: ns.target }) }) else {
         return Ok(verdict(Verdict::NotVip, XDP_PASS));
     };
     let Some(settings) = settings() else {

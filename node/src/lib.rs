@@ -7,5 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod ebpf;
+pub mod farm;
 pub mod fsm;
+pub mod net;
 pub mod witness;

@@ -45,6 +45,11 @@ fn main() -> ExitCode {
                 Switch::Off => ModuleAction::FailoverOff,
             },
         ),
+        Command::Buckets {
+            module,
+            json,
+            target,
+        } => cli::buckets::run(&module, json, &target).map(|()| ExitCode::SUCCESS),
         Command::Status { json, target } => {
             cli::status::run(json, &target).map(|()| ExitCode::SUCCESS)
         }

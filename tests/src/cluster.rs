@@ -117,17 +117,24 @@ impl<'lab> Cluster<'lab> {
 
     /// Starts `halo run` on `node` and waits until its API answers.
     pub fn start(&mut self, node: &str) -> Result<()> {
+        self.start_with(node, |_| {})
+    }
+
+    /// Starts `halo run` on `node` as [`Cluster::start`] does, letting
+    /// `adjust` change the command first (e.g. put the daemon in a process
+    /// group of its own, away from the terminal's Ctrl-C).
+    pub fn start_with(&mut self, node: &str, adjust: impl FnOnce(&mut Command)) -> Result<()> {
         ensure!(
             self.nodes.iter().any(|n| n == node),
             "{node} is not a cluster node"
         );
         let host = self.lab.host(node);
-        let process = host.spawn(
-            "halo",
-            Command::new(halo_bin())
-                .args(["run", "--config", CONFIG_PATH])
-                .env("HALO_LOG", "info"),
-        )?;
+        let mut command = Command::new(halo_bin());
+        command
+            .args(["run", "--config", CONFIG_PATH])
+            .env("HALO_LOG", "info");
+        adjust(&mut command);
+        let process = host.spawn("halo", &mut command)?;
         self.daemons.insert(node.to_owned(), process);
         crate::lab::wait_until(Duration::from_secs(10), &format!("{node}'s API"), || {
             Ok(self.status(node).is_ok())

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod setup;
 mod step;
 mod test;
@@ -27,6 +28,10 @@ enum Command {
     /// Set up, build halo in release mode, then run a bench in the lab and
     /// print its figures (needs root).
     Bench(bench::BenchArgs),
+    /// Set up, build halo, then run the lab demo: a 3-node farm serving HTTP
+    /// on a VIP, a live view of which node answers, a node killed and
+    /// brought back; Ctrl-C removes the lab (needs root).
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

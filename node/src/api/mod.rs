@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use auth::ApiToken;
+
+use crate::farm::SharedTables;
 pub use status::{ModuleStatus, NodeStatus, PeerStatus};
 
 /// The daemon's current view, published by its main loop and read by the API.
@@ -86,19 +88,51 @@ struct ApiState {
     status: SharedStatus,
     actions: ModuleActions,
     token: Arc<ApiToken>,
+    tables: SharedTables,
 }
 
 /// The API's routes.
-pub fn router(status: SharedStatus, actions: ModuleActions, token: ApiToken) -> Router {
+pub fn router(
+    status: SharedStatus,
+    actions: ModuleActions,
+    token: ApiToken,
+    tables: SharedTables,
+) -> Router {
     Router::new()
         .route("/api/v1/state", get(state))
+        .route("/api/v1/modules/{module}/buckets", get(buckets))
+        .route("/api/v1/modules/{module}/buckets.txt", get(buckets_text))
         .route("/api/v1/modules/{module}/{action}", post(act))
         .route("/var/modules/{module}/ready.txt", get(ready))
         .with_state(ApiState {
             status,
             actions,
             token: Arc::new(token),
+            tables,
         })
+}
+
+/// The farm module's live bucket table as JSON: shares per node and the
+/// owner of every bucket.
+async fn buckets(State(api): State<ApiState>, Path(module): Path<String>) -> Response {
+    match api.tables.read().expect("tables lock").get(&module) {
+        Some(table) => Json(table).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no bucket table for {module:?}: not a farm module serving on this node"),
+        ),
+    }
+}
+
+/// The same, as the table `halo buckets` prints.
+async fn buckets_text(State(api): State<ApiState>, Path(module): Path<String>) -> Response {
+    match api.tables.read().expect("tables lock").get(&module) {
+        Some(table) => table.to_string().into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no bucket table for {module:?}: not a farm module serving on this node"),
+        ),
+    }
 }
 
 /// A JSON error body: `{"error": "…"}`.

@@ -56,3 +56,24 @@ pub fn post_action(
         action.path()
     )
 }
+
+/// GETs `path` from the daemon at `addr`; an error answer becomes an error
+/// naming the daemon's reason.
+pub fn get_text(addr: &str, path: &str) -> anyhow::Result<String> {
+    let url = format!("http://{addr}{path}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(&url).call().with_context(|| {
+        format!("cannot reach the halo daemon at {addr}: is `halo run` running?")
+    })?;
+    let status = response.status();
+    let body = response.body_mut().read_to_string()?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let message = serde_json::from_str::<ApiError>(&body).map_or(body, |e| e.error);
+    anyhow::bail!("the daemon at {addr} answered {status}: {message}")
+}

@@ -1,6 +1,7 @@
 //! The `halo` command line: one module per subcommand.
 
 pub mod action;
+pub mod buckets;
 pub mod check_config;
 pub mod client;
 pub mod keygen;
@@ -86,6 +87,16 @@ pub enum Command {
         action: ActionArgs,
         #[arg(value_enum)]
         switch: Switch,
+    },
+    /// A farm module's bucket table on this node: the owner of every bucket
+    /// and the load share per node.
+    Buckets {
+        module: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
     },
     /// Every module's state on this node, and its peers.
     Status {

@@ -30,7 +30,7 @@ pub use schema::{
     ApiConfig, ArbiterWitness, Checker, CheckerAction, ClusterConfig, ClusterNode, CommandChecker,
     Config, FarmModule, FarmScripts, Filter, HttpChecker, InterfaceChecker, MirrorDir,
     MirrorModule, MirrorScripts, Module, Network, NodeConfig, PingWitness, PortRange,
-    ProcessChecker, Proto, Replication, Rule, SyncMode, TcpChecker, VipChecker, Witness,
+    ProcessChecker, Proto, Replication, Rule, SyncMode, TcpChecker, VipChecker, Witness, XdpMode,
 };
 
 use error::Issue;

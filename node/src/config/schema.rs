@@ -236,8 +236,8 @@ pub struct FarmModule {
     /// The virtual addresses every node of the farm shares.
     #[serde(deserialize_with = "de::ips")]
     pub vips: Vec<IpAddr>,
-    /// `[[module.rule]]`: how traffic to the VIPs is spread; traffic no rule matches is spread by
-    /// source address.
+    /// `[[module.rule]]`: how traffic to the VIPs is spread; traffic to the VIPs that no rule
+    /// names is dropped (ICMP follows the client's address).
     #[serde(rename = "rule")]
     pub rules: Vec<Rule>,
     /// Each node's weight; after loading, every node of the module is present.
@@ -254,6 +254,23 @@ pub struct FarmModule {
     /// The window `maxloop` counts restarts in.
     #[serde(deserialize_with = "de::duration")]
     pub loop_interval: Duration,
+    /// How the XDP filter attaches to `interface`.
+    pub xdp_mode: XdpMode,
+    /// Idle time after which a UDP flow no longer keeps its node in a handover.
+    #[serde(deserialize_with = "de::duration")]
+    pub udp_idle: Duration,
+}
+
+/// How the farm's XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver: the fastest; the NIC driver must support XDP (and,
+    /// for veth, the peer must accept XDP_TX frames).
+    #[default]
+    Native,
+    /// In the kernel's generic path: works on any interface, slower.
+    Generic,
 }
 
 impl Default for FarmModule {
@@ -263,7 +280,8 @@ impl Default for FarmModule {
             name: String::new(),
             interface: String::new(),
             vips: Vec::new(),
-            // No rule: every packet to a VIP is bucketed by its source address.
+            // No rule: nothing but ICMP reaches the application (the daemon
+            // warns at start).
             rules: Vec::new(),
             // A node left out has power 1.
             power: BTreeMap::new(),
@@ -274,6 +292,10 @@ impl Default for FarmModule {
             // SafeKit's restart policy: the 4th failure within 24 h stops the module.
             maxloop: 3,
             loop_interval: Duration::from_secs(24 * 3600),
+            xdp_mode: XdpMode::Native,
+            // Longer than most request/response exchanges, short enough that
+            // a handover completes within a minute.
+            udp_idle: Duration::from_secs(30),
         }
     }
 }

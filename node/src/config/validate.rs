@@ -321,6 +321,13 @@ impl<'a> Validator<'a> {
                 "expected at least one node with a power above 0",
             );
         }
+        if farm.rules.len() > halo_common::farm::MAX_RULES as usize {
+            self.expected(
+                at.key("rule"),
+                &format!("at most {} rules", halo_common::farm::MAX_RULES),
+                farm.rules.len(),
+            );
+        }
         for (j, rule) in farm.rules.iter().enumerate() {
             let earlier = farm.rules[..j].iter().position(|other| {
                 let every_port = |r: &Rule| r.port.is_none();

@@ -2,9 +2,9 @@
 //! with commands, peer reports, checker results, script completions and
 //! time, and performs the actions it returns.
 //!
-//! Not yet performed (the farm data path, issue 4): `ClaimVip`,
-//! `ReleaseVip` and `SetBuckets` are logged, and no address is bound and no
-//! bucket table is written.
+//! The data path actions (`ClaimVip`, `ReleaseVip`, `SetBuckets`) go to
+//! [`FarmDataPath`]; a failure there is a resource down for the machine
+//! (the node leaves the farm) and is logged.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,6 +23,7 @@ use crate::{
     app::{self, checker::CheckerReport, script::ScriptSpec, LogSink},
     cluster::frame::ModuleReport,
     config::{self, FarmModule},
+    farm::{datapath::FarmDataPath, SharedTables},
     fsm::{
         self,
         farm::{Action, Farm, FarmConfig, Input},
@@ -60,7 +61,17 @@ pub struct FarmDriver {
     peer_reports: HashMap<String, ModuleReport>,
     checkers_on: watch::Sender<bool>,
     checker_states: HashMap<String, bool>,
+    datapath: FarmDataPath,
+    /// The live bucket table, shared with the API (`halo buckets`).
+    tables: SharedTables,
 }
+
+/// Bit of `ModuleReport::flags`: the node still drains buckets it handed
+/// over, so their new owner keeps them `Incoming`.
+pub const FLAG_DRAINING: u8 = 1;
+
+/// The resource name under which data path failures take the node out.
+const DATAPATH: &str = "datapath";
 
 impl FarmDriver {
     pub fn new(
@@ -70,6 +81,7 @@ impl FarmDriver {
         reports: Arc<Mutex<Vec<ModuleReport>>>,
         log: ModuleLog,
         sink: LogSink,
+        tables: SharedTables,
     ) -> Self {
         let machine = Farm::new(FarmConfig {
             node: node.to_owned(),
@@ -85,7 +97,10 @@ impl FarmDriver {
             },
         });
         let (checkers_on, _) = watch::channel(true);
+        let datapath = FarmDataPath::new(module.clone(), node);
         FarmDriver {
+            datapath,
+            tables,
             module,
             node: node.to_owned(),
             machine,
@@ -128,6 +143,7 @@ impl FarmDriver {
             );
         }
         self.feed(Input::Command(Command::Start), &script_tx);
+        let mut settle = tokio::time::interval(Duration::from_secs(1));
         let mut stopping = false;
         let mut stop_deadline = None;
         loop {
@@ -147,6 +163,7 @@ impl FarmDriver {
                 Some(report) = checker_reports.recv() => self.on_checker(report, &script_tx),
                 Some(line) = log_lines.recv() => self.write_log(&line.source, &line.text),
                 _ = sleep_until(deadline) => self.feed(Input::Timer, &script_tx),
+                _ = settle.tick() => self.settle(),
                 _ = sleep_until(stop_deadline) => {
                     warn!(module = %self.module.name, "stop scripts did not finish within the grace period");
                     break;
@@ -271,12 +288,16 @@ impl FarmDriver {
                     });
                 }
                 Action::ClaimVip | Action::ReleaseVip | Action::SetBuckets { .. } => {
-                    // The farm data path (VIP binding, XDP bucket table) is
-                    // the farm module's issue; until then this is logged.
-                    self.write_log(
-                        "datapath",
-                        &format!("{action:?} (not performed yet: farm data path)"),
-                    );
+                    if let Err(error) = self.perform_datapath(&action) {
+                        let text = format!("{action:?} failed: {error:#}");
+                        warn!(module = %self.module.name, error = %format!("{error:#}"), "data path action failed");
+                        self.write_log("datapath", &text);
+                        if !matches!(action, Action::ReleaseVip) {
+                            let _ = scripts.send(Input::ResourceDown {
+                                resource: DATAPATH.to_owned(),
+                            });
+                        }
+                    }
                 }
                 Action::Log(event) => {
                     info!(module = %self.module.name, %event, "module event");
@@ -288,6 +309,58 @@ impl FarmDriver {
             }
         }
         self.publish();
+    }
+
+    /// Performs one data path action. rtnetlink is async and the machine's
+    /// actions must run in order, so the driver blocks on it here (a few
+    /// milliseconds, on a runtime worker that tokio replaces meanwhile).
+    fn perform_datapath(&mut self, action: &Action) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Handle::current();
+        match action {
+            Action::ClaimVip => {
+                tokio::task::block_in_place(|| runtime.block_on(self.datapath.claim()))?
+            }
+            Action::ReleaseVip => {
+                tokio::task::block_in_place(|| runtime.block_on(self.datapath.release()))?
+            }
+            Action::SetBuckets { members } => {
+                let peers = &self.peer_reports;
+                let alive = |peer: &str| peers.contains_key(peer);
+                self.datapath.set_members(members, &alive)?;
+            }
+            _ => return Ok(()),
+        }
+        self.publish_table();
+        Ok(())
+    }
+
+    /// Ends finished handovers (once a second).
+    fn settle(&mut self) {
+        let peers = &self.peer_reports;
+        let still_draining = |peer: &str| {
+            peers
+                .get(peer)
+                .is_some_and(|r| r.flags & FLAG_DRAINING != 0)
+        };
+        let was_draining = self.datapath.draining();
+        if let Err(error) = self.datapath.settle(&still_draining) {
+            warn!(module = %self.module.name, error = %format!("{error:#}"), "settling bucket handovers failed");
+        }
+        if was_draining != self.datapath.draining() {
+            self.publish();
+        }
+    }
+
+    fn publish_table(&self) {
+        let mut tables = self.tables.write().expect("tables lock");
+        match self.datapath.table() {
+            Some(table) if self.datapath.ingress().is_some() => {
+                tables.insert(self.module.name.clone(), table.clone());
+            }
+            _ => {
+                tables.remove(&self.module.name);
+            }
+        }
     }
 
     /// The `transition` script runs on every state change; the machine does
@@ -364,7 +437,11 @@ impl FarmDriver {
             name: self.module.name.clone(),
             state: state.code(),
             phase: u8::from(phase == Phase::Transient),
-            flags: 0,
+            flags: if self.datapath.draining() {
+                FLAG_DRAINING
+            } else {
+                0
+            },
             generation: 0,
         };
         let mut reports = self.reports.lock().expect("reports lock");

@@ -112,10 +112,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (modules_down_tx, modules_down) = tokio::sync::watch::channel(false);
     let mut module_inputs: Vec<(String, mpsc::UnboundedSender<ModuleInput>)> = Vec::new();
     let mut module_actions = HashMap::new();
+    let tables: crate::farm::SharedTables = Arc::default();
     let mut module_tasks = Vec::new();
     for module in &config.modules {
         match module {
             Module::Farm(farm) => {
+                if farm.rules.is_empty() {
+                    warn!(module = %farm.name, "farm has no [[module.rule]]: traffic to its VIPs is dropped, only pings are answered");
+                }
                 let log = module_log::ModuleLog::open(state_dir, &farm.name)?;
                 let (sink, lines) = crate::app::LogSink::new();
                 let driver = FarmDriver::new(
@@ -125,6 +129,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     Arc::clone(&heartbeat.reports),
                     log,
                     sink,
+                    Arc::clone(&tables),
                 );
                 let (tx, rx) = mpsc::unbounded_channel();
                 let (actions_tx, actions_rx) = mpsc::unbounded_channel();
@@ -143,7 +148,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let app = api::router(Arc::clone(&status), Arc::new(module_actions), token);
+    let app = api::router(Arc::clone(&status), Arc::new(module_actions), token, tables);
     let api_task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

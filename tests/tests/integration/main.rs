@@ -4,4 +4,5 @@
 
 mod daemon;
 mod ebpf;
+mod farm;
 mod lab;

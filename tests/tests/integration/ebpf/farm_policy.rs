@@ -36,7 +36,7 @@ fn mapped(ip: Ipv4Addr) -> [u8; 16] {
 fn half_table() -> Vec<BucketState> {
     (0..BUCKETS)
         .map(|b| {
-            if b % 2 == 0 {
+            if b.is_multiple_of(2) {
                 BucketState::Owned
             } else {
                 BucketState::NotMine
@@ -46,7 +46,7 @@ fn half_table() -> Vec<BucketState> {
 }
 
 fn owned(bucket: u32) -> bool {
-    bucket % 2 == 0
+    bucket.is_multiple_of(2)
 }
 
 fn farm(vips: &[(IpAddr, Mac)]) -> FarmIngress {

@@ -1,0 +1,192 @@
+//! The farm module's data path on this node, as the module driver performs
+//! it: VIPs bound on the interface, the XDP filter attached and configured,
+//! the bucket table written, gratuitous announcements sent, and handovers
+//! settled as connections end.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use anyhow::Context as _;
+use aya::programs::xdp::XdpMode;
+use halo_common::farm::{filter, FarmRule};
+
+use super::{buckets::BucketTable, handover::Handover};
+use crate::{
+    config::{self, FarmModule, Filter, Proto},
+    ebpf::farm::FarmIngress,
+    net,
+};
+
+/// The data path of one farm module: inactive until [`claim`](Self::claim).
+pub struct FarmDataPath {
+    module: FarmModule,
+    rules: Vec<FarmRule>,
+    handover: Handover,
+    ingress: Option<FarmIngress>,
+}
+
+impl FarmDataPath {
+    pub fn new(module: FarmModule, node: &str) -> Self {
+        let rules = module.rules.iter().map(rule).collect();
+        FarmDataPath {
+            module,
+            rules,
+            handover: Handover::new(node),
+            ingress: None,
+        }
+    }
+
+    /// Attaches the filter (owning no bucket yet), binds the VIPs and
+    /// announces them with their virtual MACs.
+    pub async fn claim(&mut self) -> anyhow::Result<()> {
+        let iface = self.module.interface.clone();
+        let mode = match self.module.xdp_mode {
+            config::XdpMode::Native => XdpMode::Driver,
+            config::XdpMode::Generic => XdpMode::Skb,
+        };
+        announce_own_address_only(&iface)?;
+        let mut ingress = FarmIngress::attach(&iface, mode)?;
+        let own_mac = net::interface_mac(&iface)?;
+        let vips: Vec<(IpAddr, [u8; 6])> = self
+            .module
+            .vips
+            .iter()
+            .map(|vip| (*vip, net::virtual_mac(*vip)))
+            .collect();
+        ingress.configure(own_mac, &vips, &self.rules, self.module.udp_idle)?;
+        ingress.set_buckets(&self.handover.states())?;
+        self.ingress = Some(ingress);
+        for (vip, vmac) in vips {
+            let bound_on = bind_device(&iface, vip);
+            net::claim(bound_on, vip)
+                .await
+                .with_context(|| format!("binding VIP {vip} on {bound_on}"))?;
+            // Clients that cached another MAC for the VIP learn the virtual one.
+            net::announce(&iface, vip, vmac, 2)
+                .with_context(|| format!("announcing VIP {vip} on {iface}"))?;
+        }
+        Ok(())
+    }
+
+    /// Unbinds the VIPs and detaches the filter.
+    pub async fn release(&mut self) -> anyhow::Result<()> {
+        let iface = self.module.interface.clone();
+        let mut first_error = None;
+        for vip in self.module.vips.clone() {
+            if let Err(error) = net::release(bind_device(&iface, vip), vip).await {
+                first_error.get_or_insert(anyhow::Error::from(error));
+            }
+        }
+        self.ingress = None;
+        self.handover = Handover::new(self.handover_node());
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn handover_node(&self) -> &str {
+        self.handover.me()
+    }
+
+    /// Writes the table of a new membership, with handover states for the
+    /// buckets that move between live nodes.
+    pub fn set_members(
+        &mut self,
+        members: &BTreeMap<String, u32>,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> anyhow::Result<()> {
+        if self.handover.table().is_none() {
+            // A node joining a running farm takes its buckets from their
+            // current owners: the table without it is the one they serve.
+            let mut before = members.clone();
+            before.remove(self.handover.me());
+            self.handover.retable(BucketTable::compute(&before)?, alive);
+        }
+        let table = BucketTable::compute(members)?;
+        self.handover.retable(table, alive);
+        self.write()
+    }
+
+    /// Ends the handovers that are over; `still_draining` says whether a
+    /// peer still reports draining buckets.
+    pub fn settle(&mut self, still_draining: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
+        if self.ingress.is_none() {
+            return Ok(());
+        }
+        let tables = [
+            std::fs::read_to_string("/proc/net/tcp").unwrap_or_default(),
+            std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default(),
+        ];
+        let busy = super::handover::busy_tcp_buckets(
+            &[&tables[0], &tables[1]],
+            &self.module.vips,
+            &self.rules,
+        );
+        if self.handover.settle(&busy, still_draining) {
+            self.write()?;
+        }
+        Ok(())
+    }
+
+    /// Whether this node still drains buckets it handed over.
+    pub fn draining(&self) -> bool {
+        self.handover.draining()
+    }
+
+    /// The current bucket table.
+    pub fn table(&self) -> Option<&BucketTable> {
+        self.handover.table()
+    }
+
+    /// The attached filter, for its counters.
+    pub fn ingress(&self) -> Option<&FarmIngress> {
+        self.ingress.as_ref()
+    }
+
+    fn write(&mut self) -> anyhow::Result<()> {
+        if let Some(ingress) = &mut self.ingress {
+            ingress.set_buckets(&self.handover.states())?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a VIP is bound: an IPv4 VIP on the farm interface, an IPv6 VIP on
+/// `lo`. IPv6 has no `arp_announce`: the kernel solicits a client's MAC from
+/// the source address of the packet waiting for it (the VIP, when it is
+/// answering the client) if that address is on the outgoing interface, and
+/// the client then takes the node's own MAC for the VIP from the
+/// solicitation's link-layer option, so its traffic stops being shared.
+/// Bound on `lo`, the VIP is still a local address that accepts packets
+/// from any interface, and solicitations carry the interface's address.
+fn bind_device(iface: &str, vip: IpAddr) -> &str {
+    if vip.to_canonical().is_ipv6() {
+        "lo"
+    } else {
+        iface
+    }
+}
+
+/// Makes the kernel's own ARP requests on `iface` carry the interface's
+/// address, never a VIP (`arp_announce = 2`): a node asking for a client's
+/// MAC from the VIP would teach that client the node's own MAC for the VIP,
+/// and its traffic would stop being shared. (LVS direct routing needs the
+/// same setting, for the same reason.)
+fn announce_own_address_only(iface: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/arp_announce");
+    std::fs::write(&path, "2").with_context(|| format!("setting {path} to 2"))
+}
+
+fn rule(rule: &config::Rule) -> FarmRule {
+    let (first_port, last_port) = rule.port.map_or((0, u16::MAX), |p| (p.first, p.last));
+    FarmRule {
+        proto: match rule.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        },
+        filter: match rule.filter {
+            Filter::SourceAddr => filter::SOURCE_ADDR,
+            Filter::SourcePort => filter::SOURCE_PORT,
+        },
+        first_port,
+        last_port,
+        _pad: 0,
+    }
+}

@@ -1,0 +1,9 @@
+//! The farm module end to end: three real daemons share a VIP in the lab,
+//! a client host makes real TCP connections to it.
+
+mod common;
+mod ipv6;
+mod own_address;
+mod power;
+mod source_addr;
+mod spread;
