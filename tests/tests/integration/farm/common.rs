@@ -1,4 +1,4 @@
-//! What the farm tests beside `spread` share: a dual-stack web server per
+//! What the farm tests share: a dual-stack web server per
 //! node that answers its node's name, a client that records which node
 //! answered each connection (per source address), and a three-node farm
 //! started and waited for.
