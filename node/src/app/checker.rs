@@ -23,7 +23,7 @@
 //! | http | a GET of `url` answers `status` within `timeout` (plain `http://`; redirects are not followed) |
 //! | command | `path args…` exits with status 0 within `timeout`; its process group is killed after each check |
 //! | interface | the interface is up: `operstate` `up`, or `unknown` with `IFF_UP` set (loopback, some virtual links) |
-//! | vip | every VIP of the module is configured on the module's interface |
+//! | vip | every VIP of the module is bound where the module binds it (`lo` for a farm, the interface for a mirror) |
 
 use std::fmt;
 use std::fs;
@@ -62,8 +62,10 @@ pub struct CheckerReport {
 /// What a checker needs to know of its module.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckerContext {
-    /// The module's interface (where its VIPs live).
+    /// The module's interface.
     pub interface: String,
+    /// Where the module's VIPs are bound (a farm binds them on `lo`).
+    pub vip_interface: String,
     /// The module's virtual addresses.
     pub vips: Vec<IpAddr>,
 }
@@ -71,11 +73,18 @@ pub struct CheckerContext {
 impl CheckerContext {
     /// The context of `module`'s checkers.
     pub fn of(module: &Module) -> CheckerContext {
-        let (interface, vips) = match module {
-            Module::Farm(farm) => (farm.interface.clone(), farm.vips.clone()),
-            Module::Mirror(mirror) => (mirror.interface.clone(), mirror.vip.into_iter().collect()),
-        };
-        CheckerContext { interface, vips }
+        match module {
+            Module::Farm(farm) => CheckerContext {
+                interface: farm.interface.clone(),
+                vip_interface: crate::farm::datapath::VIP_DEVICE.to_owned(),
+                vips: farm.vips.clone(),
+            },
+            Module::Mirror(mirror) => CheckerContext {
+                interface: mirror.interface.clone(),
+                vip_interface: mirror.interface.clone(),
+                vips: mirror.vip.into_iter().collect(),
+            },
+        }
     }
 }
 
@@ -254,7 +263,7 @@ impl Probe {
             },
             Checker::Interface(c) => Probe::Interface(c.name),
             Checker::Vip(_) => Probe::Vip {
-                interface: ctx.interface.clone(),
+                interface: ctx.vip_interface.clone(),
                 vips: ctx.vips.clone(),
             },
         }
@@ -594,6 +603,7 @@ mod tests {
     fn lo() -> CheckerContext {
         CheckerContext {
             interface: "lo".to_owned(),
+            vip_interface: "lo".to_owned(),
             vips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
         }
     }
@@ -825,6 +835,7 @@ mod tests {
         assert_eq!(report.id, "vip:127.0.0.1");
         let missing = CheckerContext {
             interface: "lo".to_owned(),
+            vip_interface: "lo".to_owned(),
             vips: vec![
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 IpAddr::V4(Ipv4Addr::new(127, 0, 0, 99)),

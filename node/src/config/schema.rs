@@ -259,6 +259,11 @@ pub struct FarmModule {
     /// Idle time after which a UDP flow no longer keeps its node in a handover.
     #[serde(deserialize_with = "de::duration")]
     pub udp_idle: Duration,
+    /// How long a node that leaves the farm gracefully (`halo stop`, `halo
+    /// restart`) keeps serving its established connections before it stops
+    /// the application anyway.
+    #[serde(deserialize_with = "de::duration")]
+    pub drain_timeout: Duration,
 }
 
 /// How the farm's XDP program is attached.
@@ -296,6 +301,9 @@ impl Default for FarmModule {
             // Longer than most request/response exchanges, short enough that
             // a handover completes within a minute.
             udp_idle: Duration::from_secs(30),
+            // Long enough for most requests in flight to end; a stop never
+            // hangs on a connection that does not.
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -64,11 +64,21 @@ pub struct FarmDriver {
     datapath: FarmDataPath,
     /// The live bucket table, shared with the API (`halo buckets`).
     tables: SharedTables,
+    /// The module's first start waits to hear from its peers.
+    start_pending: bool,
+    /// Peers heard from since the daemon started (a report or a loss).
+    heard: std::collections::BTreeSet<String>,
 }
 
 /// Bit of `ModuleReport::flags`: the node still drains buckets it handed
 /// over, so their new owner keeps them `Incoming`.
 pub const FLAG_DRAINING: u8 = 1;
+
+/// The longest a farm module's first start waits to hear from every peer.
+const JOIN_WAIT: Duration = Duration::from_secs(3);
+
+/// How often handovers settle while a graceful leave drains.
+const DRAIN_TICK: Duration = Duration::from_millis(200);
 
 /// The resource name under which data path failures take the node out.
 const DATAPATH: &str = "datapath";
@@ -95,6 +105,7 @@ impl FarmDriver {
                 maxloop: module.maxloop,
                 loop_interval: module.loop_interval,
             },
+            drain_timeout: module.drain_timeout,
         });
         let (checkers_on, _) = watch::channel(true);
         let datapath = FarmDataPath::new(module.clone(), node);
@@ -113,6 +124,27 @@ impl FarmDriver {
             peer_reports: HashMap::new(),
             checkers_on,
             checker_states: HashMap::new(),
+            start_pending: true,
+            heard: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Starts the module once every peer of the module was heard from, or
+    /// at `JOIN_WAIT`: a node that joined a running farm before knowing
+    /// every member would take buckets as if their owner were gone (Owned,
+    /// not Incoming) and reset that owner's established connections.
+    fn start_when_peers_known(&mut self, timed_out: bool, scripts: &mpsc::UnboundedSender<Input>) {
+        if !self.start_pending {
+            return;
+        }
+        let known = self
+            .module
+            .nodes
+            .iter()
+            .all(|n| *n == self.node || self.heard.contains(n));
+        if known || timed_out {
+            self.start_pending = false;
+            self.feed(Input::Command(Command::Start), scripts);
         }
     }
 
@@ -130,10 +162,8 @@ impl FarmDriver {
     ) {
         let (script_tx, mut script_done) = mpsc::unbounded_channel();
         let (checker_tx, mut checker_reports) = mpsc::channel(64);
-        let context = app::checker::CheckerContext {
-            interface: self.module.interface.clone(),
-            vips: self.module.vips.clone(),
-        };
+        let context =
+            app::checker::CheckerContext::of(&crate::config::Module::Farm(self.module.clone()));
         for checker in &self.module.checkers {
             app::checker::spawn(
                 checker.clone(),
@@ -142,8 +172,14 @@ impl FarmDriver {
                 self.checkers_on.subscribe(),
             );
         }
-        self.feed(Input::Command(Command::Start), &script_tx);
+        self.publish();
+        let join_deadline = TokioInstant::now() + JOIN_WAIT;
+        self.start_when_peers_known(false, &script_tx);
         let mut settle = tokio::time::interval(Duration::from_secs(1));
+        // While a graceful leave drains, handovers settle faster, so that
+        // the stop goes on soon after the last connection ends.
+        let mut drain_tick = tokio::time::interval(DRAIN_TICK);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
         let mut stop_deadline = None;
         loop {
@@ -154,16 +190,39 @@ impl FarmDriver {
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s), if !stopping => {
                     stopping = true;
+                    self.start_pending = false;
                     stop_deadline = Some(TokioInstant::now() + STOP_GRACE);
                     self.feed(Input::Command(Command::Stop), &script_tx);
                 }
-                Some(input) = inputs.recv() => self.on_input(input, &script_tx),
+                Some(input) = inputs.recv() => {
+                    self.on_input(input, &script_tx);
+                    self.start_when_peers_known(false, &script_tx);
+                }
+                _ = tokio::time::sleep_until(join_deadline), if self.start_pending => {
+                    self.start_when_peers_known(true, &script_tx);
+                }
                 Some(action) = actions.recv() => self.on_action(action, &script_tx),
                 Some(done) = script_done.recv() => self.feed(done, &script_tx),
                 Some(report) = checker_reports.recv() => self.on_checker(report, &script_tx),
                 Some(line) = log_lines.recv() => self.write_log(&line.source, &line.text),
-                _ = sleep_until(deadline) => self.feed(Input::Timer, &script_tx),
-                _ = settle.tick() => self.settle(),
+                _ = sleep_until(deadline) => {
+                    let draining = self.machine.awaiting_drain();
+                    self.feed(Input::Timer, &script_tx);
+                    if draining && !self.machine.awaiting_drain() {
+                        self.write_log(
+                            "datapath",
+                            "drain_timeout reached: stopping with connections still open",
+                        );
+                    }
+                }
+                _ = settle.tick() => {
+                    self.settle();
+                    self.check_drained(&script_tx);
+                }
+                _ = drain_tick.tick(), if self.machine.awaiting_drain() => {
+                    self.settle();
+                    self.check_drained(&script_tx);
+                }
                 _ = sleep_until(stop_deadline) => {
                     warn!(module = %self.module.name, "stop scripts did not finish within the grace period");
                     break;
@@ -186,6 +245,13 @@ impl FarmDriver {
     /// An administrator's action, from the API.
     fn on_action(&mut self, action: ModuleAction, scripts: &mpsc::UnboundedSender<Input>) {
         self.write_log("admin", action.path());
+        if matches!(
+            action,
+            ModuleAction::Start | ModuleAction::Stop | ModuleAction::Restart
+        ) {
+            // The administrator decides: no automatic start after this.
+            self.start_pending = false;
+        }
         let command = match action {
             ModuleAction::Start => Command::Start,
             ModuleAction::Stop => Command::Stop,
@@ -214,6 +280,7 @@ impl FarmDriver {
     fn on_input(&mut self, input: ModuleInput, scripts: &mpsc::UnboundedSender<Input>) {
         match input {
             ModuleInput::Peer { peer, report } => {
+                self.heard.insert(peer.clone());
                 match report {
                     Some(report) => {
                         self.peer_reports.insert(peer, report);
@@ -334,7 +401,20 @@ impl FarmDriver {
         Ok(())
     }
 
-    /// Ends finished handovers (once a second).
+    /// Tells the machine that a graceful leave has drained: no bucket this
+    /// node handed over still holds one of its connections.
+    fn check_drained(&mut self, scripts: &mpsc::UnboundedSender<Input>) {
+        if self.machine.awaiting_drain() && !self.datapath.draining() {
+            self.write_log(
+                "datapath",
+                "drained: no connection left in the buckets handed over",
+            );
+            self.feed(Input::Drained, scripts);
+        }
+    }
+
+    /// Ends finished handovers (once a second, and every `DRAIN_TICK`
+    /// while a graceful leave drains).
     fn settle(&mut self) {
         let peers = &self.peer_reports;
         let still_draining = |peer: &str| {

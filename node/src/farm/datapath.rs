@@ -43,7 +43,7 @@ impl FarmDataPath {
             config::XdpMode::Native => XdpMode::Driver,
             config::XdpMode::Generic => XdpMode::Skb,
         };
-        announce_own_address_only(&iface)?;
+        keep_kernel_out_of_vip_layer2(&iface)?;
         let mut ingress = FarmIngress::attach(&iface, mode)?;
         let own_mac = net::interface_mac(&iface)?;
         let vips: Vec<(IpAddr, [u8; 6])> = self
@@ -56,10 +56,9 @@ impl FarmDataPath {
         ingress.set_buckets(&self.handover.states())?;
         self.ingress = Some(ingress);
         for (vip, vmac) in vips {
-            let bound_on = bind_device(&iface, vip);
-            net::claim(bound_on, vip)
+            net::claim(VIP_DEVICE, vip)
                 .await
-                .with_context(|| format!("binding VIP {vip} on {bound_on}"))?;
+                .with_context(|| format!("binding VIP {vip} on {VIP_DEVICE}"))?;
             // Clients that cached another MAC for the VIP learn the virtual one.
             net::announce(&iface, vip, vmac, 2)
                 .with_context(|| format!("announcing VIP {vip} on {iface}"))?;
@@ -69,10 +68,9 @@ impl FarmDataPath {
 
     /// Unbinds the VIPs and detaches the filter.
     pub async fn release(&mut self) -> anyhow::Result<()> {
-        let iface = self.module.interface.clone();
         let mut first_error = None;
         for vip in self.module.vips.clone() {
-            if let Err(error) = net::release(bind_device(&iface, vip), vip).await {
+            if let Err(error) = net::release(VIP_DEVICE, vip).await {
                 first_error.get_or_insert(anyhow::Error::from(error));
             }
         }
@@ -148,30 +146,29 @@ impl FarmDataPath {
     }
 }
 
-/// Where a VIP is bound: an IPv4 VIP on the farm interface, an IPv6 VIP on
-/// `lo`. IPv6 has no `arp_announce`: the kernel solicits a client's MAC from
-/// the source address of the packet waiting for it (the VIP, when it is
-/// answering the client) if that address is on the outgoing interface, and
-/// the client then takes the node's own MAC for the VIP from the
-/// solicitation's link-layer option, so its traffic stops being shared.
-/// Bound on `lo`, the VIP is still a local address that accepts packets
-/// from any interface, and solicitations carry the interface's address.
-fn bind_device(iface: &str, vip: IpAddr) -> &str {
-    if vip.to_canonical().is_ipv6() {
-        "lo"
-    } else {
-        iface
-    }
-}
+/// Where the VIPs are bound: on `lo`, as LVS direct routing does, for
+/// both families. A VIP on `lo` is still a local address that accepts
+/// packets from any interface, but the kernel never answers ARP or neighbour
+/// solicitations for it on the farm interface (`arp_ignore = 1`; ND checks
+/// the receiving interface), and its own solicitations carry the interface's
+/// address: otherwise a node would teach clients its own MAC for the VIP,
+/// whenever its daemon is not there to filter (a crash detaches the XDP
+/// program) and, for IPv6, whenever it looks up a client's MAC (IPv6 has no
+/// `arp_announce`). Frames sent to the virtual MAC are not for this host
+/// without the filter's rewrite, so a node whose daemon died takes no VIP
+/// traffic at all.
+pub const VIP_DEVICE: &str = "lo";
 
-/// Makes the kernel's own ARP requests on `iface` carry the interface's
-/// address, never a VIP (`arp_announce = 2`): a node asking for a client's
-/// MAC from the VIP would teach that client the node's own MAC for the VIP,
-/// and its traffic would stop being shared. (LVS direct routing needs the
-/// same setting, for the same reason.)
-fn announce_own_address_only(iface: &str) -> anyhow::Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/arp_announce");
-    std::fs::write(&path, "2").with_context(|| format!("setting {path} to 2"))
+/// Keeps the kernel out of the VIP's layer 2 on `iface`: its ARP requests
+/// carry the interface's address, never a VIP (`arp_announce = 2`), and it
+/// answers ARP only for addresses on the interface itself (`arp_ignore = 1`),
+/// which the VIPs, bound on `lo`, are not.
+fn keep_kernel_out_of_vip_layer2(iface: &str) -> anyhow::Result<()> {
+    for (key, value) in [("arp_announce", "2"), ("arp_ignore", "1")] {
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/{key}");
+        std::fs::write(&path, value).with_context(|| format!("setting {path} to {value}"))?;
+    }
+    Ok(())
 }
 
 fn rule(rule: &config::Rule) -> FarmRule {

@@ -158,8 +158,11 @@ pub fn busy_tcp_buckets(tables: &[&str], vips: &[IpAddr], rules: &[FarmRule]) ->
             else {
                 continue;
             };
-            // 0A is LISTEN: a listener is no connection.
-            if *state == "0A" {
+            // 0A is LISTEN: a listener is no connection. 06 is TIME_WAIT:
+            // the connection is over (the server closed first, as HTTP/1.0
+            // does); waiting out its 60 s would hold every handover, and a
+            // graceful leave, for nothing.
+            if matches!(*state, "0A" | "06") {
                 continue;
             }
             let (Some((local_addr, local_port)), Some((remote_addr, remote_port))) =
@@ -310,11 +313,12 @@ mod tests {
             _pad: 0,
         }];
         // 10.0.0.100:80 <- 10.0.0.7:40000 established (01), a listener (0A),
-        // and a connection to another address.
+        // a connection to another address, and one in TIME_WAIT (06).
         let tcp = "  sl  local_address rem_address   st\n\
    0: 6400000A:0050 0700000A:9C40 01 0\n\
    1: 6400000A:0050 00000000:0000 0A 0\n\
-   2: 0100000A:0016 0700000A:9C41 01 0\n";
+   2: 0100000A:0016 0700000A:9C41 01 0\n\
+   3: 6400000A:0050 0700000A:9C42 06 0\n";
         let busy = busy_tcp_buckets(&[tcp], &[vip], &rules);
         let client = VipKey::v4([10, 0, 0, 7]).addr;
         assert_eq!(busy, BTreeSet::from([bucket_of(&client, Some(40_000))]));

@@ -23,16 +23,37 @@
 //! | UP | `CheckerFailed{StopStart}` within maxloop | as `Stop`, then as `Start` | UP |
 //! | UP | `CheckerFailed{Restart or StopStart}` beyond maxloop | log MaxloopReached, as `Stop` | STOP |
 //! | any | `CheckerFailed{Stop}` | as `Stop` | STOP |
-//! | any | `Stop` | SetBuckets(peers)?, stop_both?, ReleaseVip?, poststop | STOP |
+//! | UP | `Stop` | SetBuckets(peers), drain, stop_both, ReleaseVip, poststop | STOP |
+//! | any other | `Stop` | SetBuckets(peers)?, stop_both?, ReleaseVip?, poststop | STOP |
 //! | any | `Restart` | as `Stop`, then as `Start` | UP |
 //! | any | prestart or start_both fails | log StartFailed, as `Stop` | STOP |
+//!
+//! # Graceful leave
+//! `drain` is the step of a leave that an administrator asked for (`Stop`
+//! or `Restart` while the node is a member of the bucket table): once the
+//! table without this node is published, the node's buckets are
+//! `Draining` in its data path, so it still serves the connections it has
+//! while its peers take every new one. The machine waits for `Drained`
+//! (the driver sees no `Draining` bucket left: every such connection
+//! ended) or for `drain_timeout`, whichever comes first, then stops the
+//! application and releases the VIP. Meanwhile the state stays **UP
+//! Transient**: the node still serves, but is not a member (`is_serving`
+//! is false, ready.txt answers 503, peers drop it from their table); the
+//! state becomes STOP Transient when the drain ends. A checker stop, a
+//! failed script, a resource down or a checker restart leave at once:
+//! they do not drain, and one of them arriving during a drain ends it.
+//! A `Start` during the drain cancels the leave: the node publishes the
+//! table with itself again and is UP Ready.
 //!
 //! A transition that must change course (a `Stop` while start_both runs) lets
 //! the running script end, drops the remaining steps, and plans again from
 //! what is really held (VIP, application, membership). Phase is Transient
 //! while steps are in flight and Ready when the state is reached.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    time::Duration,
+};
 
 use super::{
     CheckerAction, Command, Event, Instant, NodeName, Phase, RestartBudget, RestartPolicy,
@@ -53,6 +74,8 @@ pub struct FarmConfig {
     pub scripts: ScriptTimeouts,
     /// The maxloop policy of checker restarts.
     pub restart: RestartPolicy,
+    /// The longest a graceful leave keeps serving established connections.
+    pub drain_timeout: Duration,
 }
 
 /// What happens to a farm module.
@@ -84,6 +107,10 @@ pub enum Input {
         /// Whether it succeeded in time.
         ok: bool,
     },
+    /// The data path has no `Draining` bucket left: the connections this
+    /// node served in the buckets it handed over have ended. Sent while
+    /// [`Farm::awaiting_drain`].
+    Drained,
     /// The deadline from `next_deadline` passed.
     Timer,
 }
@@ -131,6 +158,8 @@ enum Step {
     Script(ScriptCall),
     /// SetBuckets with (true) or without (false) this node.
     Publish(bool),
+    /// Wait for `Drained` or `drain_timeout`.
+    Drain,
     Prestarted,
     Stopped,
 }
@@ -142,6 +171,8 @@ struct Plan {
     steps: VecDeque<Step>,
     running: Option<RunningScript>,
     abort: bool,
+    /// While the `Drain` step waits: until when.
+    drain_until: Option<Instant>,
 }
 
 /// The farm module's state machine on this node.
@@ -163,6 +194,10 @@ pub struct Farm {
     plan: Option<Plan>,
     budget: RestartBudget,
     wait_logged: Option<WaitReason>,
+    /// The leave under way was asked for by an administrator: it drains.
+    graceful: bool,
+    /// The time of the input being handled.
+    now: Instant,
 }
 
 impl Farm {
@@ -186,6 +221,8 @@ impl Farm {
             plan: None,
             budget,
             wait_logged: None,
+            graceful: false,
+            now: Instant::START,
         }
     }
 
@@ -209,15 +246,23 @@ impl Farm {
         self.state.exit_code()
     }
 
-    /// When the driver must call `handle(_, Input::Timer)`: the farm has no timer of its own.
+    /// Whether a graceful leave waits for `Input::Drained`.
+    pub fn awaiting_drain(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| p.drain_until.is_some())
+    }
+
+    /// When the driver must call `handle(_, Input::Timer)`: the end of a
+    /// drain's timeout, if one runs.
     pub fn next_deadline(&self) -> Option<Instant> {
-        None
+        self.plan.as_ref().and_then(|p| p.drain_until)
     }
 
     /// Feeds one input at `now`; returns the actions to perform, in order.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
+        self.now = now;
         self.apply(now, input, &mut out);
+        self.end_drain(now);
         let goal = self.goal();
         if let Some(plan) = &mut self.plan {
             if plan.goal != goal.state() {
@@ -255,7 +300,29 @@ impl Farm {
                 self.resources_down.remove(&resource);
             }
             Input::ScriptDone { kind, ok } => self.script_done(kind, ok, out),
+            Input::Drained => {
+                if let Some(plan) = &mut self.plan {
+                    if plan.drain_until.take().is_some() {
+                        self.state = plan.goal;
+                    }
+                }
+            }
             Input::Timer => {}
+        }
+    }
+
+    /// Ends a drain whose deadline passed, or that is no longer graceful
+    /// (a crash path came in meanwhile).
+    fn end_drain(&mut self, now: Instant) {
+        let graceful = self.graceful;
+        if let Some(plan) = &mut self.plan {
+            if plan
+                .drain_until
+                .is_some_and(|until| now >= until || !graceful)
+            {
+                plan.drain_until = None;
+                self.state = plan.goal;
+            }
         }
     }
 
@@ -267,12 +334,15 @@ impl Farm {
                     self.budget.reset();
                 }
                 self.restart_after_stop = false;
+                self.graceful = false;
             }
             Command::Stop => {
+                self.graceful |= self.enabled;
                 self.enabled = false;
                 self.restart_after_stop = false;
             }
             Command::Restart => {
+                self.graceful |= self.enabled;
                 self.restart_after_stop = self.enabled;
                 self.enabled = !self.enabled;
             }
@@ -287,6 +357,7 @@ impl Farm {
 
     fn checker_failed(&mut self, now: Instant, action: CheckerAction, out: &mut Vec<Action>) {
         if action == CheckerAction::Stop {
+            self.graceful = false;
             out.push(Action::Log(Event::CheckerStop));
             self.enabled = false;
             self.restart_after_stop = false;
@@ -299,6 +370,7 @@ impl Farm {
         }
         match self.budget.try_restart(now) {
             Some(count) => {
+                self.graceful = false;
                 out.push(Action::Log(Event::CheckerRestart { action, count }));
                 if action == CheckerAction::Restart {
                     self.begin(
@@ -316,6 +388,7 @@ impl Farm {
                 }
             }
             None => {
+                self.graceful = false;
                 out.push(Action::Log(Event::MaxloopReached {
                     maxloop: self.budget.policy().maxloop,
                 }));
@@ -351,6 +424,7 @@ impl Farm {
                 plan.abort = true;
                 self.enabled = false;
                 self.restart_after_stop = false;
+                self.graceful = false;
             }
         }
     }
@@ -369,9 +443,12 @@ impl Farm {
 
     fn steps_to(&self, goal: &Goal) -> Vec<Step> {
         let mut steps = Vec::new();
-        let leave = |steps: &mut Vec<Step>| {
+        let leave = |steps: &mut Vec<Step>, drain: bool| {
             if self.member {
                 steps.push(Step::Publish(false));
+                if drain && self.graceful && !self.cfg.drain_timeout.is_zero() {
+                    steps.push(Step::Drain);
+                }
             }
             if self.app {
                 steps.push(Step::Script(ScriptCall::Stop(ScriptKind::StopBoth)));
@@ -382,7 +459,7 @@ impl Farm {
         };
         match goal {
             Goal::Stop => {
-                leave(&mut steps);
+                leave(&mut steps, true);
                 if self.prestarted {
                     steps.push(Step::Script(ScriptCall::Hook(ScriptKind::Poststop)));
                     steps.push(Step::Stopped);
@@ -393,7 +470,7 @@ impl Farm {
                 steps.push(Step::Prestarted);
                 steps.push(Step::Script(ScriptCall::Start(ScriptKind::Prestart)));
             }
-            Goal::Wait(_) => leave(&mut steps),
+            Goal::Wait(_) => leave(&mut steps, false),
             Goal::Up => {
                 if !self.vip {
                     steps.push(Step::Act(Action::ClaimVip));
@@ -416,8 +493,17 @@ impl Farm {
             steps: steps.into(),
             running: None,
             abort: false,
+            drain_until: None,
         });
-        self.state = goal;
+        // A draining node still serves its connections: it stays UP until
+        // the drain ends (`Input::Drained`, `end_drain`).
+        if !self
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.steps.contains(&Step::Drain))
+        {
+            self.state = goal;
+        }
         self.phase = Phase::Transient;
     }
 
@@ -438,6 +524,7 @@ impl Farm {
                 self.phase = Phase::Ready;
                 if goal == Goal::Stop && self.restart_after_stop {
                     self.restart_after_stop = false;
+                    self.graceful = false;
                     self.enabled = true;
                     continue;
                 }
@@ -456,6 +543,9 @@ impl Farm {
             }
             if plan.abort {
                 self.plan = None;
+                return;
+            }
+            if plan.drain_until.is_some() {
                 return;
             }
             let Some(step) = plan.steps.pop_front() else {
@@ -480,6 +570,7 @@ impl Farm {
                     }
                 }
                 Step::Publish(with_me) => self.publish(with_me, out),
+                Step::Drain => plan.drain_until = Some(self.now + self.cfg.drain_timeout),
                 Step::Prestarted => self.prestarted = true,
                 Step::Stopped => self.prestarted = false,
             }
@@ -527,6 +618,7 @@ mod tests {
                 maxloop: 2,
                 loop_interval: Duration::from_secs(3600),
             },
+            drain_timeout: Duration::from_secs(30),
         }
     }
 
@@ -752,11 +844,164 @@ mod tests {
         );
     }
 
+    fn kinds(actions: &[Action]) -> Vec<&'static str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetBuckets { .. } => Some("buckets"),
+                Action::RunScript(r) => Some(r.kind.file_name()),
+                Action::ReleaseVip => Some("release"),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stop_drains_until_drained_then_stops() {
+        let mut farm = Farm::new(config());
+        up(&mut farm);
+        let leave = drive(&mut farm, t(10), Input::Command(Command::Stop), |_| true);
+        assert_eq!(
+            buckets(&leave),
+            vec![members(&[("n2", 1)])],
+            "expected the table without this node, saw {leave:?}"
+        );
+        assert_eq!(
+            kinds(&leave),
+            vec!["buckets"],
+            "expected nothing stopped while draining, saw {leave:?}"
+        );
+        assert!(
+            farm.state() == State::Up
+                && farm.phase() == Phase::Transient
+                && !farm.is_serving()
+                && farm.awaiting_drain(),
+            "expected UP transient, not serving, draining; saw {} {}",
+            farm.state(),
+            farm.phase()
+        );
+        assert_eq!(farm.next_deadline(), Some(t(10) + Duration::from_secs(30)));
+        let members_meanwhile = drive(
+            &mut farm,
+            t(500),
+            Input::Members(members(&[("n2", 1), ("n3", 1)])),
+            |_| true,
+        );
+        assert!(
+            buckets(&members_meanwhile).is_empty() && farm.awaiting_drain(),
+            "expected no rejoin while draining, saw {members_meanwhile:?}"
+        );
+        let early = drive(&mut farm, t(1000), Input::Timer, |_| true);
+        assert!(
+            kinds(&early).is_empty() && farm.awaiting_drain(),
+            "expected a timer before the deadline to change nothing, saw {early:?}"
+        );
+        let drained = drive(&mut farm, t(2000), Input::Drained, |_| true);
+        assert_eq!(
+            kinds(&drained),
+            vec!["stop_both", "release", "poststop"],
+            "expected the stop once drained, saw {drained:?}"
+        );
+        assert!(
+            farm.state() == State::Stop && farm.phase() == Phase::Ready,
+            "expected STOP ready, saw {} {}",
+            farm.state(),
+            farm.phase()
+        );
+        assert_eq!(farm.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_drain_ends_at_its_timeout_without_drained() {
+        let mut farm = Farm::new(config());
+        up(&mut farm);
+        drive(&mut farm, t(10), Input::Command(Command::Stop), |_| true);
+        let deadline = farm.next_deadline().expect("a drain deadline");
+        assert_eq!(deadline, t(30_010));
+        let before = drive(&mut farm, t(30_009), Input::Timer, |_| true);
+        assert!(
+            kinds(&before).is_empty() && farm.state() == State::Up,
+            "expected the drain to go on before its deadline, saw {before:?}"
+        );
+        let at = drive(&mut farm, deadline, Input::Timer, |_| true);
+        assert_eq!(
+            kinds(&at),
+            vec!["stop_both", "release", "poststop"],
+            "expected the stop at the deadline, saw {at:?}"
+        );
+        assert_eq!(farm.state(), State::Stop);
+        let late = drive(&mut farm, t(40_000), Input::Drained, |_| true);
+        assert!(
+            kinds(&late).is_empty(),
+            "expected a late Drained to be ignored, saw {late:?}"
+        );
+    }
+
+    #[test]
+    fn crash_paths_do_not_drain() {
+        let mut farm = Farm::new(config());
+        up(&mut farm);
+        let stop = drive(
+            &mut farm,
+            t(10),
+            Input::CheckerFailed {
+                action: CheckerAction::Stop,
+            },
+            |_| true,
+        );
+        assert_eq!(
+            kinds(&stop),
+            vec!["buckets", "stop_both", "release", "poststop"],
+            "expected a checker stop to leave at once, saw {stop:?}"
+        );
+        assert!(!farm.awaiting_drain());
+
+        let mut farm = Farm::new(config());
+        up(&mut farm);
+        drive(&mut farm, t(10), Input::Command(Command::Stop), |_| true);
+        assert!(farm.awaiting_drain());
+        let during = drive(
+            &mut farm,
+            t(20),
+            Input::CheckerFailed {
+                action: CheckerAction::Stop,
+            },
+            |_| true,
+        );
+        assert_eq!(
+            kinds(&during),
+            vec!["stop_both", "release", "poststop"],
+            "expected a checker stop to end the drain, saw {during:?}"
+        );
+        assert_eq!(farm.state(), State::Stop);
+    }
+
+    #[test]
+    fn a_start_during_the_drain_cancels_the_leave() {
+        let mut farm = Farm::new(config());
+        up(&mut farm);
+        drive(&mut farm, t(10), Input::Command(Command::Stop), |_| true);
+        let back = drive(&mut farm, t(20), Input::Command(Command::Start), |_| true);
+        assert_eq!(
+            kinds(&back),
+            vec!["buckets"],
+            "expected a rejoin and nothing else, saw {back:?}"
+        );
+        assert_eq!(buckets(&back), vec![members(&[("n1", 2), ("n2", 1)])]);
+        assert!(
+            farm.is_serving() && !farm.awaiting_drain(),
+            "expected UP ready, saw {} {}",
+            farm.state(),
+            farm.phase()
+        );
+    }
+
     #[test]
     fn stop_leaves_buckets_stops_app_releases_vip_then_poststop() {
         let mut farm = Farm::new(config());
         up(&mut farm);
-        let actions = drive(&mut farm, t(10), Input::Command(Command::Stop), |_| true);
+        let mut actions = drive(&mut farm, t(10), Input::Command(Command::Stop), |_| true);
+        actions.extend(drive(&mut farm, t(11), Input::Drained, |_| true));
         let kinds: Vec<&str> = actions
             .iter()
             .filter_map(|a| match a {
@@ -783,7 +1028,8 @@ mod tests {
     fn stop_both_is_forced_when_the_graceful_call_fails() {
         let mut farm = Farm::new(config());
         up(&mut farm);
-        let actions = drive(&mut farm, t(10), Input::Command(Command::Stop), |run| {
+        drive(&mut farm, t(10), Input::Command(Command::Stop), |_| true);
+        let actions = drive(&mut farm, t(11), Input::Drained, |run| {
             run.kind != ScriptKind::StopBoth || run.force
         });
         let ran = scripts(&actions);
@@ -915,7 +1161,12 @@ mod tests {
     fn restart_command_goes_through_stop_and_start() {
         let mut farm = Farm::new(config());
         up(&mut farm);
-        let actions = drive(&mut farm, t(10), Input::Command(Command::Restart), |_| true);
+        let mut actions = drive(&mut farm, t(10), Input::Command(Command::Restart), |_| true);
+        assert!(
+            farm.awaiting_drain() && farm.state() == State::Up && !farm.is_serving(),
+            "expected a restart to drain first"
+        );
+        actions.extend(drive(&mut farm, t(11), Input::Drained, |_| true));
         let ran = scripts(&actions);
         assert_eq!(
             ran,

@@ -298,7 +298,7 @@ fn an_unknown_module_key_is_named_with_the_keys_a_farm_takes() {
         &[(
             30,
             1,
-            r#"module "web".colour: unknown key "colour": expected one of "name", "interface", "vips", "rule", "power", "nodes", "scripts", "maxloop", "loop_interval", "xdp_mode", "udp_idle", "kind", "checker""#,
+            r#"module "web".colour: unknown key "colour": expected one of "name", "interface", "vips", "rule", "power", "nodes", "scripts", "maxloop", "loop_interval", "xdp_mode", "udp_idle", "drain_timeout", "kind", "checker""#,
         )],
     );
 }

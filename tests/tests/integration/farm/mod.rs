@@ -3,6 +3,7 @@
 
 mod common;
 mod ipv6;
+mod long_lived;
 mod own_address;
 mod power;
 mod source_addr;

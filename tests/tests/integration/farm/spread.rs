@@ -94,3 +94,41 @@ fn when_a_host_dies_its_buckets_move_to_the_survivors() {
         );
     }
 }
+
+#[test]
+fn a_node_whose_daemon_crashed_neither_answers_for_the_vip_nor_takes_its_traffic() {
+    let lab = LabBuilder::new("farmcrash")
+        .hosts(&hosts())
+        .build()
+        .unwrap();
+    let mut farm = common::start(&lab, &farm_toml(&[vip()], "source_port", ""));
+    let probe = || common::connect(&lab, "client", vip(), 80, 20, &[]);
+    farm.wait_answers(&lab, "the VIP to answer", probe, |o| o.fails() == 0);
+
+    // Only the daemon dies: n3's kernel keeps the VIP bound and its web
+    // server runs, but the filter is gone with the daemon.
+    farm.cluster.kill("n3").unwrap();
+    let probe = || common::connect(&lab, "client", vip(), 80, 30, &[]);
+    farm.wait_answers(&lab, "the survivors to take n3's buckets", probe, |o| {
+        o.fails() == 0
+    });
+
+    // A client that asks anew for the VIP's MAC gets the virtual one: n3's
+    // kernel does not answer for the VIP.
+    let client = lab.host("client");
+    client.sh("ip neigh flush all").unwrap();
+    let outcome = common::connect(&lab, "client", vip(), 80, 300, &[]);
+    assert_eq!(outcome.fails(), 0, "{outcome:?}");
+    assert!(
+        !outcome.counts().contains_key("n3"),
+        "n3 takes nothing: {:?}",
+        outcome.counts()
+    );
+    let neighbours = client.sh(&format!("ip neigh show {}", vip())).unwrap();
+    let [a, b, c, d] = lab::lab_ipv4(200).octets();
+    let vmac = format!("5a:fe:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+    assert!(
+        neighbours.contains(&vmac),
+        "expected the VIP at {vmac}, saw {neighbours}"
+    );
+}
