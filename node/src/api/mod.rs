@@ -102,6 +102,7 @@ pub fn router(
         .route("/api/v1/state", get(state))
         .route("/api/v1/modules/{module}/buckets", get(buckets))
         .route("/api/v1/modules/{module}/buckets.txt", get(buckets_text))
+        .route("/api/v1/modules/{module}/counters", get(counters))
         .route("/api/v1/modules/{module}/{action}", post(act))
         .route("/var/modules/{module}/ready.txt", get(ready))
         .with_state(ApiState {
@@ -116,7 +117,7 @@ pub fn router(
 /// owner of every bucket.
 async fn buckets(State(api): State<ApiState>, Path(module): Path<String>) -> Response {
     match api.tables.read().expect("tables lock").get(&module) {
-        Some(table) => Json(table).into_response(),
+        Some(view) => Json(&view.table).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!("no bucket table for {module:?}: not a farm module serving on this node"),
@@ -124,10 +125,22 @@ async fn buckets(State(api): State<ApiState>, Path(module): Path<String>) -> Res
     }
 }
 
+/// The farm filter's counters on this node (refreshed every second):
+/// frames per verdict, and accepted packets per bucket.
+async fn counters(State(api): State<ApiState>, Path(module): Path<String>) -> Response {
+    match api.tables.read().expect("tables lock").get(&module) {
+        Some(view) => Json(&view.counters).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no counters for {module:?}: not a farm module serving on this node"),
+        ),
+    }
+}
+
 /// The same, as the table `halo buckets` prints.
 async fn buckets_text(State(api): State<ApiState>, Path(module): Path<String>) -> Response {
     match api.tables.read().expect("tables lock").get(&module) {
-        Some(table) => table.to_string().into_response(),
+        Some(view) => view.table.to_string().into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!("no bucket table for {module:?}: not a farm module serving on this node"),

@@ -429,13 +429,26 @@ impl FarmDriver {
         if was_draining != self.datapath.draining() {
             self.publish();
         }
+        self.publish_table();
     }
 
+    /// Publishes the live table and the filter's counters to the API.
     fn publish_table(&self) {
+        let counters = match self.datapath.counters() {
+            Ok(counters) => counters,
+            Err(error) => {
+                warn!(module = %self.module.name, error = %format!("{error:#}"), "reading the farm counters failed");
+                None
+            }
+        };
         let mut tables = self.tables.write().expect("tables lock");
-        match self.datapath.table() {
-            Some(table) if self.datapath.ingress().is_some() => {
-                tables.insert(self.module.name.clone(), table.clone());
+        match (self.datapath.table(), counters) {
+            (Some(table), Some(counters)) => {
+                let view = crate::farm::FarmView {
+                    table: table.clone(),
+                    counters,
+                };
+                tables.insert(self.module.name.clone(), view);
             }
             _ => {
                 tables.remove(&self.module.name);

@@ -138,6 +138,26 @@ impl FarmDataPath {
         self.ingress.as_ref()
     }
 
+    /// The filter's counters, if it is attached.
+    pub fn counters(&self) -> anyhow::Result<Option<super::FarmCounters>> {
+        let Some(ingress) = &self.ingress else {
+            return Ok(None);
+        };
+        let verdicts = ingress
+            .verdict_counts()?
+            .into_iter()
+            .map(|(verdict, n)| (verdict.name().to_owned(), n))
+            .collect();
+        let buckets = ingress
+            .bucket_packets()?
+            .into_iter()
+            .enumerate()
+            .filter(|(_, n)| *n > 0)
+            .map(|(bucket, n)| (bucket as u16, n))
+            .collect();
+        Ok(Some(super::FarmCounters { verdicts, buckets }))
+    }
+
     fn write(&mut self) -> anyhow::Result<()> {
         if let Some(ingress) = &mut self.ingress {
             ingress.set_buckets(&self.handover.states())?;

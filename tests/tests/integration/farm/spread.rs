@@ -45,6 +45,47 @@ fn three_nodes_share_3000_connections_evenly_and_a_ping_gets_one_reply() {
         "exactly one reply per ping: {text}"
     );
 
+    // n1's counters: only buckets n1 owns carried packets, and they add up
+    // to what it accepted (the driver refreshes them every second).
+    let owners = bucket_owners(&farm, "n1");
+    // Read until two refreshes agree on the VIP's packets: the last segments
+    // of the closing connections may be counted right after the client ends.
+    let path = format!("/api/v1/modules/{MODULE}/counters");
+    let mut counters = api_get(&lab, "n1", &path);
+    lab::wait_until(
+        std::time::Duration::from_secs(10),
+        "n1's counters to settle",
+        || {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            let again = api_get(&lab, "n1", &path);
+            // Heartbeats keep moving the other verdicts; VIP traffic is over.
+            let settled = again["buckets"] == counters["buckets"]
+                && again["verdicts"]["accepted"] == counters["verdicts"]["accepted"]
+                && counters["verdicts"]["accepted"].as_u64().unwrap_or(0) >= outcome.counts()["n1"];
+            counters = again;
+            Ok(settled)
+        },
+    )
+    .unwrap();
+    let per_bucket = counters["buckets"].as_object().unwrap();
+    let sum: u64 = per_bucket.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(
+        sum,
+        counters["verdicts"]["accepted"].as_u64().unwrap(),
+        "{counters}"
+    );
+    for bucket in per_bucket.keys() {
+        let owner = &owners[bucket.parse::<usize>().unwrap()];
+        assert_eq!(
+            owner, "n1",
+            "bucket {bucket} carried packets on n1 but belongs to {owner}"
+        );
+    }
+    assert!(
+        counters["verdicts"]["other_node"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
+
     let buckets = farm.cluster.cli("n1", &["buckets", MODULE]).unwrap();
     let table = String::from_utf8_lossy(&buckets.stdout);
     assert!(buckets.status.success(), "halo buckets: {buckets:?}");
@@ -131,4 +172,42 @@ fn a_node_whose_daemon_crashed_neither_answers_for_the_vip_nor_takes_its_traffic
         neighbours.contains(&vmac),
         "expected the VIP at {vmac}, saw {neighbours}"
     );
+}
+
+/// The owner of every bucket in `node`'s live table.
+fn bucket_owners(farm: &common::Farm<'_>, node: &str) -> Vec<String> {
+    let out = farm
+        .cluster
+        .cli(node, &["buckets", MODULE, "--json"])
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members: Vec<&str> = json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    json["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            o.as_u64()
+                .map_or("none", |i| members[i as usize])
+                .to_owned()
+        })
+        .collect()
+}
+
+/// GETs `path` from `node`'s own API, inside the host.
+fn api_get(lab: &lab::Lab, node: &str, path: &str) -> serde_json::Value {
+    let script = format!(
+        "import urllib.request, sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9010{path}').read().decode())"
+    );
+    let out = lab
+        .host(node)
+        .run(Command::new("/usr/bin/python3").args(["-c", &script]))
+        .unwrap();
+    assert!(out.status.success(), "GET {path} on {node}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
 }
