@@ -22,7 +22,10 @@
 //! cluster, then the MAC, and only then parses the authenticated body, so a
 //! forged frame costs one hash and reaches no parser.
 
-use super::keys::MacKey;
+use super::{
+    keys::MacKey,
+    wire::{put_name, BadName, Cursor, Malformed},
+};
 
 pub const MAGIC: [u8; 4] = *b"HALO";
 pub const VERSION: u8 = 1;
@@ -31,7 +34,7 @@ const HEADER_LEN: usize = 32;
 const TAG_LEN: usize = 32;
 /// Frames never exceed one unfragmented UDP datagram on a 1500-byte MTU.
 pub const MAX_FRAME_LEN: usize = 1400;
-pub const MAX_NAME_LEN: usize = 63;
+pub use super::wire::MAX_NAME_LEN;
 pub const MAX_MODULES: usize = 32;
 
 /// What one node says about one of its modules.
@@ -161,10 +164,7 @@ impl HeartbeatFrame {
         if body[7] != 0 {
             return Err(FrameError::Malformed("reserved byte set"));
         }
-        let mut cursor = Cursor {
-            bytes: body,
-            at: 16,
-        };
+        let mut cursor = Cursor::new(body, 16);
         let epoch = cursor.u64()?;
         let seq = cursor.u64()?;
         let sender = cursor.name()?;
@@ -182,9 +182,7 @@ impl HeartbeatFrame {
                 generation: cursor.u64()?,
             });
         }
-        if cursor.at != body.len() {
-            return Err(FrameError::Malformed("trailing bytes"));
-        }
+        cursor.end()?;
         Ok(HeartbeatFrame {
             network: body[6],
             cluster: frame_cluster,
@@ -196,53 +194,15 @@ impl HeartbeatFrame {
     }
 }
 
-fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), FrameError> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(FrameError::Encode("name must be 1 to 63 bytes"));
+impl From<Malformed> for FrameError {
+    fn from(Malformed(what): Malformed) -> Self {
+        FrameError::Malformed(what)
     }
-    out.push(name.len() as u8);
-    out.extend_from_slice(name.as_bytes());
-    Ok(())
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], FrameError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .ok_or(FrameError::Malformed("length overflow"))?;
-        let slice = self
-            .bytes
-            .get(self.at..end)
-            .ok_or(FrameError::Malformed("truncated"))?;
-        self.at = end;
-        Ok(slice)
-    }
-
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u64(&mut self) -> Result<u64, FrameError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn name(&mut self) -> Result<String, FrameError> {
-        let len = usize::from(self.u8()?);
-        if len == 0 || len > MAX_NAME_LEN {
-            return Err(FrameError::Malformed("name length out of range"));
-        }
-        let raw = self.take(len)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| FrameError::Malformed("name is not UTF-8"))
+impl From<BadName> for FrameError {
+    fn from(_: BadName) -> Self {
+        FrameError::Encode("name must be 1 to 63 bytes")
     }
 }
 

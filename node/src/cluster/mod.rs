@@ -8,3 +8,4 @@ pub mod detector;
 pub mod frame;
 pub mod keys;
 pub mod replay;
+pub mod wire;

@@ -34,7 +34,10 @@
 
 use std::time::Duration;
 
-use crate::cluster::keys::MacKey;
+use crate::cluster::{
+    keys::MacKey,
+    wire::{put_name, BadName, Cursor, Malformed},
+};
 
 pub const MAGIC: [u8; 4] = *b"HLWT";
 pub const VERSION: u8 = 1;
@@ -47,7 +50,7 @@ const REQUEST_HEADER_LEN: usize = 52;
 const REPLY_HEADER_LEN: usize = 40;
 const TAG_LEN: usize = 32;
 pub const NONCE_LEN: usize = 16;
-pub const MAX_NAME_LEN: usize = 63;
+pub use crate::cluster::wire::MAX_NAME_LEN;
 /// No datagram of this protocol is longer (the longest request is 212 bytes).
 pub const MAX_DATAGRAM_LEN: usize = 256;
 
@@ -148,9 +151,9 @@ impl LeaseRequest {
         if body[6..8] != [0, 0] {
             return Err(WireError::Malformed("reserved bytes set"));
         }
-        let mut cursor = Cursor { bytes: body, at: 8 };
+        let mut cursor = Cursor::new(body, 8);
         let cluster = cursor.u64()?;
-        let nonce = cursor.nonce()?;
+        let nonce = cursor.array::<NONCE_LEN>()?;
         let epoch = cursor.u64()?;
         let seq = cursor.u64()?;
         let millis = cursor.u32()?;
@@ -212,9 +215,9 @@ impl LeaseAnswer {
         if body[7] != 0 {
             return Err(WireError::Malformed("reserved byte set"));
         }
-        let mut cursor = Cursor { bytes: body, at: 8 };
+        let mut cursor = Cursor::new(body, 8);
         let cluster = cursor.u64()?;
-        let nonce = cursor.nonce()?;
+        let nonce = cursor.array::<NONCE_LEN>()?;
         let first = Duration::from_millis(cursor.u32()?.into());
         let second = Duration::from_millis(cursor.u32()?.into());
         let module = cursor.name()?;
@@ -295,75 +298,15 @@ fn millis_up(d: Duration) -> u32 {
     u32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX)
 }
 
-fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), WireError> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(WireError::Encode("name must be 1 to 63 bytes"));
+impl From<Malformed> for WireError {
+    fn from(Malformed(what): Malformed) -> Self {
+        WireError::Malformed(what)
     }
-    out.push(name.len() as u8);
-    out.extend_from_slice(name.as_bytes());
-    Ok(())
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], WireError> {
-        let slice = self
-            .bytes
-            .get(self.at..self.at + n)
-            .ok_or(WireError::Malformed("truncated"))?;
-        self.at += n;
-        Ok(slice)
-    }
-
-    fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, WireError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn u64(&mut self) -> Result<u64, WireError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn nonce(&mut self) -> Result<Nonce, WireError> {
-        Ok(self.take(NONCE_LEN)?.try_into().expect("16 bytes"))
-    }
-
-    fn name(&mut self) -> Result<String, WireError> {
-        self.optional_name()?
-            .ok_or(WireError::Malformed("name length out of range"))
-    }
-
-    /// A name whose length may be 0 (absent).
-    fn optional_name(&mut self) -> Result<Option<String>, WireError> {
-        let len = usize::from(self.u8()?);
-        if len == 0 {
-            return Ok(None);
-        }
-        if len > MAX_NAME_LEN {
-            return Err(WireError::Malformed("name length out of range"));
-        }
-        std::str::from_utf8(self.take(len)?)
-            .map(|name| Some(name.to_owned()))
-            .map_err(|_| WireError::Malformed("name is not UTF-8"))
-    }
-
-    fn end(&self) -> Result<(), WireError> {
-        if self.at == self.bytes.len() {
-            Ok(())
-        } else {
-            Err(WireError::Malformed("trailing bytes"))
-        }
+impl From<BadName> for WireError {
+    fn from(_: BadName) -> Self {
+        WireError::Encode("name must be 1 to 63 bytes")
     }
 }
 

@@ -25,6 +25,7 @@ fn three_nodes_share_3000_connections_evenly_and_a_ping_gets_one_reply() {
     let probe = || common::connect(&lab, "client", vip(), 80, 20, &[]);
     farm.wait_answers(&lab, "the VIP to answer", probe, |o| o.fails() == 0);
 
+    let before = settled_counters(&lab, "n1", 0);
     let outcome = common::connect(&lab, "client", vip(), 80, 3000, &[]);
     eprintln!(
         "3000 connections: {:?}, errors {:?}",
@@ -45,42 +46,29 @@ fn three_nodes_share_3000_connections_evenly_and_a_ping_gets_one_reply() {
         "exactly one reply per ping: {text}"
     );
 
-    // n1's counters: only buckets n1 owns carried packets, and they add up
-    // to what it accepted (the driver refreshes them every second).
+    // n1's counters: during the 3000 connections only buckets n1 owns
+    // carried packets on it, and they add up to what it accepted.
     let owners = bucket_owners(&farm, "n1");
-    // Read until two refreshes agree on the VIP's packets: the last segments
-    // of the closing connections may be counted right after the client ends.
-    let path = format!("/api/v1/modules/{MODULE}/counters");
-    let mut counters = api_get(&lab, "n1", &path);
-    lab::wait_until(
-        std::time::Duration::from_secs(10),
-        "n1's counters to settle",
-        || {
-            std::thread::sleep(std::time::Duration::from_millis(1100));
-            let again = api_get(&lab, "n1", &path);
-            // Heartbeats keep moving the other verdicts; VIP traffic is over.
-            let settled = again["buckets"] == counters["buckets"]
-                && again["verdicts"]["accepted"] == counters["verdicts"]["accepted"]
-                && counters["verdicts"]["accepted"].as_u64().unwrap_or(0) >= outcome.counts()["n1"];
-            counters = again;
-            Ok(settled)
-        },
-    )
-    .unwrap();
-    let per_bucket = counters["buckets"].as_object().unwrap();
-    let sum: u64 = per_bucket.values().map(|n| n.as_u64().unwrap()).sum();
+    let served = outcome.counts()["n1"];
+    let accepted = |c: &serde_json::Value| c["verdicts"]["accepted"].as_u64().unwrap_or(0);
+    let after = settled_counters(&lab, "n1", accepted(&before) + served);
+    let packets = |c: &serde_json::Value, bucket: &str| c["buckets"][bucket].as_u64().unwrap_or(0);
+    let mut sum = 0;
+    for bucket in after["buckets"].as_object().unwrap().keys() {
+        let delta = packets(&after, bucket) - packets(&before, bucket);
+        let owner = &owners[bucket.parse::<usize>().unwrap()];
+        assert!(
+            delta == 0 || owner == "n1",
+            "bucket {bucket} carried {delta} packets on n1 but belongs to {owner}"
+        );
+        sum += delta;
+    }
     assert_eq!(
         sum,
-        counters["verdicts"]["accepted"].as_u64().unwrap(),
-        "{counters}"
+        accepted(&after) - accepted(&before),
+        "{before}\n{after}"
     );
-    for bucket in per_bucket.keys() {
-        let owner = &owners[bucket.parse::<usize>().unwrap()];
-        assert_eq!(
-            owner, "n1",
-            "bucket {bucket} carried packets on n1 but belongs to {owner}"
-        );
-    }
+    let counters = after;
     assert!(
         counters["verdicts"]["other_node"].as_u64().unwrap() > 0,
         "{counters}"
@@ -210,4 +198,29 @@ fn api_get(lab: &lab::Lab, node: &str, path: &str) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success(), "GET {path} on {node}: {out:?}");
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `node`'s farm counters once they stop moving for the VIP (the driver
+/// refreshes them every second; the last segments of closing connections
+/// may be counted after the client is done) and count at least
+/// `at_least` accepted packets. Heartbeats keep moving the other verdicts.
+fn settled_counters(lab: &lab::Lab, node: &str, at_least: u64) -> serde_json::Value {
+    let path = format!("/api/v1/modules/{MODULE}/counters");
+    let mut counters = api_get(lab, node, &path);
+    lab::wait_until(
+        std::time::Duration::from_secs(10),
+        "the counters to settle",
+        || {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            let again = api_get(lab, node, &path);
+            let accepted = &again["verdicts"]["accepted"];
+            let settled = again["buckets"] == counters["buckets"]
+                && *accepted == counters["verdicts"]["accepted"]
+                && accepted.as_u64().unwrap_or(0) >= at_least;
+            counters = again;
+            Ok(settled)
+        },
+    )
+    .unwrap();
+    counters
 }
