@@ -170,23 +170,23 @@ pub fn farm_toml(vips: &[IpAddr], filter: &str, extra: &str) -> String {
 /// The running farm: its daemons and web servers.
 pub struct Farm<'lab> {
     pub cluster: Cluster<'lab>,
-    _servers: Vec<LabProcess>,
+    servers: BTreeMap<&'static str, LabProcess>,
+}
+
+/// Starts `node`'s web server.
+fn start_server(lab: &Lab, node: &'static str) -> LabProcess {
+    lab.host(node)
+        .spawn(
+            "web",
+            Command::new("/usr/bin/python3").args(["-c", SERVER, node]),
+        )
+        .unwrap()
 }
 
 /// Starts a web server on every node and the daemons with `modules`, and
 /// waits until every node serves the farm and sees the two others.
 pub fn start<'lab>(lab: &'lab Lab, modules: &str) -> Farm<'lab> {
-    let servers = NODES
-        .iter()
-        .map(|n| {
-            lab.host(n)
-                .spawn(
-                    "web",
-                    Command::new("/usr/bin/python3").args(["-c", SERVER, n]),
-                )
-                .unwrap()
-        })
-        .collect();
+    let servers = NODES.iter().map(|n| (*n, start_server(lab, n))).collect();
     let mut cluster = Cluster::configure(lab, &NODES, 1, Timing::default(), modules).unwrap();
     cluster.start_all().unwrap();
     for node in NODES {
@@ -204,13 +204,37 @@ pub fn start<'lab>(lab: &'lab Lab, modules: &str) -> Farm<'lab> {
             )
             .unwrap();
     }
-    Farm {
-        cluster,
-        _servers: servers,
-    }
+    Farm { cluster, servers }
 }
 
 impl Farm<'_> {
+    /// Kills `node`'s web server by its pid (SIGKILL, reaped): its
+    /// application dies, its daemon lives.
+    pub fn kill_server(&mut self, node: &str) {
+        let server = self.servers.get_mut(node).expect("a farm node");
+        server.kill().unwrap();
+    }
+
+    /// Starts `node`'s web server again.
+    pub fn restart_server(&mut self, lab: &Lab, node: &'static str) {
+        self.servers.insert(node, start_server(lab, node));
+    }
+
+    /// Waits (10 s at most) until `node`'s live table holds exactly
+    /// `members`, and returns their bucket counts.
+    pub fn wait_members(&self, lab: &Lab, node: &str, members: &[&str]) -> BTreeMap<String, u64> {
+        let mut last = BTreeMap::new();
+        let what = format!("{node}'s table to hold {members:?}");
+        let waited = lab::wait_until(Duration::from_secs(10), &what, || {
+            last = self.bucket_shares(node);
+            Ok(last.keys().map(String::as_str).eq(members.iter().copied()))
+        });
+        if let Err(error) = waited {
+            panic!("{error:#}: saw {last:?}\n{}", self.diagnostics(lab));
+        }
+        last
+    }
+
     /// Waits until `check` of a few connections holds, e.g. every one
     /// answered; panics with the daemons' logs and the client's neighbours
     /// when it does not within 10 s. Returns how long it took.

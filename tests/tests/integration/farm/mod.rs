@@ -1,6 +1,7 @@
 //! The farm module end to end: three real daemons share a VIP in the lab,
 //! a client host makes real TCP connections to it.
 
+mod checker;
 mod common;
 mod ipv6;
 mod long_lived;
