@@ -1,9 +1,6 @@
-//! `cargo xtask bench …`: set-up, a release build of `halo`, then the bench
-//! program (`halo-bench`, in the `tests` crate) against that binary.
-//!
-//! xtask cannot depend on `halo` or on the tests crate: `setup` must build
-//! before bpf-linker exists, and `halo` needs bpf-linker. So the benches
-//! live in `halo-bench`, and this module only drives cargo.
+//! `cargo xtask bench …`: set-up, release builds, then the bench program
+//! (`halo-bench`, in the `tests` crate) against that `halo`
+//! (`lab_program.rs` says why it is built this way).
 
 use std::time::Duration;
 
@@ -11,9 +8,8 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use crate::cmd;
-use crate::setup;
+use crate::lab_program::{logs_dir, LabProgram};
 use crate::step::{HintExt as _, Steps};
-use crate::test::{target_dir, workspace_root};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -49,7 +45,7 @@ struct DetectArgs {
 
 /// Runs set-up, builds, and runs the chosen bench; prints a summary.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    setup::require_root()?;
+    crate::setup::require_root()?;
     let mut steps = Steps::new();
     let result = match &args.bench {
         Bench::Detect(detect) => run_detect(&mut steps, detect),
@@ -59,41 +55,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 }
 
 fn run_detect(steps: &mut Steps, args: &DetectArgs) -> Result<()> {
-    let root = workspace_root();
-    let target = target_dir(&root);
-    let cargo = || {
-        let mut cargo = cmd::new("cargo");
-        cargo.current_dir(&root);
-        cargo
-    };
-
-    steps.run("setup", || setup::run().map(|()| "done"))?;
-
-    steps.run("build halo (release)", || {
-        cmd::run(cargo().args(["build", "--release", "--package", "halo"]))
-            .map(|()| "built")
-            .hint("node/build.rs builds the eBPF object with bpf-linker: see `cargo xtask setup`")
-    })?;
-
-    steps.run("build halo-bench (release)", || {
-        cmd::run(cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "halo-tests",
-            "--bin",
-            "halo-bench",
-        ]))
-        .map(|()| "built")
-    })?;
-
-    let save_logs = target.join("bench").join("detect");
+    let bench = LabProgram::build(steps, "halo-bench")?;
+    let save_logs = logs_dir("bench/detect".as_ref());
     steps.run("bench detect", || {
         cmd::run(
-            cargo()
-                .env("HALO_BIN", target.join("release").join("halo"))
-                .args(["run", "--quiet", "--release", "--package", "halo-tests"])
-                .args(["--bin", "halo-bench", "--", "detect"])
+            bench
+                .command()
+                .arg("detect")
                 .args(["--runs", &args.runs.to_string()])
                 .arg("--stress-duration")
                 .arg(format!("{}ms", args.stress_duration.as_millis()))

@@ -1,15 +1,12 @@
-//! `cargo xtask demo`: set-up, a release build of `halo` and of the demo
-//! program (`halo-demo`, in the `tests` crate), then the demo against that
-//! binary. As with the benches, xtask only drives cargo: it cannot depend on
-//! `halo` or on the tests crate (see `bench.rs`).
+//! `cargo xtask demo`: set-up, release builds, then the demo program
+//! (`halo-demo`, in the `tests` crate) against that `halo`
+//! (`lab_program.rs` says why it is built this way).
 
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::{signal, SigHandler, Signal};
 
-use crate::cmd;
-use crate::setup;
-use crate::step::{HintExt as _, Steps};
-use crate::test::{target_dir, workspace_root};
+use crate::lab_program::{logs_dir, LabProgram};
+use crate::step::Steps;
 
 /// Options of `cargo xtask demo`.
 #[derive(clap::Args)]
@@ -23,59 +20,26 @@ pub struct DemoArgs {
 
 /// Runs set-up, builds, and runs the demo until Ctrl-C or `--duration`.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    setup::require_root()?;
+    crate::setup::require_root()?;
     let mut steps = Steps::new();
-    let result = build(&mut steps);
+    let built = LabProgram::build(&mut steps, "halo-demo");
     steps.print_summary();
-    result?;
-    demo(args)
-}
-
-fn build(steps: &mut Steps) -> Result<()> {
-    let root = workspace_root();
-    let cargo = || {
-        let mut cargo = cmd::new("cargo");
-        cargo.current_dir(&root);
-        cargo
-    };
-    steps.run("setup", || setup::run().map(|()| "done"))?;
-    steps.run("build halo (release)", || {
-        cmd::run(cargo().args(["build", "--release", "--package", "halo"]))
-            .map(|()| "built")
-            .hint("node/build.rs builds the eBPF object with bpf-linker: see `cargo xtask setup`")
-    })?;
-    steps.run("build halo-demo (release)", || {
-        cmd::run(cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "halo-tests",
-            "--bin",
-            "halo-demo",
-        ]))
-        .map(|()| "built")
-    })?;
-    Ok(())
+    demo(&built?, args)
 }
 
 /// Runs the demo in the foreground. Ctrl-C goes to the whole foreground
 /// process group: xtask ignores it and waits, so that the prompt comes back
 /// only once the demo has removed its lab.
-fn demo(args: &DemoArgs) -> Result<()> {
-    let root = workspace_root();
-    let release = target_dir(&root).join("release");
-    let save_logs = target_dir(&root).join("demo");
-    let mut demo = cmd::new(release.join("halo-demo"));
-    demo.current_dir(&root)
-        .env("HALO_BIN", release.join("halo"))
-        .arg("--save-logs")
-        .arg(&save_logs);
+fn demo(program: &LabProgram, args: &DemoArgs) -> Result<()> {
+    let save_logs = logs_dir("demo".as_ref());
+    let mut demo = program.command();
+    demo.arg("--save-logs").arg(&save_logs);
     if let Some(secs) = args.duration {
         demo.args(["--duration", &secs.to_string()]);
     }
     let mut child = demo
         .spawn()
-        .with_context(|| format!("start {}", release.join("halo-demo").display()))?;
+        .with_context(|| format!("start {}", program.path().display()))?;
     // SAFETY: SIG_IGN installs no handler code. The child installs its own
     // handler, which replaces the ignored disposition it inherits.
     unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }.context("ignore SIGINT")?;

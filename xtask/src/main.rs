@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod lab_program;
 mod setup;
 mod step;
 mod test;

@@ -45,7 +45,7 @@ pub fn report(error: &anyhow::Error) {
 
 /// One finished step, kept for the summary.
 struct Outcome {
-    name: &'static str,
+    name: String,
     elapsed: Duration,
     passed: bool,
 }
@@ -69,14 +69,15 @@ impl Steps {
     /// result's `Display`, or `✗ name` and returns the error naming the step.
     pub fn run<T: Display>(
         &mut self,
-        name: &'static str,
+        name: impl Into<String>,
         step: impl FnOnce() -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
+        let name = name.into();
         let started = Instant::now();
         let result = step();
         let elapsed = started.elapsed();
         self.outcomes.push(Outcome {
-            name,
+            name: name.clone(),
             elapsed,
             passed: result.is_ok(),
         });
