@@ -1,11 +1,14 @@
 //! The mirror's write capture: syscall tracepoints that report which byte
-//! ranges of which files were written.
+//! ranges of which files under the replicated directories were changed, and
+//! pause callers that ask for durability until the peer has the data.
 //!
-//! The enter half remembers, per thread, which open file the call targets;
-//! the exit half, once the call returned how many bytes it wrote, emits a
-//! [`WriteEvent`]. kprobes and BPF trampolines are not available on the
-//! target kernels (PLATFORM.md), so syscall tracepoints are the hook, and the
-//! fd → file → inode walk uses offsets that user space read from BTF.
+//! Each `capture_enter_*` program resolves the call's target (fd → file →
+//! dentry, then up the dentry parents to a registered root) and remembers
+//! it per thread; `capture_exit`, attached to every matching `sys_exit_*`,
+//! reports the call once its return value says it succeeded. kprobes and
+//! BPF trampolines are not available on the target kernels (PLATFORM.md), so
+//! syscall tracepoints are the hook, and every kernel struct is read at
+//! offsets that user space found in BTF.
 #![no_std]
 #![no_main]
 
@@ -13,12 +16,22 @@
 use halo_ebpf as _;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
+    bindings::BPF_ANY,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
+        bpf_probe_read_kernel, bpf_probe_read_user, generated as gen,
+    },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use halo_common::capture::{tracepoint_layout, CaptureOffsets, FileKey, WriteEvent, WriteKind};
+use halo_common::capture::{
+    open_flags::{MS_SYNC, O_APPEND, O_DSYNC, RWF_APPEND, RWF_DSYNC, RWF_SYNC},
+    tracepoint_layout::{arg, EXIT_RET},
+    CaptureEvent, CaptureOffsets, CaptureSettings, FileKey, PathEvent, PausedTask, RootCount,
+    RootPolicy, WriteKind, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_SYNC, EVENT_UNRESOLVED, MAX_DEPTH,
+    PATH_BYTES, ROOT_SYNC_PAUSE,
+};
 
 /// Struct member offsets, filled in by user space from BTF before loading.
 #[no_mangle]
@@ -29,37 +42,101 @@ static CAPTURE_OFFSETS: CaptureOffsets = CaptureOffsets {
     fdtable_max_fds: 0,
     file_inode: 0,
     file_pos: 0,
+    file_flags: 0,
+    file_dentry: 0,
+    dentry_parent: 0,
+    dentry_inode: 0,
     inode_ino: 0,
     inode_sb: 0,
+    inode_size: 0,
     sb_dev: 0,
     ready: 0,
+    _pad: 0,
 };
 
-/// The files whose writes are reported (value unused).
-#[map]
-static CAPTURE_FILES: HashMap<FileKey, u8> = HashMap::with_max_entries(65_536, 0);
+/// Load-time settings (the excluded daemon), filled in by user space.
+#[no_mangle]
+static CAPTURE_SETTINGS: CaptureSettings = CaptureSettings {
+    exclude_tgid: 0,
+    _pad: 0,
+};
 
-/// Reported writes, read by the daemon.
+/// The replicated directories (roots), by (device, inode), with their policy.
+#[map]
+static CAPTURE_ROOTS: HashMap<FileKey, RootPolicy> = HashMap::with_max_entries(4096, 0);
+
+/// How many roots each device holds: a file on a device without any costs
+/// this one lookup and no parent walk.
+#[map]
+static CAPTURE_DEVS: HashMap<u32, RootCount> = HashMap::with_max_entries(4096, 0);
+
+/// How many roots there are in all (index 0), for the calls that name no
+/// file (`sync`, `msync`).
+#[map]
+static CAPTURE_TOTALS: Array<RootCount> = Array::with_max_entries(1, 0);
+
+/// Reported calls, read by the daemon. User space may resize it at load.
 #[map]
 static CAPTURE_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Writes lost because the ring buffer was full: the daemon must resync
-/// rather than trust the stream (index 0, per CPU).
+/// Records lost because the ring buffer was full: the daemon must resync
+/// rather than trust the stream, and look at `CAPTURE_PAUSED` for tasks
+/// paused by a lost sync record (index 0, per CPU).
 #[map]
-static CAPTURE_LOST: aya_ebpf::maps::PerCpuArray<u64> =
-    aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+static CAPTURE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// A write in progress on one thread, between its enter and exit tracepoints.
+/// The per-CPU counter behind [`CaptureEvent::seq`].
+#[map]
+static CAPTURE_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tasks stopped with `SIGSTOP` by a sync record, by thread id, until user
+/// space resumes them. A plain hash, not LRU: an evicted entry would be a
+/// task stopped for ever without anyone knowing.
+#[map]
+static CAPTURE_PAUSED: HashMap<u32, PausedTask> = HashMap::with_max_entries(65_536, 0);
+
+/// `SIGSTOP`.
+const SIGSTOP: u32 = 19;
+
+/// [`InFlight::offset_from`]: where a write's offset comes from.
+const OFFSET_GIVEN: u32 = 0;
+/// The file position after the call, minus what it wrote.
+const OFFSET_FILE_POS: u32 = 1;
+/// The file size after the call, minus what it wrote (appends).
+const OFFSET_END_OF_FILE: u32 = 2;
+
+/// [`InFlight::flags`]: the write is durable by itself (`O_SYNC`,
+/// `O_DSYNC`, `RWF_SYNC`, `RWF_DSYNC`): report a sync record after it.
+const CALL_SYNC_WRITE: u32 = 1;
+/// [`InFlight::flags`]: a sync record pauses the caller (its root has
+/// `sync = "fsync"`).
+const CALL_PAUSE: u32 = 2;
+
+/// A call in progress on one thread, between its enter and exit tracepoints.
 #[derive(Copy, Clone)]
 #[repr(C)]
 struct InFlight {
-    /// The `struct file *` the call writes through.
+    /// The `struct file *` the call works on; 0 for calls without a file.
     file: u64,
-    /// For `pwrite64`, the caller's offset; unused for `write`.
+    /// The file's `struct inode *`.
+    inode: u64,
+    /// The given offset, or the new size; for `truncate`, the path pointer.
     pos: u64,
-    key: FileKey,
+    /// The given length (`fallocate`, `sync_file_range`).
+    len: u64,
+    ino: u64,
+    /// The root's inode; 0 when unresolved or for every root.
+    root: u64,
+    dev: u32,
     kind: u32,
-    _pad: u32,
+    /// `OFFSET_*`.
+    offset_from: u32,
+    /// `CALL_*`.
+    flags: u32,
+    /// `EVENT_UNRESOLVED` / `EVENT_ALL_ROOTS` for the records.
+    event_flags: u32,
+    /// `fallocate`'s mode, sync calls' flags.
+    mode: u32,
 }
 
 /// Calls in progress, by `pid_tgid`. LRU, so threads killed between enter
@@ -67,29 +144,105 @@ struct InFlight {
 #[map]
 static CAPTURE_IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16_384, 0);
 
+// Every entry point ignores its inner function's error: a tracepoint
+// program's return value means nothing to the kernel, and a call the
+// programs could not resolve is caught by the mirror's inotify safety net,
+// which is the documented fallback (ARCHITECTURE.md).
+
 #[tracepoint]
 pub fn capture_enter_write(ctx: TracePointContext) -> u32 {
-    // A failure to resolve the file means we cannot know what is written;
-    // the program returns 0 like every tracepoint (its value is ignored) and
-    // the inotify safety net of the mirror catches what it missed.
-    let _ = on_enter(&ctx, WriteKind::Write);
+    let _ = enter_fd_write(&ctx, WriteKind::Write);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_writev(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_write(&ctx, WriteKind::Writev);
     0
 }
 
 #[tracepoint]
 pub fn capture_enter_pwrite64(ctx: TracePointContext) -> u32 {
-    let _ = on_enter(&ctx, WriteKind::Pwrite);
+    let _ = enter_fd_write(&ctx, WriteKind::Pwrite);
     0
 }
 
 #[tracepoint]
-pub fn capture_exit_write(ctx: TracePointContext) -> u32 {
-    let _ = on_exit(&ctx);
+pub fn capture_enter_pwritev(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_write(&ctx, WriteKind::Pwritev);
     0
 }
 
 #[tracepoint]
-pub fn capture_exit_pwrite64(ctx: TracePointContext) -> u32 {
+pub fn capture_enter_pwritev2(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_write(&ctx, WriteKind::Pwritev2);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_copy_file_range(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_write(&ctx, WriteKind::CopyFileRange);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_ftruncate(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_call(&ctx, WriteKind::Ftruncate);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_fallocate(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_call(&ctx, WriteKind::Fallocate);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_fsync(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_call(&ctx, WriteKind::Fsync);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_fdatasync(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_call(&ctx, WriteKind::Fdatasync);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_sync_file_range(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_call(&ctx, WriteKind::SyncFileRange);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_syncfs(ctx: TracePointContext) -> u32 {
+    let _ = enter_fd_call(&ctx, WriteKind::Syncfs);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_truncate(ctx: TracePointContext) -> u32 {
+    let _ = enter_without_file(&ctx, WriteKind::Truncate);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_msync(ctx: TracePointContext) -> u32 {
+    let _ = enter_without_file(&ctx, WriteKind::Msync);
+    0
+}
+
+#[tracepoint]
+pub fn capture_enter_sync(ctx: TracePointContext) -> u32 {
+    let _ = enter_without_file(&ctx, WriteKind::Sync);
+    0
+}
+
+/// Attached to the `sys_exit_*` of every syscall above: their records share
+/// one layout, and the enter half said which call it was.
+#[tracepoint]
+pub fn capture_exit(ctx: TracePointContext) -> u32 {
     let _ = on_exit(&ctx);
     0
 }
@@ -100,12 +253,18 @@ enum Skip {
     NotReady,
     /// A kernel read failed or a value was out of range.
     Fault,
-    /// The file is not captured, or the call wrote nothing.
+    /// The call is not about a replicated file, or failed, or is excluded.
     Uninteresting,
 }
 
 impl From<i32> for Skip {
     fn from(_: i32) -> Self {
+        Skip::Fault
+    }
+}
+
+impl From<i64> for Skip {
+    fn from(_: i64) -> Self {
         Skip::Fault
     }
 }
@@ -121,6 +280,18 @@ fn offsets() -> Result<CaptureOffsets, Skip> {
     Ok(offsets)
 }
 
+/// The current thread's `pid_tgid`, or `Uninteresting` for the daemon.
+#[inline(always)]
+fn caller() -> Result<u64, Skip> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: as in `offsets`.
+    let settings = unsafe { core::ptr::read_volatile(&CAPTURE_SETTINGS) };
+    if settings.exclude_tgid != 0 && (pid_tgid >> 32) as u32 == settings.exclude_tgid {
+        return Err(Skip::Uninteresting);
+    }
+    Ok(pid_tgid)
+}
+
 /// Reads a `T` at `base + offset` of kernel memory.
 #[inline(always)]
 fn read_kernel<T>(base: u64, offset: u32) -> Result<T, Skip> {
@@ -128,12 +299,31 @@ fn read_kernel<T>(base: u64, offset: u32) -> Result<T, Skip> {
     Ok(unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }?)
 }
 
-fn on_enter(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
-    let off = offsets()?;
-    // SAFETY: reads of the tracepoint record through the helper.
-    let fd: u64 = unsafe { ctx.read_at(tracepoint_layout::ENTER_FD) }?;
-    let fd = fd as u32;
+/// Reads the syscall record's field at `offset`.
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: usize) -> Result<T, Skip> {
+    // SAFETY: reads of the tracepoint record go through the helper.
+    Ok(unsafe { ctx.read_at::<T>(offset) }?)
+}
 
+/// An open file under a root, as the enter programs resolve it.
+struct Target {
+    file: u64,
+    inode: u64,
+    ino: u64,
+    dev: u32,
+    f_flags: u32,
+    root: u64,
+    policy: u32,
+    /// `EVENT_UNRESOLVED` if the walk gave up.
+    event_flags: u32,
+}
+
+/// Resolves `fd` of the current task to its file and, climbing the
+/// dentry's parents, to the root it lies under. `Uninteresting` if it lies
+/// under none.
+#[inline(always)]
+fn resolve_fd(off: &CaptureOffsets, fd: u32) -> Result<Target, Skip> {
     // SAFETY: the helper returns the current task_struct; it is only read
     // through bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
@@ -145,29 +335,290 @@ fn on_enter(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
     }
     let fd_array: u64 = read_kernel(fdt, off.fdtable_fd)?;
     let file: u64 = read_kernel(fd_array, fd * 8)?;
+    if file == 0 {
+        return Err(Skip::Fault);
+    }
     let inode: u64 = read_kernel(file, off.file_inode)?;
     let ino: u64 = read_kernel(inode, off.inode_ino)?;
     let sb: u64 = read_kernel(inode, off.inode_sb)?;
     let dev: u32 = read_kernel(sb, off.sb_dev)?;
-
-    let key = FileKey { ino, dev, _pad: 0 };
     // SAFETY: a map lookup; the value is not kept.
-    if unsafe { CAPTURE_FILES.get(key) }.is_none() {
+    if unsafe { CAPTURE_DEVS.get(dev) }.is_none() {
         return Err(Skip::Uninteresting);
     }
-    let pos = match kind {
-        // SAFETY: a read of the tracepoint record through the helper.
-        WriteKind::Pwrite => unsafe { ctx.read_at::<u64>(tracepoint_layout::ENTER_PWRITE_POS) }?,
-        WriteKind::Write => 0,
+    let f_flags: u32 = read_kernel(file, off.file_flags)?;
+    let dentry: u64 = read_kernel(file, off.file_dentry)?;
+    let (root, policy, event_flags) = match find_root(off, dentry, dev)? {
+        Some((root, policy)) => (root, policy, 0),
+        None => (0, 0, EVENT_UNRESOLVED),
     };
-    let call = InFlight {
+    Ok(Target {
         file,
-        pos,
-        key,
-        kind: kind as u32,
-        _pad: 0,
+        inode,
+        ino,
+        dev,
+        f_flags,
+        root,
+        policy,
+        event_flags,
+    })
+}
+
+/// Climbs from `dentry` (included, so a sync of a root directory counts)
+/// towards its filesystem's root: `Some((root ino, policy flags))` at the
+/// first registered root, `Uninteresting` at the filesystem's root, `None`
+/// when [`MAX_DEPTH`] levels were not enough to decide.
+///
+/// The walk follows `d_parent`, which a rename updates: a file moved out of
+/// a root stops matching at once. It does not cross mount points (a
+/// filesystem mounted below a root is a root of its own to register).
+#[inline(always)]
+fn find_root(off: &CaptureOffsets, dentry: u64, dev: u32) -> Result<Option<(u64, u32)>, Skip> {
+    let mut current = dentry;
+    for _ in 0..MAX_DEPTH {
+        let inode: u64 = read_kernel(current, off.dentry_inode)?;
+        if inode != 0 {
+            let ino: u64 = read_kernel(inode, off.inode_ino)?;
+            let key = FileKey { ino, dev, _pad: 0 };
+            // SAFETY: a map lookup; the value is copied at once.
+            if let Some(policy) = unsafe { CAPTURE_ROOTS.get(key) } {
+                return Ok(Some((ino, policy.flags)));
+            }
+        }
+        let parent: u64 = read_kernel(current, off.dentry_parent)?;
+        if parent == current || parent == 0 {
+            return Err(Skip::Uninteresting);
+        }
+        current = parent;
+    }
+    Ok(None)
+}
+
+/// A write-like call on `fd` (argument 0, or `fd_out` for
+/// `copy_file_range`): remembers where its bytes go.
+fn enter_fd_write(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
+    let off = offsets()?;
+    let pid_tgid = caller()?;
+    let fd_arg = if kind == WriteKind::CopyFileRange {
+        arg(2)
+    } else {
+        arg(0)
     };
-    CAPTURE_IN_FLIGHT.insert(bpf_get_current_pid_tgid(), call, 0)?;
+    let fd: u64 = field(ctx, fd_arg)?;
+    let target = resolve_fd(&off, fd as u32)?;
+
+    let mut flags = 0;
+    if target.f_flags & O_DSYNC != 0 {
+        // O_SYNC includes the O_DSYNC bit.
+        flags |= CALL_SYNC_WRITE;
+    }
+    let appends = target.f_flags & O_APPEND != 0;
+    let (offset_from, pos) = match kind {
+        WriteKind::Write | WriteKind::Writev => (OFFSET_FILE_POS, 0),
+        WriteKind::Pwrite | WriteKind::Pwritev | WriteKind::Pwritev2 => {
+            let pos: i64 = field(ctx, arg(3))?;
+            let mut from = OFFSET_GIVEN;
+            if kind == WriteKind::Pwritev2 {
+                let rwf: u64 = field(ctx, arg(5))?;
+                let rwf = rwf as u32;
+                if rwf & (RWF_DSYNC | RWF_SYNC) != 0 {
+                    flags |= CALL_SYNC_WRITE;
+                }
+                if rwf & RWF_APPEND != 0 {
+                    from = OFFSET_END_OF_FILE;
+                }
+                if pos == -1 {
+                    // pwritev2 at offset -1 writes at, and moves, the position.
+                    from = OFFSET_FILE_POS;
+                }
+            }
+            // Linux appends a positional write to an O_APPEND file whatever
+            // offset the caller gave.
+            if appends && from == OFFSET_GIVEN {
+                from = OFFSET_END_OF_FILE;
+            }
+            (from, pos as u64)
+        }
+        WriteKind::CopyFileRange => {
+            let off_out: u64 = field(ctx, arg(3))?;
+            if off_out == 0 {
+                (OFFSET_FILE_POS, 0)
+            } else {
+                // The kernel updates *off_out on success: read it before.
+                // SAFETY: a read of the caller's memory through the helper.
+                let pos: u64 = unsafe { bpf_probe_read_user(off_out as *const u64) }?;
+                (OFFSET_GIVEN, pos)
+            }
+        }
+        _ => return Err(Skip::Uninteresting),
+    };
+    if target.policy & ROOT_SYNC_PAUSE != 0 {
+        flags |= CALL_PAUSE;
+    }
+    let call = InFlight {
+        file: target.file,
+        inode: target.inode,
+        pos,
+        len: 0,
+        ino: target.ino,
+        root: target.root,
+        dev: target.dev,
+        kind: kind as u32,
+        offset_from,
+        flags,
+        event_flags: target.event_flags,
+        mode: 0,
+    };
+    CAPTURE_IN_FLIGHT.insert(pid_tgid, call, 0)?;
+    Ok(())
+}
+
+/// A call on the file `fd` (argument 0) that is not a write: a truncate,
+/// an allocation or a sync.
+fn enter_fd_call(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
+    let off = offsets()?;
+    let pid_tgid = caller()?;
+    let fd: u64 = field(ctx, arg(0))?;
+    let (pos, len, mode) = match kind {
+        WriteKind::Ftruncate => (field::<u64>(ctx, arg(1))?, 0, 0),
+        WriteKind::Fallocate => (
+            field::<u64>(ctx, arg(2))?,
+            field::<u64>(ctx, arg(3))?,
+            field::<u64>(ctx, arg(1))? as u32,
+        ),
+        WriteKind::SyncFileRange => (
+            field::<u64>(ctx, arg(1))?,
+            field::<u64>(ctx, arg(2))?,
+            field::<u64>(ctx, arg(3))? as u32,
+        ),
+        _ => (0, 0, 0),
+    };
+    let (target, event_flags) = if kind == WriteKind::Syncfs {
+        syncfs_target(&off, fd as u32)?
+    } else {
+        let target = resolve_fd(&off, fd as u32)?;
+        let event_flags = target.event_flags;
+        (target, event_flags)
+    };
+    let mut flags = 0;
+    if target.policy & ROOT_SYNC_PAUSE != 0 {
+        flags |= CALL_PAUSE;
+    }
+    let call = InFlight {
+        file: target.file,
+        inode: target.inode,
+        pos,
+        len,
+        ino: target.ino,
+        root: target.root,
+        dev: target.dev,
+        kind: kind as u32,
+        offset_from: OFFSET_GIVEN,
+        flags,
+        event_flags,
+        mode,
+    };
+    CAPTURE_IN_FLIGHT.insert(pid_tgid, call, 0)?;
+    Ok(())
+}
+
+/// `syncfs(fd)` makes every file of `fd`'s filesystem durable: it concerns
+/// every root on that device, wherever `fd` itself is.
+#[inline(always)]
+fn syncfs_target(off: &CaptureOffsets, fd: u32) -> Result<(Target, u32), Skip> {
+    let target = match resolve_fd(off, fd) {
+        Ok(target) => target,
+        // Outside every root but maybe on a device that has roots: resolve
+        // the device alone below.
+        Err(Skip::Uninteresting) => Target {
+            file: 0,
+            inode: 0,
+            ino: 0,
+            dev: fd_dev(off, fd)?,
+            f_flags: 0,
+            root: 0,
+            policy: 0,
+            event_flags: 0,
+        },
+        Err(other) => return Err(other),
+    };
+    // SAFETY: a map lookup; the value is copied at once.
+    let count = unsafe { CAPTURE_DEVS.get(target.dev) }.ok_or(Skip::Uninteresting)?;
+    let policy = if count.sync_roots != 0 {
+        ROOT_SYNC_PAUSE
+    } else {
+        0
+    };
+    Ok((
+        Target {
+            root: 0,
+            policy,
+            ..target
+        },
+        EVENT_ALL_ROOTS,
+    ))
+}
+
+/// The kernel `s_dev` of the file behind `fd`.
+#[inline(always)]
+fn fd_dev(off: &CaptureOffsets, fd: u32) -> Result<u32, Skip> {
+    // SAFETY: as in `resolve_fd`.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read_kernel(task, off.task_files)?;
+    let fdt: u64 = read_kernel(files, off.files_fdt)?;
+    let max_fds: u32 = read_kernel(fdt, off.fdtable_max_fds)?;
+    if fd >= max_fds {
+        return Err(Skip::Fault);
+    }
+    let fd_array: u64 = read_kernel(fdt, off.fdtable_fd)?;
+    let file: u64 = read_kernel(fd_array, fd * 8)?;
+    let inode: u64 = read_kernel(file, off.file_inode)?;
+    let sb: u64 = read_kernel(inode, off.inode_sb)?;
+    read_kernel(sb, off.sb_dev)
+}
+
+/// `truncate(path)`, `msync` and `sync`: calls that name no open file.
+///
+/// `truncate` is reported whatever the path (user space resolves it and
+/// drops what is not under a root: the call is rare); `msync` (`MS_SYNC`
+/// only) and `sync` concern every root, since no file can be resolved.
+fn enter_without_file(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
+    offsets()?;
+    let pid_tgid = caller()?;
+    let totals = CAPTURE_TOTALS.get(0).ok_or(Skip::Fault)?;
+    if totals.roots == 0 {
+        return Err(Skip::Uninteresting);
+    }
+    let mut flags = 0;
+    let (pos, len, mode, event_flags) = match kind {
+        WriteKind::Truncate => (field::<u64>(ctx, arg(0))?, field::<u64>(ctx, arg(1))?, 0, 0),
+        WriteKind::Msync => {
+            let ms: u64 = field(ctx, arg(2))?;
+            if ms as u32 & MS_SYNC == 0 {
+                return Err(Skip::Uninteresting);
+            }
+            (0, 0, ms as u32, EVENT_ALL_ROOTS)
+        }
+        _ => (0, 0, 0, EVENT_ALL_ROOTS),
+    };
+    if kind != WriteKind::Truncate && totals.sync_roots != 0 {
+        flags |= CALL_PAUSE;
+    }
+    let call = InFlight {
+        file: 0,
+        inode: 0,
+        pos,
+        len,
+        ino: 0,
+        root: 0,
+        dev: 0,
+        kind: kind as u32,
+        offset_from: OFFSET_GIVEN,
+        flags,
+        event_flags,
+        mode,
+    };
+    CAPTURE_IN_FLIGHT.insert(pid_tgid, call, 0)?;
     Ok(())
 }
 
@@ -178,36 +629,164 @@ fn on_exit(ctx: &TracePointContext) -> Result<(), Skip> {
         return Err(Skip::Uninteresting);
     };
     let _ = CAPTURE_IN_FLIGHT.remove(pid_tgid);
-    // SAFETY: a read of the tracepoint record through the helper.
-    let ret: i64 = unsafe { ctx.read_at(tracepoint_layout::EXIT_RET) }?;
-    if ret <= 0 {
+    let ret: i64 = field(ctx, EXIT_RET)?;
+    if ret < 0 {
+        return Err(Skip::Uninteresting);
+    }
+    let Some(kind) = WriteKind::from_raw(call.kind) else {
+        return Err(Skip::Fault);
+    };
+    let mut event = CaptureEvent {
+        ino: call.ino,
+        root: call.root,
+        offset: call.pos,
+        len: call.len,
+        seq: next_seq(),
+        dev: call.dev,
+        kind: call.kind,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        flags: call.event_flags,
+        mode: call.mode,
+    };
+    match kind {
+        WriteKind::Truncate => return emit_path(event, call.pos, call.len),
+        WriteKind::Ftruncate | WriteKind::Fallocate => {
+            emit(&event);
+            return Ok(());
+        }
+        kind if kind.is_sync_call() => {
+            event.flags |= EVENT_SYNC;
+            sync_record(event, call.flags & CALL_PAUSE != 0);
+            return Ok(());
+        }
+        _ => {}
+    }
+    if ret == 0 {
         return Err(Skip::Uninteresting);
     }
     let len = ret as u64;
-    let offset = if call.kind == WriteKind::Pwrite as u32 {
-        call.pos
-    } else {
-        // write(2) advanced the file position past the bytes it wrote; read
-        // after the fact this is right for O_APPEND too, where the position
-        // the bytes went to is only known once the call ran.
-        let off = offsets()?;
-        let end: u64 = read_kernel(call.file, off.file_pos)?;
-        end.wrapping_sub(len)
+    let off = offsets()?;
+    event.len = len;
+    event.offset = match call.offset_from {
+        OFFSET_FILE_POS => {
+            // The call advanced the file position past the bytes it wrote;
+            // read after the fact this is right for O_APPEND too, where the
+            // position the bytes went to is only known once the call ran.
+            let end: u64 = read_kernel(call.file, off.file_pos)?;
+            end.wrapping_sub(len)
+        }
+        OFFSET_END_OF_FILE => {
+            // A positional append leaves the position alone: the bytes
+            // ended at the end of file.
+            let size: u64 = read_kernel(call.inode, off.inode_size)?;
+            size.wrapping_sub(len)
+        }
+        _ => call.pos,
     };
-    let event = WriteEvent {
-        ino: call.key.ino,
-        offset,
-        len,
-        dev: call.key.dev,
-        kind: call.kind,
-        tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
+    emit(&event);
+    if call.flags & CALL_SYNC_WRITE != 0 {
+        event.seq = next_seq();
+        event.flags |= EVENT_SYNC;
+        sync_record(event, call.flags & CALL_PAUSE != 0);
+    }
+    Ok(())
+}
+
+/// The next [`CaptureEvent::seq`] of this CPU.
+#[inline(always)]
+fn next_seq() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+    let count = match CAPTURE_SEQ.get_ptr_mut(0) {
+        Some(slot) => {
+            // SAFETY: this CPU's slot; the program does not migrate.
+            unsafe {
+                *slot += 1;
+                *slot
+            }
+        }
+        None => 0,
     };
-    if CAPTURE_EVENTS.output::<WriteEvent>(event, 0).is_err() {
-        if let Some(lost) = CAPTURE_LOST.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot; tracepoint programs do not migrate.
-            unsafe { *lost += 1 };
+    (cpu << 56) | (count & 0x00ff_ffff_ffff_ffff)
+}
+
+/// Counts a record the full ring buffer could not take.
+#[inline(always)]
+fn count_lost() {
+    if let Some(lost) = CAPTURE_LOST.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the program does not migrate.
+        unsafe { *lost += 1 };
+    }
+}
+
+#[inline(always)]
+fn emit(event: &CaptureEvent) {
+    if CAPTURE_EVENTS.output::<CaptureEvent>(event, 0).is_err() {
+        count_lost();
+    }
+}
+
+/// Reports a sync, first stopping the caller if its root asks for it.
+///
+/// The order matters: the task is listed in `CAPTURE_PAUSED` before the
+/// signal is sent, and the record is sent last, so user space never
+/// resumes a task whose `SIGSTOP` is still to come (`SIGCONT` discards a
+/// pending stop, not a later one), and a task paused by a record the full
+/// ring dropped is still listed.
+#[inline(always)]
+fn sync_record(mut event: CaptureEvent, pause: bool) {
+    if pause {
+        let task = PausedTask {
+            seq: event.seq,
+            root: event.root,
+            ino: event.ino,
+            tgid: event.tgid,
+            dev: event.dev,
+        };
+        if CAPTURE_PAUSED
+            .insert(event.tid, task, u64::from(BPF_ANY))
+            .is_ok()
+        {
+            // The stop takes effect when the task returns to user mode, that
+            // is right after this syscall: the call completed, its caller
+            // does not see it return until resumed.
+            // SAFETY: the helper signals the current process only.
+            if unsafe { gen::bpf_send_signal(SIGSTOP) } == 0 {
+                event.flags |= EVENT_PAUSED;
+            } else {
+                // Not stoppable (the init process, a kernel thread): report
+                // the sync without the pause.
+                let _ = CAPTURE_PAUSED.remove(event.tid);
+            }
         }
     }
+    emit(&event);
+}
+
+/// Reports a `truncate(path, size)`, the path read from the caller's memory
+/// (still the caller's: the thread has not returned to user mode).
+#[inline(always)]
+fn emit_path(mut event: CaptureEvent, path: u64, size: u64) -> Result<(), Skip> {
+    event.offset = size;
+    event.len = 0;
+    let Some(mut entry) = CAPTURE_EVENTS.reserve::<PathEvent>(0) else {
+        count_lost();
+        return Ok(());
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at the reserved, writable entry; the helper
+    // copies at most PATH_BYTES bytes into its path buffer and NUL-ends them.
+    let copied = unsafe {
+        gen::bpf_probe_read_user_str(
+            (*record).path.as_mut_ptr().cast(),
+            PATH_BYTES as u32,
+            path as *const core::ffi::c_void,
+        )
+    };
+    event.len = if copied > 0 { copied as u64 } else { 0 };
+    // SAFETY: as above.
+    unsafe { (*record).event = event };
+    entry.submit(0);
     Ok(())
 }

@@ -89,6 +89,14 @@ pub fn farm_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The baseline of `cargo xtask bench farm`: an XDP program that passes
+/// every frame and does nothing else, in the same object so that both run
+/// under the same kernel, loader and attach path. The daemon never loads it.
+#[xdp]
+pub fn farm_noop(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
 #[inline(always)]
 fn count(counters: &PerCpuArray<u64>, index: u32) {
     if let Some(counter) = counters.get_ptr_mut(index) {

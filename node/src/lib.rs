@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod ebpf;
 pub mod farm;
 pub mod fsm;
+pub mod mirror;
 pub mod net;
 pub mod witness;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use halo::{
     api::ModuleAction,
-    cli::{self, Cli, Command, Switch},
+    cli::{self, client::ApiFailure, Cli, Command, Switch},
     config::ConfigError,
 };
 
@@ -20,11 +20,14 @@ fn main() -> ExitCode {
         Command::State {
             module,
             quiet,
-            target,
-        } => cli::state::run(&module, quiet, &target),
-        Command::Witness { listen, secret } => {
-            halo::daemon::run_witness(listen, &secret).map(|()| ExitCode::SUCCESS)
-        }
+            json,
+            targets,
+        } => cli::state::run(&module, quiet, json, &targets),
+        Command::Witness {
+            listen,
+            secret,
+            max_lease,
+        } => halo::daemon::run_witness(listen, &secret, max_lease).map(|()| ExitCode::SUCCESS),
         Command::Start(args) => cli::action::run(&args, ModuleAction::Start),
         Command::Stop(args) => cli::action::run(&args, ModuleAction::Stop),
         Command::Restart(args) => cli::action::run(&args, ModuleAction::Restart),
@@ -48,11 +51,21 @@ fn main() -> ExitCode {
         Command::Buckets {
             module,
             json,
-            target,
-        } => cli::buckets::run(&module, json, &target).map(|()| ExitCode::SUCCESS),
-        Command::Status { json, target } => {
-            cli::status::run(json, &target).map(|()| ExitCode::SUCCESS)
+            targets,
+        } => cli::buckets::run(&module, json, &targets),
+        Command::Status { json, targets } => cli::status::run(json, &targets),
+        Command::Log {
+            module,
+            follow,
+            lines,
+            json,
+            targets,
+        } => cli::log::run(&module, follow, lines, json, &targets),
+        Command::Snapshot { file, target } => {
+            cli::snapshot::run(&file, &target).map(|()| ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => cli::docs::completions(shell).map(|()| ExitCode::SUCCESS),
+        Command::Man { dir } => cli::docs::man(dir.as_deref()).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -61,13 +74,18 @@ fn main() -> ExitCode {
 }
 
 /// Prints the error chain and picks the exit code: 64 for a bad
-/// configuration, 1 otherwise; a closed stdout (`halo status | head`) is
-/// not an error.
+/// configuration, 69 for a daemon that cannot be reached, 77 for one that
+/// refuses the token, 1 otherwise; a closed stdout (`halo status | head`)
+/// is not an error.
 fn report(error: &anyhow::Error) -> ExitCode {
     if let Some(io) = error.downcast_ref::<std::io::Error>() {
         if io.kind() == std::io::ErrorKind::BrokenPipe {
             return ExitCode::SUCCESS;
         }
+    }
+    if let Some(failure) = error.chain().find_map(|e| e.downcast_ref::<ApiFailure>()) {
+        eprintln!("halo: {error:#}");
+        return ExitCode::from(failure.exit_code());
     }
     if let Some(config) = error.chain().find_map(|e| e.downcast_ref::<ConfigError>()) {
         match config {

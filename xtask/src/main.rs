@@ -4,6 +4,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod lab_program;
+mod package;
 mod setup;
 mod step;
 mod test;
@@ -33,6 +34,9 @@ enum Command {
     /// on a VIP, a live view of which node answers, a node killed and
     /// brought back; Ctrl-C removes the lab (needs root).
     Demo(demo::DemoArgs),
+    /// Build halo in release mode and a Debian package of it (binary, systemd
+    /// unit, default configuration, man pages, completions) with dpkg-deb.
+    Package(package::PackageArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Package(args) => package::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,6 +25,14 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     // `bpftool`: showing loaded programs and maps when a test fails.
     "bpftool",
+    // `keepalived`: the VRRP baseline of `cargo xtask bench farm`'s outage.
+    "keepalived",
+    // `promtool`: checking the daemon's `/metrics` exposition in the lab tests.
+    "prometheus",
+    // Headless Chromium and its WebDriver: the lab test `daemon::console`
+    // drives the web console in a real browser.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// The bpf-linker release known to build against the nightly's LLVM.

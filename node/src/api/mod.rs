@@ -1,10 +1,24 @@
 //! The node's local HTTP API: the SafeKit-compatible health check
-//! (`/var/modules/<module>/ready.txt`), the JSON state (`/api/v1/state`)
-//! that `halo state` and `halo status` read, and module actions
-//! (`POST /api/v1/modules/<module>/<action>`) behind a bearer token.
+//! (`/var/modules/<module>/ready.txt`), the JSON API under `/api/v1` that
+//! the CLI and the console read and drive, its OpenAPI document
+//! (`/api/v1/openapi.json`), the Prometheus metrics (`/metrics`) and the
+//! web console (`/`, `/mosaic`).
+//!
+//! Every API route comes from one table (`routes::endpoints`): the router,
+//! the access rule of each route and the OpenAPI document are all built
+//! from it, so that a route cannot exist undocumented or with another
+//! access than the document says. The console's pages come from the table
+//! beside it (`routes::pages`).
 
 pub mod auth;
+mod console;
+pub mod metrics;
+pub mod openapi;
+pub mod progress;
+mod routes;
 pub mod status;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
@@ -12,22 +26,33 @@ use std::{
 };
 
 use axum::{
-    extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    extract::{Request, State},
+    http::{header, HeaderValue, Method, StatusCode, Uri},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use auth::ApiToken;
+pub use progress::ReplicationProgress;
 
-use crate::farm::SharedTables;
-pub use status::{ModuleStatus, NodeStatus, PeerStatus};
+use crate::{config::Config, farm::SharedTables};
+pub use status::{ModuleCounters, ModuleStatus, NodeStatus, PeerStatus};
 
-/// The daemon's current view, published by its main loop and read by the API.
+/// The daemon's current view, published by its main loop and the module
+/// drivers, read by the API.
 pub type SharedStatus = Arc<RwLock<NodeStatus>>;
+
+/// Changes the published status of `module` (ignored when it is not
+/// configured): how drivers record state, counters and progress.
+pub fn update_module(status: &SharedStatus, module: &str, change: impl FnOnce(&mut ModuleStatus)) {
+    let mut status = status.write().expect("status lock");
+    if let Some(m) = status.modules.iter_mut().find(|m| m.name == module) {
+        change(m);
+    }
+}
 
 /// An administrator's action on one module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,21 +71,23 @@ pub enum ModuleAction {
 }
 
 impl ModuleAction {
+    /// Every action, in the order the API documents them.
+    pub const ALL: [ModuleAction; 10] = [
+        ModuleAction::Start,
+        ModuleAction::Stop,
+        ModuleAction::Restart,
+        ModuleAction::Prim,
+        ModuleAction::Second,
+        ModuleAction::Swap,
+        ModuleAction::CheckersOn,
+        ModuleAction::CheckersOff,
+        ModuleAction::FailoverOn,
+        ModuleAction::FailoverOff,
+    ];
+
     /// The action named in a URL (`checkers-on`, `swap`, …).
     pub fn from_path(segment: &str) -> Option<Self> {
-        Some(match segment {
-            "start" => ModuleAction::Start,
-            "stop" => ModuleAction::Stop,
-            "restart" => ModuleAction::Restart,
-            "prim" => ModuleAction::Prim,
-            "second" => ModuleAction::Second,
-            "swap" => ModuleAction::Swap,
-            "checkers-on" => ModuleAction::CheckersOn,
-            "checkers-off" => ModuleAction::CheckersOff,
-            "failover-on" => ModuleAction::FailoverOn,
-            "failover-off" => ModuleAction::FailoverOff,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|a| a.path() == segment)
     }
 
     /// The URL segment of the action.
@@ -78,10 +105,35 @@ impl ModuleAction {
             ModuleAction::FailoverOff => "failover-off",
         }
     }
+
+    /// What the action does, for the API document.
+    pub fn summary(self) -> &'static str {
+        match self {
+            ModuleAction::Start => "Start the module on this node",
+            ModuleAction::Stop => "Stop the module on this node (stop scripts run)",
+            ModuleAction::Restart => "Stop, then start the module on this node",
+            ModuleAction::Prim => "Force this node primary (mirror: first start, recovery)",
+            ModuleAction::Second => "Force this node secondary (mirror)",
+            ModuleAction::Swap => "Planned switch-over of primary and secondary (mirror)",
+            ModuleAction::CheckersOn => "Turn the module's checkers on",
+            ModuleAction::CheckersOff => "Turn the module's checkers off (maintenance)",
+            ModuleAction::FailoverOn => "Turn automatic failover on (mirror)",
+            ModuleAction::FailoverOff => "Turn automatic failover off (mirror, maintenance)",
+        }
+    }
 }
 
 /// Where module actions go: each running module's input, by name.
 pub type ModuleActions = Arc<HashMap<String, UnboundedSender<ModuleAction>>>;
+
+/// What the API serves from: the daemon's shared state and configuration.
+pub struct ApiContext {
+    pub status: SharedStatus,
+    pub actions: ModuleActions,
+    pub token: ApiToken,
+    pub tables: SharedTables,
+    pub config: Arc<Config>,
+}
 
 #[derive(Clone)]
 struct ApiState {
@@ -89,63 +141,145 @@ struct ApiState {
     actions: ModuleActions,
     token: Arc<ApiToken>,
     tables: SharedTables,
+    config: Arc<Config>,
 }
 
-/// The API's routes.
-pub fn router(
-    status: SharedStatus,
-    actions: ModuleActions,
-    token: ApiToken,
-    tables: SharedTables,
-) -> Router {
-    Router::new()
-        .route("/api/v1/state", get(state))
-        .route("/api/v1/modules/{module}/buckets", get(buckets))
-        .route("/api/v1/modules/{module}/buckets.txt", get(buckets_text))
-        .route("/api/v1/modules/{module}/counters", get(counters))
-        .route("/api/v1/modules/{module}/{action}", post(act))
-        .route("/var/modules/{module}/ready.txt", get(ready))
-        .with_state(ApiState {
-            status,
-            actions,
-            token: Arc::new(token),
-            tables,
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: the health check and the API document.
+    Open,
+    /// Anyone while `api.open_read` is true, else the token's holders.
+    Read,
+    /// Only the token's holders.
+    Write,
+}
+
+/// The API's routes, each behind its access rule, with JSON answers for
+/// unknown paths and methods.
+pub fn router(context: ApiContext) -> Router {
+    let state = ApiState {
+        status: context.status,
+        actions: context.actions,
+        token: Arc::new(context.token),
+        tables: context.tables,
+        config: context.config,
+    };
+    let mut router = Router::new();
+    for endpoint in routes::endpoints() {
+        let access = endpoint.access;
+        let guarded = (endpoint.handler)().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            move |State(api): State<ApiState>, request: Request, next: Next| async move {
+                match api.allow(access, &request) {
+                    Ok(()) => next.run(request).await,
+                    Err(why) => unauthorized(why),
+                }
+            },
+        ));
+        router = router.route(&endpoint.path, guarded);
+    }
+    for page in routes::pages() {
+        router = router.route(page.path, (page.handler)());
+    }
+    router
+        .fallback(|method: Method, uri: Uri| async move {
+            error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no endpoint {method} {}: see /api/v1/openapi.json",
+                    uri.path()
+                ),
+            )
         })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "{} does not take {method}: see /api/v1/openapi.json",
+                    uri.path()
+                ),
+            )
+        })
+        .layer(middleware::from_fn(cors))
+        .with_state(state)
 }
 
-/// The farm module's live bucket table as JSON: shares per node and the
-/// owner of every bucket.
-async fn buckets(State(api): State<ApiState>, Path(module): Path<String>) -> Response {
-    match api.tables.read().expect("tables lock").get(&module) {
-        Some(view) => Json(&view.table).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("no bucket table for {module:?}: not a farm module serving on this node"),
-        ),
+/// Cross-origin access for the console of a peer node, which reads and
+/// drives this node's API from the browser. Any origin may call, without
+/// credentials: the API's only credential is the bearer token, which a
+/// browser never attaches by itself, so another origin can do nothing it
+/// could not do with curl (reads open by `api.open_read` are open to every
+/// client that reaches the port anyway). Preflights are answered here,
+/// before routing and the access guard.
+async fn cors(request: Request, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let private_network = request
+        .headers()
+        .contains_key("access-control-request-private-network");
+    let mut response = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    if preflight {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        // Chromium asks before a page on a public address calls a private
+        // one: the nodes' addresses usually are.
+        if private_network {
+            headers.insert(
+                "access-control-allow-private-network",
+                HeaderValue::from_static("true"),
+            );
+        }
+    }
+    response
+}
+
+impl ApiState {
+    /// Whether `request` may reach a route of `access`, or why not. The
+    /// token is compared, never logged or echoed.
+    fn allow(&self, access: Access, request: &Request) -> Result<(), &'static str> {
+        let needs_token = match access {
+            Access::Open => false,
+            Access::Read => !self.config.api.open_read,
+            Access::Write => true,
+        };
+        if needs_token {
+            self.token.check(request.headers())
+        } else {
+            Ok(())
+        }
     }
 }
 
-/// The farm filter's counters on this node (refreshed every second):
-/// frames per verdict, and accepted packets per bucket.
-async fn counters(State(api): State<ApiState>, Path(module): Path<String>) -> Response {
-    match api.tables.read().expect("tables lock").get(&module) {
-        Some(view) => Json(&view.counters).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("no counters for {module:?}: not a farm module serving on this node"),
-        ),
-    }
-}
-
-/// The same, as the table `halo buckets` prints.
-async fn buckets_text(State(api): State<ApiState>, Path(module): Path<String>) -> Response {
-    match api.tables.read().expect("tables lock").get(&module) {
-        Some(view) => view.table.to_string().into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("no bucket table for {module:?}: not a farm module serving on this node"),
-        ),
-    }
+/// A 401 with the reason and the scheme the client should use.
+fn unauthorized(why: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, why);
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 /// A JSON error body: `{"error": "…"}`.
@@ -162,70 +296,4 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
         }),
     )
         .into_response()
-}
-
-async fn state(State(api): State<ApiState>) -> Json<NodeStatus> {
-    Json(api.status.read().expect("status lock").clone())
-}
-
-async fn act(
-    State(api): State<ApiState>,
-    headers: HeaderMap,
-    Path((module, action)): Path<(String, String)>,
-) -> Response {
-    if let Err(why) = api.token.check(&headers) {
-        return error(StatusCode::UNAUTHORIZED, why);
-    }
-    let Some(action) = ModuleAction::from_path(&action) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("unknown action {action:?}: expected start, stop, restart, prim, second, swap, checkers-on, checkers-off, failover-on or failover-off"),
-        );
-    };
-    let Some(module_tx) = api.actions.get(&module) else {
-        let known = api
-            .status
-            .read()
-            .expect("status lock")
-            .modules
-            .iter()
-            .any(|m| m.name == module);
-        return if known {
-            error(
-                StatusCode::CONFLICT,
-                format!("module {module:?} is not running on this node"),
-            )
-        } else {
-            error(StatusCode::NOT_FOUND, format!("no module {module:?}"))
-        };
-    };
-    if module_tx.send(action).is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the module is shutting down",
-        );
-    }
-    (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "module": module, "action": action })),
-    )
-        .into_response()
-}
-
-/// 200 "OK" when this node serves the module (mirror PRIM or ALONE, farm UP,
-/// Ready), 404 otherwise: what HAProxy `httpchk` and cloud load balancers
-/// expect of SafeKit.
-async fn ready(State(api): State<ApiState>, Path(module): Path<String>) -> impl IntoResponse {
-    let serving = api
-        .status
-        .read()
-        .expect("status lock")
-        .modules
-        .iter()
-        .any(|m| m.name == module && m.serving);
-    if serving {
-        (StatusCode::OK, "OK\n")
-    } else {
-        (StatusCode::NOT_FOUND, "NOT READY\n")
-    }
 }

@@ -1,22 +1,31 @@
 //! `halo start|stop|restart|prim|second|swap MODULE`, `halo checkers|failover
-//! MODULE on|off`: one authenticated POST to the daemon.
+//! MODULE on|off`: one authenticated POST to each daemon.
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-
-use super::{client, ActionArgs};
+use super::{fanout, table::Table, ActionArgs};
 use crate::api::ModuleAction;
 
 pub fn run(args: &ActionArgs, action: ModuleAction) -> anyhow::Result<ExitCode> {
-    let addr = args.target.api_addr()?;
-    let token_file = match &args.token_file {
-        Some(path) => path.clone(),
-        None => crate::config::load(&args.target.config)?.api.token_file,
-    };
-    let token = std::fs::read_to_string(&token_file)
-        .with_context(|| format!("reading the API token {}", token_file.display()))?;
-    client::post_action(&addr, token.trim(), &args.module, action)?;
-    println!("{}: {} requested", args.module, action.path());
-    Ok(ExitCode::SUCCESS)
+    let daemons = args.targets.daemons()?;
+    let module = args.module.as_str();
+    let answers = fanout::ask(&daemons, |daemon| daemon.post_action(module, action));
+    if !args.targets.is_fanout() {
+        let answer = answers.into_iter().next().expect("one daemon");
+        answer.result?;
+        println!("{module}: {} requested", action.path());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&["NODE", "RESULT"]);
+    for answer in &answers {
+        match &answer.result {
+            Ok(()) => table.row([
+                answer.daemon.node.clone(),
+                format!("{module}: {} requested", action.path()),
+            ]),
+            Err(e) => table.note(answer.daemon.node.clone(), fanout::failure_note(e)),
+        }
+    }
+    print!("{table}");
+    Ok(fanout::outcome(&answers))
 }

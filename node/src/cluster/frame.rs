@@ -15,7 +15,7 @@
 //!     32    1  sender name length n (1..=63), then n bytes of UTF-8
 //!      …    1  module count m (0..=32), then m module reports:
 //!              name length k (1..=63), k bytes, state, phase, flags (1 each),
-//!              data generation (8)
+//!              data generation (8), generation followed (8, 0 = none)
 //!      …   32  BLAKE3 keyed hash of every byte before it
 //! ```
 //! Integers are big-endian. Decoding checks the size, magic, version and
@@ -49,6 +49,8 @@ pub struct ModuleReport {
     pub flags: u8,
     /// The generation of the node's data for this module (mirror), 0 if none.
     pub generation: u64,
+    /// As a mirror secondary: the generation of the primary it copies (0 = none).
+    pub following: u64,
 }
 
 /// One heartbeat, as sent by `sender`.
@@ -126,6 +128,7 @@ impl HeartbeatFrame {
             put_name(&mut out, &module.name)?;
             out.extend_from_slice(&[module.state, module.phase, module.flags]);
             out.extend_from_slice(&module.generation.to_be_bytes());
+            out.extend_from_slice(&module.following.to_be_bytes());
         }
         let tag = key.tag(&out);
         out.extend_from_slice(&tag);
@@ -180,6 +183,7 @@ impl HeartbeatFrame {
                 phase: cursor.u8()?,
                 flags: cursor.u8()?,
                 generation: cursor.u64()?,
+                following: cursor.u64()?,
             });
         }
         cursor.end()?;
@@ -229,6 +233,7 @@ mod tests {
                     phase: 0,
                     flags: 0,
                     generation: 0,
+                    following: 0,
                 },
                 ModuleReport {
                     name: "db".into(),
@@ -236,6 +241,7 @@ mod tests {
                     phase: 1,
                     flags: 1,
                     generation: 17,
+                    following: 16,
                 },
             ],
         }

@@ -18,6 +18,11 @@ pub const SECRET_LEN: usize = 32;
 /// The heartbeat MAC key's derivation context. Changing it is a wire break.
 const HEARTBEAT_CONTEXT: &str = "halo 2026 heartbeat frame v1";
 
+/// The replication stream's root key derivation context; each session
+/// derives its own keys from it and both peers' nonces. Changing it is a
+/// wire break between mirror nodes.
+const REPLICATION_CONTEXT: &str = "halo 2026 mirror replication v1";
+
 /// The witness (arbiter lease) MAC key's derivation context. Changing it is a
 /// wire break between nodes and `halo witness`.
 const WITNESS_CONTEXT: &str = "halo 2026 witness lease v1";
@@ -126,6 +131,11 @@ impl ClusterSecret {
     pub fn witness_key(&self) -> MacKey {
         MacKey(blake3::derive_key(WITNESS_CONTEXT, &self.0))
     }
+
+    /// The root key of mirror replication sessions (`mirror::channel`).
+    pub fn replication_key(&self) -> MacKey {
+        MacKey(blake3::derive_key(REPLICATION_CONTEXT, &self.0))
+    }
 }
 
 /// A 256-bit key for BLAKE3's keyed (MAC) mode. `Debug` never shows it.
@@ -142,6 +152,17 @@ impl MacKey {
     /// The MAC of `data`.
     pub fn tag(&self, data: &[u8]) -> [u8; 32] {
         *blake3::keyed_hash(&self.0, data).as_bytes()
+    }
+
+    /// A key for one use, derived from this one and `context` (a keyed
+    /// hash, so knowing a derived key reveals nothing of this one).
+    pub fn derive(&self, context: &[u8]) -> MacKey {
+        MacKey(*blake3::keyed_hash(&self.0, context).as_bytes())
+    }
+
+    /// The key bytes, for ciphers keyed with it.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 
     /// Whether `tag` is the MAC of `data`, compared in constant time.

@@ -36,6 +36,11 @@ impl<'a> Cursor<'a> {
         Cursor { bytes, at }
     }
 
+    /// How many bytes were read so far.
+    pub fn position(&self) -> usize {
+        self.at
+    }
+
     /// The next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         let end = self.at.checked_add(n).ok_or(Malformed("length overflow"))?;

@@ -138,3 +138,8 @@ fn hostname() -> Option<String> {
     let name = name.trim().split('.').next()?.to_owned();
     (!name.is_empty()).then_some(name)
 }
+
+/// Parses a duration as the configuration writes it (`"500ms"`, `"2s"`).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    de::parse_duration(text)
+}

@@ -310,6 +310,10 @@ impl FarmDriver {
 
     fn on_checker(&mut self, report: CheckerReport, scripts: &mpsc::UnboundedSender<Input>) {
         let previous = self.checker_states.insert(report.id.clone(), report.ok);
+        crate::api::update_module(&self.status, &self.module.name, |m| {
+            m.counters
+                .record_checker(&report.id, report.ok, &report.detail)
+        });
         let verdict = if report.ok { "ok" } else { "failed" };
         self.write_log(
             &format!("checker:{}", report.id),
@@ -346,8 +350,10 @@ impl FarmDriver {
                     let spec = ScriptSpec::new(&self.module.name, &self.node, &run, path);
                     let sink = self.sink.clone();
                     let done = scripts.clone();
+                    let status = Arc::clone(&self.status);
                     tokio::spawn(async move {
                         let outcome = app::script::run_script(&spec, &sink).await;
+                        record_script(&status, &spec.module, &spec.kind.to_string(), &outcome);
                         let _ = done.send(Input::ScriptDone {
                             kind: spec.kind,
                             ok: outcome.ok(),
@@ -370,6 +376,9 @@ impl FarmDriver {
                     info!(module = %self.module.name, %event, "module event");
                     self.write_log("fsm", &event.to_string());
                     if let fsm::Event::StateChanged { from, to, .. } = event {
+                        crate::api::update_module(&self.status, &self.module.name, |m| {
+                            m.counters.record_transition(from.as_str(), to.as_str())
+                        });
                         self.run_transition(from, to);
                     }
                 }
@@ -471,7 +480,11 @@ impl FarmDriver {
             timeout: self.module.scripts.nicestoptimeout,
         };
         let sink = self.sink.clone();
-        tokio::spawn(async move { app::script::run_transition(&spec, &sink).await });
+        let status = Arc::clone(&self.status);
+        tokio::spawn(async move {
+            let outcome = app::script::run_transition(&spec, &sink).await;
+            record_script(&status, &spec.module, "transition", &outcome);
+        });
     }
 
     fn script_path(&self, kind: fsm::ScriptKind) -> Option<std::path::PathBuf> {
@@ -536,12 +549,29 @@ impl FarmDriver {
                 0
             },
             generation: 0,
+            following: 0,
         };
         let mut reports = self.reports.lock().expect("reports lock");
         match reports.iter_mut().find(|r| r.name == report.name) {
             Some(slot) => *slot = report,
             None => reports.push(report),
         }
+    }
+}
+
+/// Counts a script run in the module's status (`/metrics`); a script that
+/// is not configured did not run.
+pub(super) fn record_script(
+    status: &SharedStatus,
+    module: &str,
+    script: &str,
+    outcome: &app::script::ScriptReport,
+) {
+    if outcome.outcome != app::script::ScriptOutcome::NotConfigured {
+        crate::api::update_module(status, module, |m| {
+            m.counters
+                .record_script(script, outcome.ok(), outcome.elapsed)
+        });
     }
 }
 

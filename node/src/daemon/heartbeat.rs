@@ -8,7 +8,7 @@
 //! detector tick, so a stall of this process is never blamed on a peer.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{SocketAddr, UdpSocket},
     os::fd::AsFd as _,
     sync::{
@@ -82,9 +82,44 @@ pub struct HeartbeatStats {
     pub late_ticks: AtomicU64,
     /// Dropped frames by reason (`malformed`, `forged`, `replayed`, …).
     pub rejected: Mutex<HashMap<&'static str, u64>>,
+    /// Accepted and lost frames, by peer and network name.
+    pub links: Mutex<BTreeMap<(String, String), LinkFrames>>,
+}
+
+/// The frames of one peer on one network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkFrames {
+    pub accepted: u64,
+    pub lost: u64,
+    /// The epoch and sequence number of the latest accepted frame.
+    last: Option<(u64, u64)>,
+}
+
+impl LinkFrames {
+    /// Counts an accepted frame, and the frames lost since the previous one.
+    /// The sender numbers its detector ticks (its shortest pulse, `tick`)
+    /// and sends on a network every `pulse`, so a gap of `n` sequence
+    /// numbers spans `n · tick / pulse` of that network's frames.
+    fn accept(&mut self, epoch: u64, seq: u64, tick: Duration, pulse: Duration) {
+        self.accepted += 1;
+        if let Some((last_epoch, last_seq)) = self.last {
+            if epoch == last_epoch && seq > last_seq {
+                let span = (seq - last_seq) as u128 * tick.as_micros();
+                let pulse = pulse.as_micros().max(1);
+                let frames = ((span + pulse / 2) / pulse) as u64;
+                self.lost += frames.saturating_sub(1);
+            }
+        }
+        self.last = Some((epoch, seq));
+    }
 }
 
 impl HeartbeatStats {
+    /// A copy of the per-link counters.
+    pub fn links(&self) -> BTreeMap<(String, String), LinkFrames> {
+        self.links.lock().expect("stats lock").clone()
+    }
+
     fn reject(&self, reason: &'static str) {
         let mut rejected = self.rejected.lock().expect("stats lock");
         *rejected.entry(reason).or_default() += 1;
@@ -342,6 +377,14 @@ impl Runner {
                 return;
             }
         }
+        let link = &self.setup.networks[usize::from(network)];
+        self.stats
+            .links
+            .lock()
+            .expect("stats lock")
+            .entry((frame.sender.clone(), link.name.clone()))
+            .or_default()
+            .accept(frame.epoch, frame.seq, self.tick, link.pulse);
         let events = self.detector.heard(&frame.sender, network, now);
         self.publish(events);
         if self.last_reports.get(&frame.sender) != Some(&frame.modules) {
@@ -386,5 +429,29 @@ fn raise_priority() {
             error = %std::io::Error::last_os_error(),
             "cannot raise the heartbeat thread to SCHED_FIFO; heartbeats may lag under CPU load"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_frames_are_the_sequence_gaps_scaled_to_the_network_pulse() {
+        let ms = Duration::from_millis;
+        let mut link = LinkFrames::default();
+        for seq in [1, 2, 5, 6] {
+            link.accept(7, seq, ms(100), ms(100));
+        }
+        assert_eq!((link.accepted, link.lost), (4, 2));
+        // A network pulsing every other tick skips one sequence number per frame.
+        let mut slow = LinkFrames::default();
+        for seq in [2, 4, 6, 10] {
+            slow.accept(7, seq, ms(100), ms(200));
+        }
+        assert_eq!((slow.accepted, slow.lost), (4, 1));
+        // A new epoch restarts the numbering: nothing lost.
+        link.accept(8, 1, ms(100), ms(100));
+        assert_eq!(link.lost, 2);
     }
 }

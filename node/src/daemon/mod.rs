@@ -8,6 +8,7 @@
 pub mod epoch;
 pub mod farm;
 pub mod heartbeat;
+pub mod mirror;
 pub mod module_log;
 pub mod notify;
 
@@ -52,7 +53,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 }
 
 /// `halo witness`: serves leases until SIGTERM or SIGINT.
-pub fn run_witness(listen: SocketAddr, secret_file: &Path) -> anyhow::Result<()> {
+pub fn run_witness(
+    listen: SocketAddr,
+    secret_file: &Path,
+    max_lease: Duration,
+) -> anyhow::Result<()> {
     init_tracing();
     let secret = ClusterSecret::load(secret_file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -62,7 +67,10 @@ pub fn run_witness(listen: SocketAddr, secret_file: &Path) -> anyhow::Result<()>
     runtime.block_on(async {
         let mut sigterm =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let policy = crate::witness::lease::LeasePolicy::default();
+        let policy = crate::witness::lease::LeasePolicy {
+            max_duration: max_lease,
+            ..Default::default()
+        };
         let arbiter =
             crate::witness::arbiter::Arbiter::bind(listen, secret.witness_key(), policy).await?;
         info!(listen = %arbiter.local_addr()?, "witness ready");
@@ -114,6 +122,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut module_actions = HashMap::new();
     let tables: crate::farm::SharedTables = Arc::default();
     let mut module_tasks = Vec::new();
+    // One write capture for every mirror module; without it replication
+    // still works (inotify and checksums) but cannot hold durable writes.
+    let capture_hub = if config
+        .modules
+        .iter()
+        .any(|m| matches!(m, Module::Mirror(_)))
+    {
+        match crate::mirror::hub::CaptureHub::start() {
+            Ok(hub) => Some(hub),
+            Err(error) => {
+                warn!(error = %format!("{error:#}"), "the write capture did not load: mirror modules replicate through inotify and checksums only, and sync = \"fsync\" cannot hold durable writes");
+                None
+            }
+        }
+    } else {
+        None
+    };
     for module in &config.modules {
         match module {
             Module::Farm(farm) => {
@@ -143,12 +168,41 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 )));
             }
             Module::Mirror(mirror) => {
-                warn!(module = %mirror.name, "mirror modules arrive with replication (issue 5): not started");
+                let log = module_log::ModuleLog::open(state_dir, &mirror.name)?;
+                let (sink, lines) = crate::app::LogSink::new();
+                let (driver, internal) = mirror::MirrorDriver::new(
+                    mirror.clone(),
+                    &config,
+                    &secret,
+                    epoch,
+                    Arc::clone(&status),
+                    Arc::clone(&heartbeat.reports),
+                    log,
+                    sink,
+                    capture_hub.clone(),
+                )?;
+                let (tx, rx) = mpsc::unbounded_channel();
+                let (actions_tx, actions_rx) = mpsc::unbounded_channel();
+                module_inputs.push((mirror.name.clone(), tx));
+                module_actions.insert(mirror.name.clone(), actions_tx);
+                module_tasks.push(tokio::spawn(driver.run(
+                    internal,
+                    rx,
+                    actions_rx,
+                    lines,
+                    modules_down.clone(),
+                )));
             }
         }
     }
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let app = api::router(Arc::clone(&status), Arc::new(module_actions), token, tables);
+    let app = api::router(api::ApiContext {
+        status: Arc::clone(&status),
+        actions: Arc::new(module_actions),
+        token,
+        tables,
+        config: Arc::new(config.clone()),
+    });
     let api_task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -365,5 +419,16 @@ fn publish_counters(status: &SharedStatus, heartbeat: &Heartbeat) {
         .rejected()
         .into_iter()
         .map(|(reason, n)| (reason.to_owned(), n))
+        .collect();
+    status.heartbeat.send_errors = stats.send_errors.load(Relaxed);
+    status.heartbeat.links = stats
+        .links()
+        .into_iter()
+        .map(|((peer, network), frames)| api::status::LinkCounters {
+            peer,
+            network,
+            accepted: frames.accepted,
+            lost: frames.lost,
+        })
         .collect();
 }

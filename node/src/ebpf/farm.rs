@@ -229,6 +229,40 @@ impl FarmIngress {
         Ok((result.return_value, out))
     }
 
+    /// Runs the program `repeat` times on `frame` in one
+    /// `BPF_PROG_TEST_RUN` and returns the verdict and the kernel's mean
+    /// time per run. The kernel runs every repeat on the same buffer, so a
+    /// frame the program rewrites (an answered ARP request) is seen
+    /// rewritten from the second run on: time those with `repeat = 1`.
+    pub fn test_run_timed(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(u32, std::time::Duration)> {
+        timed_run(program(&mut self.ebpf)?, "farm_ingress", frame, repeat)
+    }
+
+    /// [`FarmIngress::test_run_timed`] of `farm_noop`, the program that
+    /// passes every frame and does nothing else: the baseline benches
+    /// subtract. It is loaded on first use, never attached.
+    pub fn noop_test_run_timed(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(u32, std::time::Duration)> {
+        timed_run(noop_program(&mut self.ebpf)?, "farm_noop", frame, repeat)
+    }
+
+    /// Attaches `farm_noop` (loaded on first use) to `interface` of the
+    /// calling thread's network namespace instead of the farm program: a
+    /// baseline for benches that need some XDP program on the interface.
+    pub fn attach_noop(&mut self, interface: &str, mode: XdpMode) -> anyhow::Result<()> {
+        let noop = noop_program(&mut self.ebpf)?;
+        noop.attach(interface, mode)
+            .with_context(|| format!("attaching farm_noop to {interface} in {mode:?} mode"))?;
+        Ok(())
+    }
+
     /// The per-class frame counters, summed over CPUs.
     pub fn class_counts(&self) -> anyhow::Result<ClassCounts> {
         let map = self
@@ -252,6 +286,37 @@ fn program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
         .context("the farm object has no farm_ingress program")?
         .try_into()
         .context("farm_ingress is not an XDP program")
+}
+
+/// `farm_noop`, loaded into the kernel on first use.
+fn noop_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    let noop: &mut Xdp = ebpf
+        .program_mut("farm_noop")
+        .context("the farm object has no farm_noop program")?
+        .try_into()
+        .context("farm_noop is not an XDP program")?;
+    if noop.fd().is_err() {
+        noop.load().context("the kernel refused farm_noop")?;
+    }
+    Ok(noop)
+}
+
+fn timed_run(
+    program: &mut Xdp,
+    name: &str,
+    frame: &[u8],
+    repeat: u32,
+) -> anyhow::Result<(u32, std::time::Duration)> {
+    let mut options = TestRunOptions::new();
+    options.data_in = Some(frame);
+    options.repeat = repeat;
+    let result = program.test_run(options).with_context(|| {
+        format!(
+            "BPF_PROG_TEST_RUN of {name} on {} bytes, {repeat} repeats",
+            frame.len()
+        )
+    })?;
+    Ok((result.return_value, result.duration))
 }
 
 /// The program's key for a VIP: IPv4 mapped into IPv6.

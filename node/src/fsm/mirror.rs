@@ -1030,6 +1030,17 @@ impl Mirror {
                 return Decision::Ask(Question::Peer);
             }
         }
+        // Our primary is leaving the role (a swap or a stop that drains
+        // replication first): it hands over once drained, or settles in a
+        // state that says what it does. Until then, stay its secondary.
+        if self.state == State::Second
+            && !peer_serving
+            && report.phase == Phase::Transient
+            && report.handover.is_none()
+            && self.in_sync()
+        {
+            return Decision::Ask(Question::Peer);
+        }
         if let (false, Some(handover), true) = (peer_serving, report.handover, self.in_sync()) {
             return match handover {
                 Handover::Swap => Decision::Prim,
@@ -2032,6 +2043,20 @@ mod tests {
             sim.machine(B).stamp().generation,
             stamp.generation,
             "expected no new generation for a planned swap"
+        );
+    }
+
+    #[test]
+    fn swap_completes_when_the_drain_outlasts_several_heartbeats() {
+        let mut sim = pair(WitnessKind::Ping);
+        sim.t.drain = ms(700);
+        sim.command(A, Command::Swap);
+        sim.run_for(secs(4));
+        assert_eq!(
+            (sim.state(A), sim.state(B)),
+            ((State::Second, Phase::Ready), (State::Prim, Phase::Ready)),
+            "expected the secondary to wait for a slow drain and take over, saw {}",
+            sim.describe()
         );
     }
 

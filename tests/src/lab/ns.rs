@@ -259,13 +259,23 @@ pub(crate) fn processes_in(namespaces: &[NsId]) -> Result<Vec<Pid>> {
 /// shell may still fork), failing if some outlive `timeout`.
 pub(crate) fn kill_processes_in(namespaces: &[NsId], timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
+    // Processes seen inside: a dying process's leader loses its namespaces
+    // before its other threads have closed their files (sockets, BPF
+    // links), so it counts as alive until it is a zombie with one thread.
+    let mut seen: Vec<Pid> = Vec::new();
     loop {
         let pids = processes_in(namespaces)?;
-        if pids.is_empty() {
+        for pid in &pids {
+            if !seen.contains(pid) {
+                seen.push(*pid);
+            }
+        }
+        seen.retain(|pid| !fully_exited(*pid));
+        if pids.is_empty() && seen.is_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("processes {pids:?} are still alive {timeout:?} after SIGKILL");
+            bail!("processes {seen:?} are still alive {timeout:?} after SIGKILL");
         }
         for pid in pids {
             match kill(pid, Signal::SIGKILL) {
@@ -276,6 +286,20 @@ pub(crate) fn kill_processes_in(namespaces: &[NsId], timeout: Duration) -> Resul
         // SIGKILL is delivered asynchronously: look again shortly.
         thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Whether `pid` is gone, or a zombie whose every thread has exited.
+fn fully_exited(pid: Pid) -> bool {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(stat) = fs::read_to_string(dir.join("stat")) else {
+        return true;
+    };
+    // The state follows the command name's closing parenthesis.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    let threads = fs::read_dir(dir.join("task")).map_or(0, |d| d.count());
+    matches!(state, Some("Z" | "X")) && threads <= 1
 }
 
 #[cfg(test)]

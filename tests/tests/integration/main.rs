@@ -6,3 +6,4 @@ mod daemon;
 mod ebpf;
 mod farm;
 mod lab;
+mod mirror;

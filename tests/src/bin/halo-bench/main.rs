@@ -7,6 +7,7 @@
 
 mod daemon_log;
 mod detect;
+mod farm;
 mod load;
 mod stats;
 
@@ -27,6 +28,27 @@ enum Bench {
     /// Failure detection: time from SIGKILL of a peer's daemon to its
     /// `peer down`, and false detections with every core saturated.
     Detect(DetectArgs),
+    /// The farm: ns per packet class against a no-op XDP program, packets
+    /// per second against nftables, outage when a node dies against
+    /// keepalived; tables printed and saved as markdown.
+    Farm(FarmArgs),
+    /// Sends TCP SYNs to the filter-rate lab's VIP until killed (the load
+    /// generator of `farm`).
+    #[command(name = farm::filter_rate::BLAST_COMMAND, hide = true)]
+    Blast {
+        /// Destination MAC, `aa:bb:cc:dd:ee:ff`.
+        #[arg(long, value_parser = parse_mac)]
+        dst_mac: [u8; 6],
+        /// The CPU to run on.
+        #[arg(long, default_value_t = 0)]
+        cpu: usize,
+    },
+    /// Requests the VIP every 10 ms until killed (the probe of `farm`).
+    #[command(name = farm::outage::PROBE_COMMAND, hide = true)]
+    Probe {
+        /// `address:port`.
+        target: std::net::SocketAddr,
+    },
     /// Spins on one core until killed (the CPU load of `detect`).
     #[command(name = load::HOG_COMMAND, hide = true)]
     Hog,
@@ -51,6 +73,54 @@ struct DetectArgs {
     save_logs: Option<PathBuf>,
 }
 
+/// Options of `halo-bench farm`.
+#[derive(clap::Args, Debug)]
+struct FarmArgs {
+    /// Rounds of the per-packet measurement (every class on both programs
+    /// each round).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Repeats of one BPF_PROG_TEST_RUN.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
+    /// Test runs of one repeat per round, for frames answered in place.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    single_runs: u32,
+    /// Windows per filter of the packets-per-second measurement.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rate_rounds: u32,
+    /// Length of one packets-per-second window.
+    #[arg(long, default_value = "3s", value_parser = stats::parse_duration)]
+    rate_window: Duration,
+    /// Node deaths per outage setting.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    kills: u32,
+    /// halo heartbeat settings of the outage part, `pulse/timeout`.
+    #[arg(long, value_delimiter = ',', default_value = "100ms/500ms,100ms/300ms", value_parser = farm::parse_timing)]
+    halo_timing: Vec<halo_tests::cluster::Timing>,
+    /// keepalived `advert_int`s of the outage part, in seconds.
+    #[arg(long, value_delimiter = ',', default_value = "1,0.1", value_parser = farm::parse_advert)]
+    advert_int: Vec<Duration>,
+    /// Parts to skip: per-packet, filter-rate, outage.
+    #[arg(long, value_delimiter = ',', value_parser = ["per-packet", "filter-rate", "outage"])]
+    skip: Vec<String>,
+    /// Directory the markdown report is written to.
+    #[arg(long, default_value = "target/bench")]
+    report_dir: PathBuf,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{text:?}: expected a MAC such as 02:00:00:00:00:01"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{text:?}: a MAC has 6 bytes"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.bench {
@@ -60,6 +130,28 @@ fn main() -> ExitCode {
             hogs_per_core: args.hogs_per_core as usize,
             save_logs: args.save_logs,
         }),
+        Bench::Farm(args) => farm::run(&farm::Options {
+            per_packet: farm::per_packet::Options {
+                rounds: args.rounds,
+                repeat: args.repeat,
+                single_runs: args.single_runs,
+            },
+            filter_rate: farm::filter_rate::Options {
+                rounds: args.rate_rounds,
+                window: args.rate_window,
+            },
+            outage: farm::outage::Options {
+                kills: args.kills,
+                halo_timings: args.halo_timing,
+                advert_ints: args.advert_int,
+            },
+            skip: args.skip,
+            report_dir: args.report_dir,
+        }),
+        Bench::Blast { dst_mac, cpu } => {
+            farm::filter_rate::blast(&farm::filter_rate::BlastOptions { dst_mac, cpu })
+        }
+        Bench::Probe { target } => farm::outage::probe(target),
         Bench::Hog => load::spin(),
     };
     match result {

@@ -49,6 +49,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", str(len(name)))
+        self.send_header("Access-Control-Allow-Origin", "*")  # the console's mosaic reads it
         self.end_headers()
         self.wfile.write(name)
     def log_message(self, *args):

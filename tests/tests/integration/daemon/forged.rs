@@ -101,6 +101,7 @@ fn forged_replayed_and_garbled_heartbeats_are_counted_by_reason_and_the_peer_sta
                         phase: 0,
                         flags: 0,
                         generation: 0,
+                        following: 0,
                     }],
                     ..b_frame(b_epoch, 3)
                 })),

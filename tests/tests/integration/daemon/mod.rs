@@ -1,10 +1,14 @@
 //! The node daemon, really run: `halo run` processes in lab hosts.
 
 mod actions;
+mod api;
 mod checkers;
+mod cli;
 mod config;
+mod console;
 mod forged;
 mod heartbeat;
+mod metrics;
 mod processes;
 mod scripts;
 mod state;

@@ -1,81 +1,644 @@
-//! The write-capture tracepoints report the inode, offset and length of
-//! writes a process makes, and nothing for files that are not captured.
+//! The write-capture tracepoints, in the real kernel: every hooked syscall
+//! reports the right file, range and root for files below a registered
+//! root, and nothing elsewhere; a durability call on a `sync = "fsync"` root
+//! holds its caller until released; the daemon's own process is never
+//! reported; a full ring counts what it lost.
 
-use std::{process::Command, time::Duration};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use halo::ebpf::{
     self,
-    capture::{CapturedWrite, WriteCapture},
+    capture::{CaptureConfig, Captured, Change, Release, RootId, SyncScope, WriteCapture},
 };
-use halo_common::capture::WriteKind;
-use halo_tests::lab::{self, LabBuilder};
+use halo_common::capture::{WriteKind, MAX_DEPTH};
+use halo_tests::lab::{self, Host, LabBuilder};
 
-/// Writes with `write`, `pwrite` and an `O_APPEND` `write`, to the captured
-/// file and to a file next to it; prints its pid.
-const WRITER: &str = r#"
+/// How long a test waits for records or for a process to react.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Every hooked call on files below `/var/lib/app/data` (the root), its
+/// nested directory `a/b`, the sibling directory `other` and the sibling
+/// `data2`; prints its pid last.
+const EVERY_CALL: &str = r#"
+import ctypes, mmap, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_uint]
+def check(ret):
+    if ret != 0:
+        raise OSError(ctypes.get_errno(), "libc call failed")
+os.chdir("/var/lib/app")
+fd = os.open("data/file", os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"a" * 100)                        # write 0+100
+os.write(fd, b"b" * 50)                         # write 100+50
+os.pwrite(fd, b"c" * 7, 4096)                   # pwrite64 4096+7
+os.writev(fd, [b"d" * 3, b"e" * 4])             # writev 150+7
+# glibc's pwritev is pwritev2 underneath: call the syscall itself.
+iov = (ctypes.c_char_p * 2)(b"ff", b"gg")
+vec = (ctypes.c_uint64 * 4)(ctypes.cast(iov[0], ctypes.c_void_p).value, 2,
+                            ctypes.cast(iov[1], ctypes.c_void_p).value, 2)
+SYS_pwritev = 296
+if libc.syscall(SYS_pwritev, fd, vec, 2, 8192, 0) != 4:  # pwritev 8192+4
+    raise OSError(ctypes.get_errno(), "pwritev")
+os.pwritev(fd, [b"h" * 5], 9000, os.RWF_DSYNC)  # pwritev2 9000+5, then a sync
+src = os.open("other/src", os.O_RDWR | os.O_CREAT, 0o644)
+os.write(src, b"s" * 64)
+os.copy_file_range(src, fd, 10, 0, 20000)       # copy_file_range 20000+10
+os.lseek(fd, 157, os.SEEK_SET)
+os.copy_file_range(src, fd, 6, 0)               # copy_file_range at the position 157+6
+os.ftruncate(fd, 30000)                         # ftruncate 30000
+check(libc.fallocate(fd, 1, 40000, 4096))       # fallocate KEEP_SIZE 40000+4096
+os.fsync(fd)
+os.fdatasync(fd)
+check(libc.sync_file_range(fd, 0, 4096, 2))     # SYNC_FILE_RANGE_WRITE
+check(libc.syncfs(fd))
+m = mmap.mmap(fd, 4096)
+m[0:1] = b"z"
+m.flush()                                       # msync(MS_SYNC)
+m.close()
+os.sync()
+os.close(fd)
+app = os.open("data/file", os.O_WRONLY | os.O_APPEND)
+os.write(app, b"i" * 3)                         # write at the end: 30000+3
+os.pwrite(app, b"j" * 2, 0)                     # pwrite on O_APPEND: 30003+2
+os.close(app)
+deep = os.open("data/a/b/deep", os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(deep, b"k" * 9)                        # nested: write 0+9
+os.close(deep)
+os.truncate("data/a/b/deep", 5)                 # truncate by relative path
+os.truncate("/var/lib/app/other/src", 1)        # outside: nothing
+for name in ["other/x", "data2/x"]:
+    out = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(out, b"x" * 11)                    # outside: nothing
+    os.fsync(out)
+    os.close(out)
+moved = os.open("data/moved", os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(moved, b"m" * 4)                       # reported
+os.rename("data/moved", "other/moved")
+os.write(moved, b"n" * 4)                       # moved out: nothing
+os.close(moved)
+os.close(src)
+# Stay until told: a truncate by path is resolved through /proc/PID.
+deadline = time.monotonic() + 20
+while not os.path.exists("/var/lib/app/exit") and time.monotonic() < deadline:
+    time.sleep(0.01)
+"#;
+
+/// What a test compares of a record: everything but `seq` and `pid`/`tid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    syscall: WriteKind,
+    ino: u64,
+    root: Option<RootId>,
+    change: Change,
+}
+
+fn seen(records: &[Captured]) -> Vec<Seen> {
+    records
+        .iter()
+        .map(|r| Seen {
+            syscall: r.syscall,
+            ino: r.ino,
+            root: r.root,
+            change: r.change.clone(),
+        })
+        .collect()
+}
+
+/// `(st_dev, ino)` of `path` inside `host`.
+fn stat_in(host: &Host, path: &str) -> RootId {
+    let meta = std::fs::metadata(host.outside_path(path))
+        .unwrap_or_else(|error| panic!("stat {path} in host {}: {error}", host.name()));
+    RootId {
+        st_dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+/// Drains `capture` until `done` holds for the records of process `pid`
+/// taken so far, or panics after [`WAIT`] with what was seen.
+fn collect_until(
+    capture: &mut WriteCapture,
+    pid: Option<u32>,
+    what: &str,
+    mut done: impl FnMut(&[Captured]) -> bool,
+) -> Vec<Captured> {
+    let mut records = Vec::new();
+    let result = lab::wait_until(WAIT, what, || {
+        capture.wait(Duration::from_millis(50))?;
+        records.extend(
+            capture
+                .drain()
+                .into_iter()
+                .filter(|r| pid.is_none_or(|pid| r.pid == pid)),
+        );
+        Ok(done(&records))
+    });
+    if let Err(error) = result {
+        panic!("{error:#}; saw {records:#?}");
+    }
+    records
+}
+
+fn attach() -> WriteCapture {
+    ebpf::ensure_mounted("tracefs", "/sys/kernel/tracing").unwrap();
+    WriteCapture::attach(std::process::id()).expect(
+        "the capture programs load and attach on this kernel (syscall tracepoints, BTF offsets)",
+    )
+}
+
+#[test]
+fn every_hooked_syscall_reports_file_range_and_root_below_a_root_and_nothing_elsewhere() {
+    let lab = LabBuilder::new("capture").hosts(&["app"]).build().unwrap();
+    let app = lab.host("app");
+    // The files exist beforehand so that their inodes are known.
+    app.sh(
+        "mkdir -p /var/lib/app/data/a/b /var/lib/app/other /var/lib/app/data2 && \
+         touch /var/lib/app/data/file /var/lib/app/data/a/b/deep /var/lib/app/data/moved",
+    )
+    .unwrap();
+    let file = stat_in(app, "/var/lib/app/data/file").ino;
+    let deep = stat_in(app, "/var/lib/app/data/a/b/deep").ino;
+    let moved = stat_in(app, "/var/lib/app/data/moved").ino;
+    let root_id = stat_in(app, "/var/lib/app/data");
+
+    let mut capture = attach();
+    let root = capture
+        .add_root(&app.outside_path("/var/lib/app/data"), false)
+        .unwrap();
+    assert_eq!(root, root_id, "a root is named by its directory's stat");
+
+    let at = |syscall, ino, change| Seen {
+        syscall,
+        ino,
+        root: Some(root),
+        change,
+    };
+    let write = |syscall, ino, offset, len| at(syscall, ino, Change::Write { offset, len });
+    let sync = |syscall, ino, scope| Seen {
+        syscall,
+        ino,
+        root: (scope == SyncScope::File).then_some(root),
+        change: Change::Sync {
+            scope,
+            paused: false,
+        },
+    };
+    let expected = vec![
+        write(WriteKind::Write, file, 0, 100),
+        write(WriteKind::Write, file, 100, 50),
+        write(WriteKind::Pwrite, file, 4096, 7),
+        write(WriteKind::Writev, file, 150, 7),
+        write(WriteKind::Pwritev, file, 8192, 4),
+        write(WriteKind::Pwritev2, file, 9000, 5),
+        sync(WriteKind::Pwritev2, file, SyncScope::File),
+        write(WriteKind::CopyFileRange, file, 20000, 10),
+        write(WriteKind::CopyFileRange, file, 157, 6),
+        at(WriteKind::Ftruncate, file, Change::Truncate { size: 30000 }),
+        at(
+            WriteKind::Fallocate,
+            file,
+            Change::Fallocate {
+                offset: 40000,
+                len: 4096,
+                mode: 1,
+            },
+        ),
+        sync(WriteKind::Fsync, file, SyncScope::File),
+        sync(WriteKind::Fdatasync, file, SyncScope::File),
+        sync(WriteKind::SyncFileRange, file, SyncScope::File),
+        Seen {
+            root: None,
+            ..sync(WriteKind::Syncfs, file, SyncScope::Device)
+        },
+        sync(WriteKind::Msync, 0, SyncScope::AllRoots),
+        sync(WriteKind::Sync, 0, SyncScope::AllRoots),
+        write(WriteKind::Write, file, 30000, 3),
+        write(WriteKind::Pwrite, file, 30003, 2),
+        write(WriteKind::Write, deep, 0, 9),
+        at(WriteKind::Truncate, deep, Change::Truncate { size: 5 }),
+        write(WriteKind::Write, moved, 0, 4),
+    ];
+    let mut writer = app
+        .spawn(
+            "every-call",
+            Command::new("/usr/bin/python3").args(["-c", EVERY_CALL]),
+        )
+        .unwrap();
+    let pid = writer.pid();
+    let records = collect_until(&mut capture, Some(pid), "every call's record", |r| {
+        r.len() >= expected.len()
+    });
+    app.sh("touch /var/lib/app/exit").unwrap();
+    let status = writer.wait_timeout(WAIT).unwrap();
+    assert!(status.success(), "writer failed: {}", writer.log().unwrap());
+
+    assert_eq!(seen(&records), expected, "records of the writer, in order");
+    // One process, one thread: every record names it.
+    assert!(records.iter().all(|r| r.tid == pid && !r.unresolved));
+    let syncfs = records
+        .iter()
+        .find(|r| r.syscall == WriteKind::Syncfs)
+        .unwrap();
+    assert_eq!(syncfs.st_dev, root.st_dev, "syncfs names the root's device");
+    assert_eq!(capture.lost().unwrap(), 0, "no record lost to a full ring");
+
+    // Nothing more comes: the outside writes and the moved file's second
+    // write were filtered in the kernel, not late.
+    let late: Vec<_> = capture
+        .drain()
+        .into_iter()
+        .filter(|r| r.pid == pid)
+        .collect();
+    assert!(late.is_empty(), "unexpected records {late:#?}");
+
+    // Removing the root silences it.
+    capture.remove_root(root).unwrap();
+    app.sh("echo more >> /var/lib/app/data/file").unwrap();
+    app.sh("echo sync >> /var/lib/app/data/file && sync")
+        .unwrap();
+    let after: Vec<_> = capture
+        .drain()
+        .into_iter()
+        .filter(|r| r.ino == file)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "records after the root was removed: {after:#?}"
+    );
+}
+
+#[test]
+fn a_file_deeper_than_the_walk_bound_is_reported_unresolved() {
+    let lab = LabBuilder::new("capdeep").hosts(&["app"]).build().unwrap();
+    let app = lab.host("app");
+    let deep_dir: PathBuf = std::iter::once("/var/lib/app/data".to_owned())
+        .chain((0..MAX_DEPTH).map(|i| format!("d{i}")))
+        .collect();
+    let deep_file = deep_dir.join("f");
+    app.sh(&format!("mkdir -p {}", deep_dir.display())).unwrap();
+    let mut capture = attach();
+    capture
+        .add_root(&app.outside_path("/var/lib/app/data"), false)
+        .unwrap();
+    app.sh(&format!("printf 12345 > {}", deep_file.display()))
+        .unwrap();
+    let ino = stat_in(app, deep_file.to_str().unwrap()).ino;
+    let records = collect_until(&mut capture, None, "the deep write", |r| {
+        r.iter().any(|r| r.ino == ino)
+    });
+    let record = records.iter().find(|r| r.ino == ino).unwrap();
+    assert!(
+        record.unresolved && record.root.is_none(),
+        "a write {MAX_DEPTH} levels below the root is flagged unresolved, saw {record:?}"
+    );
+    assert_eq!(record.change, Change::Write { offset: 0, len: 5 });
+}
+
+/// Writes and syncs a file below the root, then creates `/var/lib/app/after`.
+const SYNCER: &str = r#"
+import os, sys
+fd = os.open("/var/lib/app/data/log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.write(fd, b"record 1\n")
+os.fsync(fd)
+open("/var/lib/app/after", "w").close()
+"#;
+
+/// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn stopped(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('T'))
+}
+
+#[test]
+fn a_sync_pause_root_holds_fsync_until_released() {
+    let lab = LabBuilder::new("cappause").hosts(&["app"]).build().unwrap();
+    let app = lab.host("app");
+    app.sh("mkdir -p /var/lib/app/data").unwrap();
+    let after = app.outside_path("/var/lib/app/after");
+    let mut capture = attach();
+    let root = capture
+        .add_root(&app.outside_path("/var/lib/app/data"), true)
+        .unwrap();
+
+    let mut writer = app
+        .spawn(
+            "syncer",
+            Command::new("/usr/bin/python3").args(["-c", SYNCER]),
+        )
+        .unwrap();
+    let pid = writer.pid();
+    let records = collect_until(&mut capture, Some(pid), "the fsync record", |r| {
+        r.iter().any(|r| r.syscall == WriteKind::Fsync)
+    });
+    let fsync = records
+        .iter()
+        .find(|r| r.syscall == WriteKind::Fsync)
+        .unwrap();
+    assert_eq!(
+        fsync.change,
+        Change::Sync {
+            scope: SyncScope::File,
+            paused: true
+        }
+    );
+    assert_eq!(fsync.root, Some(root));
+    assert!(
+        records.iter().any(|r| r.syscall == WriteKind::Write),
+        "the write before the fsync came first: {records:#?}"
+    );
+
+    lab::wait_until(WAIT, "the writer to stop", || Ok(stopped(pid))).unwrap();
+    let pending = capture.pending().unwrap();
+    assert_eq!(pending.len(), 1, "one paused thread, saw {pending:?}");
+    assert_eq!((pending[0].pid, pending[0].tid), (pid, fsync.tid));
+    assert_eq!(pending[0].seq, fsync.seq);
+    // Held: for a while it neither runs on nor exits.
+    let held_since = Instant::now();
+    while held_since.elapsed() < Duration::from_millis(300) {
+        assert!(
+            !after.exists() && writer.try_wait().unwrap().is_none(),
+            "the writer went past its fsync without being released"
+        );
+        assert!(stopped(pid), "the writer is no longer stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    assert_eq!(capture.release(fsync.tid).unwrap(), Release::Resumed);
+    let status = writer.wait_timeout(WAIT).unwrap();
+    assert!(
+        status.success(),
+        "the writer failed after release: {status}"
+    );
+    assert!(after.exists(), "the writer finished its work");
+    assert!(capture.pending().unwrap().is_empty());
+    assert_eq!(capture.release(fsync.tid).unwrap(), Release::NotPaused);
+}
+
+/// Opens a file below the root with `O_DSYNC` and writes it.
+const DSYNC_WRITER: &str = r#"
 import os
-fd = os.open("/var/lib/app/data", os.O_WRONLY)
-os.write(fd, b"a" * 100)
-os.write(fd, b"b" * 50)
-os.pwrite(fd, b"c" * 7, 4096)
-os.close(fd)
-fd = os.open("/var/lib/app/data", os.O_WRONLY | os.O_APPEND)
-os.write(fd, b"d" * 3)
-os.close(fd)
-other = os.open("/var/lib/app/other", os.O_WRONLY | os.O_CREAT, 0o644)
-os.write(other, b"x" * 11)
-os.close(other)
+fd = os.open("/var/lib/app/data/journal", os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o644)
+os.write(fd, b"x" * 10)
+os.write(fd, b"y" * 10)
+"#;
+
+#[test]
+fn an_o_dsync_write_is_reported_then_paused_and_resume_lets_it_go() {
+    let lab = LabBuilder::new("capdsync").hosts(&["app"]).build().unwrap();
+    let app = lab.host("app");
+    app.sh("mkdir -p /var/lib/app/data").unwrap();
+    let mut capture = attach();
+    capture
+        .add_root(&app.outside_path("/var/lib/app/data"), true)
+        .unwrap();
+    let mut writer = app
+        .spawn(
+            "dsync",
+            Command::new("/usr/bin/python3").args(["-c", DSYNC_WRITER]),
+        )
+        .unwrap();
+    let pid = writer.pid();
+    let records = collect_until(&mut capture, Some(pid), "the first write's sync", |r| {
+        r.len() >= 2
+    });
+    assert_eq!(records[0].change, Change::Write { offset: 0, len: 10 });
+    assert_eq!(
+        records[1].change,
+        Change::Sync {
+            scope: SyncScope::File,
+            paused: true
+        }
+    );
+    lab::wait_until(WAIT, "the writer to stop", || Ok(stopped(pid))).unwrap();
+    let early: Vec<_> = capture
+        .drain()
+        .into_iter()
+        .filter(|r| r.pid == pid)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "held after its first write, yet it went on: {early:#?}"
+    );
+    // `resume` releases a whole process (the peer is gone).
+    assert_eq!(capture.resume(pid).unwrap(), 1);
+    let records = collect_until(&mut capture, Some(pid), "the second write's sync", |r| {
+        r.len() >= 2
+    });
+    assert_eq!(
+        records[0].change,
+        Change::Write {
+            offset: 10,
+            len: 10
+        }
+    );
+    assert_eq!(capture.resume(pid).unwrap(), 1);
+    let status = writer.wait_timeout(WAIT).unwrap();
+    assert!(status.success(), "the writer failed: {status}");
+    assert_eq!(capture.resume(pid).unwrap(), 0, "nothing left to resume");
+}
+
+/// Waits for `/var/lib/app/go`, then writes and fsyncs below the root.
+const WAITING_WRITER: &str = r#"
+import os, time
+deadline = time.monotonic() + 20
+while not os.path.exists("/var/lib/app/go"):
+    if time.monotonic() > deadline:
+        raise SystemExit("no go")
+    time.sleep(0.01)
+fd = os.open("/var/lib/app/data/own", os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, b"o" * 8)
+os.fsync(fd)
 print(os.getpid())
 "#;
 
 #[test]
-fn tracepoints_report_inode_offset_and_length_of_a_lab_process_writes() {
-    ebpf::ensure_mounted("tracefs", "/sys/kernel/tracing").unwrap();
-    let lab = LabBuilder::new("capture").hosts(&["app"]).build().unwrap();
+fn the_excluded_process_is_neither_reported_nor_paused() {
+    let lab = LabBuilder::new("capexcl").hosts(&["app"]).build().unwrap();
     let app = lab.host("app");
-    let stat = app
-        .sh("mkdir -p /var/lib/app && : > /var/lib/app/data && stat -c '%d %i' /var/lib/app/data")
+    app.sh("mkdir -p /var/lib/app/data").unwrap();
+    let mut excluded = app
+        .spawn(
+            "excluded",
+            Command::new("/usr/bin/python3").args(["-c", WAITING_WRITER]),
+        )
         .unwrap();
-    let (dev, ino) = match stat.split_whitespace().collect::<Vec<_>>()[..] {
-        [dev, ino] => (dev.parse::<u64>().unwrap(), ino.parse::<u64>().unwrap()),
-        _ => panic!("unexpected stat output {stat:?}"),
-    };
+    ebpf::ensure_mounted("tracefs", "/sys/kernel/tracing").unwrap();
+    // The excluded process stands for the daemon, which applies replicated
+    // data on the secondary.
+    let mut capture = WriteCapture::attach(excluded.pid()).unwrap();
+    capture
+        .add_root(&app.outside_path("/var/lib/app/data"), true)
+        .unwrap();
+    app.sh("touch /var/lib/app/go").unwrap();
+    let status = excluded.wait_timeout(WAIT).unwrap();
+    assert!(
+        status.success(),
+        "the excluded writer finished without pause: {status}"
+    );
 
-    let mut capture = WriteCapture::attach().unwrap();
-    capture.watch_inode(dev, ino).unwrap();
+    // Another process writing the same file is reported.
+    app.sh("printf 1234 >> /var/lib/app/data/own").unwrap();
+    let own = stat_in(app, "/var/lib/app/data/own").ino;
+    let records = collect_until(&mut capture, None, "the other writer's record", |r| {
+        r.iter().any(|r| r.ino == own && r.pid != excluded.pid())
+    });
+    let from_excluded: Vec<_> = records.iter().filter(|r| r.pid == excluded.pid()).collect();
+    assert!(
+        from_excluded.is_empty(),
+        "records of the excluded process: {from_excluded:#?}"
+    );
+    assert!(capture.pending().unwrap().is_empty());
+}
+
+/// Makes 1000 one-byte writes below the root.
+const STORM: &str = r#"
+import os
+fd = os.open("/var/lib/app/data/storm", os.O_WRONLY | os.O_CREAT, 0o644)
+for _ in range(1000):
+    os.write(fd, b"s")
+print(os.getpid())
+"#;
+
+#[test]
+fn a_full_ring_counts_every_record_it_could_not_take() {
+    let lab = LabBuilder::new("caplost").hosts(&["app"]).build().unwrap();
+    let app = lab.host("app");
+    app.sh("mkdir -p /var/lib/app/data").unwrap();
+    ebpf::ensure_mounted("tracefs", "/sys/kernel/tracing").unwrap();
+    let mut capture = WriteCapture::attach_with(CaptureConfig {
+        exclude_tgid: std::process::id(),
+        ring_bytes: 4096,
+    })
+    .unwrap();
+    capture
+        .add_root(&app.outside_path("/var/lib/app/data"), false)
+        .unwrap();
     let output = app
-        .run(Command::new("/usr/bin/python3").args(["-c", WRITER]))
+        .run(Command::new("/usr/bin/python3").args(["-c", STORM]))
         .unwrap();
     assert!(output.status.success(), "writer failed: {output:?}");
     let pid: u32 = String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()
         .unwrap();
+    let taken = capture.drain().iter().filter(|r| r.pid == pid).count() as u64;
+    let lost = capture.lost().unwrap();
+    assert!(lost > 0, "a 4 KiB ring cannot hold 1000 records");
+    assert_eq!(
+        taken + lost,
+        1000,
+        "every write is either in the ring or counted lost (taken {taken}, lost {lost})"
+    );
+}
 
-    let write = |kind, offset, len| CapturedWrite {
-        st_dev: dev,
-        ino,
-        offset,
-        len,
-        kind,
-        pid,
+/// `pwrite` 4 KiB + `fsync`, `argv[2]` times, on the file `argv[1]`; prints
+/// the median, 99th percentile and mean of one round in nanoseconds.
+const FSYNC_LOOP: &str = r#"
+import os, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+buf = b"x" * 4096
+lat = []
+for i in range(n):
+    t = time.perf_counter_ns()
+    os.pwrite(fd, buf, (i % 256) * 4096)
+    os.fsync(fd)
+    lat.append(time.perf_counter_ns() - t)
+lat.sort()
+print(lat[n // 2], lat[n * 99 // 100], sum(lat) // n)
+"#;
+
+/// Rounds of the fsync loop per measurement.
+const ROUNDS: u32 = 400;
+
+/// Runs [`FSYNC_LOOP`] on `dir/f` while releasing every paused sync at
+/// once; returns (p50, p99, mean) in microseconds and how many pauses it
+/// released.
+fn fsync_round_trip(capture: &mut WriteCapture, app: &Host, dir: &str) -> ([f64; 3], u32) {
+    let mut writer = app
+        .spawn(
+            "fsync-loop",
+            Command::new("/usr/bin/python3").args([
+                "-c",
+                FSYNC_LOOP,
+                &format!("{dir}/f"),
+                &ROUNDS.to_string(),
+            ]),
+        )
+        .unwrap();
+    let pid = writer.pid();
+    let mut released = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        capture.wait(Duration::from_millis(5)).unwrap();
+        for record in capture.drain() {
+            if record.pid == pid && matches!(record.change, Change::Sync { paused: true, .. }) {
+                assert_eq!(capture.release(record.tid).unwrap(), Release::Resumed);
+                released += 1;
+            }
+        }
+        if let Some(status) = writer.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the fsync loop did not finish");
     };
-    let expected = vec![
-        write(WriteKind::Write, 0, 100),
-        write(WriteKind::Write, 100, 50),
-        write(WriteKind::Pwrite, 4096, 7),
-        write(WriteKind::Write, 4103, 3),
-    ];
-    let mut seen = Vec::new();
-    let complete = lab::wait_until(Duration::from_secs(5), "four write events", || {
-        seen.extend(capture.drain());
-        Ok(seen.len() >= expected.len())
-    });
-    assert!(complete.is_ok(), "expected {expected:#?}, saw {seen:#?}");
-    assert_eq!(seen, expected, "events for the captured file, in order");
-    assert_eq!(capture.lost().unwrap(), 0, "no event lost to a full ring");
+    let log = writer.log().unwrap();
+    assert!(status.success(), "the fsync loop failed: {log}");
+    let figures: Vec<f64> = log
+        .split_whitespace()
+        .map(|n| n.parse::<f64>().unwrap() / 1000.0)
+        .collect();
+    ([figures[0], figures[1], figures[2]], released)
+}
 
-    // The file's size is where the last reported range ends.
-    let size = app.sh("stat -c %s /var/lib/app/data").unwrap();
-    assert_eq!(size.trim(), "4106");
+#[test]
+fn a_resume_loop_releases_every_paused_fsync_and_its_cost_is_measured() {
+    let lab = LabBuilder::new("capcost").hosts(&["app"]).build().unwrap();
+    let app = lab.host("app");
+    let shm = format!("/dev/shm/halo-capcost-{}", std::process::id());
+    app.sh(&format!("mkdir -p /var/lib/app/data {shm}"))
+        .unwrap();
+    let mut capture = attach();
+    let mut table = Vec::new();
+    for (fs, dir, outside) in [
+        (
+            "ext4",
+            "/var/lib/app/data",
+            app.outside_path("/var/lib/app/data"),
+        ),
+        ("tmpfs", shm.as_str(), PathBuf::from(&shm)),
+    ] {
+        for mode in ["no root", "async", "fsync"] {
+            let root = match mode {
+                "no root" => None,
+                mode => Some(capture.add_root(&outside, mode == "fsync").unwrap()),
+            };
+            let (figures, released) = fsync_round_trip(&mut capture, app, dir);
+            let expected = if mode == "fsync" { ROUNDS } else { 0 };
+            assert_eq!(
+                released, expected,
+                "{fs}/{mode}: every fsync paused and released"
+            );
+            table.push(format!(
+                "{fs:6} {mode:8} p50 {:8.1} us  p99 {:8.1} us  mean {:8.1} us",
+                figures[0], figures[1], figures[2]
+            ));
+            if let Some(root) = root {
+                capture.remove_root(root).unwrap();
+            }
+        }
+    }
+    std::fs::remove_dir_all(&shm).unwrap();
+    println!(
+        "pwrite 4 KiB + fsync, {ROUNDS} rounds:\n{}",
+        table.join("\n")
+    );
 }

@@ -1,0 +1,1235 @@
+//! The driver of one mirror module: feeds the pure `fsm::mirror::Mirror`
+//! machine with commands, the peer's reports, replication results, witness
+//! answers, checker results, script completions and time, and performs
+//! what it returns: scripts, the VIP, read-only directories, replication
+//! sessions (`mirror::session`), the data stamp, the witness.
+//!
+//! Replication runs on threads of its own (`mirror::session`); they report
+//! to this task through a channel. The secondary connects to the primary's
+//! replication address; the primary accepts only its peer's addresses and
+//! only while it serves.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr, TcpListener},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant as TokioInstant,
+};
+use tracing::{info, warn};
+
+use crate::{
+    api::{progress::ReplicationProgress, ModuleAction, SharedStatus},
+    app::{self, checker::CheckerReport, script::ScriptSpec, LogSink},
+    cluster::{frame::ModuleReport, keys::ClusterSecret},
+    config::{self, Config, MirrorModule, Witness},
+    fsm::{
+        self,
+        mirror::{
+            Action, DataStamp, DataState, Generation, Handover, Input, Mirror, MirrorConfig,
+            PeerReport, ReplRole, WitnessKind,
+        },
+        Command, Instant, Phase, RestartPolicy, ScriptTimeouts, State,
+    },
+    mirror::{
+        apply::Applier,
+        hub::{CaptureHub, Wake},
+        session::{
+            self, CaptureFeed, PrimarySession, Progress, SecondarySession, SessionEvent, Setup,
+            Tracker,
+        },
+        stamp::StampFiles,
+    },
+};
+
+use super::{farm::ModuleInput, module_log::ModuleLog};
+
+/// How long a stopping daemon waits for a module's stop scripts.
+const STOP_GRACE: Duration = Duration::from_secs(120);
+/// How often a primary in sync records its sync point (a barrier round trip).
+const SYNC_POINT_EVERY: Duration = Duration::from_secs(2);
+/// How long a secondary keeps trying to reach its primary before giving up.
+const CONNECT_TRIES: u32 = 20;
+
+/// Bits of `ModuleReport::flags` for a mirror: the data state (2 bits),
+/// then the handover (2 bits).
+mod flags {
+    pub const STATE_MASK: u8 = 0b0011;
+    pub const HANDOVER_SHIFT: u8 = 2;
+}
+
+fn state_code(state: DataState) -> u8 {
+    match state {
+        DataState::Partial => 0,
+        DataState::Copy => 1,
+        DataState::Shared => 2,
+        DataState::Newest => 3,
+    }
+}
+
+fn state_of(code: u8) -> DataState {
+    match code & flags::STATE_MASK {
+        0 => DataState::Partial,
+        1 => DataState::Copy,
+        2 => DataState::Shared,
+        _ => DataState::Newest,
+    }
+}
+
+/// The heartbeat report of a mirror's machine.
+pub fn encode_report(name: &str, report: &PeerReport) -> ModuleReport {
+    let handover = match report.handover {
+        None => 0,
+        Some(Handover::Stopped) => 1,
+        Some(Handover::Swap) => 2,
+    };
+    ModuleReport {
+        name: name.to_owned(),
+        state: report.state.code(),
+        phase: u8::from(report.phase == Phase::Transient),
+        flags: state_code(report.stamp.state) | (handover << flags::HANDOVER_SHIFT),
+        generation: report.stamp.generation.0,
+        following: report.following.map_or(0, |g| g.0),
+    }
+}
+
+/// A peer's mirror report from its heartbeat; `None` if the state is unknown.
+pub fn decode_report(report: &ModuleReport) -> Option<PeerReport> {
+    Some(PeerReport {
+        state: State::from_code(report.state)?,
+        phase: if report.phase == 0 {
+            Phase::Ready
+        } else {
+            Phase::Transient
+        },
+        stamp: DataStamp {
+            generation: Generation(report.generation),
+            state: state_of(report.flags),
+        },
+        following: (report.following != 0).then_some(Generation(report.following)),
+        handover: match report.flags >> flags::HANDOVER_SHIFT & 0b11 {
+            1 => Some(Handover::Stopped),
+            2 => Some(Handover::Swap),
+            _ => None,
+        },
+    })
+}
+
+/// What reaches the driver from its own helpers.
+pub enum Internal {
+    Session(u64, SessionEvent),
+    Accepted(std::net::TcpStream),
+    Witness(bool),
+    /// A granted lease's remaining validity, or why there is none.
+    Lease(Result<Duration, String>),
+    SecondaryStarted(u64, Result<SecondarySession, String>),
+}
+
+/// Everything a mirror driver needs.
+pub struct MirrorDriver {
+    module: MirrorModule,
+    node: String,
+    peer: String,
+    machine: Mirror,
+    origin: TokioInstant,
+    status: SharedStatus,
+    reports: Arc<Mutex<Vec<ModuleReport>>>,
+    log: ModuleLog,
+    sink: LogSink,
+    files: StampFiles,
+    setup: Setup,
+    checkers_on: watch::Sender<bool>,
+    checker_states: HashMap<String, bool>,
+    progress: Arc<Progress>,
+    /// Opened before any read-only mount (see `mirror::apply`).
+    applier: Arc<Mutex<Applier>>,
+    tracker: Option<Tracker>,
+    primary: Option<PrimarySession>,
+    secondary: Option<SecondarySession>,
+    /// The listener accepts only while this node serves.
+    serving: Arc<AtomicBool>,
+    peer_replication: SocketAddr,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    /// As primary in sync: the barrier of the next sync point, sent at.
+    sync_barrier: Option<(u64, SystemTime, TokioInstant)>,
+    /// How long the last sync point's barrier took to be acknowledged: how
+    /// far the secondary was behind then.
+    lag: Duration,
+    /// The previous progress sample (when, bytes done), for the ETA.
+    sample: Option<(TokioInstant, u64)>,
+    drain_barrier: Option<u64>,
+    in_sync: bool,
+    /// Identifies the current session; events of older ones are ignored.
+    session_id: u64,
+    /// A secondary's connection attempt is under way.
+    connecting: bool,
+    read_only: bool,
+    lease_task: Option<tokio::task::JoinHandle<()>>,
+    /// Why the last lease request failed (logged once per reason).
+    lease_refusal: Option<String>,
+    cluster_id: u64,
+    epoch: u64,
+    secret: ClusterSecret,
+    /// The daemon's write capture, if it loaded, and this module's roots in it.
+    hub: Option<Arc<CaptureHub>>,
+    roots: Vec<crate::ebpf::capture::RootId>,
+    /// Where the capture sends this module's records while a session runs.
+    feed: Option<(
+        std::sync::mpsc::Sender<crate::ebpf::capture::Captured>,
+        Arc<Wake>,
+    )>,
+}
+
+impl MirrorDriver {
+    /// Builds the driver; the replicated directories are created if missing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        module: MirrorModule,
+        config: &Config,
+        secret: &ClusterSecret,
+        epoch: u64,
+        status: SharedStatus,
+        reports: Arc<Mutex<Vec<ModuleReport>>>,
+        log: ModuleLog,
+        sink: LogSink,
+        hub: Option<Arc<CaptureHub>>,
+    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Internal>)> {
+        use anyhow::Context as _;
+        let node = config.node.name.clone();
+        let peer = module
+            .nodes
+            .iter()
+            .find(|n| **n != node)
+            .cloned()
+            .context("a mirror module needs two nodes")?;
+        let files = StampFiles::new(&config.node.state_dir, &module.name)?;
+        let stamp = files.load_stamp()?;
+        let dirs: Vec<PathBuf> = module.dirs.iter().map(|d| d.path.clone()).collect();
+        for dir in &dirs {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the replicated directory {}", dir.display()))?;
+        }
+        release_read_only(&dirs);
+        let applier = Applier::open(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())
+            .context("opening the replicated directories")?;
+        let network = &module.replication.network;
+        let address_of = |name: &str| {
+            config
+                .cluster
+                .nodes
+                .iter()
+                .find(|n| n.name == name)
+                .and_then(|n| n.addresses.get(network).copied())
+        };
+        let own_ip = address_of(&node)
+            .with_context(|| format!("node {node} has no address on network {network}"))?;
+        let peer_ip = address_of(&peer)
+            .with_context(|| format!("node {peer} has no address on network {network}"))?;
+        let peer_ips = config
+            .cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == peer)
+            .map(|n| n.addresses.values().copied().collect())
+            .unwrap_or_default();
+        let mut cfg = MirrorConfig::new(node.clone(), peer.clone());
+        cfg.defaultprim = module.defaultprim.clone();
+        cfg.failover = module.failover;
+        cfg.witness = match &module.witness {
+            None => WitnessKind::None,
+            Some(Witness::Ping(_)) => WitnessKind::Ping,
+            Some(Witness::Arbiter(_)) => WitnessKind::Arbiter,
+        };
+        cfg.scripts = ScriptTimeouts {
+            start: module.scripts.start_timeout,
+            nice_stop: module.scripts.nicestoptimeout,
+            force_stop: module.scripts.forcestoptimeout,
+        };
+        cfg.restart = RestartPolicy {
+            maxloop: module.maxloop,
+            loop_interval: module.loop_interval,
+        };
+        let setup = Setup {
+            module: module.name.clone(),
+            node: node.clone(),
+            dirs,
+            excludes: module.dirs.iter().map(|d| d.exclude.clone()).collect(),
+            encrypt: module.replication.encrypt,
+            key: secret.replication_key(),
+        };
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let serving = Arc::new(AtomicBool::new(false));
+        spawn_listener(
+            SocketAddr::new(own_ip, module.replication.port),
+            peer_ips,
+            Arc::clone(&serving),
+            internal_tx.clone(),
+            module.name.clone(),
+        )?;
+        let (checkers_on, _) = watch::channel(true);
+        let mut roots = Vec::new();
+        if let Some(hub) = &hub {
+            for dir in &setup.dirs {
+                roots.push(
+                    hub.add_root(dir)
+                        .with_context(|| format!("capturing writes below {}", dir.display()))?,
+                );
+            }
+        }
+        let driver = MirrorDriver {
+            hub,
+            roots,
+            feed: None,
+            machine: Mirror::new(cfg, stamp),
+            peer_replication: SocketAddr::new(peer_ip, module.replication.port),
+            module,
+            node,
+            peer,
+            origin: TokioInstant::now(),
+            status,
+            reports,
+            log,
+            sink,
+            files,
+            setup,
+            checkers_on,
+            checker_states: HashMap::new(),
+            progress: Arc::default(),
+            applier: Arc::new(Mutex::new(applier)),
+            tracker: None,
+            primary: None,
+            secondary: None,
+            serving,
+            internal_tx,
+            sync_barrier: None,
+            lag: Duration::ZERO,
+            sample: None,
+            drain_barrier: None,
+            in_sync: false,
+            session_id: 0,
+            connecting: false,
+            read_only: false,
+            lease_task: None,
+            lease_refusal: None,
+            cluster_id: crate::cluster::frame::cluster_id(&config.cluster.name),
+            epoch,
+            secret: secret.clone(),
+        };
+        Ok((driver, internal_rx))
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_start(self.origin.elapsed())
+    }
+
+    /// Runs the module until `shutdown`, then stops it.
+    pub async fn run(
+        mut self,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+        mut inputs: mpsc::UnboundedReceiver<ModuleInput>,
+        mut actions: mpsc::UnboundedReceiver<ModuleAction>,
+        mut log_lines: mpsc::UnboundedReceiver<app::LogLine>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (script_tx, mut script_done) = mpsc::unbounded_channel();
+        let (checker_tx, mut checker_reports) = mpsc::channel(64);
+        let context =
+            app::checker::CheckerContext::of(&config::Module::Mirror(self.module.clone()));
+        for checker in &self.module.checkers {
+            app::checker::spawn(
+                checker.clone(),
+                context.clone(),
+                checker_tx.clone(),
+                self.checkers_on.subscribe(),
+            );
+        }
+        self.publish();
+        self.feed(Input::Command(Command::Start), &script_tx);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut sync_tick = tokio::time::interval(SYNC_POINT_EVERY);
+        let mut stopping = false;
+        let mut stop_deadline = None;
+        // No heartbeat within the timeout of the start counts as a lost peer.
+        let peer_deadline = TokioInstant::now() + Duration::from_secs(2);
+        let mut peer_heard = false;
+        loop {
+            let deadline = self
+                .machine
+                .next_deadline()
+                .map(|t| self.origin + t.since_start());
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s), if !stopping => {
+                    stopping = true;
+                    stop_deadline = Some(TokioInstant::now() + STOP_GRACE);
+                    self.feed(Input::Command(Command::Stop), &script_tx);
+                }
+                Some(input) = inputs.recv() => {
+                    let ModuleInput::Peer { peer, report } = input;
+                    if peer == self.peer {
+                        peer_heard = true;
+                        let input = match report.as_ref().and_then(decode_report) {
+                            Some(report) => Input::PeerReport(report),
+                            None => Input::PeerLost,
+                        };
+                        self.feed(input, &script_tx);
+                    }
+                }
+                _ = tokio::time::sleep_until(peer_deadline), if !peer_heard => {
+                    peer_heard = true;
+                    self.feed(Input::PeerLost, &script_tx);
+                }
+                Some(event) = internal.recv() => self.on_internal(event, &script_tx),
+                Some(action) = actions.recv() => self.on_action(action, &script_tx),
+                Some(done) = script_done.recv() => self.feed(done, &script_tx),
+                Some(report) = checker_reports.recv() => self.on_checker(report, &script_tx),
+                Some(line) = log_lines.recv() => self.write_log(&line.source, &line.text),
+                _ = sleep_until(deadline) => self.feed(Input::Timer, &script_tx),
+                _ = tick.tick() => self.publish_progress(),
+                _ = sync_tick.tick() => self.take_sync_point(),
+                _ = sleep_until(stop_deadline) => {
+                    warn!(module = %self.module.name, "stop scripts did not finish within the grace period");
+                    break;
+                }
+            }
+            if stopping
+                && self.machine.state() == State::Stop
+                && self.machine.phase() == Phase::Ready
+            {
+                break;
+            }
+        }
+        self.close_sessions();
+        if self.read_only {
+            release_read_only(&self.setup.dirs);
+        }
+        while let Ok(line) = log_lines.try_recv() {
+            self.write_log(&line.source, &line.text);
+        }
+    }
+
+    fn on_internal(&mut self, event: Internal, scripts: &mpsc::UnboundedSender<Input>) {
+        match event {
+            Internal::Accepted(stream) => self.accept(stream, scripts),
+            Internal::Witness(won) => {
+                let result = if won { "reached" } else { "unreachable" };
+                crate::api::update_module(&self.status, &self.module.name, |m| {
+                    m.counters.record_witness("ping", result)
+                });
+                self.feed(Input::WitnessAnswer { won }, scripts)
+            }
+            Internal::Lease(Ok(valid_for)) => {
+                self.lease_refusal = None;
+                crate::api::update_module(&self.status, &self.module.name, |m| {
+                    m.counters.record_witness("arbiter", "granted")
+                });
+                let until = self.now() + valid_for;
+                self.feed(Input::LeaseGranted { until }, scripts);
+            }
+            Internal::Lease(Err(reason)) => {
+                // Logged once per kind of refusal (the figures change).
+                let kind: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+                if self.lease_refusal.as_deref() != Some(kind.as_str()) {
+                    self.write_log("witness", &format!("no lease: {reason}"));
+                    self.lease_refusal = Some(kind);
+                }
+                crate::api::update_module(&self.status, &self.module.name, |m| {
+                    m.counters.record_witness("arbiter", "refused")
+                });
+                self.feed(Input::LeaseLost, scripts)
+            }
+            Internal::SecondaryStarted(id, _) | Internal::Session(id, _) if id != self.session_id => {
+                // A session this driver has replaced or closed since.
+            }
+            Internal::SecondaryStarted(_, Ok(session)) => {
+                self.connecting = false;
+                if self.machine.state() == State::Stop {
+                    return;
+                }
+                self.write_log("replication", "connected to the primary");
+                self.secondary = Some(session);
+            }
+            Internal::SecondaryStarted(_, Err(reason)) => {
+                self.connecting = false;
+                self.write_log(
+                    "replication",
+                    &format!("cannot reach the primary: {reason}"),
+                );
+                self.feed(Input::ReplicationBroken, scripts);
+            }
+            Internal::Session(_, event) => match event {
+                SessionEvent::Joined { peer, generation } => self.write_log(
+                    "replication",
+                    &format!("secondary {peer} joined with generation {generation}"),
+                ),
+                SessionEvent::PeerInSync {
+                    generation,
+                    bytes_sent,
+                } => self.write_log(
+                    "replication",
+                    &format!(
+                        "the secondary is in sync with generation {generation}: {bytes_sent} bytes sent"
+                    ),
+                ),
+                SessionEvent::ResyncDone { generation } => {
+                    self.write_log(
+                        "replication",
+                        &format!("resynchronised with generation {generation}"),
+                    );
+                    self.feed(Input::ResyncDone, scripts);
+                }
+                SessionEvent::Drained { seq } => {
+                    if self.drain_barrier == Some(seq) {
+                        self.drain_barrier = None;
+                        self.feed(Input::ReplicationDrained, scripts);
+                    }
+                    if let Some((barrier, at, sent)) = self.sync_barrier {
+                        if seq >= barrier {
+                            self.sync_barrier = None;
+                            self.lag = sent.elapsed();
+                            let generation = self.machine.stamp().generation.0;
+                            if let Err(error) = self.files.store_sync_point(generation, at) {
+                                warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot store the sync point");
+                            }
+                        }
+                    }
+                }
+                SessionEvent::Ended { reason } => {
+                    if self.feed.take().is_some() {
+                        self.route_feed(false);
+                    }
+                    let had = self.primary.take().is_some() | self.secondary.take().is_some();
+                    if let Some(tracker) = self.tracker.take() {
+                        session::detach(&tracker);
+                    }
+                    if had && reason == session::HANDED_OVER {
+                        // Not a break: the heartbeat's handover tells the machine what to do.
+                        self.write_log("replication", &format!("session ended: {reason}"));
+                        self.in_sync = false;
+                    } else if had {
+                        self.write_log("replication", &format!("session ended: {reason}"));
+                        self.in_sync = false;
+                        self.drain_barrier = None;
+                        self.sync_barrier = None;
+                        self.feed(Input::ReplicationBroken, scripts);
+                    }
+                }
+            },
+        }
+    }
+
+    /// A connection from the peer while this node serves: a new session
+    /// replaces any previous one.
+    fn accept(&mut self, stream: std::net::TcpStream, scripts: &mpsc::UnboundedSender<Input>) {
+        if !self.machine.is_serving() {
+            return;
+        }
+        if self.primary.take().is_some() {
+            self.feed(Input::ReplicationBroken, scripts);
+        }
+        self.tracker = None;
+        let feed = self.open_feed();
+        let tracker = match Tracker::start(self.setup.clone(), feed, Arc::clone(&self.progress)) {
+            Ok(t) => t,
+            Err(error) => {
+                self.write_log(
+                    "replication",
+                    &format!("cannot watch the replicated directories: {error}"),
+                );
+                return;
+            }
+        };
+        let setup = self.setup.clone();
+        let hub = self.hub.clone();
+        let sync_point = self.files.load_sync_point();
+        let generation = self.machine.stamp().generation.0;
+        let progress = Arc::clone(&self.progress);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let forward = self.internal_tx.clone();
+        self.session_id += 1;
+        let id = self.session_id;
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if forward.send(Internal::Session(id, event)).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = tokio::task::block_in_place(|| {
+            PrimarySession::start(
+                stream,
+                &setup,
+                &tracker,
+                session::PrimaryData {
+                    sync_point,
+                    generation,
+                },
+                progress,
+                hub,
+                tx,
+            )
+        });
+        match started {
+            Ok(session) => {
+                self.primary = Some(session);
+                self.tracker = Some(tracker);
+            }
+            Err(error) => self.write_log(
+                "replication",
+                &format!("a secondary's connection failed: {error}"),
+            ),
+        }
+    }
+
+    /// As primary in sync: send a barrier; its acknowledgement records the
+    /// sync point (everything changed before it is on the secondary).
+    fn take_sync_point(&mut self) {
+        if !self.in_sync || self.sync_barrier.is_some() {
+            return;
+        }
+        if let Some(session) = self.primary.as_mut() {
+            let at = SystemTime::now();
+            let seq = session.barrier();
+            self.sync_barrier = Some((seq, at, TokioInstant::now()));
+        }
+    }
+
+    /// Routes this module's capture records to a new channel (no pause yet:
+    /// the secondary is not in sync before its resynchronisation ends).
+    fn open_feed(&mut self) -> Option<CaptureFeed> {
+        self.hub.as_ref()?;
+        let wake = match Wake::new() {
+            Ok(wake) => wake,
+            Err(error) => {
+                warn!(module = %self.module.name, %error, "cannot create an eventfd: replicating without the capture");
+                return None;
+            }
+        };
+        let (tx, records) = std::sync::mpsc::channel();
+        self.feed = Some((tx, Arc::clone(&wake)));
+        self.route_feed(false);
+        Some(CaptureFeed { records, wake })
+    }
+
+    /// Re-routes the capture: to the feed (pausing durable writes when
+    /// `pause`), or nowhere once the feed is closed.
+    fn route_feed(&self, pause: bool) {
+        let Some(hub) = &self.hub else { return };
+        for (root, dir) in self.roots.iter().zip(&self.setup.dirs) {
+            hub.route(*root, dir, self.feed.clone(), pause);
+        }
+    }
+
+    fn close_sessions(&mut self) {
+        if self.feed.take().is_some() {
+            self.route_feed(false);
+        }
+        self.session_id += 1;
+        self.connecting = false;
+        self.primary = None;
+        self.secondary = None;
+        if let Some(tracker) = self.tracker.take() {
+            session::detach(&tracker);
+        }
+        self.in_sync = false;
+    }
+
+    fn on_action(&mut self, action: ModuleAction, scripts: &mpsc::UnboundedSender<Input>) {
+        self.write_log("admin", action.path());
+        let command = match action {
+            ModuleAction::Start => Command::Start,
+            ModuleAction::Stop => Command::Stop,
+            ModuleAction::Restart => Command::Restart,
+            ModuleAction::Prim => Command::Prim,
+            ModuleAction::Second => Command::Second,
+            ModuleAction::Swap => Command::Swap,
+            ModuleAction::CheckersOn | ModuleAction::CheckersOff => {
+                self.checkers_on
+                    .send_replace(action == ModuleAction::CheckersOn);
+                self.publish();
+                return;
+            }
+            ModuleAction::FailoverOn | ModuleAction::FailoverOff => {
+                self.feed(
+                    Input::SetFailover(action == ModuleAction::FailoverOn),
+                    scripts,
+                );
+                return;
+            }
+        };
+        self.feed(Input::Command(command), scripts);
+    }
+
+    fn on_checker(&mut self, report: CheckerReport, scripts: &mpsc::UnboundedSender<Input>) {
+        crate::api::update_module(&self.status, &self.module.name, |m| {
+            m.counters
+                .record_checker(&report.id, report.ok, &report.detail)
+        });
+        let previous = self.checker_states.insert(report.id.clone(), report.ok);
+        let verdict = if report.ok { "ok" } else { "failed" };
+        self.write_log(
+            &format!("checker:{}", report.id),
+            &format!("{verdict}: {}", report.detail),
+        );
+        let input = match (report.ok, report.action) {
+            (false, config::CheckerAction::Wait) => Input::ResourceDown {
+                resource: report.id,
+            },
+            (true, config::CheckerAction::Wait) if previous == Some(false) => Input::ResourceUp {
+                resource: report.id,
+            },
+            (false, action) => Input::CheckerFailed {
+                action: match action {
+                    config::CheckerAction::Restart => fsm::CheckerAction::Restart,
+                    config::CheckerAction::Stopstart => fsm::CheckerAction::StopStart,
+                    config::CheckerAction::Stop | config::CheckerAction::Wait => {
+                        fsm::CheckerAction::Stop
+                    }
+                },
+            },
+            (true, _) => return,
+        };
+        self.feed(input, scripts);
+    }
+
+    /// Hands `input` to the machine and performs every action, in order.
+    fn feed(&mut self, input: Input, scripts: &mpsc::UnboundedSender<Input>) {
+        let now = self.now();
+        let mut queue: std::collections::VecDeque<Input> = [input].into();
+        while let Some(input) = queue.pop_front() {
+            for action in self.machine.handle(now, input) {
+                if let Some(next) = self.perform(action, scripts) {
+                    queue.push_back(next);
+                }
+            }
+        }
+        self.serving
+            .store(self.machine.is_serving(), Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Performs one action; some answer at once with the machine's next input.
+    fn perform(&mut self, action: Action, scripts: &mpsc::UnboundedSender<Input>) -> Option<Input> {
+        match action {
+            Action::RunScript(run) => {
+                let path = self.script_path(run.kind);
+                let spec = ScriptSpec::new(&self.module.name, &self.node, &run, path);
+                let sink = self.sink.clone();
+                let done = scripts.clone();
+                let status = Arc::clone(&self.status);
+                tokio::spawn(async move {
+                    let outcome = app::script::run_script(&spec, &sink).await;
+                    super::farm::record_script(
+                        &status,
+                        &spec.module,
+                        &spec.kind.to_string(),
+                        &outcome,
+                    );
+                    let _ = done.send(Input::ScriptDone {
+                        kind: spec.kind,
+                        ok: outcome.ok(),
+                    });
+                });
+            }
+            Action::ClaimVip => {
+                if let Err(error) = self.vip(true) {
+                    self.write_log("vip", &format!("claiming the VIP failed: {error:#}"));
+                    return Some(Input::ResourceDown {
+                        resource: "vip".to_owned(),
+                    });
+                }
+            }
+            Action::ReleaseVip => {
+                if let Err(error) = self.vip(false) {
+                    self.write_log("vip", &format!("releasing the VIP failed: {error:#}"));
+                }
+            }
+            Action::SetReadOnly(on) => {
+                let result = if on {
+                    make_read_only(&self.setup.dirs)
+                } else {
+                    release_read_only(&self.setup.dirs);
+                    Ok(())
+                };
+                match result {
+                    Ok(()) => self.read_only = on,
+                    Err(error) => self.write_log(
+                        "replication",
+                        &format!("cannot make the directories read-only: {error:#}"),
+                    ),
+                }
+            }
+            Action::StartReplication { role } => match role {
+                ReplRole::Primary => {
+                    if self.primary.as_ref().is_some_and(PrimarySession::alive) {
+                        self.in_sync = true;
+                        let pause = self.module.sync == config::SyncMode::Fsync;
+                        self.route_feed(pause);
+                        if pause && self.hub.is_none() {
+                            self.write_log("replication", "sync = \"fsync\" without the write capture: durable writes are not held until the secondary has them");
+                        }
+                    } else {
+                        return Some(Input::ReplicationBroken);
+                    }
+                }
+                ReplRole::Secondary => self.connect_to_primary(),
+            },
+            Action::StopReplication if self.machine.report().handover.is_some() => {
+                // The role is handed over: end the session on purpose, after
+                // everything queued.
+                if let Some(session) = self.primary.take() {
+                    tokio::task::block_in_place(|| session.bye());
+                }
+                self.close_sessions();
+            }
+            Action::StopReplication => {
+                if self.in_sync && self.primary.is_some() {
+                    // Flush what is queued, so that the sync point stays true.
+                    let flushed = tokio::task::block_in_place(|| {
+                        self.primary
+                            .as_mut()
+                            .is_some_and(|s| s.flush(Duration::from_secs(2)))
+                    });
+                    if flushed {
+                        let generation = self.machine.stamp().generation.0;
+                        let _ = self.files.store_sync_point(generation, SystemTime::now());
+                    }
+                }
+                self.close_sessions();
+            }
+            Action::DrainReplication => match self.primary.as_mut() {
+                Some(session) => self.drain_barrier = Some(session.barrier()),
+                None => return Some(Input::ReplicationBroken),
+            },
+            Action::StartResync => {
+                if self.secondary.is_none() && !self.connecting {
+                    self.connect_to_primary();
+                }
+            }
+            Action::PersistStamp(stamp) => {
+                if let Err(error) = self.files.store_stamp(&stamp) {
+                    warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot persist the data stamp");
+                    self.write_log("fsm", &format!("cannot persist the data stamp: {error:#}"));
+                }
+            }
+            Action::AskWitness => self.ask_witness(),
+            Action::AcquireLease => self.acquire_lease(),
+            Action::ReleaseLease => {
+                if let Some(task) = self.lease_task.take() {
+                    task.abort();
+                }
+            }
+            Action::Log(event) => {
+                info!(module = %self.module.name, %event, "module event");
+                self.write_log("fsm", &event.to_string());
+                if let fsm::Event::StateChanged { from, to, .. } = event {
+                    if from != to {
+                        crate::api::update_module(&self.status, &self.module.name, |m| {
+                            m.counters.record_transition(from.as_str(), to.as_str())
+                        });
+                    }
+                    self.run_transition(from, to);
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts the secondary's session on a blocking thread (connecting may
+    /// take a few tries while the primary gets ready).
+    fn connect_to_primary(&mut self) {
+        self.secondary = None;
+        self.session_id += 1;
+        self.connecting = true;
+        let id = self.session_id;
+        let setup = self.setup.clone();
+        let applier = Arc::clone(&self.applier);
+        let stamp = self.machine.stamp();
+        let join = (stamp.generation.0, state_code(stamp.state));
+        let progress = Arc::clone(&self.progress);
+        let primary = self.peer_replication;
+        let internal = self.internal_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let mut last = String::new();
+            for attempt in 0..CONNECT_TRIES {
+                if attempt > 0 {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                match SecondarySession::start(
+                    primary,
+                    &setup,
+                    Arc::clone(&applier),
+                    join,
+                    Arc::clone(&progress),
+                    tx.clone(),
+                ) {
+                    Ok(session) => {
+                        let _ = internal.send(Internal::SecondaryStarted(id, Ok(session)));
+                        // Forward the session's events until it ends.
+                        while let Some(event) = rx.blocking_recv() {
+                            if internal.send(Internal::Session(id, event)).is_err() {
+                                break;
+                            }
+                        }
+                        return;
+                    }
+                    Err(error) => last = error.to_string(),
+                }
+            }
+            let _ = internal.send(Internal::SecondaryStarted(id, Err(last)));
+        });
+    }
+
+    fn ask_witness(&mut self) {
+        let Some(Witness::Ping(ping)) = self.module.witness.clone() else {
+            let _ = self.internal_tx.send(Internal::Witness(true));
+            return;
+        };
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let won =
+                crate::witness::ping::ping_any_every(&ping.addresses, ping.interval, ping.timeout)
+                    .await;
+            let _ = internal.send(Internal::Witness(won));
+        });
+    }
+
+    fn acquire_lease(&mut self) {
+        let Some(Witness::Arbiter(arbiter)) = self.module.witness.clone() else {
+            return;
+        };
+        if let Some(task) = self.lease_task.take() {
+            task.abort();
+        }
+        let client = crate::witness::arbiter::ArbiterClient::new(
+            arbiter.address,
+            self.secret.witness_key(),
+            self.cluster_id,
+            self.epoch,
+        );
+        let internal = self.internal_tx.clone();
+        let module = self.module.name.clone();
+        let node = self.node.clone();
+        self.lease_task = Some(tokio::spawn(async move {
+            let every = arbiter.lease / 3;
+            loop {
+                let started = tokio::time::Instant::now();
+                let answer = client
+                    .request_lease(&module, &node, arbiter.lease, every)
+                    .await;
+                use crate::witness::protocol::Verdict;
+                let message = match answer {
+                    Ok(reply) => match reply.verdict {
+                        Verdict::Granted { duration, .. } => {
+                            // Valid from when the request left, minus a margin
+                            // for this node's clock.
+                            let valid = duration
+                                .saturating_sub(started.elapsed())
+                                .saturating_sub(duration / 10);
+                            Internal::Lease(Ok(valid))
+                        }
+                        Verdict::Held { holder, remaining } => Internal::Lease(Err(format!(
+                            "held by {holder} for {} ms more",
+                            remaining.as_millis()
+                        ))),
+                        Verdict::Starting { remaining } => Internal::Lease(Err(format!(
+                            "the witness started recently and grants nothing for {} ms",
+                            remaining.as_millis()
+                        ))),
+                    },
+                    Err(error) => Internal::Lease(Err(error.to_string())),
+                };
+                if internal.send(message).is_err() {
+                    return;
+                }
+                tokio::time::sleep_until(started + every).await;
+            }
+        }));
+    }
+
+    /// Claims (or releases) the VIP and announces it.
+    fn vip(&self, claim: bool) -> anyhow::Result<()> {
+        let Some(vip) = self.module.vip else {
+            return Ok(());
+        };
+        let iface = self.module.interface.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| {
+            runtime.block_on(async {
+                if claim {
+                    crate::net::vip::claim(&iface, vip).await?;
+                    let mac = crate::net::interface_mac(&iface)?;
+                    crate::net::announce(&iface, vip, mac, 3)?;
+                } else {
+                    crate::net::vip::release(&iface, vip).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+    }
+
+    fn publish_progress(&mut self) {
+        let p = &self.progress;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let role_active = self.primary.is_some() || self.secondary.is_some();
+        let (done, total) = (load(&p.bytes_done), load(&p.bytes_total));
+        let now = TokioInstant::now();
+        // ETA from the rate since the last sample, once the walk knows the total.
+        let eta_seconds = match self.sample {
+            Some((then, before)) if done > before && p.walk_complete.load(Ordering::Relaxed) => {
+                let rate = (done - before) as f64 / now.duration_since(then).as_secs_f64();
+                Some(total.saturating_sub(done) as f64 / rate)
+            }
+            _ if done >= total => Some(0.0),
+            _ => None,
+        };
+        self.sample = Some((now, done));
+        let in_sync = self.in_sync;
+        let lag = self.lag;
+        let progress = role_active.then(|| ReplicationProgress {
+            bytes_done: done,
+            bytes_total: total,
+            files_done: load(&p.files_done),
+            files_total: load(&p.files_total),
+            eta_seconds,
+            lag_seconds: if in_sync { lag.as_secs_f64() } else { 0.0 },
+            backlog_bytes: load(&p.backlog),
+        });
+        crate::api::progress::publish(&self.status, &self.module.name, progress);
+    }
+
+    fn run_transition(&self, from: State, to: State) {
+        let Some(path) = self.module.scripts.transition.clone() else {
+            return;
+        };
+        let spec = app::script::TransitionSpec {
+            module: self.module.name.clone(),
+            node: self.node.clone(),
+            path: Some(path),
+            from,
+            to,
+            timeout: self.module.scripts.nicestoptimeout,
+        };
+        let sink = self.sink.clone();
+        let status = Arc::clone(&self.status);
+        tokio::spawn(async move {
+            let outcome = app::script::run_transition(&spec, &sink).await;
+            super::farm::record_script(&status, &spec.module, "transition", &outcome);
+        });
+    }
+
+    fn script_path(&self, kind: fsm::ScriptKind) -> Option<PathBuf> {
+        let scripts = &self.module.scripts;
+        match kind {
+            fsm::ScriptKind::Prestart => scripts.prestart.clone(),
+            fsm::ScriptKind::StartPrim => scripts.start_prim.clone(),
+            fsm::ScriptKind::StopPrim => scripts.stop_prim.clone(),
+            fsm::ScriptKind::Poststop => scripts.poststop.clone(),
+            fsm::ScriptKind::StartBoth | fsm::ScriptKind::StopBoth => None,
+        }
+    }
+
+    fn write_log(&mut self, source: &str, text: &str) {
+        match self.log.append(source, text) {
+            Ok(_) => {
+                if source == "fsm" {
+                    let mut status = self.status.write().expect("status lock");
+                    if let Some(m) = status
+                        .modules
+                        .iter_mut()
+                        .find(|m| m.name == self.module.name)
+                    {
+                        m.last_event = text.to_owned();
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot write the module log")
+            }
+        }
+    }
+
+    /// Publishes the machine's state to the API and the heartbeat.
+    fn publish(&self) {
+        let (state, phase) = (self.machine.state(), self.machine.phase());
+        {
+            let mut status = self.status.write().expect("status lock");
+            if let Some(m) = status
+                .modules
+                .iter_mut()
+                .find(|m| m.name == self.module.name)
+            {
+                m.state = state.as_str().to_owned();
+                m.phase = phase.to_string();
+                m.serving = self.machine.is_serving();
+                m.exit_code = self.machine.exit_code();
+                m.checkers = *self.checkers_on.borrow();
+                m.failover = self.machine.failover();
+                m.generation = self.machine.stamp().generation.0;
+            }
+        }
+        let report = encode_report(&self.module.name, &self.machine.report());
+        let mut reports = self.reports.lock().expect("reports lock");
+        match reports.iter_mut().find(|r| r.name == report.name) {
+            Some(slot) => *slot = report,
+            None => reports.push(report),
+        }
+    }
+}
+
+/// Accepts the peer's replication connections and hands them to the driver
+/// while this node serves.
+fn spawn_listener(
+    listen: SocketAddr,
+    peer_ips: Vec<IpAddr>,
+    serving: Arc<AtomicBool>,
+    internal: mpsc::UnboundedSender<Internal>,
+    module: String,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = TcpListener::bind(listen)
+        .with_context(|| format!("binding the replication port {listen} of module {module}"))?;
+    std::thread::Builder::new()
+        .name(format!("halo-listen-{module}"))
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let from = stream.peer_addr().map(|a| a.ip().to_canonical());
+                let known = from
+                    .as_ref()
+                    .is_ok_and(|ip| peer_ips.iter().any(|p| p.to_canonical() == *ip));
+                if !known {
+                    warn!(module = %module, from = ?from, "replication connection from an address that is not the peer's: refused");
+                    continue;
+                }
+                if !serving.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if internal.send(Internal::Accepted(stream)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Makes `dirs` read-only to applications: a read-only bind mount of each
+/// over itself (the applier writes through descriptors opened before).
+fn make_read_only(dirs: &[PathBuf]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use nix::mount::{mount, MsFlags};
+    for dir in dirs {
+        if read_only_bind(dir) {
+            continue;
+        }
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind-mounting {}", dir.display()))?;
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .with_context(|| format!("remounting {} read-only", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes the read-only bind mounts (also those a crashed daemon left).
+fn release_read_only(dirs: &[PathBuf]) {
+    for dir in dirs {
+        // Only read-only mounts: the directory may itself be a mount point
+        // of the administrator's (a writable one).
+        while read_only_bind(dir) {
+            if nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+fn mount_entries() -> Vec<(PathBuf, String)> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let mount_point = fields.nth(4)?;
+            let options = fields.next()?;
+            Some((PathBuf::from(unescape(mount_point)), options.to_owned()))
+        })
+        .collect()
+}
+
+fn unescape(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn read_only_bind(dir: &std::path::Path) -> bool {
+    mount_entries()
+        .iter()
+        .rev()
+        .find(|(p, _)| p == dir)
+        .is_some_and(|(_, options)| options.split(',').any(|o| o == "ro"))
+}
+
+async fn sleep_until(deadline: Option<TokioInstant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_cross_the_heartbeat_unchanged() {
+        for state in [
+            State::Stop,
+            State::Wait,
+            State::Alone,
+            State::Prim,
+            State::Second,
+        ] {
+            for data in [
+                DataState::Partial,
+                DataState::Copy,
+                DataState::Shared,
+                DataState::Newest,
+            ] {
+                for handover in [None, Some(Handover::Stopped), Some(Handover::Swap)] {
+                    for following in [None, Some(Generation(9))] {
+                        let report = PeerReport {
+                            state,
+                            phase: Phase::Transient,
+                            stamp: DataStamp {
+                                generation: Generation(12),
+                                state: data,
+                            },
+                            following,
+                            handover,
+                        };
+                        let wire = encode_report("db", &report);
+                        assert_eq!(decode_report(&wire), Some(report));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! User-space side of the mirror's write capture: loading the tracepoint
+//! programs with the kernel's struct offsets, registering the replicated
+//! directories (roots), reading the reported changes, and resuming the
+//! processes that a durability call paused.
+//!
+//! - `event`: the ring's records decoded into [`Captured`] (pure);
+//! - `load`: BTF offsets and the tracefs layout check;
+//! - `resolve`: `truncate(path)` resolved through `/proc/<tid>/{cwd,root}`.
+//!
+//! docs/mirror-durability.md explains the pause (`SIGSTOP` at syscall exit,
+//! `SIGCONT` from here) and its measured cost.
+
+mod event;
+mod load;
+mod resolve;
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    os::{
+        fd::{AsFd, BorrowedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{ensure, Context as _};
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use halo_common::capture::{
+    CaptureSettings, FileKey, PausedTask, RootCount, RootPolicy, ROOT_SYNC_PAUSE,
+};
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, PollTimeout},
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
+use self::{
+    event::{kernel_dev_to_st_dev, parse_record, st_dev_to_kernel},
+    load::{check_tracepoint_layout, EXIT_PROGRAM, SYSCALLS},
+    resolve::{resolve_truncate, Resolution},
+};
+pub use self::{
+    event::{Captured, Change, RootId, SyncScope},
+    load::capture_offsets,
+};
+use super::{btf::Btf, CAPTURE_OBJECT};
+
+/// How the capture is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// A process never reported nor paused: the daemon itself, which writes
+    /// replicated data on the secondary. 0 excludes nothing.
+    pub exclude_tgid: u32,
+    /// The ring buffer's size in bytes: a power of two, at least a page.
+    /// A record takes 72 bytes (336 for a truncate by path).
+    pub ring_bytes: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            // The calling process: what the daemon wants.
+            exclude_tgid: std::process::id(),
+            // 4 MiB: about 58,000 records of slack for a daemon that is late.
+            ring_bytes: 1 << 22,
+        }
+    }
+}
+
+/// A task stopped by a durability call, waiting for [`WriteCapture::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paused {
+    pub tid: u32,
+    pub pid: u32,
+    /// The [`Captured::seq`] of the sync record that paused it.
+    pub seq: u64,
+    /// The root concerned; `None` for a sync of every root.
+    pub root: Option<RootId>,
+    /// The file synced; 0 if not one file.
+    pub ino: u64,
+}
+
+/// What [`WriteCapture::release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The process was sent `SIGCONT`: none of its threads waits any more.
+    Resumed,
+    /// Other threads of the process still wait for their syncs: it stays
+    /// stopped until the last one is released.
+    StillHeld { waiting: usize },
+    /// The thread was not paused by this capture; nothing was sent.
+    NotPaused,
+}
+
+/// The loaded and attached capture programs; dropping it detaches them and
+/// resumes every task still paused.
+pub struct WriteCapture {
+    roots_map: HashMap<MapData, FileKey, RootPolicy>,
+    devs: HashMap<MapData, u32, RootCount>,
+    totals: Array<MapData, RootCount>,
+    paused: HashMap<MapData, u32, PausedTask>,
+    lost: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+    /// The registered roots and whether each pauses on sync.
+    roots: BTreeMap<RootId, bool>,
+    // Keeps the programs and their links alive.
+    _ebpf: Ebpf,
+}
+
+impl WriteCapture {
+    /// Loads the capture with the default ring, excluding `exclude_tgid`
+    /// (the daemon's own pid), and attaches it to the syscall tracepoints.
+    /// Nothing is reported until a root is added.
+    pub fn attach(exclude_tgid: u32) -> anyhow::Result<Self> {
+        Self::attach_with(CaptureConfig {
+            exclude_tgid,
+            ..CaptureConfig::default()
+        })
+    }
+
+    /// Loads the capture programs with offsets from the running kernel's BTF
+    /// and attaches them to the syscall tracepoints.
+    pub fn attach_with(config: CaptureConfig) -> anyhow::Result<Self> {
+        ensure!(
+            config.ring_bytes.is_power_of_two() && config.ring_bytes >= 4096,
+            "the capture ring's size must be a power of two of at least 4096 bytes, not {}",
+            config.ring_bytes
+        );
+        check_tracepoint_layout().context("checking the syscall tracepoint formats")?;
+        let btf = Btf::from_kernel().context("reading the kernel's BTF")?;
+        let offsets = capture_offsets(&btf)?;
+        let settings = CaptureSettings {
+            exclude_tgid: config.exclude_tgid,
+            _pad: 0,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CAPTURE_OFFSETS", &offsets, true)
+            .override_global("CAPTURE_SETTINGS", &settings, true)
+            .map_max_entries("CAPTURE_EVENTS", config.ring_bytes)
+            .load(CAPTURE_OBJECT)
+            .context("loading the write-capture object")?;
+        let programs = SYSCALLS.iter().map(|(_, program)| *program);
+        for program in programs.chain([EXIT_PROGRAM]) {
+            tracepoint(&mut ebpf, program)?
+                .load()
+                .with_context(|| format!("the kernel refused {program}"))?;
+        }
+        // Exits first: an enter without its exit would leave a stale entry
+        // per call until the LRU evicts it.
+        let exits = SYSCALLS
+            .iter()
+            .map(|(syscall, _)| (EXIT_PROGRAM, format!("sys_exit_{syscall}")));
+        let enters = SYSCALLS
+            .iter()
+            .map(|(syscall, program)| (*program, format!("sys_enter_{syscall}")));
+        for (program, event) in exits.chain(enters) {
+            tracepoint(&mut ebpf, program)?
+                .attach("syscalls", &event)
+                .with_context(|| {
+                    format!("attaching {program} to syscalls:{event} (is tracefs mounted?)")
+                })?;
+        }
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the capture object has no {name} map"))
+        };
+        let roots_map = HashMap::try_from(take("CAPTURE_ROOTS")?)?;
+        let devs = HashMap::try_from(take("CAPTURE_DEVS")?)?;
+        let totals = Array::try_from(take("CAPTURE_TOTALS")?)?;
+        let paused = HashMap::try_from(take("CAPTURE_PAUSED")?)?;
+        let lost = PerCpuArray::try_from(take("CAPTURE_LOST")?)?;
+        let events = RingBuf::try_from(take("CAPTURE_EVENTS")?)?;
+        Ok(WriteCapture {
+            roots_map,
+            devs,
+            totals,
+            paused,
+            lost,
+            events,
+            roots: BTreeMap::new(),
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Starts reporting changes to every file below the directory `dir`
+    /// (same filesystem only: a filesystem mounted below it is a root of its
+    /// own). With `sync_pause` (`sync = "fsync"`), a durability call on such
+    /// a file stops the caller until [`WriteCapture::release`]. Adding a
+    /// root again changes its `sync_pause`.
+    pub fn add_root(&mut self, dir: &Path, sync_pause: bool) -> anyhow::Result<RootId> {
+        let meta = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+        ensure!(
+            meta.is_dir(),
+            "{} is not a directory: only directories can be replicated roots",
+            dir.display()
+        );
+        let root = RootId {
+            st_dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let policy = RootPolicy {
+            flags: if sync_pause { ROOT_SYNC_PAUSE } else { 0 },
+            _pad: 0,
+        };
+        self.roots_map
+            .insert(root_key(root), policy, 0)
+            .with_context(|| format!("adding {} to CAPTURE_ROOTS", dir.display()))?;
+        self.roots.insert(root, sync_pause);
+        self.write_counts()?;
+        Ok(root)
+    }
+
+    /// Stops reporting changes below `root`, and resumes the tasks paused
+    /// for it.
+    pub fn remove_root(&mut self, root: RootId) -> anyhow::Result<()> {
+        ensure!(
+            self.roots.remove(&root).is_some(),
+            "{root:?} is not a registered root"
+        );
+        self.roots_map
+            .remove(&root_key(root))
+            .with_context(|| format!("removing {root:?} from CAPTURE_ROOTS"))?;
+        self.write_counts()?;
+        for task in self.pending()? {
+            if task.root == Some(root) {
+                self.release(task.tid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The registered roots, with their `sync_pause`.
+    pub fn roots(&self) -> impl Iterator<Item = (RootId, bool)> + '_ {
+        self.roots.iter().map(|(root, pause)| (*root, *pause))
+    }
+
+    /// Writes the per-device and total root counts the programs test first.
+    fn write_counts(&mut self) -> anyhow::Result<()> {
+        let (per_dev, totals) = root_counts(&self.roots);
+        let stale: Vec<u32> = self
+            .devs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|dev| !per_dev.contains_key(dev))
+            .collect();
+        for (dev, count) in &per_dev {
+            self.devs
+                .insert(dev, count, 0)
+                .context("updating CAPTURE_DEVS")?;
+        }
+        for dev in stale {
+            self.devs.remove(&dev).context("updating CAPTURE_DEVS")?;
+        }
+        self.totals
+            .set(0, totals, 0)
+            .context("updating CAPTURE_TOTALS")?;
+        Ok(())
+    }
+
+    /// The ring buffer's descriptor: readable when records wait, for the
+    /// daemon's poll or epoll.
+    pub fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+
+    /// Waits up to `timeout` for records; whether some are ready.
+    pub fn wait(&self, timeout: Duration) -> anyhow::Result<bool> {
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let mut fds = [PollFd::new(self.ring_fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(
+            &mut fds,
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(ready) => Ok(ready > 0),
+            Err(Errno::EINTR) => Ok(false),
+            Err(error) => Err(error).context("polling the capture ring"),
+        }
+    }
+
+    /// The changes reported so far and not yet taken, in ring order (the
+    /// order of the calls). Truncates by path are resolved here: those
+    /// outside every root are dropped, those that cannot be resolved come
+    /// back as [`Change::TruncatePath`].
+    pub fn drain(&mut self) -> Vec<Captured> {
+        let mut records = Vec::new();
+        while let Some(item) = self.events.next() {
+            if let Some(record) = parse_record(&item) {
+                records.push(record);
+            }
+        }
+        records
+            .into_iter()
+            .filter_map(|record| {
+                let mut captured = record.to_captured()?;
+                if let Change::TruncatePath { path, size } = &captured.change {
+                    match resolve_truncate(captured.pid, captured.tid, path, &self.roots) {
+                        Resolution::Under { st_dev, ino, root } => {
+                            captured.st_dev = st_dev;
+                            captured.ino = ino;
+                            captured.root = Some(root);
+                            captured.change = Change::Truncate { size: *size };
+                        }
+                        Resolution::Outside => return None,
+                        Resolution::Unknown => {}
+                    }
+                }
+                Some(captured)
+            })
+            .collect()
+    }
+
+    /// Records the programs could not report because the ring buffer was
+    /// full: the daemon must resync rather than trust the stream, and look
+    /// at [`WriteCapture::pending`] for tasks paused by a lost sync record.
+    pub fn lost(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .lost
+            .get(&0, 0)
+            .context("reading CAPTURE_LOST")?
+            .iter()
+            .sum())
+    }
+
+    /// The tasks paused by a durability call and not yet released.
+    pub fn pending(&self) -> anyhow::Result<Vec<Paused>> {
+        let mut tasks = Vec::new();
+        for entry in self.paused.iter() {
+            let (tid, task) = entry.context("reading CAPTURE_PAUSED")?;
+            tasks.push(paused_from(tid, &task));
+        }
+        tasks.sort_by_key(|task| task.tid);
+        Ok(tasks)
+    }
+
+    /// Releases thread `tid`, whose sync the peer has acknowledged: its
+    /// process is resumed once none of its threads waits any more (one
+    /// `SIGSTOP` holds them all).
+    pub fn release(&mut self, tid: u32) -> anyhow::Result<Release> {
+        let task = match self.paused.get(&tid, 0) {
+            Ok(task) => task,
+            Err(MapError::KeyNotFound) => return Ok(Release::NotPaused),
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("looking up thread {tid} in CAPTURE_PAUSED"))
+            }
+        };
+        self.paused
+            .remove(&tid)
+            .with_context(|| format!("removing thread {tid} from CAPTURE_PAUSED"))?;
+        let waiting = self.waiting_threads(task.tgid)?;
+        if waiting > 0 {
+            return Ok(Release::StillHeld { waiting });
+        }
+        self.continue_process(task.tgid)?;
+        Ok(Release::Resumed)
+    }
+
+    /// Resumes process `tgid` whatever its threads wait for (the peer is
+    /// gone: stop waiting at once). Only a process this capture paused is
+    /// signalled; how many of its threads were waiting.
+    pub fn resume(&mut self, tgid: u32) -> anyhow::Result<usize> {
+        let tids: Vec<u32> = self
+            .pending()?
+            .into_iter()
+            .filter(|task| task.pid == tgid)
+            .map(|task| task.tid)
+            .collect();
+        if tids.is_empty() {
+            return Ok(0);
+        }
+        for tid in &tids {
+            self.paused
+                .remove(tid)
+                .with_context(|| format!("removing thread {tid} from CAPTURE_PAUSED"))?;
+        }
+        self.continue_process(tgid)?;
+        Ok(tids.len())
+    }
+
+    /// Resumes every paused process.
+    pub fn resume_all(&mut self) -> anyhow::Result<usize> {
+        let mut pids: Vec<u32> = self.pending()?.iter().map(|task| task.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let mut released = 0;
+        for pid in pids {
+            released += self.resume(pid)?;
+        }
+        Ok(released)
+    }
+
+    fn waiting_threads(&self, tgid: u32) -> anyhow::Result<usize> {
+        Ok(self
+            .pending()?
+            .iter()
+            .filter(|task| task.pid == tgid)
+            .count())
+    }
+
+    /// Sends `SIGCONT` to `tgid`, then stops it again if a thread of it was
+    /// paused meanwhile: its program listed it before raising its own
+    /// `SIGSTOP`, which our `SIGCONT` may have discarded.
+    fn continue_process(&self, tgid: u32) -> anyhow::Result<()> {
+        let pid = Pid::from_raw(tgid as i32);
+        match kill(pid, Signal::SIGCONT) {
+            // Gone: nothing to resume.
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("sending SIGCONT to {tgid}"));
+            }
+        }
+        let raced = self
+            .pending()?
+            .iter()
+            .any(|task| task.pid == tgid && thread_alive(tgid, task.tid));
+        if raced {
+            match kill(pid, Signal::SIGSTOP) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(error) => {
+                    return Err(error).with_context(|| format!("sending SIGSTOP to {tgid}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteCapture {
+    fn drop(&mut self) {
+        // Nobody would ever resume them once the maps are gone.
+        if let Err(error) = self.resume_all() {
+            tracing::warn!(error = %format!("{error:#}"), "could not resume paused writers");
+        }
+    }
+}
+
+/// The tracepoint program `name` of the capture object.
+fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut TracePoint> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the capture object has no {name} program"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a tracepoint program"))
+}
+
+/// Whether thread `tid` of `tgid` still exists.
+fn thread_alive(tgid: u32, tid: u32) -> bool {
+    Path::new(&format!("/proc/{tgid}/task/{tid}")).exists()
+}
+
+fn root_key(root: RootId) -> FileKey {
+    FileKey {
+        ino: root.ino,
+        dev: st_dev_to_kernel(root.st_dev),
+        _pad: 0,
+    }
+}
+
+fn paused_from(tid: u32, task: &PausedTask) -> Paused {
+    let st_dev = kernel_dev_to_st_dev(task.dev);
+    Paused {
+        tid,
+        pid: task.tgid,
+        seq: task.seq,
+        root: (task.root != 0).then_some(RootId {
+            st_dev,
+            ino: task.root,
+        }),
+        ino: task.ino,
+    }
+}
+
+/// The per-device (kernel `s_dev`) and total root counts of `roots`.
+fn root_counts(roots: &BTreeMap<RootId, bool>) -> (StdHashMap<u32, RootCount>, RootCount) {
+    let mut per_dev: StdHashMap<u32, RootCount> = StdHashMap::new();
+    let mut totals = RootCount::default();
+    for (root, &sync_pause) in roots {
+        let count = per_dev.entry(st_dev_to_kernel(root.st_dev)).or_default();
+        for count in [count, &mut totals] {
+            count.roots += 1;
+            count.sync_roots += u32::from(sync_pause);
+        }
+    }
+    (per_dev, totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_counts_are_per_kernel_device_and_in_total() {
+        let sda1 = libc::makedev(8, 1);
+        let nvme = libc::makedev(259, 3);
+        let roots = BTreeMap::from([
+            (
+                RootId {
+                    st_dev: sda1,
+                    ino: 2,
+                },
+                true,
+            ),
+            (
+                RootId {
+                    st_dev: sda1,
+                    ino: 9,
+                },
+                false,
+            ),
+            (
+                RootId {
+                    st_dev: nvme,
+                    ino: 2,
+                },
+                false,
+            ),
+        ]);
+        let (per_dev, totals) = root_counts(&roots);
+        assert_eq!(
+            per_dev[&((8 << 20) | 1)],
+            RootCount {
+                roots: 2,
+                sync_roots: 1
+            }
+        );
+        assert_eq!(
+            per_dev[&((259 << 20) | 3)],
+            RootCount {
+                roots: 1,
+                sync_roots: 0
+            }
+        );
+        assert_eq!(
+            totals,
+            RootCount {
+                roots: 3,
+                sync_roots: 1
+            }
+        );
+        assert_eq!(root_counts(&BTreeMap::new()).1, RootCount::default());
+    }
+
+    #[test]
+    fn a_paused_entry_without_root_is_a_sync_of_every_root() {
+        let task = PausedTask {
+            seq: 7,
+            root: 0,
+            ino: 0,
+            tgid: 10,
+            dev: 0,
+        };
+        assert_eq!(
+            paused_from(11, &task),
+            Paused {
+                tid: 11,
+                pid: 10,
+                seq: 7,
+                root: None,
+                ino: 0
+            }
+        );
+    }
+}

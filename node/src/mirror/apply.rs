@@ -1,0 +1,647 @@
+//! The secondary's side: applying replication messages to the replicated
+//! directories, never outside them.
+//!
+//! Each replicated directory is opened once, as an `O_PATH` descriptor,
+//! *before* the directory is made read-only to applications (a read-only
+//! bind mount over it): every change goes through that descriptor, so it
+//! reaches the underlying, writable mount. Every path is resolved with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)`: a
+//! symlink on the way, `..`, or a mount point is refused by the kernel, on
+//! top of [`RelPath`]'s lexical check. The last component is never followed
+//! (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`): a symlink is replicated as a
+//! symlink, never written through.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::FileExt as _,
+    },
+    path::Path,
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{openat2, OFlag, OpenHow, ResolveFlag},
+    sys::stat::Mode,
+};
+
+use super::{
+    path::RelPath,
+    sums::differing_blocks,
+    wire::{Message, Meta, BLOCK_SIZE},
+};
+
+/// How many written files stay open between messages.
+const OPEN_FILES: usize = 64;
+
+/// Applies messages beneath a module's replicated directories.
+pub struct Applier {
+    roots: Vec<OwnedFd>,
+    open: HashMap<RelPath, File>,
+    /// Bytes of file data written.
+    pub bytes_written: u64,
+}
+
+/// The result of applying one message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    None,
+    Send(Message),
+}
+
+fn resolve_flags() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_MAGICLINKS
+        | ResolveFlag::RESOLVE_NO_XDEV
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+impl Applier {
+    /// Opens the replicated directories, in configuration order.
+    pub fn open(dirs: &[&Path]) -> io::Result<Self> {
+        let roots = dirs
+            .iter()
+            .map(|dir| {
+                let fd = nix::fcntl::open(
+                    *dir,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io::Error::from)?;
+                // SAFETY: open returned a new descriptor that nothing else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Applier {
+            roots,
+            open: HashMap::new(),
+            bytes_written: 0,
+        })
+    }
+
+    fn root(&self, dir: u8) -> io::Result<&OwnedFd> {
+        self.roots
+            .get(usize::from(dir))
+            .ok_or_else(|| io::Error::other(format!("no replicated directory #{dir}")))
+    }
+
+    /// Opens `path` beneath its root with `flags`.
+    fn open_beneath(&self, path: &RelPath, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+        let root = self.root(path.dir)?;
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .mode(Mode::from_bits_truncate(mode))
+            .resolve(resolve_flags());
+        let fd = openat2(root.as_raw_fd(), path.as_path(), how).map_err(io::Error::from)?;
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// The parent directory of `path` (opened) and its last component.
+    fn parent<'p>(&self, path: &'p RelPath) -> io::Result<(OwnedFd, &'p [u8])> {
+        let (parent, name) = path.split_last().ok_or_else(|| {
+            io::Error::other("the replicated directory itself cannot be replaced")
+        })?;
+        let fd = self.open_beneath(&parent, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+        Ok((fd, name))
+    }
+
+    /// Applies one message; an error leaves the message (and the files it
+    /// names) as they were or partly applied: the caller reports it and the
+    /// next resynchronisation repairs it.
+    pub fn apply(&mut self, message: Message) -> io::Result<Reply> {
+        match message {
+            Message::Mkdir { path, meta } => {
+                self.forget(&path);
+                if !path.is_root() {
+                    let (parent, name) = self.parent(&path)?;
+                    let cname = cstring(name)?;
+                    match mkdirat(&parent, &cname, meta.mode & 0o7777) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                            if file_type(&parent, &cname)? != libc::S_IFDIR {
+                                remove_entry(&parent, &cname)?;
+                                mkdirat(&parent, &cname, meta.mode & 0o7777)?;
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.set_meta(&path, &meta)?;
+            }
+            Message::File { path, meta } => {
+                self.forget(&path);
+                self.regular_file(&path)?;
+                self.set_meta(&path, &meta)?;
+            }
+            Message::Write { path, offset, data } => {
+                let file = self.writable(&path)?;
+                file.write_all_at(&data, offset)?;
+                self.bytes_written += data.len() as u64;
+            }
+            Message::SetSize { path, size } => {
+                self.writable(&path)?.set_len(size)?;
+            }
+            Message::SetMeta { path, meta } => self.set_meta(&path, &meta)?,
+            Message::Symlink { path, target } => {
+                self.forget(&path);
+                let (parent, name) = self.parent(&path)?;
+                let cname = cstring(name)?;
+                let ctarget = cstring(&target)?;
+                if readlink(&parent, &cname).ok().as_deref() != Some(&target[..]) {
+                    remove_if_present(&parent, &cname)?;
+                    // SAFETY: valid C strings and an open directory descriptor.
+                    let rc = unsafe {
+                        libc::symlinkat(ctarget.as_ptr(), parent.as_raw_fd(), cname.as_ptr())
+                    };
+                    check(rc)?;
+                }
+            }
+            Message::Link { path, existing } => {
+                self.forget(&path);
+                let (parent, name) = self.parent(&path)?;
+                let (from_parent, from_name) = self.parent(&existing)?;
+                let cname = cstring(name)?;
+                let cfrom = cstring(from_name)?;
+                remove_if_present(&parent, &cname)?;
+                // SAFETY: valid C strings and open directory descriptors; flags 0 never follows.
+                let rc = unsafe {
+                    libc::linkat(
+                        from_parent.as_raw_fd(),
+                        cfrom.as_ptr(),
+                        parent.as_raw_fd(),
+                        cname.as_ptr(),
+                        0,
+                    )
+                };
+                check(rc)?;
+            }
+            Message::Remove { path } => {
+                self.open.clear();
+                let (parent, name) = self.parent(&path)?;
+                remove_if_present(&parent, &cstring(name)?)?;
+            }
+            Message::Rename { from, to } => {
+                self.open.clear();
+                let (from_parent, from_name) = self.parent(&from)?;
+                let (to_parent, to_name) = self.parent(&to)?;
+                let cfrom = cstring(from_name)?;
+                let cto = cstring(to_name)?;
+                // SAFETY: valid C strings and open directory descriptors.
+                let rc = unsafe {
+                    libc::renameat(
+                        from_parent.as_raw_fd(),
+                        cfrom.as_ptr(),
+                        to_parent.as_raw_fd(),
+                        cto.as_ptr(),
+                    )
+                };
+                if rc != 0 {
+                    let e = io::Error::last_os_error();
+                    // Renaming a directory over a non-empty one, or a file
+                    // over a directory: replace the target.
+                    match e.raw_os_error() {
+                        // The source was never shipped (created and renamed
+                        // between two batches): the data of `to` follows.
+                        Some(libc::ENOENT) => {}
+                        Some(libc::ENOTEMPTY | libc::EEXIST | libc::EISDIR | libc::ENOTDIR) => {
+                            remove_if_present(&to_parent, &cto)?;
+                            // SAFETY: as above.
+                            check(unsafe {
+                                libc::renameat(
+                                    from_parent.as_raw_fd(),
+                                    cfrom.as_ptr(),
+                                    to_parent.as_raw_fd(),
+                                    cto.as_ptr(),
+                                )
+                            })?;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+            }
+            Message::Listing { dir, names } => {
+                self.open.clear();
+                let fd = self.open_beneath(&dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
+                let keep: std::collections::HashSet<&[u8]> =
+                    names.iter().map(|n| n.as_slice()).collect();
+                for entry in list_dir(&fd)? {
+                    if !keep.contains(entry.as_slice()) {
+                        remove_entry(&fd, &cstring(&entry)?)?;
+                    }
+                }
+            }
+            Message::Sums {
+                path,
+                meta,
+                size,
+                first,
+                sums,
+            } => {
+                let file = self.writable(&path)?;
+                let current = file.metadata()?.len();
+                if current != size {
+                    file.set_len(size)?;
+                }
+                let blocks = differing_blocks(file, size, first, &sums)?;
+                if blocks.is_empty() && first + sums.len() as u64 >= size.div_ceil(BLOCK_SIZE) {
+                    self.set_meta(&path, &meta)?;
+                }
+                // Always answered, so that the primary knows when every
+                // block of a resynchronisation has been asked for.
+                return Ok(Reply::Send(Message::Need { path, blocks }));
+            }
+            Message::Barrier { seq } => return Ok(Reply::Send(Message::Ack { seq })),
+            Message::ResyncBegin { .. } | Message::Bye => {}
+            Message::ResyncEnd { generation } => {
+                self.sync_all()?;
+                return Ok(Reply::Send(Message::ResyncDone { generation }));
+            }
+            Message::Need { .. }
+            | Message::Join { .. }
+            | Message::Ack { .. }
+            | Message::ResyncDone { .. }
+            | Message::Refused { .. } => {
+                return Err(io::Error::other(
+                    "a primary's message reached the secondary",
+                ))
+            }
+        }
+        Ok(Reply::None)
+    }
+
+    /// Flushes every written file and the file systems to disk.
+    pub fn sync_all(&mut self) -> io::Result<()> {
+        for file in self.open.values() {
+            file.sync_data()?;
+        }
+        self.open.clear();
+        for root in &self.roots {
+            // SAFETY: syncfs on an open descriptor.
+            let fd = root.as_raw_fd();
+            let _ = unsafe { libc::syncfs(fd) };
+        }
+        Ok(())
+    }
+
+    fn forget(&mut self, path: &RelPath) {
+        self.open.remove(path);
+    }
+
+    /// Makes sure `path` is a regular file (replacing anything else there).
+    fn regular_file(&mut self, path: &RelPath) -> io::Result<()> {
+        self.writable(path).map(|_| ())
+    }
+
+    /// The open, writable regular file at `path`, created if missing.
+    fn writable(&mut self, path: &RelPath) -> io::Result<&File> {
+        if !self.open.contains_key(path) {
+            let flags = OFlag::O_RDWR | OFlag::O_CREAT;
+            let fd = match self.open_beneath(path, flags, 0o600) {
+                Ok(fd) => fd,
+                // Something else (directory, symlink, fifo) is there: replace it.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EISDIR | libc::ELOOP | libc::ENXIO | libc::ETXTBSY)
+                    ) =>
+                {
+                    let (parent, name) = self.parent(path)?;
+                    remove_entry(&parent, &cstring(name)?)?;
+                    self.open_beneath(path, flags, 0o600)?
+                }
+                Err(e) => return Err(e),
+            };
+            let file = File::from(fd);
+            if !file.metadata()?.is_file() {
+                return Err(io::Error::other(format!("{path} is not a regular file")));
+            }
+            if self.open.len() >= OPEN_FILES {
+                self.open.clear();
+            }
+            self.open.insert(path.clone(), file);
+        }
+        Ok(&self.open[path])
+    }
+
+    fn set_meta(&self, path: &RelPath, meta: &Meta) -> io::Result<()> {
+        let (dirfd, name): (OwnedFd, CString) = if path.is_root() {
+            let fd = self.open_beneath(path, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+            (fd, CString::default())
+        } else {
+            let (parent, name) = self.parent(path)?;
+            (parent, cstring(name)?)
+        };
+        let empty = name.as_bytes().is_empty();
+        let at_flags = if empty {
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
+        } else {
+            libc::AT_SYMLINK_NOFOLLOW
+        };
+        // SAFETY: valid C string and open descriptor; never follows a symlink.
+        check(unsafe {
+            libc::fchownat(
+                dirfd.as_raw_fd(),
+                name.as_ptr(),
+                meta.uid,
+                meta.gid,
+                at_flags,
+            )
+        })?;
+        let is_link = meta.mode & libc::S_IFMT == libc::S_IFLNK;
+        if !is_link {
+            if empty {
+                let proc = CString::new(format!("/proc/self/fd/{}", dirfd.as_raw_fd()))
+                    .expect("no NUL in a number");
+                // SAFETY: chmod through the descriptor's magic link (O_PATH fds have no fchmod).
+                check(unsafe { libc::chmod(proc.as_ptr(), meta.mode & 0o7777) })?;
+            } else {
+                // SAFETY: valid C string and open descriptor; the entry is not a symlink
+                // (fchmodat cannot refuse to follow one before Linux 6.6's fchmodat2).
+                check(unsafe {
+                    libc::fchmodat(dirfd.as_raw_fd(), name.as_ptr(), meta.mode & 0o7777, 0)
+                })?;
+            }
+        }
+        let mtime = libc::timespec {
+            tv_sec: meta.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: meta.mtime_ns.rem_euclid(1_000_000_000),
+        };
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            mtime,
+        ];
+        // SAFETY: valid arguments; never follows a symlink.
+        check(unsafe {
+            libc::utimensat(dirfd.as_raw_fd(), name.as_ptr(), times.as_ptr(), at_flags)
+        })
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn mkdirat(parent: &OwnedFd, name: &CString, mode: u32) -> io::Result<()> {
+    // SAFETY: valid C string and open directory descriptor.
+    check(unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode) })
+}
+
+/// The `S_IFMT` bits of the entry `name` (not followed).
+fn file_type(parent: &OwnedFd, name: &CString) -> io::Result<u32> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid C string, descriptor and output buffer.
+    check(unsafe {
+        libc::fstatat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded and filled it.
+    Ok(unsafe { st.assume_init() }.st_mode & libc::S_IFMT)
+}
+
+fn readlink(parent: &OwnedFd, name: &CString) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4097];
+    // SAFETY: valid C string, descriptor and buffer of the given size.
+    let n = unsafe {
+        libc::readlinkat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn remove_if_present(parent: &OwnedFd, name: &CString) -> io::Result<()> {
+    match remove_entry(parent, name) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes the entry `name` of `parent`, a directory with everything in it.
+fn remove_entry(parent: &OwnedFd, name: &CString) -> io::Result<()> {
+    // SAFETY: valid C string and open directory descriptor.
+    if unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EISDIR | libc::EPERM)) {
+        return Err(e);
+    }
+    let fd = Errno::result(unsafe {
+        // SAFETY: valid C string and open directory descriptor.
+        libc::openat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })
+    .map_err(io::Error::from)?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    for entry in list_dir(&dir)? {
+        remove_entry(&dir, &cstring(&entry)?)?;
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
+}
+
+/// The names in the directory open as `dir` (without `.` and `..`).
+fn list_dir(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+    let dup = nix::unistd::dup(dir.as_raw_fd()).map_err(io::Error::from)?;
+    let mut stream = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
+    let mut names = Vec::new();
+    for entry in stream.iter() {
+        let entry = entry.map_err(io::Error::from)?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::{
+        ffi::OsStrExt as _,
+        fs::{symlink, PermissionsExt as _},
+    };
+
+    use super::*;
+
+    struct Dirs {
+        base: std::path::PathBuf,
+    }
+
+    impl Dirs {
+        fn new(name: &str) -> Self {
+            let base =
+                std::env::temp_dir().join(format!("halo-apply-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&base);
+            std::fs::create_dir_all(base.join("root")).unwrap();
+            std::fs::create_dir_all(base.join("outside")).unwrap();
+            std::fs::write(base.join("outside/keep"), b"precious").unwrap();
+            Dirs { base }
+        }
+        fn root(&self) -> std::path::PathBuf {
+            self.base.join("root")
+        }
+        fn outside(&self) -> std::path::PathBuf {
+            self.base.join("outside")
+        }
+    }
+
+    impl Drop for Dirs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
+    }
+
+    fn p(text: &str) -> RelPath {
+        RelPath::new(0, text.as_bytes().to_vec()).unwrap()
+    }
+
+    fn write(path: &str, data: &[u8]) -> Message {
+        Message::Write {
+            path: p(path),
+            offset: 0,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_hostile_peer_cannot_reach_outside_through_a_planted_symlink() {
+        let dirs = Dirs::new("symlink");
+        let mut applier = Applier::open(&[&dirs.root()]).unwrap();
+        // The peer plants a symlink to outside, then writes through it.
+        applier
+            .apply(Message::Symlink {
+                path: p("evil"),
+                target: dirs.outside().as_os_str().as_bytes().to_vec(),
+            })
+            .unwrap();
+        assert!(applier.apply(write("evil/keep", b"owned")).is_err());
+        assert!(applier.apply(write("evil/new", b"owned")).is_err());
+        assert!(applier
+            .apply(Message::Mkdir {
+                path: p("evil/sub"),
+                meta: Meta {
+                    mode: 0o40755,
+                    ..Meta::default()
+                },
+            })
+            .is_err());
+        assert!(applier
+            .apply(Message::Rename {
+                from: p("evil/keep"),
+                to: p("stolen"),
+            })
+            .is_err());
+        assert!(applier
+            .apply(Message::Listing {
+                dir: p("evil"),
+                names: vec![],
+            })
+            .is_err());
+        // Removing the link removes the link, not what it points to.
+        applier.apply(Message::Remove { path: p("evil") }).unwrap();
+        assert_eq!(
+            std::fs::read(dirs.outside().join("keep")).unwrap(),
+            b"precious"
+        );
+        assert!(!dirs.outside().join("new").exists());
+        assert!(!dirs.outside().join("sub").exists());
+    }
+
+    #[test]
+    fn a_symlink_made_outside_the_protocol_is_not_followed_either() {
+        let dirs = Dirs::new("planted");
+        symlink(dirs.outside(), dirs.root().join("link")).unwrap();
+        let mut applier = Applier::open(&[&dirs.root()]).unwrap();
+        assert!(applier.apply(write("link/keep", b"owned")).is_err());
+        // Writing *to* the link's own name replaces the link by a file.
+        applier.apply(write("link", b"data")).unwrap();
+        assert!(std::fs::symlink_metadata(dirs.root().join("link"))
+            .unwrap()
+            .is_file());
+        assert_eq!(
+            std::fs::read(dirs.outside().join("keep")).unwrap(),
+            b"precious"
+        );
+    }
+
+    #[test]
+    fn ordinary_changes_are_applied() {
+        let dirs = Dirs::new("ordinary");
+        let mut applier = Applier::open(&[&dirs.root()]).unwrap();
+        let meta = Meta {
+            mode: 0o40750,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1_000_000_000,
+        };
+        applier
+            .apply(Message::Mkdir { path: p("d"), meta })
+            .unwrap();
+        applier.apply(write("d/f", b"hello world")).unwrap();
+        applier
+            .apply(Message::SetSize {
+                path: p("d/f"),
+                size: 5,
+            })
+            .unwrap();
+        applier
+            .apply(Message::Link {
+                path: p("d/g"),
+                existing: p("d/f"),
+            })
+            .unwrap();
+        applier
+            .apply(Message::Rename {
+                from: p("d/f"),
+                to: p("f2"),
+            })
+            .unwrap();
+        assert_eq!(std::fs::read(dirs.root().join("f2")).unwrap(), b"hello");
+        assert_eq!(std::fs::read(dirs.root().join("d/g")).unwrap(), b"hello");
+        let m = std::fs::metadata(dirs.root().join("d")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+        applier
+            .apply(Message::Listing {
+                dir: RelPath::root(0),
+                names: vec![b"f2".to_vec()],
+            })
+            .unwrap();
+        assert!(!dirs.root().join("d").exists());
+        assert_eq!(
+            applier.apply(Message::Barrier { seq: 3 }).unwrap(),
+            Reply::Send(Message::Ack { seq: 3 })
+        );
+    }
+}

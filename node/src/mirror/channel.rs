@@ -1,0 +1,544 @@
+//! The replication channel: a TCP stream between primary and secondary
+//! carrying sealed frames.
+//!
+//! A session opens with one plaintext `Hello` each way (module, node,
+//! role, whether to encrypt, a fresh 32-byte nonce). Both ends then derive
+//! the session's keys from the cluster secret's replication key, the module
+//! name and *both* nonces, one key per direction: a frame recorded in an
+//! earlier session, or reflected back to its sender, does not verify.
+//!
+//! ```text
+//! frame  = length (4, big-endian, of what follows) sealed
+//! sealed = ChaCha20-Poly1305(key, nonce = frame counter, aad = length) (encrypt = true)
+//!        | payload BLAKE3-keyed(key, counter ‖ length ‖ payload)[..16]   (encrypt = false)
+//! ```
+//! The frame counter starts at 0 in each direction and is never sent: a
+//! dropped, replayed or reordered frame fails verification, and the
+//! session ends.
+
+use std::io::{Read, Write};
+
+use chacha20poly1305::{
+    aead::{Aead as _, KeyInit as _, Payload},
+    ChaCha20Poly1305, Key, Nonce,
+};
+
+use crate::cluster::{
+    keys::MacKey,
+    wire::{put_name, Cursor, Malformed},
+};
+
+use super::wire::{Message, WireError};
+
+const MAGIC: &[u8; 8] = b"HALOREPL";
+const VERSION: u8 = 1;
+const TAG_LEN: usize = 16;
+/// The largest sealed frame: a full `Write` or `Sums` and its header, with room.
+pub const MAX_FRAME: usize = 2 * 1024 * 1024;
+
+/// Which end of the stream a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Connects, sends writes.
+    Primary = 1,
+    /// Listens, applies writes.
+    Secondary = 2,
+}
+
+/// What each end announces before the keys exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub role: Role,
+    pub encrypt: bool,
+    pub module: String,
+    pub node: String,
+    pub nonce: [u8; 32],
+}
+
+/// Why a session could not start or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer's hello is malformed: {}", .0 .0)]
+    Hello(Malformed),
+    #[error("peer speaks replication version {0}, this node {VERSION}")]
+    Version(u8),
+    #[error("peer replicates module {peer}, this node expected {expected}")]
+    Module { peer: String, expected: String },
+    #[error("both ends claim the same role")]
+    Role,
+    #[error("encryption is {local} here and {peer} on the peer: set [module.replication] encrypt identically on both nodes")]
+    Encryption {
+        local: &'static str,
+        peer: &'static str,
+    },
+    #[error("frame of {0} bytes exceeds {MAX_FRAME}")]
+    FrameTooLarge(usize),
+    #[error("frame failed authentication (wrong cluster secret, corruption, or forgery)")]
+    Forged,
+    #[error("{0}")]
+    Wire(#[from] WireError),
+}
+
+impl Hello {
+    /// A hello with a fresh random nonce.
+    pub fn new(role: Role, encrypt: bool, module: &str, node: &str) -> Self {
+        let mut nonce = [0; 32];
+        getrandom::fill(&mut nonce).expect("the kernel's random source");
+        Hello {
+            role,
+            encrypt,
+            module: module.to_owned(),
+            node: node.to_owned(),
+            nonce,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(200);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[VERSION, self.role as u8, u8::from(self.encrypt)]);
+        out.extend_from_slice(&self.nonce);
+        // Names were checked by the configuration loader (1..=63 bytes).
+        put_name(&mut out, &self.module).expect("module name fits the wire");
+        put_name(&mut out, &self.node).expect("node name fits the wire");
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Hello, ChannelError> {
+        let mut c = Cursor::new(bytes, 0);
+        if c.take(MAGIC.len()).map_err(ChannelError::Hello)? != MAGIC {
+            return Err(ChannelError::Hello(Malformed(
+                "not a halo replication peer",
+            )));
+        }
+        let version = c.u8().map_err(ChannelError::Hello)?;
+        if version != VERSION {
+            return Err(ChannelError::Version(version));
+        }
+        let role = match c.u8().map_err(ChannelError::Hello)? {
+            1 => Role::Primary,
+            2 => Role::Secondary,
+            _ => return Err(ChannelError::Hello(Malformed("unknown role"))),
+        };
+        let encrypt = c.u8().map_err(ChannelError::Hello)? != 0;
+        let nonce = c.array().map_err(ChannelError::Hello)?;
+        let module = c.name().map_err(ChannelError::Hello)?;
+        let node = c.name().map_err(ChannelError::Hello)?;
+        if c.position() != bytes.len() {
+            return Err(ChannelError::Hello(Malformed("trailing bytes")));
+        }
+        Ok(Hello {
+            role,
+            encrypt,
+            module,
+            node,
+            nonce,
+        })
+    }
+}
+
+/// Seals outgoing frames of one direction.
+pub struct Sealer {
+    cipher: Option<ChaCha20Poly1305>,
+    key: MacKey,
+    counter: u64,
+}
+
+/// Opens incoming frames of one direction.
+pub struct Opener {
+    cipher: Option<ChaCha20Poly1305>,
+    key: MacKey,
+    counter: u64,
+}
+
+fn nonce(counter: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::from(bytes)
+}
+
+fn mac(key: &MacKey, counter: u64, len: u32, payload: &[u8]) -> [u8; TAG_LEN] {
+    let mut hasher = blake3::Hasher::new_keyed(key.bytes());
+    hasher.update(&counter.to_be_bytes());
+    hasher.update(&len.to_be_bytes());
+    hasher.update(payload);
+    let tag = hasher.finalize();
+    tag.as_bytes()[..TAG_LEN]
+        .try_into()
+        .expect("16 of 32 bytes")
+}
+
+fn cipher(key: &MacKey, encrypt: bool) -> Option<ChaCha20Poly1305> {
+    encrypt.then(|| ChaCha20Poly1305::new(Key::from_slice(key.bytes())))
+}
+
+impl Sealer {
+    fn new(key: MacKey, encrypt: bool) -> Self {
+        Sealer {
+            cipher: cipher(&key, encrypt),
+            key,
+            counter: 0,
+        }
+    }
+
+    /// The frame (length prefix included) carrying `payload`.
+    pub fn seal(&mut self, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() + TAG_LEN) as u32;
+        let mut frame = Vec::with_capacity(4 + len as usize);
+        frame.extend_from_slice(&len.to_be_bytes());
+        match &self.cipher {
+            Some(cipher) => {
+                let sealed = cipher
+                    .encrypt(
+                        &nonce(self.counter),
+                        Payload {
+                            msg: payload,
+                            aad: &len.to_be_bytes(),
+                        },
+                    )
+                    .expect("ChaCha20-Poly1305 seals any length below 256 GiB");
+                frame.extend_from_slice(&sealed);
+            }
+            None => {
+                frame.extend_from_slice(payload);
+                frame.extend_from_slice(&mac(&self.key, self.counter, len, payload));
+            }
+        }
+        self.counter += 1;
+        frame
+    }
+}
+
+impl Opener {
+    fn new(key: MacKey, encrypt: bool) -> Self {
+        Opener {
+            cipher: cipher(&key, encrypt),
+            key,
+            counter: 0,
+        }
+    }
+
+    /// The payload of the sealed part of a frame whose prefix was `len`.
+    pub fn open(&mut self, sealed: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        if sealed.len() < TAG_LEN {
+            return Err(ChannelError::Forged);
+        }
+        let len = sealed.len() as u32;
+        let payload = match &self.cipher {
+            Some(cipher) => cipher
+                .decrypt(
+                    &nonce(self.counter),
+                    Payload {
+                        msg: sealed,
+                        aad: &len.to_be_bytes(),
+                    },
+                )
+                .map_err(|_| ChannelError::Forged)?,
+            None => {
+                let (payload, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+                let expected = mac(&self.key, self.counter, len, payload);
+                // Constant-time enough: a mismatch ends the session.
+                if !constant_eq(&expected, tag) {
+                    return Err(ChannelError::Forged);
+                }
+                payload.to_vec()
+            }
+        };
+        self.counter += 1;
+        Ok(payload)
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The keys of one session, from the root key and both hellos.
+fn session_keys(root: &MacKey, primary: &Hello, secondary: &Hello) -> (MacKey, MacKey) {
+    let mut context = Vec::with_capacity(200);
+    context.extend_from_slice(b"session\0");
+    context.extend_from_slice(primary.module.as_bytes());
+    context.push(0);
+    context.extend_from_slice(&primary.nonce);
+    context.extend_from_slice(&secondary.nonce);
+    let session = root.derive(&context);
+    (
+        session.derive(b"primary to secondary"),
+        session.derive(b"secondary to primary"),
+    )
+}
+
+/// Exchanges hellos on `stream` and returns the sealing ends and the peer's
+/// hello. `root` is the cluster's replication key.
+pub fn handshake<S: Read + Write>(
+    stream: &mut S,
+    local: &Hello,
+    root: &MacKey,
+) -> Result<(Sealer, Opener, Hello), ChannelError> {
+    let bytes = local.encode();
+    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&bytes);
+    stream.write_all(&out)?;
+    stream.flush()?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len)?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len > 512 {
+        return Err(ChannelError::Hello(Malformed("hello too long")));
+    }
+    let mut bytes = vec![0; len];
+    stream.read_exact(&mut bytes)?;
+    let peer = Hello::decode(&bytes)?;
+    if peer.module != local.module {
+        return Err(ChannelError::Module {
+            peer: peer.module,
+            expected: local.module.clone(),
+        });
+    }
+    if peer.role == local.role {
+        return Err(ChannelError::Role);
+    }
+    if peer.encrypt != local.encrypt {
+        let word = |on: bool| if on { "on" } else { "off" };
+        return Err(ChannelError::Encryption {
+            local: word(local.encrypt),
+            peer: word(peer.encrypt),
+        });
+    }
+    let (primary, secondary) = match local.role {
+        Role::Primary => (local, &peer),
+        Role::Secondary => (&peer, local),
+    };
+    let (p2s, s2p) = session_keys(root, primary, secondary);
+    let (send, receive) = match local.role {
+        Role::Primary => (p2s, s2p),
+        Role::Secondary => (s2p, p2s),
+    };
+    Ok((
+        Sealer::new(send, local.encrypt),
+        Opener::new(receive, local.encrypt),
+        peer,
+    ))
+}
+
+/// Sends messages as sealed frames.
+pub struct MessageWriter<W: Write> {
+    inner: W,
+    sealer: Sealer,
+    buf: Vec<u8>,
+    /// Bytes put on the wire so far (frames included).
+    pub sent: u64,
+}
+
+impl<W: Write> MessageWriter<W> {
+    pub fn new(inner: W, sealer: Sealer) -> Self {
+        MessageWriter {
+            inner,
+            sealer,
+            buf: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Seals and writes `message` (buffered by the writer given).
+    pub fn send(&mut self, message: &Message) -> std::io::Result<()> {
+        self.buf.clear();
+        message.encode(&mut self.buf);
+        let frame = self.sealer.seal(&self.buf);
+        self.sent += frame.len() as u64;
+        self.inner.write_all(&frame)
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Receives sealed frames as messages.
+pub struct MessageReader<R: Read> {
+    inner: R,
+    opener: Opener,
+}
+
+impl<R: Read> MessageReader<R> {
+    pub fn new(inner: R, opener: Opener) -> Self {
+        MessageReader { inner, opener }
+    }
+
+    /// The next message; `Ok(None)` when the peer closed the stream cleanly
+    /// between frames.
+    pub fn recv(&mut self) -> Result<Option<Message>, ChannelError> {
+        let mut len = [0u8; 4];
+        match self.inner.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(ChannelError::FrameTooLarge(len));
+        }
+        let mut sealed = vec![0; len];
+        self.inner.read_exact(&mut sealed)?;
+        let payload = self.opener.open(&sealed)?;
+        Ok(Some(Message::decode(&payload)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::cluster::keys::ClusterSecret;
+
+    fn root(byte: u8) -> MacKey {
+        ClusterSecret::from_bytes(&[byte; 32]).replication_key()
+    }
+
+    fn pair(encrypt: bool) -> (MessageWriter<UnixStream>, MessageReader<UnixStream>) {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let key = root(7);
+        let key2 = key.clone();
+        let peer = std::thread::spawn(move || {
+            let hello = Hello::new(Role::Secondary, encrypt, "db", "b");
+            let (_, opener, _) = handshake(&mut b, &hello, &key2).unwrap();
+            MessageReader::new(b, opener)
+        });
+        let hello = Hello::new(Role::Primary, encrypt, "db", "a");
+        let (sealer, _, peer_hello) = handshake(&mut a, &hello, &key).unwrap();
+        assert_eq!(peer_hello.node, "b");
+        (MessageWriter::new(a, sealer), peer.join().unwrap())
+    }
+
+    #[test]
+    fn messages_cross_both_modes() {
+        for encrypt in [true, false] {
+            let (mut tx, mut rx) = pair(encrypt);
+            let message = Message::Barrier { seq: 42 };
+            tx.send(&message).unwrap();
+            tx.send(&Message::Ack { seq: 1 }).unwrap();
+            assert_eq!(rx.recv().unwrap(), Some(message));
+            assert_eq!(rx.recv().unwrap(), Some(Message::Ack { seq: 1 }));
+            drop(tx);
+            assert!(rx.recv().unwrap().is_none(), "clean close");
+        }
+    }
+
+    #[test]
+    fn encrypted_frames_do_not_show_the_data() {
+        let key = root(1);
+        let hello_p = Hello::new(Role::Primary, true, "db", "a");
+        let hello_s = Hello::new(Role::Secondary, true, "db", "b");
+        let (p2s, _) = session_keys(&key, &hello_p, &hello_s);
+        let mut sealer = Sealer::new(p2s, true);
+        let frame = sealer.seal(b"secret payroll data");
+        assert!(!frame.windows(b"payroll".len()).any(|w| w == b"payroll"));
+    }
+
+    #[test]
+    fn forged_replayed_and_reordered_frames_are_refused() {
+        for encrypt in [true, false] {
+            let key = root(1);
+            let hello_p = Hello::new(Role::Primary, encrypt, "db", "a");
+            let hello_s = Hello::new(Role::Secondary, encrypt, "db", "b");
+            let (p2s, _) = session_keys(&key, &hello_p, &hello_s);
+            let mut sealer = Sealer::new(p2s.clone(), encrypt);
+            let first = sealer.seal(b"one");
+            let second = sealer.seal(b"two");
+
+            let mut opener = Opener::new(p2s.clone(), encrypt);
+            assert!(
+                matches!(opener.open(&second[4..]), Err(ChannelError::Forged)),
+                "reordered"
+            );
+            let mut opener = Opener::new(p2s.clone(), encrypt);
+            assert_eq!(opener.open(&first[4..]).unwrap(), b"one");
+            assert!(
+                matches!(opener.open(&first[4..]), Err(ChannelError::Forged)),
+                "replayed"
+            );
+
+            let mut flipped = first.clone();
+            flipped[5] ^= 1;
+            let mut opener = Opener::new(p2s.clone(), encrypt);
+            assert!(
+                matches!(opener.open(&flipped[4..]), Err(ChannelError::Forged)),
+                "flipped"
+            );
+
+            // Another session (fresh nonces) or another cluster's secret.
+            let other = Hello::new(Role::Secondary, encrypt, "db", "b");
+            let (other_key, _) = session_keys(&key, &hello_p, &other);
+            let mut opener = Opener::new(other_key, encrypt);
+            assert!(
+                matches!(opener.open(&first[4..]), Err(ChannelError::Forged)),
+                "old session"
+            );
+            let (foreign, _) = session_keys(&root(2), &hello_p, &hello_s);
+            let mut opener = Opener::new(foreign, encrypt);
+            assert!(
+                matches!(opener.open(&first[4..]), Err(ChannelError::Forged)),
+                "foreign"
+            );
+
+            // The reverse direction's key does not open it (reflection).
+            let (_, s2p) = session_keys(&key, &hello_p, &hello_s);
+            let mut opener = Opener::new(s2p, encrypt);
+            assert!(
+                matches!(opener.open(&first[4..]), Err(ChannelError::Forged)),
+                "reflected"
+            );
+        }
+    }
+
+    #[test]
+    fn mismatched_hellos_are_refused_with_the_reason() {
+        let run = |local: Hello, peer: Hello| {
+            let (mut a, mut b) = UnixStream::pair().unwrap();
+            let other = std::thread::spawn(move || {
+                let _ = handshake(&mut b, &peer, &root(1));
+            });
+            let result = handshake(&mut a, &local, &root(1));
+            other.join().unwrap();
+            result.err().unwrap()
+        };
+        let e = run(
+            Hello::new(Role::Primary, true, "db", "a"),
+            Hello::new(Role::Secondary, false, "db", "b"),
+        );
+        assert!(e.to_string().contains("encrypt identically"), "{e}");
+        let e = run(
+            Hello::new(Role::Primary, true, "db", "a"),
+            Hello::new(Role::Secondary, true, "web", "b"),
+        );
+        assert!(matches!(e, ChannelError::Module { .. }));
+        let e = run(
+            Hello::new(Role::Primary, true, "db", "a"),
+            Hello::new(Role::Primary, true, "db", "b"),
+        );
+        assert!(matches!(e, ChannelError::Role));
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_end_the_session_with_an_error() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let key = root(1);
+        let hello_p = Hello::new(Role::Primary, true, "db", "a");
+        let hello_s = Hello::new(Role::Secondary, true, "db", "b");
+        let (p2s, _) = session_keys(&key, &hello_p, &hello_s);
+        let mut reader = MessageReader::new(b, Opener::new(p2s, true));
+        a.write_all(&(u32::MAX).to_be_bytes()).unwrap();
+        assert!(matches!(reader.recv(), Err(ChannelError::FrameTooLarge(_))));
+        assert!(matches!(
+            Hello::decode(b"HALOREPL\x09"),
+            Err(ChannelError::Version(9))
+        ));
+        assert!(matches!(
+            Hello::decode(b"GET / HTTP/1.1"),
+            Err(ChannelError::Hello(_))
+        ));
+    }
+}

@@ -1,0 +1,25 @@
+//! The mirror module's replication: what travels from the primary to the
+//! secondary, and how each end produces and applies it.
+//!
+//! - [`path`]: relative paths that cannot escape a replicated directory.
+//! - [`wire`]: the replication messages and their encoding.
+//! - [`channel`]: the authenticated (and by default encrypted) stream.
+//! - [`sums`]: block checksums for resynchronisation.
+//! - [`apply`]: the secondary applying messages beneath its directories.
+//! - [`watch`]: inotify over the primary's directories (namespace changes,
+//!   and the safety net for writes the capture cannot see).
+//! - [`scan`]: walking a replicated directory (resync, new subtrees).
+//! - [`session`]: one replication session, primary and secondary ends.
+//! - [`stamp`]: the persisted data stamp and sync point of a module.
+//!
+//! The state machine (`fsm::mirror`) decides; `daemon::mirror` drives.
+
+pub mod apply;
+pub mod channel;
+pub mod hub;
+pub mod path;
+pub mod session;
+pub mod stamp;
+pub mod sums;
+pub mod watch;
+pub mod wire;

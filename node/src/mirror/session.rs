@@ -1,0 +1,1335 @@
+//! One replication session between a primary and its secondary.
+//!
+//! The secondary connects to the primary's replication address (it is the
+//! one that knows when it wants the data) and announces the data it holds
+//! (`Join`). The primary then streams, on one ordered stream:
+//!
+//! - a **resynchronisation**: a walk of its directories sending, for every
+//!   directory, its metadata and complete listing (the secondary removes
+//!   what is not listed) and, for every file, its block checksums (`Sums`:
+//!   the secondary answers `Need` with the blocks that differ, which the
+//!   primary then sends). An *incremental* resynchronisation visits only
+//!   what changed (ctime) since the last moment the secondary was known to
+//!   be in sync with the same generation; a *full* one visits everything.
+//!   Either way only differing blocks travel;
+//! - and, interleaved with it, the **live changes** the [`Tracker`] sees.
+//!
+//! The primary's sender thread is the only one that reads the files and
+//! writes the stream, so a listing or a block is always read after every
+//! change queued before it: the secondary converges to the primary's tree.
+//!
+//! Threads: on the primary, `Tracker` (inotify → ops), `sender` (ops →
+//! stream) and `receiver` (`Need`, `Ack`, `ResyncDone` from the secondary);
+//! on the secondary, one thread reads, applies and answers.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fs::File,
+    io::{self, BufReader, BufWriter},
+    net::{Shutdown, SocketAddr, TcpStream},
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _},
+    },
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc, Arc, Condvar, Mutex,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use tracing::{debug, info, warn};
+
+use crate::cluster::keys::MacKey;
+
+use crate::ebpf::capture::{Captured, Change as CaptureChange};
+
+use super::{
+    apply::{Applier, Reply},
+    channel::{handshake, ChannelError, Hello, MessageReader, MessageWriter, Role},
+    hub::{CaptureHub, Wake},
+    path::RelPath,
+    sums::{block_count, file_sums},
+    watch::{Change, Watcher},
+    wire::{Blocks, Message, Meta, BLOCK_SIZE, MAX_SUMS, MAX_WRITE},
+};
+
+/// Files up to this size travel whole instead of by checksums.
+const SMALL_FILE: u64 = 256 * 1024;
+/// How a secondary's session ends when its primary handed the role over.
+pub const HANDED_OVER: &str = "the primary handed its role over";
+
+/// How many vanished paths the sender remembers.
+const MAX_VANISHED: usize = 10_000;
+/// How long the tracker waits for more events before shipping a batch.
+const BATCH_WAIT: Duration = Duration::from_millis(2);
+
+/// What the driver needs to know about a module's replication.
+#[derive(Clone)]
+pub struct Setup {
+    pub module: String,
+    pub node: String,
+    /// The replicated directories, in configuration order.
+    pub dirs: Vec<PathBuf>,
+    /// Glob patterns per directory, of what is not replicated.
+    pub excludes: Vec<Vec<String>>,
+    pub encrypt: bool,
+    pub key: MacKey,
+}
+
+/// Counters both ends publish (status, metrics).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes put on the wire by this end in the current session.
+    pub bytes_sent: AtomicU64,
+    /// Bytes of file data written by the secondary in the current session.
+    pub bytes_applied: AtomicU64,
+    /// Entries the resynchronisation walk visited / will visit.
+    pub files_done: AtomicU64,
+    pub files_total: AtomicU64,
+    /// Bytes of the files the walk visited / found.
+    pub bytes_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+    /// Whether a resynchronisation is running.
+    pub resyncing: AtomicBool,
+    /// Whether the walk has found every entry (the totals are final).
+    pub walk_complete: AtomicBool,
+    /// Bytes of captured writes queued and not yet sent.
+    pub backlog: AtomicU64,
+}
+
+/// What a session tells the module driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Primary: a secondary joined (its node name and generation).
+    Joined { peer: String, generation: u64 },
+    /// Secondary: the resynchronisation is complete.
+    ResyncDone { generation: u64 },
+    /// Primary: the secondary finished its resynchronisation; `bytes_sent`
+    /// is what the session put on the wire until then.
+    PeerInSync { generation: u64, bytes_sent: u64 },
+    /// Primary: everything up to the barrier is applied.
+    Drained { seq: u64 },
+    /// The session ended (connection lost, refused message, error).
+    Ended { reason: String },
+}
+
+/// Where sessions report (from their threads; sending never blocks).
+pub type Events = tokio::sync::mpsc::UnboundedSender<SessionEvent>;
+
+/// Work for the primary's sender thread, in order.
+#[derive(Debug)]
+enum Op {
+    Tree(RelPath),
+    Entry(RelPath),
+    Remove(RelPath),
+    Rename(RelPath, RelPath),
+    Meta(RelPath),
+    Blocks(RelPath, Vec<Blocks>),
+    /// A new name of an already replicated file.
+    Link(RelPath, RelPath),
+    /// Captured byte ranges `[start, end)` of a file.
+    Ranges(RelPath, Vec<(u64, u64)>),
+    /// The role is handed over: say so, then end the session.
+    Bye,
+    /// Threads paused by a durability call: a barrier, and their release
+    /// once the secondary acknowledges it.
+    Release(Vec<u32>),
+    Resync {
+        full: bool,
+        since: Option<SystemTime>,
+    },
+    Barrier(u64),
+    Stop,
+}
+
+/// A directory glob: `*` and `?` within one component, `**` across them.
+pub fn glob_match(pattern: &[u8], path: &[u8]) -> bool {
+    match (pattern.first(), path.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) if pattern.get(1) == Some(&b'*') => {
+            let rest = pattern[2..].strip_prefix(b"/").unwrap_or(&pattern[2..]);
+            (0..=path.len()).any(|i| glob_match(rest, &path[i..]))
+        }
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], path)
+                || (path.first().is_some_and(|c| *c != b'/') && glob_match(pattern, &path[1..]))
+        }
+        (Some(b'?'), Some(c)) if *c != b'/' => glob_match(&pattern[1..], &path[1..]),
+        (Some(p), Some(c)) if p == c => glob_match(&pattern[1..], &path[1..]),
+        _ => false,
+    }
+}
+
+impl Setup {
+    fn excluded(&self, path: &RelPath) -> bool {
+        self.excludes
+            .get(usize::from(path.dir))
+            .is_some_and(|globs| {
+                globs
+                    .iter()
+                    .any(|g| glob_match(g.as_bytes(), path.as_bytes()))
+            })
+    }
+
+    fn absolute(&self, path: &RelPath) -> PathBuf {
+        let base = &self.dirs[usize::from(path.dir)];
+        if path.is_root() {
+            base.clone()
+        } else {
+            base.join(path.as_path())
+        }
+    }
+}
+
+fn meta_of(m: &std::fs::Metadata) -> Meta {
+    Meta {
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+    }
+}
+
+fn ctime_of(m: &std::fs::Metadata) -> SystemTime {
+    let ns = (m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128).max(0) as u64;
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+// ---------------------------------------------------------------- tracker
+
+/// The capture's records for a tracker: the hub's channel and wake-up.
+pub struct CaptureFeed {
+    pub records: mpsc::Receiver<Captured>,
+    pub wake: Arc<Wake>,
+}
+
+/// Watches the primary's directories and queues what changed.
+pub struct Tracker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Where the tracker's ops go while a session runs.
+    target: Arc<Mutex<Option<mpsc::Sender<Op>>>>,
+}
+
+impl Tracker {
+    /// Starts watching every directory of `setup` (they must exist), with
+    /// the capture's records when there is a capture.
+    pub fn start(
+        setup: Setup,
+        feed: Option<CaptureFeed>,
+        progress: Arc<Progress>,
+    ) -> io::Result<Self> {
+        let mut watcher = Watcher::new(setup.dirs.clone())?;
+        for dir in 0..setup.dirs.len() {
+            watcher.watch_tree(&RelPath::root(dir as u8))?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let target: Arc<Mutex<Option<mpsc::Sender<Op>>>> = Arc::default();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let target = Arc::clone(&target);
+            std::thread::Builder::new()
+                .name(format!("halo-track-{}", setup.module))
+                .spawn(move || {
+                    let mut state = TrackState::default();
+                    track(setup, watcher, feed, &stop, &target, &mut state, &progress)
+                })?
+        };
+        Ok(Tracker {
+            stop,
+            thread: Some(thread),
+            target,
+        })
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the tracker remembers between batches.
+#[derive(Default)]
+struct TrackState {
+    /// Paths whose data changed (or that appeared), in order.
+    pending: Vec<RelPath>,
+    /// Paths that appeared in this batch: they travel whole.
+    created: HashSet<RelPath>,
+    /// Modified paths whose ranges have not arrived yet (one batch of grace).
+    deferred: Vec<RelPath>,
+    graced: HashSet<RelPath>,
+    /// Captured ranges per file, not yet shipped.
+    ranges: HashMap<(u64, u64), Vec<(u64, u64)>>,
+    /// Files whose size changed (truncate, fallocate): they travel whole.
+    resized: HashSet<(u64, u64)>,
+    /// The path last seen for each captured file.
+    paths: HashMap<(u64, u64), RelPath>,
+    /// The mtime of each file when its change was last queued: a close
+    /// after writes the capture could not see (mmap) finds a newer one.
+    queued_mtime: HashMap<(u64, u64), i128>,
+    /// Threads paused by a durability call, to release after the next barrier.
+    syncs: Vec<u32>,
+}
+
+fn mtime(m: &std::fs::Metadata) -> i128 {
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
+fn track(
+    setup: Setup,
+    mut watcher: Watcher,
+    feed: Option<CaptureFeed>,
+    stop: &AtomicBool,
+    target: &Mutex<Option<mpsc::Sender<Op>>>,
+    st: &mut TrackState,
+    progress: &Progress,
+) {
+    let captured = feed.is_some();
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = vec![libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&watcher)),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(feed) = &feed {
+            fds.push(libc::pollfd {
+                fd: feed.wake.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout = if st.deferred.is_empty() { 100 } else { 5 };
+        // SAFETY: valid pollfds.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if ready < 0 {
+            continue;
+        }
+        // Let a burst of events arrive, so that a write and the rename
+        // that follows it travel as one batch.
+        std::thread::sleep(BATCH_WAIT);
+        let changes = match watcher.read() {
+            Ok(changes) => changes,
+            Err(error) => {
+                warn!(module = %setup.module, %error, "reading inotify failed");
+                continue;
+            }
+        };
+        let mut ops = Vec::new();
+        let mut overflow = false;
+        if let Some(feed) = &feed {
+            feed.wake.clear();
+            overflow |= feed.wake.overflowed();
+            while let Ok(record) = feed.records.try_recv() {
+                let key = (record.st_dev, record.ino);
+                match record.change {
+                    CaptureChange::Write { offset, len } => st
+                        .ranges
+                        .entry(key)
+                        .or_default()
+                        .push((offset, offset + len)),
+                    CaptureChange::Truncate { .. } | CaptureChange::Fallocate { .. } => {
+                        st.resized.insert(key);
+                    }
+                    CaptureChange::Sync { paused: true, .. } => {
+                        if !st.syncs.contains(&record.tid) {
+                            st.syncs.push(record.tid);
+                        }
+                    }
+                    CaptureChange::Sync { .. } | CaptureChange::TruncatePath { .. } => {}
+                }
+            }
+        }
+        for change in changes {
+            match change {
+                Change::Created { path, dir } => {
+                    if setup.excluded(&path) {
+                        continue;
+                    }
+                    if dir {
+                        if let Err(error) = watcher.watch_tree(&path) {
+                            warn!(module = %setup.module, %error, "watching a new directory failed");
+                        }
+                        ops.push(Op::Tree(path));
+                    } else {
+                        st.created.insert(path.clone());
+                        if !st.pending.contains(&path) {
+                            st.pending.push(path);
+                        }
+                    }
+                }
+                Change::Removed { path } => {
+                    st.pending.retain(|p| !p.starts_with(&path));
+                    st.deferred.retain(|p| !p.starts_with(&path));
+                    if !setup.excluded(&path) {
+                        ops.push(Op::Remove(path));
+                    }
+                }
+                Change::Renamed { from, to } => {
+                    let created: Vec<RelPath> = st.created.drain().collect();
+                    for p in created.into_iter().map(|p| {
+                        if p.starts_with(&from) {
+                            let mut bytes = to.as_bytes().to_vec();
+                            bytes.extend_from_slice(&p.as_bytes()[from.as_bytes().len()..]);
+                            RelPath::new(to.dir, bytes).unwrap_or(p)
+                        } else {
+                            p
+                        }
+                    }) {
+                        st.created.insert(p);
+                    }
+                    for p in st.pending.iter_mut().chain(st.deferred.iter_mut()) {
+                        if p.starts_with(&from) {
+                            let mut bytes = to.as_bytes().to_vec();
+                            bytes.extend_from_slice(&p.as_bytes()[from.as_bytes().len()..]);
+                            if let Ok(new) = RelPath::new(to.dir, bytes) {
+                                *p = new;
+                            }
+                        }
+                    }
+                    match (setup.excluded(&from), setup.excluded(&to)) {
+                        (false, false) => ops.push(Op::Rename(from, to)),
+                        (false, true) => ops.push(Op::Remove(from)),
+                        (true, false) => ops.push(Op::Tree(to)),
+                        (true, true) => {}
+                    }
+                }
+                Change::Attrib { path } => {
+                    if !setup.excluded(&path) {
+                        ops.push(Op::Meta(path));
+                    }
+                }
+                Change::Modified { path } | Change::ClosedWrite { path } => {
+                    if !setup.excluded(&path) && !st.pending.contains(&path) {
+                        st.pending.push(path);
+                    }
+                }
+                Change::Overflow => overflow = true,
+            }
+        }
+        if overflow {
+            warn!(module = %setup.module, "events were lost (inotify or capture queue full): comparing the whole tree by checksums");
+            ops.push(Op::Resync {
+                full: true,
+                since: None,
+            });
+        }
+        // Data: exact ranges where the capture saw every write, the whole
+        // file (or its checksums) otherwise.
+        let mut pending: Vec<RelPath> = st.deferred.drain(..).collect();
+        for p in st.pending.drain(..) {
+            if !pending.contains(&p) {
+                pending.push(p);
+            }
+        }
+        for path in pending {
+            let Ok(m) = std::fs::symlink_metadata(setup.absolute(&path)) else {
+                // Gone: the sender tracks where it went.
+                ops.push(Op::Entry(path));
+                continue;
+            };
+            let key = (m.dev(), m.ino());
+            let new = st.created.contains(&path);
+            let linked = st
+                .paths
+                .get(&key)
+                .filter(|other| **other != path && m.is_file() && m.nlink() > 1)
+                .cloned();
+            if let (true, Some(existing)) = (new, linked) {
+                // A new name of a file already replicated: a hard link.
+                st.ranges.remove(&key);
+                ops.push(Op::Link(path, existing));
+            } else if !captured || new || !m.is_file() || st.resized.remove(&key) {
+                if m.is_file() {
+                    st.paths.insert(key, path.clone());
+                }
+                st.ranges.remove(&key);
+                st.queued_mtime.insert(key, mtime(&m));
+                ops.push(Op::Entry(path));
+            } else if let Some(ranges) = st.ranges.remove(&key) {
+                st.graced.remove(&path);
+                st.paths.insert(key, path.clone());
+                st.queued_mtime.insert(key, mtime(&m));
+                ops.push(Op::Ranges(path, ranges));
+            } else if st.queued_mtime.get(&key) == Some(&mtime(&m)) {
+                // Nothing new since the last queued change (a close, or a
+                // modify whose ranges already travelled).
+            } else if st.graced.remove(&path) || !st.syncs.is_empty() {
+                // No range came (mmap stores, io_uring, a lost record):
+                // compare the file by checksums.
+                st.queued_mtime.insert(key, mtime(&m));
+                ops.push(Op::Entry(path));
+            } else {
+                // Its ranges may still be on their way: one batch of grace.
+                st.graced.insert(path.clone());
+                st.deferred.push(path);
+            }
+        }
+        st.created.clear();
+        // Ranges of files no event named in this batch (coalesced events).
+        for (key, ranges) in std::mem::take(&mut st.ranges) {
+            if let Some(path) = st.paths.get(&key) {
+                ops.push(Op::Ranges(path.clone(), ranges));
+            }
+        }
+        if !st.syncs.is_empty() {
+            ops.push(Op::Release(std::mem::take(&mut st.syncs)));
+        }
+        if st.paths.len() > 100_000 {
+            st.paths.clear();
+            st.graced.clear();
+            st.queued_mtime.clear();
+        }
+        if let Some(tx) = target.lock().expect("tracker target").as_ref() {
+            for op in ops {
+                if let Op::Ranges(_, ranges) = &op {
+                    progress.backlog.fetch_add(span(ranges), Ordering::Relaxed);
+                }
+                let _ = tx.send(op);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- primary
+
+/// What the primary knows of its data when a secondary joins.
+#[derive(Clone, Copy, Debug)]
+pub struct PrimaryData {
+    /// The secondary's generation and the moment it was last known in sync.
+    pub sync_point: Option<(u64, SystemTime)>,
+    /// The primary's own generation.
+    pub generation: u64,
+}
+
+/// The primary's end of a session.
+pub struct PrimarySession {
+    ops: mpsc::Sender<Op>,
+    acked: Arc<(Mutex<u64>, Condvar)>,
+    seqs: Arc<AtomicU64>,
+    stream: TcpStream,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub peer: String,
+}
+
+impl PrimarySession {
+    /// Runs a session on `stream`, a connection the primary accepted:
+    /// handshake, `Join`, then resync and live changes until it ends.
+    pub fn start(
+        mut stream: TcpStream,
+        setup: &Setup,
+        tracker: &Tracker,
+        data: PrimaryData,
+        progress: Arc<Progress>,
+        hub: Option<Arc<CaptureHub>>,
+        events: Events,
+    ) -> Result<Self, ChannelError> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let hello = Hello::new(Role::Primary, setup.encrypt, &setup.module, &setup.node);
+        let (sealer, opener, peer) = handshake(&mut stream, &hello, &setup.key)?;
+        let mut reader = MessageReader::new(BufReader::new(stream.try_clone()?), opener);
+        let PrimaryData {
+            sync_point,
+            generation: primary_generation,
+        } = data;
+        let (generation, state) = match reader.recv()? {
+            Some(Message::Join { generation, state }) => (generation, state),
+            other => {
+                return Err(ChannelError::Io(io::Error::other(format!(
+                    "the secondary did not start with Join: {other:?}"
+                ))))
+            }
+        };
+        stream.set_read_timeout(None)?;
+        // Incremental only when the secondary holds an unmodified copy of
+        // the generation it was last in sync with.
+        let copy = state == 0 || state == 1; // Partial or Copy
+        let since = match sync_point {
+            Some((g, at)) if copy && g == generation => Some(at),
+            _ => None,
+        };
+        info!(module = %setup.module, peer = %peer.node, generation, incremental = since.is_some(), "secondary joined");
+        let _ = events.send(SessionEvent::Joined {
+            peer: peer.node.clone(),
+            generation,
+        });
+        let (tx, rx) = mpsc::channel();
+        let _ = tx.send(Op::Resync {
+            full: since.is_none(),
+            since,
+        });
+        *tracker.target.lock().expect("tracker target") = Some(tx.clone());
+        let acked = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let seqs = Arc::new(AtomicU64::new(1));
+        let releases: Releases = Arc::default();
+        let writer = MessageWriter::new(
+            BufWriter::with_capacity(256 * 1024, stream.try_clone()?),
+            sealer,
+        );
+        let sender = {
+            let setup = setup.clone();
+            let events = events.clone();
+            let seqs = Arc::clone(&seqs);
+            let releases = Arc::clone(&releases);
+            let progress = Arc::clone(&progress);
+            let shutdown = stream.try_clone()?;
+            std::thread::Builder::new()
+                .name(format!("halo-send-{}", setup.module))
+                .spawn(move || {
+                    let mut sender = Sender {
+                        setup,
+                        writer,
+                        progress,
+                        walk: VecDeque::new(),
+                        since: None,
+                        links: HashMap::new(),
+                        vanished: HashSet::new(),
+                        seqs,
+                        releases,
+                        outstanding: 0,
+                        end_pending: false,
+                        resync_generation: primary_generation,
+                    };
+                    let reason = match sender.run(rx) {
+                        Ok(()) => "stopped".to_owned(),
+                        Err(e) => format!("sending failed: {e}"),
+                    };
+                    let _ = shutdown.shutdown(Shutdown::Both);
+                    let _ = events.send(SessionEvent::Ended { reason });
+                })?
+        };
+        let receiver = {
+            let tx = tx.clone();
+            let progress = Arc::clone(&progress);
+            let acked = Arc::clone(&acked);
+            let releases = Arc::clone(&releases);
+            let module = setup.module.clone();
+            let shutdown = stream.try_clone()?;
+            std::thread::Builder::new()
+                .name(format!("halo-acks-{module}"))
+                .spawn(move || {
+                    let reason = loop {
+                        match reader.recv() {
+                            Ok(Some(Message::Need { path, blocks })) => {
+                                let _ = tx.send(Op::Blocks(path, blocks));
+                            }
+                            Ok(Some(Message::Ack { seq })) => {
+                                release_upto(&releases, hub.as_deref(), seq);
+                                let (lock, cv) = &*acked;
+                                *lock.lock().expect("acks") = seq;
+                                cv.notify_all();
+                                let _ = events.send(SessionEvent::Drained { seq });
+                            }
+                            Ok(Some(Message::ResyncDone { generation })) => {
+                                info!(module = %module, generation, "the secondary is in sync");
+                                let bytes_sent = progress.bytes_sent.load(Ordering::Relaxed);
+                                let _ = events.send(SessionEvent::PeerInSync {
+                                    generation,
+                                    bytes_sent,
+                                });
+                            }
+                            Ok(Some(Message::Refused { reason })) => {
+                                break format!("the secondary refused a change: {reason}")
+                            }
+                            Ok(Some(other)) => break format!("unexpected message {other:?}"),
+                            Ok(None) => break "the secondary closed the connection".to_owned(),
+                            Err(e) => break e.to_string(),
+                        }
+                    };
+                    let _ = shutdown.shutdown(Shutdown::Both);
+                    // Never leave an application paused for a gone secondary.
+                    release_upto(&releases, hub.as_deref(), u64::MAX);
+                    let _ = tx.send(Op::Stop);
+                    let (_, cv) = &*acked;
+                    cv.notify_all();
+                    debug!(module = %module, %reason, "acknowledgement reader ended");
+                })?
+        };
+        Ok(PrimarySession {
+            ops: tx,
+            acked,
+            seqs,
+            stream,
+            threads: vec![sender, receiver],
+            peer: peer.node,
+        })
+    }
+
+    /// Queues a barrier; `SessionEvent::Drained { seq }` follows once the
+    /// secondary applied everything before it.
+    pub fn barrier(&mut self) -> u64 {
+        let seq = self.seqs.fetch_add(1, Ordering::Relaxed);
+        let _ = self.ops.send(Op::Barrier(seq));
+        seq
+    }
+
+    /// Queues a barrier and waits for its acknowledgement, at most `timeout`.
+    pub fn flush(&mut self, timeout: Duration) -> bool {
+        let seq = self.barrier();
+        let (lock, cv) = &*self.acked;
+        let deadline = Instant::now() + timeout;
+        let mut acked = lock.lock().expect("acks");
+        while *acked < seq {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            acked = cv.wait_timeout(acked, left).expect("acks").0;
+            if self.threads.iter().any(|t| t.is_finished()) && *acked < seq {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands the role over: flushes everything queued, tells the secondary
+    /// the session ends on purpose, and closes it.
+    pub fn bye(mut self) {
+        let _ = self.ops.send(Op::Bye);
+        // The sender is the first thread: it ends after sending `Bye`.
+        if !self.threads.is_empty() {
+            let _ = self.threads.remove(0).join();
+        }
+    }
+
+    /// Whether both threads still run.
+    pub fn alive(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
+    }
+}
+
+impl Drop for PrimarySession {
+    fn drop(&mut self) {
+        let _ = self.ops.send(Op::Stop);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Detaches the tracker from a session that ended.
+pub fn detach(tracker: &Tracker) {
+    *tracker.target.lock().expect("tracker target") = None;
+}
+
+struct Sender {
+    setup: Setup,
+    writer: MessageWriter<BufWriter<TcpStream>>,
+    progress: Arc<Progress>,
+    /// Directories the resynchronisation walk has still to visit.
+    walk: VecDeque<RelPath>,
+    since: Option<SystemTime>,
+    /// Hard links seen by the walk: (dev, ino) → first path.
+    links: HashMap<(u64, u64), RelPath>,
+    /// Barrier numbers, shared with the session's owner.
+    seqs: Arc<AtomicU64>,
+    /// `Sums` sent whose `Need` has not been served yet.
+    outstanding: u64,
+    /// The walk is over: `ResyncEnd` goes once nothing is outstanding.
+    end_pending: bool,
+    /// Paused threads to release at each barrier's acknowledgement.
+    releases: Releases,
+    /// Paths that were gone when their change was shipped: a rename that
+    /// follows in the queue says where they went, and they travel then.
+    vanished: HashSet<RelPath>,
+    resync_generation: u64,
+}
+
+impl Sender {
+    fn send(&mut self, message: &Message) -> io::Result<()> {
+        self.writer.send(message)?;
+        self.progress
+            .bytes_sent
+            .store(self.writer.sent, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn run(&mut self, ops: mpsc::Receiver<Op>) -> io::Result<()> {
+        loop {
+            // Live changes first; the walk advances when none is queued.
+            let op = if self.walk.is_empty() {
+                self.writer.flush()?;
+                match ops.recv() {
+                    Ok(op) => op,
+                    Err(_) => return Ok(()),
+                }
+            } else {
+                match ops.try_recv() {
+                    Ok(op) => op,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        self.walk_step()?;
+                        continue;
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
+                }
+            };
+            if !self.handle(op)? {
+                self.writer.flush()?;
+                return Ok(());
+            }
+        }
+    }
+
+    fn handle(&mut self, op: Op) -> io::Result<bool> {
+        match op {
+            Op::Stop => return Ok(false),
+            Op::Resync { full, since } => {
+                self.progress.resyncing.store(true, Ordering::Relaxed);
+                self.progress.walk_complete.store(false, Ordering::Relaxed);
+                for counter in [
+                    &self.progress.files_done,
+                    &self.progress.files_total,
+                    &self.progress.bytes_done,
+                    &self.progress.bytes_total,
+                ] {
+                    counter.store(0, Ordering::Relaxed);
+                }
+                self.since = if full { None } else { since };
+                self.links.clear();
+                self.send(&Message::ResyncBegin { full })?;
+                self.walk = (0..self.setup.dirs.len())
+                    .map(|d| RelPath::root(d as u8))
+                    .collect();
+                for root in self.walk.clone() {
+                    self.ship_dir(&root, true)?;
+                }
+            }
+            Op::Barrier(seq) => {
+                self.send(&Message::Barrier { seq })?;
+                self.writer.flush()?;
+            }
+            Op::Tree(path) => {
+                // A new (or moved-in) directory: everything in it, now.
+                let mut stack = vec![path];
+                while let Some(dir) = stack.pop() {
+                    if !self.ship_dir(&dir, true)? {
+                        continue;
+                    }
+                    for (child, is_dir) in self.children(&dir) {
+                        if is_dir {
+                            stack.push(child);
+                        } else {
+                            self.ship_entry(&child, None)?;
+                        }
+                    }
+                }
+            }
+            Op::Entry(path) => self.ship_entry(&path, None)?,
+            Op::Remove(path) => {
+                self.vanished.retain(|v| !v.starts_with(&path));
+                self.send(&Message::Remove { path })?;
+            }
+            Op::Rename(from, to) => {
+                self.send(&Message::Rename {
+                    from: from.clone(),
+                    to: to.clone(),
+                })?;
+                let moved: Vec<RelPath> = self
+                    .vanished
+                    .iter()
+                    .filter(|v| v.starts_with(&from))
+                    .cloned()
+                    .collect();
+                for old in moved {
+                    self.vanished.remove(&old);
+                    let mut bytes = to.as_bytes().to_vec();
+                    bytes.extend_from_slice(&old.as_bytes()[from.as_bytes().len()..]);
+                    if let Ok(new) = RelPath::new(to.dir, bytes) {
+                        self.ship_entry(&new, None)?;
+                    }
+                }
+            }
+            Op::Meta(path) => {
+                if let Ok(m) = std::fs::symlink_metadata(self.setup.absolute(&path)) {
+                    self.send(&Message::SetMeta {
+                        path,
+                        meta: meta_of(&m),
+                    })?;
+                }
+            }
+            Op::Blocks(path, blocks) => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                self.ship_blocks(&path, &blocks)?;
+                self.maybe_end()?;
+            }
+            Op::Bye => {
+                self.send(&Message::Bye)?;
+                self.writer.flush()?;
+                return Ok(false);
+            }
+            Op::Ranges(path, ranges) => self.ship_ranges(&path, ranges)?,
+            Op::Link(path, existing) => self.send(&Message::Link { path, existing })?,
+            Op::Release(tids) => {
+                let seq = self.seqs.fetch_add(1, Ordering::Relaxed);
+                self.releases.lock().expect("releases").push((seq, tids));
+                self.send(&Message::Barrier { seq })?;
+                self.writer.flush()?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The entries of directory `dir` (not excluded), with whether each is a directory.
+    fn children(&self, dir: &RelPath) -> Vec<(RelPath, bool)> {
+        let Ok(entries) = std::fs::read_dir(self.setup.absolute(dir)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(RelPath, bool)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let child = dir.join(e.file_name().as_bytes()).ok()?;
+                if self.setup.excluded(&child) {
+                    return None;
+                }
+                Some((child, e.file_type().ok()?.is_dir()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Sends a directory's metadata and, with `listing`, its complete list
+    /// of names. False if it is gone.
+    fn ship_dir(&mut self, path: &RelPath, listing: bool) -> io::Result<bool> {
+        let Ok(m) = std::fs::symlink_metadata(self.setup.absolute(path)) else {
+            self.vanish(path);
+            return Ok(false);
+        };
+        if !m.is_dir() {
+            self.ship_entry(path, None)?;
+            return Ok(false);
+        }
+        self.send(&Message::Mkdir {
+            path: path.clone(),
+            meta: meta_of(&m),
+        })?;
+        if listing {
+            let names = self
+                .children(path)
+                .into_iter()
+                .filter_map(|(c, _)| c.split_last().map(|(_, n)| n.to_vec()))
+                .collect();
+            self.send(&Message::Listing {
+                dir: path.clone(),
+                names,
+            })?;
+        }
+        Ok(true)
+    }
+
+    /// Remembers a path that was gone when shipped (bounded: beyond the
+    /// bound, a checksum comparison of the whole tree repairs everything).
+    fn vanish(&mut self, path: &RelPath) {
+        if self.vanished.len() >= MAX_VANISHED {
+            self.vanished.clear();
+            if self.walk.is_empty() {
+                let _ = self.handle(Op::Resync {
+                    full: true,
+                    since: None,
+                });
+            }
+        }
+        self.vanished.insert(path.clone());
+    }
+
+    /// One step of the resynchronisation walk: one directory.
+    fn walk_step(&mut self) -> io::Result<()> {
+        let Some(dir) = self.walk.pop_front() else {
+            return Ok(());
+        };
+        for (child, is_dir) in self.children(&dir) {
+            let Ok(m) = std::fs::symlink_metadata(self.setup.absolute(&child)) else {
+                continue;
+            };
+            let changed = self.since.is_none_or(|since| ctime_of(&m) >= since);
+            self.progress.files_total.fetch_add(1, Ordering::Relaxed);
+            if is_dir {
+                if changed {
+                    self.ship_dir(&child, true)?;
+                }
+                self.walk.push_back(child);
+            } else {
+                if m.is_file() {
+                    self.progress
+                        .bytes_total
+                        .fetch_add(m.len(), Ordering::Relaxed);
+                }
+                if changed {
+                    self.ship_entry(&child, Some(&m))?;
+                }
+                if m.is_file() {
+                    self.progress
+                        .bytes_done
+                        .fetch_add(m.len(), Ordering::Relaxed);
+                }
+            }
+            self.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.walk.is_empty() {
+            self.progress.walk_complete.store(true, Ordering::Relaxed);
+            self.end_pending = true;
+            self.maybe_end()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the resynchronisation once the walk is over and every block the
+    /// secondary asked for is sent.
+    fn maybe_end(&mut self) -> io::Result<()> {
+        if self.end_pending && self.outstanding == 0 {
+            self.end_pending = false;
+            self.progress.resyncing.store(false, Ordering::Relaxed);
+            self.send(&Message::ResyncEnd {
+                generation: self.resync_generation,
+            })?;
+            self.writer.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends a non-directory entry as it is now: file, symlink, hard link.
+    fn ship_entry(&mut self, path: &RelPath, known: Option<&std::fs::Metadata>) -> io::Result<()> {
+        let absolute = self.setup.absolute(path);
+        let m = match known {
+            Some(m) => m.clone(),
+            None => match std::fs::symlink_metadata(&absolute) {
+                Ok(m) => m,
+                // Gone since: a removal or a rename follows in the queue.
+                Err(_) => {
+                    self.vanish(path);
+                    return Ok(());
+                }
+            },
+        };
+        let kind = m.file_type();
+        if kind.is_dir() {
+            if known.is_none() {
+                self.handle(Op::Tree(path.clone()))?;
+            }
+            return Ok(());
+        }
+        if kind.is_symlink() {
+            let Ok(target) = std::fs::read_link(&absolute) else {
+                return Ok(());
+            };
+            self.send(&Message::Symlink {
+                path: path.clone(),
+                target: target.as_os_str().as_bytes().to_vec(),
+            })?;
+            return self.send(&Message::SetMeta {
+                path: path.clone(),
+                meta: meta_of(&m),
+            });
+        }
+        if !kind.is_file() {
+            debug!(module = %self.setup.module, %path, "not replicating a special file");
+            return Ok(());
+        }
+        if m.nlink() > 1 {
+            let key = (m.dev(), m.ino());
+            match self.links.get(&key) {
+                Some(first) if first != path => {
+                    return self.send(&Message::Link {
+                        path: path.clone(),
+                        existing: first.clone(),
+                    })
+                }
+                _ => {
+                    self.links.insert(key, path.clone());
+                }
+            }
+        }
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&absolute)
+        {
+            Ok(f) => f,
+            Err(_) => return Ok(()),
+        };
+        let m = file.metadata()?;
+        let size = m.len();
+        if size <= SMALL_FILE {
+            self.send(&Message::File {
+                path: path.clone(),
+                meta: meta_of(&m),
+            })?;
+            self.send_range(path, &file, 0, size)?;
+            self.send(&Message::SetSize {
+                path: path.clone(),
+                size,
+            })?;
+            return self.send(&Message::SetMeta {
+                path: path.clone(),
+                meta: meta_of(&m),
+            });
+        }
+        let blocks = block_count(size);
+        let mut first = 0;
+        while first < blocks {
+            let count = (blocks - first).min(MAX_SUMS as u64);
+            let sums = file_sums(&file, size, first, count)?;
+            self.send(&Message::Sums {
+                path: path.clone(),
+                meta: meta_of(&m),
+                size,
+                first,
+                sums,
+            })?;
+            self.outstanding += 1;
+            first += count;
+        }
+        Ok(())
+    }
+
+    /// Sends bytes `[start, end)` of `file` (fewer if it shrank meanwhile).
+    fn send_range(&mut self, path: &RelPath, file: &File, start: u64, end: u64) -> io::Result<()> {
+        let mut buf = vec![0u8; MAX_WRITE];
+        let mut at = start;
+        while at < end {
+            let want = ((end - at) as usize).min(MAX_WRITE);
+            let n = file.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            self.send(&Message::Write {
+                path: path.clone(),
+                offset: at,
+                data: buf[..n].to_vec(),
+            })?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Sends the captured ranges of a file, as they read now.
+    fn ship_ranges(&mut self, path: &RelPath, ranges: Vec<(u64, u64)>) -> io::Result<()> {
+        let queued = span(&ranges);
+        let result = self.ship_ranges_now(path, ranges);
+        let _ = self
+            .progress
+            .backlog
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(queued))
+            });
+        result
+    }
+
+    fn ship_ranges_now(&mut self, path: &RelPath, mut ranges: Vec<(u64, u64)>) -> io::Result<()> {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.setup.absolute(path))
+        else {
+            self.vanish(path);
+            return Ok(());
+        };
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        for (start, end) in merged {
+            self.send_range(path, &file, start, end)?;
+        }
+        self.send(&Message::SetMeta {
+            path: path.clone(),
+            meta: meta_of(&file.metadata()?),
+        })
+    }
+
+    /// Sends the blocks the secondary asked for, then the file's metadata.
+    fn ship_blocks(&mut self, path: &RelPath, blocks: &[Blocks]) -> io::Result<()> {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.setup.absolute(path))
+        else {
+            return Ok(());
+        };
+        let m = file.metadata()?;
+        for b in blocks {
+            let start = b.first * BLOCK_SIZE;
+            let end = ((b.first + u64::from(b.count)) * BLOCK_SIZE).min(m.len());
+            self.send_range(path, &file, start, end)?;
+        }
+        self.send(&Message::SetSize {
+            path: path.clone(),
+            size: m.len(),
+        })?;
+        self.send(&Message::SetMeta {
+            path: path.clone(),
+            meta: meta_of(&m),
+        })
+    }
+}
+
+/// Bytes covered by captured ranges (overlaps counted twice: an estimate).
+fn span(ranges: &[(u64, u64)]) -> u64 {
+    ranges.iter().map(|(s, e)| e.saturating_sub(*s)).sum()
+}
+
+/// Paused threads per barrier number.
+type Releases = Arc<Mutex<Vec<(u64, Vec<u32>)>>>;
+
+/// Releases the threads of every barrier up to `seq`.
+fn release_upto(releases: &Releases, hub: Option<&CaptureHub>, seq: u64) {
+    let due: Vec<u32> = {
+        let mut list = releases.lock().expect("releases");
+        let (due, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|(s, _)| *s <= seq);
+        *list = keep;
+        due.into_iter().flat_map(|(_, tids)| tids).collect()
+    };
+    if let Some(hub) = hub {
+        for tid in due {
+            hub.release(tid);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- secondary
+
+/// The secondary's end of a session: connects, joins, applies until the end.
+pub struct SecondarySession {
+    stream: TcpStream,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SecondarySession {
+    /// Connects to the primary at `primary` and runs the session on a thread.
+    pub fn start(
+        primary: SocketAddr,
+        setup: &Setup,
+        applier: Arc<Mutex<Applier>>,
+        join: (u64, u8),
+        progress: Arc<Progress>,
+        events: Events,
+    ) -> Result<Self, ChannelError> {
+        let mut stream = TcpStream::connect_timeout(&primary, Duration::from_secs(3))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let hello = Hello::new(Role::Secondary, setup.encrypt, &setup.module, &setup.node);
+        let (sealer, opener, _peer) = handshake(&mut stream, &hello, &setup.key)?;
+        stream.set_read_timeout(None)?;
+        let mut writer = MessageWriter::new(stream.try_clone()?, sealer);
+        writer.send(&Message::Join {
+            generation: join.0,
+            state: join.1,
+        })?;
+        let mut reader = MessageReader::new(
+            BufReader::with_capacity(256 * 1024, stream.try_clone()?),
+            opener,
+        );
+        let module = setup.module.clone();
+        let shutdown = stream.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("halo-recv-{module}"))
+            .spawn(move || {
+                let reason = loop {
+                    let message = match reader.recv() {
+                        Ok(Some(Message::Bye)) => break HANDED_OVER.to_owned(),
+                        Ok(Some(m)) => m,
+                        Ok(None) => break "the primary closed the connection".to_owned(),
+                        Err(e) => break e.to_string(),
+                    };
+                    let shown = describe(&message);
+                    let mut applier = applier.lock().expect("applier");
+                    let result = applier.apply(message);
+                    progress
+                        .bytes_applied
+                        .store(applier.bytes_written, Ordering::Relaxed);
+                    drop(applier);
+                    match result {
+                        Ok(Reply::None) => {}
+                        Ok(Reply::Send(reply)) => {
+                            let done = match &reply {
+                                Message::ResyncDone { generation } => Some(*generation),
+                                _ => None,
+                            };
+                            if let Err(e) = writer.send(&reply) {
+                                break format!("answering the primary failed: {e}");
+                            }
+                            if let Some(generation) = done {
+                                let _ = events.send(SessionEvent::ResyncDone { generation });
+                            }
+                        }
+                        // A namespace change whose source is already gone:
+                        // the messages that follow describe the result.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            debug!(module = %module, change = %shown, error = %e, "skipped");
+                        }
+                        Err(e) => {
+                            let reason = format!("{shown}: {e}");
+                            warn!(module = %module, %reason, "refusing a replicated change");
+                            let _ = writer.send(&Message::Refused {
+                                reason: reason.clone(),
+                            });
+                            break reason;
+                        }
+                    }
+                };
+                let _ = shutdown.shutdown(Shutdown::Both);
+                let _ = events.send(SessionEvent::Ended { reason });
+            })?;
+        Ok(SecondarySession {
+            stream,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SecondarySession {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A short description of a message for logs (never its data).
+fn describe(message: &Message) -> String {
+    match message {
+        Message::Write { path, offset, data } => {
+            format!("write {path} at {offset} ({} bytes)", data.len())
+        }
+        Message::Mkdir { path, .. } => format!("mkdir {path}"),
+        Message::File { path, .. } => format!("file {path}"),
+        Message::SetSize { path, size } => format!("set size of {path} to {size}"),
+        Message::SetMeta { path, .. } => format!("set metadata of {path}"),
+        Message::Symlink { path, .. } => format!("symlink {path}"),
+        Message::Link { path, existing } => format!("link {path} to {existing}"),
+        Message::Remove { path } => format!("remove {path}"),
+        Message::Rename { from, to } => format!("rename {from} to {to}"),
+        Message::Listing { dir, .. } => format!("listing of {dir}"),
+        Message::Sums { path, .. } => format!("checksums of {path}"),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_within_and_across_components() {
+        assert!(glob_match(b"*.tmp", b"a.tmp"));
+        assert!(!glob_match(b"*.tmp", b"d/a.tmp"));
+        assert!(glob_match(b"**/*.tmp", b"d/e/a.tmp"));
+        assert!(glob_match(b"**/*.tmp", b"a.tmp"));
+        assert!(glob_match(b"cache/**", b"cache/x/y"));
+        assert!(glob_match(b"log?", b"log1"));
+        assert!(!glob_match(b"log?", b"log/"));
+        assert!(!glob_match(b"cache", b"cache2"));
+    }
+}

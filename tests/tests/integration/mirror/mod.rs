@@ -1,0 +1,8 @@
+//! Mirror modules: two real daemons replicating a directory, a client on
+//! the VIP. Each host has its own `/var/lib/app` (a private path).
+
+mod common;
+mod disk_full;
+mod failover;
+mod replicate;
+mod roles;

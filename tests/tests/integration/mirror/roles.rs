@@ -1,0 +1,134 @@
+//! Planned role changes and split brain: `halo swap` hands the primary role
+//! over without losing a write; with the arbiter witness a partial
+//! partition never yields two serving nodes, and after the heal the newer
+//! data wins and the other node resynchronises.
+
+use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
+
+use halo_tests::{
+    cluster::{halo_bin, module_in, Cluster, TEST_SECRET},
+    lab::{Lab, LabBuilder},
+};
+
+use super::common::{self, wait_module, DIR, MODULE};
+
+fn records(lab: &Lab, host: &str, file: &str) -> Vec<u64> {
+    lab.host(host)
+        .sh(&format!("cat {DIR}/{file} 2>/dev/null || true"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_swap_hands_the_primary_role_over_without_losing_a_write() {
+    let lab = LabBuilder::new("mirrorswap")
+        .hosts(&["n1", "n2"])
+        .build()
+        .unwrap();
+    let cluster = common::start(&lab, "", "n1");
+    lab.host("n1")
+        .sh(&format!(
+            "for i in $(seq 0 1999); do echo $i >> {DIR}/journal; done"
+        ))
+        .unwrap();
+    let swap = cluster.cli("n1", &["swap", MODULE]).unwrap();
+    assert!(swap.status.success(), "halo swap: {swap:?}");
+    wait_module(&cluster, "n2", "PRIM", Duration::from_secs(30));
+    wait_module(&cluster, "n1", "SECOND", Duration::from_secs(30));
+    assert_eq!(
+        records(&lab, "n2", "journal"),
+        (0..2000).collect::<Vec<_>>()
+    );
+
+    // The new primary's writes reach the old one.
+    lab.host("n2")
+        .sh(&format!("echo 2000 >> {DIR}/journal"))
+        .unwrap();
+    common::wait_identical(&lab, Duration::from_secs(30));
+    assert_eq!(records(&lab, "n1", "journal").len(), 2001);
+}
+
+#[test]
+fn with_the_arbiter_a_partial_partition_never_yields_two_serving_nodes() {
+    let lab = LabBuilder::new("mirrorsplit")
+        .hosts(&["n1", "n2", "w"])
+        .build()
+        .unwrap();
+    let witness_at = format!("{}:4810", lab.host("w").ipv4());
+    std::fs::create_dir_all(lab.host("w").outside_path("/etc/halo")).unwrap();
+    let key = lab.host("w").outside_path("/etc/halo/cluster.key");
+    std::fs::write(&key, TEST_SECRET).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _witness = lab
+        .host("w")
+        .spawn(
+            "witness",
+            Command::new(halo_bin()).args([
+                "witness",
+                "--listen",
+                &witness_at,
+                "--max-lease",
+                "2s",
+            ]),
+        )
+        .unwrap();
+    let extra = format!(
+        "\n[module.witness]\nkind = \"arbiter\"\naddress = \"{witness_at}\"\nlease = \"1s\"\n"
+    );
+    let cluster = common::start(&lab, &extra, "n1");
+    // The witness grants nothing during its start-up quiet period: wait
+    // until the primary holds the lease.
+    cluster
+        .wait_status("n1", Duration::from_secs(15), "n1 to hold the lease", |s| {
+            s.modules.iter().any(|m| {
+                m.name == MODULE
+                    && m.counters
+                        .witness
+                        .get("arbiter")
+                        .and_then(|r| r.get("granted"))
+                        .is_some_and(|n| *n > 0)
+            })
+        })
+        .unwrap_or_else(|error| {
+            let log: Vec<String> = cluster
+                .module_log("n1", MODULE)
+                .unwrap_or_default()
+                .iter()
+                .filter(|e| e.source == "witness")
+                .map(|e| e.text.clone())
+                .collect();
+            panic!("{error:#}\nn1's witness log: {log:#?}")
+        });
+
+    // Heartbeats between the nodes are lost; both still reach the witness.
+    lab.cut_pair("n1", "n2").unwrap();
+    let serving = |c: &Cluster<'_>, node: &str| {
+        c.status(node)
+            .is_ok_and(|s| s.modules.iter().any(|m| m.name == MODULE && m.serving))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut samples = 0;
+    while std::time::Instant::now() < deadline {
+        let (a, b) = (serving(&cluster, "n1"), serving(&cluster, "n2"));
+        assert!(!(a && b), "both nodes serve during the partition");
+        samples += 1;
+    }
+    assert!(samples > 10, "too few samples ({samples})");
+    let n1 = cluster.status("n1").unwrap();
+    assert!(
+        module_in(&n1, MODULE, "ALONE", "ready"),
+        "the lease holder keeps serving: {n1:#?}"
+    );
+    lab.host("n1")
+        .sh(&format!("echo written-alone > {DIR}/alone"))
+        .unwrap();
+
+    // After the heal, the node with the newer data stays primary and the
+    // other resynchronises.
+    lab.heal_pair("n1", "n2").unwrap();
+    wait_module(&cluster, "n1", "PRIM", Duration::from_secs(30));
+    wait_module(&cluster, "n2", "SECOND", Duration::from_secs(30));
+    common::wait_identical(&lab, Duration::from_secs(30));
+}
