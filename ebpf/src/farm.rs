@@ -333,7 +333,14 @@ fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> Result<
                     fresh
                 }
                 BucketState::Draining => {
-                    let kept = has_tcp_socket(ctx, packet, sport, dport);
+                    // A new connection (a SYN without ACK) belongs to the
+                    // new owner, even where an old one with the same ports
+                    // lingers here in TIME_WAIT.
+                    let tcp = ptr_at::<TcpHead>(ctx, packet.l4)?;
+                    // SAFETY: bounds checked by ptr_at.
+                    let flags = unsafe { (*tcp).flags };
+                    let new_connection = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+                    let kept = !new_connection && has_tcp_socket(ctx, packet, sport, dport);
                     if kept {
                         count(&FARM_VERDICTS, Verdict::KeptFlow as u32);
                     }
@@ -389,8 +396,9 @@ fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> Result<
     Ok(verdict(Verdict::Accepted, XDP_PASS))
 }
 
-/// Whether this node's kernel has a TCP socket, other than a listener, for
-/// the packet's connection, a handshake in progress included: the lookup
+/// Whether this node's kernel has a live TCP socket (not a listener, not
+/// TIME_WAIT) for the packet's connection, a handshake in progress
+/// included: the lookup
 /// returns request sockets (`TCP_NEW_SYN_RECV`) too, so a connection whose
 /// SYN this node accepted just before its bucket moved completes here.
 #[inline(always)]
@@ -441,8 +449,10 @@ fn has_tcp_socket(ctx: &XdpContext, packet: &Packet, sport: u16, dport: u16) -> 
         if sk.is_null() {
             return false;
         }
-        // TCP_LISTEN: a listener is no connection of ours.
-        let connected = (*sk).state != 10;
+        // TCP_LISTEN: a listener is no connection of ours; TCP_TIME_WAIT:
+        // a connection that ended, whose ports a new one may reuse.
+        let state = (*sk).state;
+        let connected = state != 10 && state != 6;
         bpf_sk_release(sk.cast());
         connected
     }

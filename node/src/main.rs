@@ -23,6 +23,12 @@ fn main() -> ExitCode {
             json,
             targets,
         } => cli::state::run(&module, quiet, json, &targets),
+        Command::Wait {
+            module,
+            state,
+            timeout,
+            targets,
+        } => cli::wait::run(&module, &state, timeout, &targets),
         Command::Witness {
             listen,
             secret,

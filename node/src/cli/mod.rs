@@ -12,6 +12,7 @@ pub mod snapshot;
 pub mod state;
 pub mod status;
 pub mod table;
+pub mod wait;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,18 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        targets: Targets,
+    },
+    /// Wait until MODULE is in STATE and settled on this node (or on every
+    /// node named with -H); exit 1 after --timeout (SafeKit's waitstate).
+    Wait {
+        module: String,
+        /// STOP, WAIT, ALONE, PRIM, SECOND or UP.
+        state: String,
+        /// How long to wait (`"60s"`, `"500ms"`).
+        #[arg(long, default_value = "60s", value_parser = wait::parse_timeout)]
+        timeout: std::time::Duration,
         #[command(flatten)]
         targets: Targets,
     },

@@ -35,6 +35,18 @@ fn a_swap_hands_the_primary_role_over_without_losing_a_write() {
         .unwrap();
     let swap = cluster.cli("n1", &["swap", MODULE]).unwrap();
     assert!(swap.status.success(), "halo swap: {swap:?}");
+    // `halo wait` (SafeKit's waitstate) returns once the new primary serves…
+    let waited = cluster
+        .cli("n2", &["wait", MODULE, "PRIM", "--timeout", "30s"])
+        .unwrap();
+    assert!(waited.status.success(), "halo wait: {waited:?}");
+    // …and gives up with exit 1 and the reason on a state that does not come.
+    let gave_up = cluster
+        .cli("n2", &["wait", MODULE, "STOP", "--timeout", "500ms"])
+        .unwrap();
+    assert_eq!(gave_up.status.code(), Some(1), "{gave_up:?}");
+    let said = String::from_utf8_lossy(&gave_up.stderr);
+    assert!(said.contains("is PRIM (ready)"), "{said}");
     wait_module(&cluster, "n2", "PRIM", Duration::from_secs(30));
     wait_module(&cluster, "n1", "SECOND", Duration::from_secs(30));
     assert_eq!(
