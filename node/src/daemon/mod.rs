@@ -129,7 +129,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .iter()
         .any(|m| matches!(m, Module::Mirror(_)))
     {
-        match crate::mirror::hub::CaptureHub::start() {
+        match crate::mirror::hub::CaptureHub::start(&config.node.name) {
             Ok(hub) => Some(hub),
             Err(error) => {
                 warn!(error = %format!("{error:#}"), "the write capture did not load: mirror modules replicate through inotify and checksums only, and sync = \"fsync\" cannot hold durable writes");

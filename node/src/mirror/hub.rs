@@ -21,7 +21,9 @@ use std::{
 
 use tracing::{info, warn};
 
-use crate::ebpf::capture::{Captured, Change, RootId, SyncScope, WriteCapture};
+use crate::ebpf::capture::{
+    paused_pin, resume_orphans, CaptureConfig, Captured, Change, RootId, SyncScope, WriteCapture,
+};
 
 /// Where a root's records go.
 struct Route {
@@ -83,8 +85,25 @@ pub struct CaptureHub {
 
 impl CaptureHub {
     /// Loads and attaches the capture programs, and starts routing.
-    pub fn start() -> anyhow::Result<Arc<Self>> {
-        let capture = WriteCapture::attach(std::process::id())?;
+    pub fn start(node: &str) -> anyhow::Result<Arc<Self>> {
+        let pin = paused_pin(node);
+        // A daemon that crashed left the writers it held stopped: let them go.
+        crate::ebpf::ensure_mounted("bpf", "/sys/fs/bpf")?;
+        match resume_orphans(&pin) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                processes = n,
+                "resumed writers a crashed daemon left paused"
+            ),
+            Err(error) => {
+                warn!(error = %format!("{error:#}"), "cannot resume writers a crashed daemon left paused")
+            }
+        }
+        let capture = WriteCapture::attach_with(CaptureConfig {
+            exclude_tgid: std::process::id(),
+            pin_paused: Some(pin),
+            ..CaptureConfig::default()
+        })?;
         let ring = capture.ring_fd().as_raw_fd();
         let inner = Arc::new(Mutex::new(Inner {
             capture,

@@ -20,7 +20,7 @@ use std::{
         fd::{AsFd, BorrowedFd},
         unix::fs::MetadataExt as _,
     },
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -52,7 +52,7 @@ pub use self::{
 use super::{btf::Btf, CAPTURE_OBJECT};
 
 /// How the capture is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureConfig {
     /// A process never reported nor paused: the daemon itself, which writes
     /// replicated data on the secondary. 0 excludes nothing.
@@ -60,6 +60,10 @@ pub struct CaptureConfig {
     /// The ring buffer's size in bytes: a power of two, at least a page.
     /// A record takes 72 bytes (336 for a truncate by path).
     pub ring_bytes: u32,
+    /// Where to pin the map of paused tasks in bpffs, so that a daemon
+    /// started after a crash can resume the writers its predecessor left
+    /// stopped ([`resume_orphans`]); `None` pins nothing.
+    pub pin_paused: Option<PathBuf>,
 }
 
 impl Default for CaptureConfig {
@@ -69,8 +73,50 @@ impl Default for CaptureConfig {
             exclude_tgid: std::process::id(),
             // 4 MiB: about 58,000 records of slack for a daemon that is late.
             ring_bytes: 1 << 22,
+            pin_paused: None,
         }
     }
+}
+
+/// Where the daemon of node `node` pins its map of paused tasks (one per
+/// node name, so that lab nodes sharing a kernel keep theirs apart).
+pub fn paused_pin(node: &str) -> PathBuf {
+    let name: String = node
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    PathBuf::from(format!("/sys/fs/bpf/halo-paused-{name}"))
+}
+
+/// Resumes the writers that a previous capture, pinned at `pin`, left
+/// stopped (its daemon crashed before it could release them), and removes
+/// the pin. Returns how many processes were continued.
+pub fn resume_orphans(pin: &Path) -> anyhow::Result<usize> {
+    if !pin.exists() {
+        return Ok(0);
+    }
+    let data = MapData::from_pin(pin)
+        .with_context(|| format!("opening the pinned map {}", pin.display()))?;
+    let map: HashMap<MapData, u32, PausedTask> = HashMap::try_from(aya::maps::Map::HashMap(data))?;
+    let mut tgids: Vec<u32> = map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(_, task)| task.tgid)
+        .collect();
+    tgids.sort_unstable();
+    tgids.dedup();
+    for tgid in &tgids {
+        // SIGCONT continues only a stopped process; a gone one is ESRCH.
+        let _ = kill(Pid::from_raw(*tgid as i32), Signal::SIGCONT);
+    }
+    std::fs::remove_file(pin).with_context(|| format!("removing the pin {}", pin.display()))?;
+    Ok(tgids.len())
 }
 
 /// A task stopped by a durability call, waiting for [`WriteCapture::release`].
@@ -109,6 +155,8 @@ pub struct WriteCapture {
     events: RingBuf<MapData>,
     /// The registered roots and whether each pauses on sync.
     roots: BTreeMap<RootId, bool>,
+    /// Where the paused-task map is pinned, if it is.
+    pinned: Option<PathBuf>,
     // Keeps the programs and their links alive.
     _ebpf: Ebpf,
 }
@@ -173,7 +221,18 @@ impl WriteCapture {
         let roots_map = HashMap::try_from(take("CAPTURE_ROOTS")?)?;
         let devs = HashMap::try_from(take("CAPTURE_DEVS")?)?;
         let totals = Array::try_from(take("CAPTURE_TOTALS")?)?;
-        let paused = HashMap::try_from(take("CAPTURE_PAUSED")?)?;
+        let paused_map = take("CAPTURE_PAUSED")?;
+        let pinned = match config.pin_paused {
+            Some(pin) => {
+                let _ = std::fs::remove_file(&pin);
+                paused_map
+                    .pin(&pin)
+                    .with_context(|| format!("pinning the paused-task map at {}", pin.display()))?;
+                Some(pin)
+            }
+            None => None,
+        };
+        let paused = HashMap::try_from(paused_map)?;
         let lost = PerCpuArray::try_from(take("CAPTURE_LOST")?)?;
         let events = RingBuf::try_from(take("CAPTURE_EVENTS")?)?;
         Ok(WriteCapture {
@@ -184,6 +243,7 @@ impl WriteCapture {
             lost,
             events,
             roots: BTreeMap::new(),
+            pinned,
             _ebpf: ebpf,
         })
     }
@@ -436,6 +496,9 @@ impl Drop for WriteCapture {
         // Nobody would ever resume them once the maps are gone.
         if let Err(error) = self.resume_all() {
             tracing::warn!(error = %format!("{error:#}"), "could not resume paused writers");
+        }
+        if let Some(pin) = &self.pinned {
+            let _ = std::fs::remove_file(pin);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the VIP. Each host has its own `/var/lib/app` (a private path).
 
 mod common;
+mod crash;
 mod disk_full;
 mod failover;
 mod replicate;

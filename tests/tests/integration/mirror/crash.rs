@@ -1,0 +1,76 @@
+//! A daemon that crashes while it holds a durable writer (its fsync waits
+//! for the secondary) must not leave the application stopped for ever: the
+//! next daemon resumes it.
+
+use std::{process::Command, time::Duration};
+
+use halo_tests::lab::{self, LabBuilder};
+use nix::sys::signal::Signal;
+
+use super::common::{self, DIR};
+
+/// One write made durable, then a line on stdout.
+const ONE_FSYNC: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, b"record\n")
+os.fsync(fd)
+print("returned", flush=True)
+"#;
+
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+#[test]
+fn a_writer_held_by_a_crashed_daemon_is_resumed_by_the_next_one() {
+    let lab = LabBuilder::new("mirrorcrash")
+        .hosts(&["n1", "n2"])
+        .build()
+        .unwrap();
+    let mut cluster = common::start(&lab, "", "n1");
+    // The secondary freezes: nothing acknowledges the next fsync.
+    cluster
+        .daemon("n2")
+        .unwrap()
+        .signal(Signal::SIGSTOP)
+        .unwrap();
+    let writer = lab
+        .host("n1")
+        .spawn(
+            "writer",
+            Command::new("/usr/bin/python3").args(["-c", ONE_FSYNC, &format!("{DIR}/held")]),
+        )
+        .unwrap();
+    lab::wait_until(
+        Duration::from_secs(5),
+        "the writer held in its fsync",
+        || Ok(process_state(writer.pid()) == Some('T')),
+    )
+    .unwrap();
+    // The primary's daemon crashes before the heartbeat timeout frees it.
+    cluster.kill("n1").unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        process_state(writer.pid()),
+        Some('T'),
+        "the writer stays stopped while no daemon runs"
+    );
+    // The next daemon lets it go.
+    cluster.start("n1").unwrap();
+    lab::wait_until(Duration::from_secs(10), "the writer to return", || {
+        Ok(writer.log()?.contains("returned"))
+    })
+    .unwrap();
+    cluster
+        .daemon("n2")
+        .unwrap()
+        .signal(Signal::SIGCONT)
+        .unwrap();
+}
