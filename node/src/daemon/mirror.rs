@@ -873,7 +873,11 @@ impl MirrorDriver {
                 ) {
                     Ok(session) => {
                         let _ = internal.send(Internal::SecondaryStarted(id, Ok(session)));
-                        // Forward the session's events until it ends.
+                        // Forward the session's events until it ends: only
+                        // its thread may hold a sender now, or this loop (and
+                        // the runtime's shutdown, which waits for it) would
+                        // never end.
+                        drop(tx);
                         while let Some(event) = rx.blocking_recv() {
                             if internal.send(Internal::Session(id, event)).is_err() {
                                 break;

@@ -593,6 +593,7 @@ impl PrimarySession {
                         seqs,
                         releases,
                         outstanding: 0,
+                        fresh_peer: generation == 0,
                         end_pending: false,
                         resync_generation: primary_generation,
                     };
@@ -728,6 +729,9 @@ struct Sender {
     since: Option<SystemTime>,
     /// Hard links seen by the walk: (dev, ino) → first path.
     links: HashMap<(u64, u64), RelPath>,
+    /// The secondary joined without data (generation 0): the first copy
+    /// sends files whole.
+    fresh_peer: bool,
     /// Barrier numbers, shared with the session's owner.
     seqs: Arc<AtomicU64>,
     /// `Sums` sent whose `Need` has not been served yet.
@@ -962,7 +966,10 @@ impl Sender {
                         .fetch_add(m.len(), Ordering::Relaxed);
                 }
                 if changed {
-                    self.ship_entry(&child, Some(&m))?;
+                    // A peer that holds data compares even small files by
+                    // checksums; an empty one gets them whole.
+                    let by_sums = !self.fresh_peer;
+                    self.ship_entry_as(&child, Some(&m), by_sums)?;
                 }
                 if m.is_file() {
                     self.progress
@@ -994,8 +1001,20 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends a non-directory entry as it is now: file, symlink, hard link.
+    /// Sends a non-directory entry as it is now: file, symlink, hard link;
+    /// a small file whole.
     fn ship_entry(&mut self, path: &RelPath, known: Option<&std::fs::Metadata>) -> io::Result<()> {
+        self.ship_entry_as(path, known, false)
+    }
+
+    /// As [`Sender::ship_entry`]; with `by_sums`, a file of any size travels
+    /// as block checksums (only the blocks the secondary lacks follow).
+    fn ship_entry_as(
+        &mut self,
+        path: &RelPath,
+        known: Option<&std::fs::Metadata>,
+        by_sums: bool,
+    ) -> io::Result<()> {
         let absolute = self.setup.absolute(path);
         let m = match known {
             Some(m) => m.clone(),
@@ -1056,7 +1075,7 @@ impl Sender {
         };
         let m = file.metadata()?;
         let size = m.len();
-        if size <= SMALL_FILE {
+        if size <= SMALL_FILE && !(by_sums && size > 0) {
             self.send(&Message::File {
                 path: path.clone(),
                 meta: meta_of(&m),

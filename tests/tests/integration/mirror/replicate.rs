@@ -118,5 +118,17 @@ fn the_secondary_holds_an_identical_tree_after_the_initial_copy_and_a_mixed_work
     assert!(!secondary.contains_key("also.skip"));
     assert!(secondary.contains_key("deep-moved/er/mid.bin"));
     assert!(!secondary.contains_key("docs/deep"));
-    drop(cluster);
+
+    // Both daemons stop cleanly on SIGTERM (a secondary's session thread
+    // once kept its daemon from exiting).
+    let mut cluster = cluster;
+    for node in ["n2", "n1"] {
+        let daemon = cluster.daemon(node).unwrap();
+        daemon.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = daemon.wait_timeout(Duration::from_secs(20)).unwrap();
+        assert!(
+            status.success(),
+            "{node}'s daemon after SIGTERM: {status:?}"
+        );
+    }
 }
