@@ -191,42 +191,15 @@ impl Applier {
             }
             Message::Rename { from, to } => {
                 self.open.clear();
-                let (from_parent, from_name) = self.parent(&from)?;
-                let (to_parent, to_name) = self.parent(&to)?;
-                let cfrom = cstring(from_name)?;
-                let cto = cstring(to_name)?;
-                // SAFETY: valid C strings and open directory descriptors.
-                let rc = unsafe {
-                    libc::renameat(
-                        from_parent.as_raw_fd(),
-                        cfrom.as_ptr(),
-                        to_parent.as_raw_fd(),
-                        cto.as_ptr(),
-                    )
-                };
-                if rc != 0 {
-                    let e = io::Error::last_os_error();
-                    // Renaming a directory over a non-empty one, or a file
-                    // over a directory: replace the target.
-                    match e.raw_os_error() {
-                        // The source was never shipped (created and renamed
-                        // between two batches): the data of `to` follows.
-                        Some(libc::ENOENT) => {}
-                        Some(libc::ENOTEMPTY | libc::EEXIST | libc::EISDIR | libc::ENOTDIR) => {
-                            remove_if_present(&to_parent, &cto)?;
-                            // SAFETY: as above.
-                            check(unsafe {
-                                libc::renameat(
-                                    from_parent.as_raw_fd(),
-                                    cfrom.as_ptr(),
-                                    to_parent.as_raw_fd(),
-                                    cto.as_ptr(),
-                                )
-                            })?;
-                        }
-                        _ => return Err(e),
+                return match self.rename(&from, &to) {
+                    Ok(()) => Ok(Reply::None),
+                    // The source never arrived (created and renamed before
+                    // the primary shipped it): ask for the result.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Ok(Reply::Send(Message::Missing { path: to }))
                     }
-                }
+                    Err(e) => Err(e),
+                };
             }
             Message::Listing { dir, names } => {
                 self.open.clear();
@@ -266,6 +239,7 @@ impl Applier {
                 return Ok(Reply::Send(Message::ResyncDone { generation }));
             }
             Message::Need { .. }
+            | Message::Missing { .. }
             | Message::Join { .. }
             | Message::Ack { .. }
             | Message::ResyncDone { .. }
@@ -276,6 +250,44 @@ impl Applier {
             }
         }
         Ok(Reply::None)
+    }
+
+    /// Renames `from` to `to`, replacing what `to` names.
+    fn rename(&mut self, from: &RelPath, to: &RelPath) -> io::Result<()> {
+        let (from_parent, from_name) = self.parent(from)?;
+        let (to_parent, to_name) = self.parent(to)?;
+        let cfrom = cstring(from_name)?;
+        let cto = cstring(to_name)?;
+        // SAFETY: valid C strings and open directory descriptors.
+        let rc = unsafe {
+            libc::renameat(
+                from_parent.as_raw_fd(),
+                cfrom.as_ptr(),
+                to_parent.as_raw_fd(),
+                cto.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // Renaming a directory over a non-empty one, or a file
+            // over a directory: replace the target.
+            match e.raw_os_error() {
+                Some(libc::ENOTEMPTY | libc::EEXIST | libc::EISDIR | libc::ENOTDIR) => {
+                    remove_if_present(&to_parent, &cto)?;
+                    // SAFETY: as above.
+                    check(unsafe {
+                        libc::renameat(
+                            from_parent.as_raw_fd(),
+                            cfrom.as_ptr(),
+                            to_parent.as_raw_fd(),
+                            cto.as_ptr(),
+                        )
+                    })?;
+                }
+                _ => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Flushes every written file and the file systems to disk.
@@ -642,6 +654,16 @@ mod tests {
         assert_eq!(
             applier.apply(Message::Barrier { seq: 3 }).unwrap(),
             Reply::Send(Message::Ack { seq: 3 })
+        );
+        // A rename whose source never arrived asks for its result.
+        assert_eq!(
+            applier
+                .apply(Message::Rename {
+                    from: p("never-sent"),
+                    to: p("kept"),
+                })
+                .unwrap(),
+            Reply::Send(Message::Missing { path: p("kept") })
         );
     }
 }

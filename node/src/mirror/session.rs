@@ -620,6 +620,9 @@ impl PrimarySession {
                             Ok(Some(Message::Need { path, blocks })) => {
                                 let _ = tx.send(Op::Blocks(path, blocks));
                             }
+                            Ok(Some(Message::Missing { path })) => {
+                                let _ = tx.send(Op::Entry(path));
+                            }
                             Ok(Some(Message::Ack { seq })) => {
                                 release_upto(&releases, hub.as_deref(), seq);
                                 let (lock, cv) = &*acked;

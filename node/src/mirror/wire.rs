@@ -103,6 +103,9 @@ pub enum Message {
     Ack { seq: u64 },
     /// Everything of the resynchronisation is applied.
     ResyncDone { generation: u64 },
+    /// The secondary lacks `path` (a rename's source it never received):
+    /// send it whole.
+    Missing { path: RelPath },
     /// The secondary refused a message (logged on both sides).
     Refused { reason: String },
 }
@@ -153,6 +156,7 @@ mod tag {
     pub const RESYNC_DONE: u8 = 66;
     pub const REFUSED: u8 = 67;
     pub const JOIN: u8 = 68;
+    pub const MISSING: u8 = 69;
 }
 
 impl Message {
@@ -251,6 +255,10 @@ impl Message {
                     out.extend_from_slice(&b.count.to_be_bytes());
                 }
             }
+            Message::Missing { path } => {
+                out.push(tag::MISSING);
+                put_path(out, path);
+            }
             Message::Join { generation, state } => {
                 out.push(tag::JOIN);
                 out.extend_from_slice(&generation.to_be_bytes());
@@ -326,7 +334,12 @@ impl Message {
                 for _ in 0..count {
                     let name = bytes16(&mut c)?;
                     // A name is one component: the receiver compares it
-                    // with directory entries, never resolves it.
+                    // with directory entries, never resolves it. `join`
+                    // takes an empty name to the root itself (inotify names
+                    // a watched directory's own events so): not a name here.
+                    if name.is_empty() {
+                        return Err(BadPath::Empty.into());
+                    }
                     dir.join(&name)?;
                     names.push(name);
                 }
@@ -376,6 +389,9 @@ impl Message {
                 }
                 Message::Need { path, blocks }
             }
+            tag::MISSING => Message::Missing {
+                path: path(&mut c)?,
+            },
             tag::JOIN => Message::Join {
                 generation: c.u64()?,
                 state: c.u8()?,
@@ -512,6 +528,7 @@ mod tests {
                 blocks: vec![Blocks { first: 2, count: 1 }],
             },
             Message::Ack { seq: 9 },
+            Message::Missing { path: p("a/b") },
             Message::Join {
                 generation: 3,
                 state: 1,
@@ -521,6 +538,24 @@ mod tests {
                 reason: "no".into(),
             },
         ]
+    }
+
+    #[test]
+    fn an_empty_listing_name_in_a_root_is_refused() {
+        // Found by the fuzz target `replication_message`: below a
+        // subdirectory an empty name was refused, in a root it was kept.
+        for dir in [RelPath::root(0), p("d")] {
+            let mut bytes = Vec::new();
+            Message::Listing {
+                dir,
+                names: vec![Vec::new()],
+            }
+            .encode(&mut bytes);
+            assert_eq!(
+                Message::decode(&bytes),
+                Err(WireError::Path(BadPath::Empty))
+            );
+        }
     }
 
     #[test]
