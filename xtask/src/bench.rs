@@ -32,6 +32,33 @@ enum Bench {
     /// ratio against its baseline of the same run; the table is printed
     /// and saved under target/bench/.
     Farm(FarmArgs),
+    /// The mirror (SPEC §10): latency `sync = "fsync"` adds to a 4 KiB
+    /// write + fsync (vs halo off, and the lab RTT), streaming write
+    /// throughput on vs off, capture cost outside replicated directories,
+    /// client-observed failover, initial copy and resync after 1 % changed
+    /// vs `rsync -a`. One run; the table is printed and saved under
+    /// target/bench/.
+    Mirror(MirrorArgs),
+}
+
+/// Options of `cargo xtask bench mirror`.
+#[derive(clap::Args)]
+struct MirrorArgs {
+    /// Primary host deaths of the failover part (≥ 10).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    kills: u32,
+    /// MiB of the initial-copy / resync data set (SPEC: 2048).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    data_mib: u32,
+    /// Files of that data set (SPEC: 20000).
+    #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(10..))]
+    files: u32,
+    /// MiB written by the streaming-write part.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    stream_mib: u32,
+    /// Parts to skip, comma-separated: writes, failover, sync.
+    #[arg(long)]
+    skip: Option<String>,
 }
 
 /// Options of `cargo xtask bench farm`.
@@ -68,6 +95,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let result = match &args.bench {
         Bench::Detect(detect) => run_detect(&mut steps, detect),
         Bench::Farm(farm) => run_farm(&mut steps, farm),
+        Bench::Mirror(mirror) => run_mirror(&mut steps, mirror),
     };
     steps.print_summary();
     result
@@ -102,6 +130,29 @@ fn run_farm(steps: &mut Steps, args: &FarmArgs) -> Result<()> {
         command
             .arg("farm")
             .args(["--kills", &args.kills.to_string()])
+            .arg("--report-dir")
+            .arg(&report_dir);
+        if let Some(skip) = &args.skip {
+            command.args(["--skip", skip]);
+        }
+        cmd::run(&mut command)
+            .map(|()| format!("report in {}", report_dir.display()))
+            .hint("the bench's own error is above; it removes its labs even when it fails")
+    })?;
+    Ok(())
+}
+
+fn run_mirror(steps: &mut Steps, args: &MirrorArgs) -> Result<()> {
+    let bench = LabProgram::build(steps, "halo-bench")?;
+    let report_dir = logs_dir("bench".as_ref());
+    steps.run("bench mirror", || {
+        let mut command = bench.command();
+        command
+            .arg("mirror")
+            .args(["--kills", &args.kills.to_string()])
+            .args(["--data-mib", &args.data_mib.to_string()])
+            .args(["--files", &args.files.to_string()])
+            .args(["--stream-mib", &args.stream_mib.to_string()])
             .arg("--report-dir")
             .arg(&report_dir);
         if let Some(skip) = &args.skip {

@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod lab_program;
 mod package;
 mod setup;
@@ -34,6 +35,10 @@ enum Command {
     /// on a VIP, a live view of which node answers, a node killed and
     /// brought back; Ctrl-C removes the lab (needs root).
     Demo(demo::DemoArgs),
+    /// Run the libFuzzer targets of `fuzz/` for a while each and print
+    /// their executions; fails on a crash, naming the input (nightly,
+    /// cargo-fuzz: see `cargo xtask setup`).
+    Fuzz(fuzz::FuzzArgs),
     /// Build halo in release mode and a Debian package of it (binary, systemd
     /// unit, default configuration, man pages, completions) with dpkg-deb.
     Package(package::PackageArgs),
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::Package(args) => package::run(args),
     };
     match result {

@@ -27,6 +27,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     // `keepalived`: the VRRP baseline of `cargo xtask bench farm`'s outage.
     "keepalived",
+    // `rsync`: the baseline of `cargo xtask bench mirror`'s resync and
+    // initial copy.
+    "rsync",
     // `promtool`: checking the daemon's `/metrics` exposition in the lab tests.
     "prometheus",
     // Headless Chromium and its WebDriver: the lab test `daemon::console`
@@ -37,6 +40,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 
 /// The bpf-linker release known to build against the nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The cargo-fuzz release `cargo xtask fuzz` runs the fuzz targets with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Kernel type information, from which halo reads struct offsets.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -52,6 +58,7 @@ pub fn run() -> Result<()> {
     let nightly = steps.run("nightly toolchain", Nightly::detect)?;
     steps.run("nightly rust-src", rust_src)?;
     steps.run("bpf-linker", || bpf_linker(&nightly))?;
+    steps.run("cargo-fuzz", cargo_fuzz)?;
     println!("setup: done in {}", seconds(steps.elapsed()));
     Ok(())
 }
@@ -305,6 +312,26 @@ fn bpf_linker(nightly: &Nightly) -> Result<String> {
         linker.display(),
         nightly.libllvm
     ))
+}
+
+/// Installs cargo-fuzz, which builds and runs the fuzz targets of `fuzz/`
+/// with the nightly, unless the expected release is there.
+fn cargo_fuzz() -> Result<String> {
+    let installed = cmd::read(cmd::new("cargo").args(["fuzz", "--version"]));
+    // Prints `cargo-fuzz 0.13.2`.
+    if let Ok(version) = &installed {
+        if version.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION) {
+            return Ok(format!("{CARGO_FUZZ_VERSION} already installed"));
+        }
+    }
+    println!("  installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    cmd::run(
+        cmd::new("cargo")
+            .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
+            .args(["--locked", "--force"]),
+    )
+    .hint("read cargo's error above; a network failure can simply be retried")?;
+    Ok(format!("installed {CARGO_FUZZ_VERSION}"))
 }
 
 /// Why the bpf-linker at `linker` cannot be used with `nightly`, or `None`

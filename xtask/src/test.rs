@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::cmd;
+use crate::fuzz;
 use crate::setup;
 use crate::step::{HintExt as _, Steps};
+
+/// How long `cargo xtask test` fuzzes each target (`cargo xtask fuzz` runs longer).
+const FUZZ_SECONDS: u64 = 10;
 
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
@@ -90,6 +94,10 @@ fn run_steps(steps: &mut Steps, args: &TestArgs) -> Result<()> {
         .map(|()| "passed")
         .hint("rerun one with `cargo test -p <crate> <name> -- --nocapture`")
     })?;
+
+    // A short run of every fuzz target: catches a parser that panics on
+    // what the seeds and a few seconds of mutation reach.
+    fuzz::run_targets(steps, fuzz::TARGETS, FUZZ_SECONDS)?;
 
     steps.run("build halo", || {
         cmd::run(cargo().args(["build", "--package", "halo"]))

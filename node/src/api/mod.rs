@@ -37,6 +37,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub use auth::ApiToken;
 pub use progress::ReplicationProgress;
+#[doc(hidden)] // the request parsers, public for the fuzz target `api_body` only
+pub use routes::{event_query, parse_switch, Switch};
 
 use crate::{config::Config, farm::SharedTables};
 pub use status::{ModuleCounters, ModuleStatus, NodeStatus, PeerStatus};

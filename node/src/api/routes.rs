@@ -633,7 +633,8 @@ pub struct EventList {
 const DEFAULT_EVENT_LIMIT: usize = 1000;
 
 /// Parses `/events`' query: `since_ms` and `limit`, both unsigned.
-fn event_query(query: Option<&str>) -> Result<(u64, usize), String> {
+#[doc(hidden)] // public for the fuzz target `api_body` only
+pub fn event_query(query: Option<&str>) -> Result<(u64, usize), String> {
     let mut since_ms = 0;
     let mut limit = DEFAULT_EVENT_LIMIT;
     for pair in query
@@ -789,7 +790,8 @@ pub struct Switch {
 }
 
 /// Reads a `Switch` body, or says which field is wrong.
-fn parse_switch(body: &[u8]) -> Result<Switch, String> {
+#[doc(hidden)] // public for the fuzz target `api_body` only
+pub fn parse_switch(body: &[u8]) -> Result<Switch, String> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| format!("body: expected a JSON object {{\"enabled\": true|false}}: {e}"))?;
     let object = value

@@ -9,6 +9,7 @@ mod daemon_log;
 mod detect;
 mod farm;
 mod load;
+mod mirror;
 mod stats;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -32,6 +33,21 @@ enum Bench {
     /// per second against nftables, outage when a node dies against
     /// keepalived; tables printed and saved as markdown.
     Farm(FarmArgs),
+    /// The mirror: fsync latency added by `sync = "fsync"`, streaming
+    /// write throughput and capture cost with halo on vs off, failover
+    /// seen by a client, initial copy and resync vs `rsync -a`; tables
+    /// printed and saved as markdown.
+    Mirror(MirrorArgs),
+    /// Writes 4 KiB blocks into a file, optionally each fsynced, and prints
+    /// the timings (the writer of `mirror`).
+    #[command(name = mirror::io::WRITER_COMMAND, hide = true)]
+    MirrorWriter {
+        path: PathBuf,
+        ops: u32,
+        span: u64,
+        #[arg(long)]
+        fsync: bool,
+    },
     /// Sends TCP SYNs to the filter-rate lab's VIP until killed (the load
     /// generator of `farm`).
     #[command(name = farm::filter_rate::BLAST_COMMAND, hide = true)]
@@ -109,6 +125,35 @@ struct FarmArgs {
     report_dir: PathBuf,
 }
 
+/// Options of `halo-bench mirror`.
+#[derive(clap::Args, Debug)]
+struct MirrorArgs {
+    /// 4 KiB write + fsync operations per phase (halo off, on, off).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    fsync_ops: u32,
+    /// MiB written by dd per phase.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    stream_mib: u32,
+    /// 4 KiB writes outside replicated directories per phase.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
+    write_ops: u32,
+    /// Primary host deaths of the failover part.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    kills: u32,
+    /// MiB of the initial-copy / resync data set.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    data_mib: u32,
+    /// Files of that data set.
+    #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(10..))]
+    files: u32,
+    /// Parts to skip: writes, failover, sync.
+    #[arg(long, value_delimiter = ',', value_parser = ["writes", "failover", "sync"])]
+    skip: Vec<String>,
+    /// Directory the markdown report is written to.
+    #[arg(long, default_value = "target/bench")]
+    report_dir: PathBuf,
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff`.
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = text
@@ -148,6 +193,24 @@ fn main() -> ExitCode {
             skip: args.skip,
             report_dir: args.report_dir,
         }),
+        Bench::Mirror(args) => mirror::run(&mirror::Options {
+            fsync_ops: args.fsync_ops,
+            stream_mib: args.stream_mib,
+            write_ops: args.write_ops,
+            kills: args.kills,
+            sync: mirror::sync::Options {
+                data_mib: args.data_mib,
+                files: args.files,
+            },
+            skip: args.skip,
+            report_dir: args.report_dir,
+        }),
+        Bench::MirrorWriter {
+            path,
+            ops,
+            span,
+            fsync,
+        } => mirror::io::writer(&path, ops, span, fsync),
         Bench::Blast { dst_mac, cpu } => {
             farm::filter_rate::blast(&farm::filter_rate::BlastOptions { dst_mac, cpu })
         }

@@ -1,0 +1,410 @@
+//! `halo-bench mirror`: the mirror's SPEC §10 figures in one run, each
+//! against a baseline measured in the same run: the latency `sync =
+//! "fsync"` adds to a 4 KiB write + fsync (against the same loop with halo
+//! off, and the lab's RTT), streaming write throughput with replication on
+//! and off, client-observed failover, the initial copy and the resync after
+//! 1 % changed against `rsync -a`, and the cost of the capture on writes
+//! outside replicated directories.
+//!
+//! The tables are printed and saved as one markdown file.
+
+pub mod failover;
+pub mod io;
+pub mod sync;
+
+#[path = "../farm/report.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod report;
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{ensure, Context as _, Result};
+use halo_tests::{
+    cluster::{self, module_in, Cluster, Timing},
+    lab::{self, LabBuilder},
+};
+use nix::sys::signal::Signal;
+
+use self::report::Table;
+use crate::stats::{ms, Summary};
+
+pub const MODULE: &str = "db";
+/// The replicated directory (private to each lab host).
+pub const DIR: &str = "/var/lib/app";
+/// A directory outside replication (private to each lab host).
+const OUTSIDE: &str = "/var/lib/bench";
+
+pub fn vip() -> IpAddr {
+    lab::lab_ipv4(210).into()
+}
+
+/// A mirror of [`DIR`] between n1 and n2, n1 primary on a first start,
+/// `sync = "fsync"` (the default).
+pub fn mirror_toml() -> String {
+    format!(
+        "[[module]]\nname = \"{MODULE}\"\nkind = \"mirror\"\nnodes = [\"n1\", \"n2\"]\n\
+         interface = \"eth0\"\nvip = \"{}\"\ndefaultprim = \"n1\"\nsync = \"fsync\"\n\n\
+         [[module.dir]]\npath = \"{DIR}\"\n",
+        vip()
+    )
+}
+
+/// Waits until `node`'s module is `state`, ready.
+pub fn wait_module(cluster: &Cluster<'_>, node: &str, state: &str) -> Result<()> {
+    cluster
+        .wait_status(
+            node,
+            Duration::from_secs(120),
+            &format!("{node}'s {MODULE} {state} ready"),
+            |s| module_in(s, MODULE, state, "ready"),
+        )
+        .map(|_| ())
+        .with_context(|| format!("{node}'s log:\n{}", cluster.log(node).unwrap_or_default()))
+}
+
+/// What `halo-bench mirror` was asked to do.
+pub struct Options {
+    pub fsync_ops: u32,
+    pub stream_mib: u32,
+    pub write_ops: u32,
+    pub kills: u32,
+    pub sync: sync::Options,
+    pub skip: Vec<String>,
+    pub report_dir: PathBuf,
+}
+
+/// The figures of the writes lab: halo off before, on, off after.
+struct Writes {
+    rtt: Duration,
+    fsync: [Vec<Duration>; 3],
+    stream: [f64; 3],
+    write_ns: [f64; 3],
+    notes: Vec<String>,
+}
+
+fn measure_phase(lab: &lab::Lab, options: &Options, out: &mut Writes, phase: usize) -> Result<()> {
+    out.fsync[phase] =
+        io::fsync_latencies(lab, "n1", &format!("{DIR}/fsync.dat"), options.fsync_ops)?;
+    out.write_ns[phase] =
+        io::write_cost(lab, "n1", &format!("{OUTSIDE}/out.dat"), options.write_ops)?;
+    out.stream[phase] = io::stream(
+        lab,
+        "n1",
+        &format!("{OUTSIDE}/source.bin"),
+        &format!("{DIR}/stream.bin"),
+        options.stream_mib,
+    )?;
+    Ok(())
+}
+
+fn measure_writes(options: &Options) -> Result<Writes> {
+    let lab = LabBuilder::new("bench_mirror_writes")
+        .hosts(&["n1", "n2"])
+        .private_path(OUTSIDE)
+        .build()
+        .context("build the writes lab")?;
+    lab.host("n1").sh(&format!(
+        "head -c {}M /dev/urandom > {OUTSIDE}/source.bin",
+        options.stream_mib
+    ))?;
+    let mut out = Writes {
+        rtt: io::rtt(&lab, "n1", "n2")?,
+        fsync: Default::default(),
+        stream: [0.0; 3],
+        write_ns: [0.0; 3],
+        notes: Vec::new(),
+    };
+    println!("  halo off …");
+    measure_phase(&lab, options, &mut out, 0)?;
+    lab.host("n1").sh(&format!("rm -f {DIR}/* && sync"))?;
+    println!("  halo on (sync = fsync) …");
+    let mut cluster =
+        Cluster::configure(&lab, &["n1", "n2"], 1, Timing::default(), &mirror_toml())?;
+    cluster.start_all()?;
+    wait_module(&cluster, "n1", "PRIM")?;
+    wait_module(&cluster, "n2", "SECOND")?;
+    measure_phase(&lab, options, &mut out, 1)?;
+    // The primary stops first, so the secondary has nothing to wait for;
+    // a daemon that does not stop on SIGTERM is SIGKILLed (noted).
+    for node in ["n1", "n2"] {
+        let daemon = cluster.daemon(node)?;
+        daemon.signal(Signal::SIGTERM)?;
+        if daemon.wait_timeout(Duration::from_secs(30)).is_err() {
+            daemon.kill()?;
+            out.notes.push(format!(
+                "{node}'s daemon did not stop within 30 s of SIGTERM: SIGKILLed"
+            ));
+        }
+    }
+    println!("  halo off again …");
+    measure_phase(&lab, options, &mut out, 2)?;
+    Ok(out)
+}
+
+fn percentile(sample: &[Duration], percent: usize) -> Duration {
+    let mut sorted = sample.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (percent * sorted.len()).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+fn writes_tables(w: &Writes, options: &Options) -> Vec<Table> {
+    let off: Vec<Duration> = w.fsync[0].iter().chain(&w.fsync[2]).copied().collect();
+    let on = &w.fsync[1];
+    let target = w.rtt + Duration::from_micros(500);
+    let mut fsync = Table::new(
+        "fsync latency added by sync = \"fsync\" (4 KiB write + fsync)",
+        &["", "p50 ms", "p99 ms", "ops"],
+    );
+    for (name, sample) in [("halo off (before and after)", &off), ("halo on", on)] {
+        fsync.row(vec![
+            name.to_owned(),
+            format!("{:.3}", percentile(sample, 50).as_secs_f64() * 1e3),
+            format!("{:.3}", percentile(sample, 99).as_secs_f64() * 1e3),
+            sample.len().to_string(),
+        ]);
+    }
+    let added = |p| percentile(on, p).saturating_sub(percentile(&off, p));
+    fsync.row(vec![
+        "added".into(),
+        format!("{:.3}", added(50).as_secs_f64() * 1e3),
+        format!("{:.3}", added(99).as_secs_f64() * 1e3),
+        String::new(),
+    ]);
+    fsync.note(format!(
+        "lab RTT n1→n2 {:.3} ms (ping mean); target: added ≤ RTT + 0.5 ms = {:.3} ms; p50 {}",
+        w.rtt.as_secs_f64() * 1e3,
+        target.as_secs_f64() * 1e3,
+        if added(50) <= target { "met" } else { "missed" }
+    ));
+    let mut stream = Table::new(
+        format!(
+            "streaming writes, dd {} MiB in 1 MiB blocks + fdatasync into the replicated dir",
+            options.stream_mib
+        ),
+        &["halo off before", "halo on", "halo off after", "on/off"],
+    );
+    let off_mean = (w.stream[0] + w.stream[2]) / 2.0;
+    stream.row(vec![
+        format!("{:.0} MiB/s", w.stream[0]),
+        format!("{:.0} MiB/s", w.stream[1]),
+        format!("{:.0} MiB/s", w.stream[2]),
+        format!("{:.2}", w.stream[1] / off_mean),
+    ]);
+    stream.note("target: on/off ≥ 0.9 (off = mean of before and after)");
+    let mut capture = Table::new(
+        format!(
+            "capture cost on writes outside replicated dirs ({} × 4 KiB pwrite, no fsync)",
+            options.write_ops
+        ),
+        &["halo off before", "halo on", "halo off after", "added"],
+    );
+    let off_ns = (w.write_ns[0] + w.write_ns[2]) / 2.0;
+    capture.row(vec![
+        format!("{:.0} ns", w.write_ns[0]),
+        format!("{:.0} ns", w.write_ns[1]),
+        format!("{:.0} ns", w.write_ns[2]),
+        format!("{:+.1} %", (w.write_ns[1] / off_ns - 1.0) * 100.0),
+    ]);
+    capture.note("target: ≤ 3 %");
+    for note in &w.notes {
+        capture.note(note.clone());
+    }
+    vec![fsync, stream, capture]
+}
+
+fn failover_table(r: &failover::FailoverResult) -> Table {
+    let mut table = Table::new(
+        "failover, client-observed (primary host killed, probe every 10 ms)",
+        &[
+            "deaths",
+            "min ms",
+            "p50 ms",
+            "p90 ms",
+            "max ms",
+            "target ms",
+        ],
+    );
+    if let Some(s) = Summary::of(&r.outages) {
+        table.row(vec![
+            s.count.to_string(),
+            ms(s.min),
+            ms(s.p50),
+            ms(s.p90),
+            ms(s.max),
+            ms(r.timeout + Duration::from_millis(200)),
+        ]);
+    }
+    table.note(format!(
+        "heartbeat timeout {} ms; the web servers run before the death (no application start)",
+        r.timeout.as_millis()
+    ));
+    table
+}
+
+fn sync_table(r: &sync::SyncResult) -> Table {
+    let mut table = Table::new(
+        format!(
+            "initial copy and resync vs rsync -a ({} MiB in {} files; 1 % = {} bytes changed)",
+            r.data_bytes >> 20,
+            r.files,
+            r.changed_bytes
+        ),
+        &[
+            "",
+            "halo s",
+            "halo bytes",
+            "rsync s",
+            "rsync bytes",
+            "halo/rsync time",
+        ],
+    );
+    for (name, h, rs) in [
+        ("initial copy", r.halo_initial, r.rsync_initial),
+        (
+            "resync, secondary's daemon restarted",
+            r.halo_resync,
+            r.rsync_resync,
+        ),
+        (
+            "resync, old primary back after failover",
+            r.halo_failover_resync,
+            r.rsync_failover_resync,
+        ),
+    ] {
+        table.row(vec![
+            name.to_owned(),
+            format!("{:.2}", h.time.as_secs_f64()),
+            h.bytes_sent.to_string(),
+            format!("{:.2}", rs.time.as_secs_f64()),
+            rs.bytes_sent.to_string(),
+            format!("{:.2}", h.time.as_secs_f64() / rs.time.as_secs_f64()),
+        ]);
+    }
+    table.note(format!(
+        "halo sent {:.2} × the changed bytes after the secondary's restart, {:.2} × ({} changed) \
+         after the failover (target ≤ 1.2); target for times: ≤ rsync's",
+        r.halo_resync.bytes_sent as f64 / r.changed_bytes as f64,
+        r.halo_failover_resync.bytes_sent as f64 / r.failover_changed_bytes as f64,
+        r.failover_changed_bytes
+    ));
+    table.note(
+        "halo time: from the secondary's daemon start to the primary's `in sync` event; \
+         rsync: `rsync -a` to an rsync daemon on the other node; before each \
+         departure the pair stays in sync 6 s (the primary takes a sync point every 2 s)",
+    );
+    table
+}
+
+/// Runs the parts, prints their tables and saves the report.
+pub fn run(options: &Options) -> Result<()> {
+    ensure!(
+        std::env::var_os("HALO_BIN").is_some(),
+        "HALO_BIN is not set: run the bench with `cargo xtask bench mirror`"
+    );
+    let halo = cluster::halo_bin();
+    let started = SystemTime::now();
+    let (date, stamp) = report::utc(started);
+    let skip = |part: &str| options.skip.iter().any(|s| s == part);
+    let mut config = String::new();
+    let _ = writeln!(config, "- date: {date}");
+    let _ = writeln!(config, "- halo: `{}`", halo.display());
+    let _ = writeln!(config, "- cores: {}", crate::load::cores());
+    let _ = writeln!(
+        config,
+        "- writes: {} fsync ops per phase, dd {} MiB, {} writes outside; failover: {} deaths; \
+         data set {} MiB in {} files",
+        options.fsync_ops,
+        options.stream_mib,
+        options.write_ops,
+        options.kills,
+        options.sync.data_mib,
+        options.sync.files
+    );
+    if !options.skip.is_empty() {
+        let _ = writeln!(config, "- skipped: {}", options.skip.join(", "));
+    }
+    println!("halo-bench mirror\n{config}");
+    let mut tables = Vec::new();
+    let mut raw = String::new();
+    let mut failures = Vec::new();
+    if !skip("writes") {
+        println!("fsync latency, streaming writes, capture cost …");
+        match measure_writes(options) {
+            Ok(w) => {
+                for t in writes_tables(&w, options) {
+                    println!("{}", t.text());
+                    tables.push(t);
+                }
+                let _ = writeln!(
+                    raw,
+                    "- dd MiB/s off/on/off: {:.1} {:.1} {:.1}\n- ns per outside write off/on/off: {:.0} {:.0} {:.0}\n",
+                    w.stream[0], w.stream[1], w.stream[2], w.write_ns[0], w.write_ns[1], w.write_ns[2]
+                );
+            }
+            Err(e) => failures.push(format!("writes: {e:#}")),
+        }
+    }
+    if !skip("failover") {
+        println!("failover, client-observed …");
+        match failover::run(options.kills) {
+            Ok(r) => {
+                let t = failover_table(&r);
+                println!("{}", t.text());
+                tables.push(t);
+                let o: Vec<String> = r.outages.iter().map(|d| ms(*d)).collect();
+                let _ = writeln!(raw, "- outage per death (ms): {}\n", o.join(" "));
+            }
+            Err(e) => failures.push(format!("failover: {e:#}")),
+        }
+    }
+    if !skip("sync") {
+        println!("initial copy and resync vs rsync …");
+        match sync::run(&options.sync) {
+            Ok(r) => {
+                let t = sync_table(&r);
+                println!("{}", t.text());
+                tables.push(t);
+                let _ = writeln!(raw, "#### the primary's events around the resync\n");
+                for line in &r.events {
+                    let _ = writeln!(raw, "- {line}");
+                }
+                raw.push('\n');
+            }
+            Err(e) => failures.push(format!("sync: {e:#}")),
+        }
+    }
+    for f in &failures {
+        eprintln!("halo-bench mirror: {f}");
+    }
+    let mut markdown = format!(
+        "# `cargo xtask bench mirror`, {date}\n\n## Configuration\n\n{config}\n## Results\n\n"
+    );
+    for table in &tables {
+        markdown += &table.markdown();
+    }
+    for failure in &failures {
+        let _ = writeln!(markdown, "**Failed:** {failure}\n");
+    }
+    let _ = write!(
+        markdown,
+        "## Raw figures\n\n{raw}Run took {} s.\n",
+        started.elapsed().unwrap_or_default().as_secs()
+    );
+    fs::create_dir_all(&options.report_dir)
+        .with_context(|| format!("create {}", options.report_dir.display()))?;
+    let path = options.report_dir.join(format!("mirror-{stamp}.md"));
+    fs::write(&path, markdown).with_context(|| format!("write {}", path.display()))?;
+    println!("report saved to {}", path.display());
+    ensure!(failures.is_empty(), "{} part(s) failed", failures.len());
+    Ok(())
+}
