@@ -45,7 +45,8 @@ fn paths(message: &Message) -> Vec<&RelPath> {
         | Message::Symlink { path, .. }
         | Message::Remove { path }
         | Message::Sums { path, .. }
-        | Message::Need { path, .. } => vec![path],
+        | Message::Need { path, .. }
+        | Message::Missing { path } => vec![path],
         Message::Link { path, existing } => vec![path, existing],
         Message::Rename { from, to } => vec![from, to],
         Message::Listing { dir, .. } => vec![dir],
