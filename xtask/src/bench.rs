@@ -123,39 +123,42 @@ fn run_detect(steps: &mut Steps, args: &DetectArgs) -> Result<()> {
 }
 
 fn run_farm(steps: &mut Steps, args: &FarmArgs) -> Result<()> {
-    let bench = LabProgram::build(steps, "halo-bench")?;
-    let report_dir = logs_dir("bench".as_ref());
-    steps.run("bench farm", || {
-        let mut command = bench.command();
-        command
-            .arg("farm")
-            .args(["--kills", &args.kills.to_string()])
-            .arg("--report-dir")
-            .arg(&report_dir);
-        if let Some(skip) = &args.skip {
-            command.args(["--skip", skip]);
-        }
-        cmd::run(&mut command)
-            .map(|()| format!("report in {}", report_dir.display()))
-            .hint("the bench's own error is above; it removes its labs even when it fails")
-    })?;
-    Ok(())
+    run_reporting(
+        steps,
+        "farm",
+        args.skip.as_deref(),
+        &[("--kills", args.kills.to_string())],
+    )
 }
 
 fn run_mirror(steps: &mut Steps, args: &MirrorArgs) -> Result<()> {
+    let options = [
+        ("--kills", args.kills.to_string()),
+        ("--data-mib", args.data_mib.to_string()),
+        ("--files", args.files.to_string()),
+        ("--stream-mib", args.stream_mib.to_string()),
+    ];
+    run_reporting(steps, "mirror", args.skip.as_deref(), &options)
+}
+
+/// Builds `halo-bench` and runs its subcommand `part` with `options`, the
+/// parts to `skip`, and the directory of its markdown report.
+fn run_reporting(
+    steps: &mut Steps,
+    part: &str,
+    skip: Option<&str>,
+    options: &[(&str, String)],
+) -> Result<()> {
     let bench = LabProgram::build(steps, "halo-bench")?;
     let report_dir = logs_dir("bench".as_ref());
-    steps.run("bench mirror", || {
+    steps.run(format!("bench {part}"), || {
         let mut command = bench.command();
-        command
-            .arg("mirror")
-            .args(["--kills", &args.kills.to_string()])
-            .args(["--data-mib", &args.data_mib.to_string()])
-            .args(["--files", &args.files.to_string()])
-            .args(["--stream-mib", &args.stream_mib.to_string()])
-            .arg("--report-dir")
-            .arg(&report_dir);
-        if let Some(skip) = &args.skip {
+        command.arg(part);
+        for (flag, value) in options {
+            command.args([*flag, value.as_str()]);
+        }
+        command.arg("--report-dir").arg(&report_dir);
+        if let Some(skip) = skip {
             command.args(["--skip", skip]);
         }
         cmd::run(&mut command)

@@ -16,13 +16,13 @@ use tokio::{
     sync::{mpsc, watch},
     time::Instant as TokioInstant,
 };
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
     api::{ModuleAction, SharedStatus},
-    app::{self, checker::CheckerReport, script::ScriptSpec, LogSink},
+    app::{self, checker::CheckerReport, LogSink},
     cluster::frame::ModuleReport,
-    config::{self, FarmModule},
+    config::FarmModule,
     farm::{datapath::FarmDataPath, SharedTables},
     fsm::{
         self,
@@ -31,7 +31,10 @@ use crate::{
     },
 };
 
-use super::module_log::ModuleLog;
+use super::{
+    module::{self, CheckerInput, ModuleCore, STOP_GRACE},
+    module_log::ModuleLog,
+};
 
 /// What reaches a module driver from the cluster.
 #[derive(Debug)]
@@ -43,24 +46,17 @@ pub enum ModuleInput {
     },
 }
 
-/// How long a stopping daemon waits for a module's stop scripts.
-const STOP_GRACE: Duration = Duration::from_secs(120);
-
 /// Everything a farm driver needs, shared with the daemon.
 pub struct FarmDriver {
     module: FarmModule,
-    node: String,
+    core: ModuleCore,
     machine: Farm,
     origin: TokioInstant,
-    status: SharedStatus,
     reports: Arc<Mutex<Vec<ModuleReport>>>,
-    log: ModuleLog,
-    sink: LogSink,
     /// Peers whose module is UP Ready.
     members: BTreeMap<String, u32>,
     peer_reports: HashMap<String, ModuleReport>,
     checkers_on: watch::Sender<bool>,
-    checker_states: HashMap<String, bool>,
     datapath: FarmDataPath,
     /// The live bucket table, shared with the API (`halo buckets`).
     tables: SharedTables,
@@ -112,18 +108,14 @@ impl FarmDriver {
         FarmDriver {
             datapath,
             tables,
+            core: ModuleCore::new(&module.name, node, status, log, sink),
             module,
-            node: node.to_owned(),
             machine,
             origin: TokioInstant::now(),
-            status,
             reports,
-            log,
-            sink,
             members: BTreeMap::new(),
             peer_reports: HashMap::new(),
             checkers_on,
-            checker_states: HashMap::new(),
             start_pending: true,
             heard: std::collections::BTreeSet::new(),
         }
@@ -141,7 +133,7 @@ impl FarmDriver {
             .module
             .nodes
             .iter()
-            .all(|n| *n == self.node || self.heard.contains(n));
+            .all(|n| *n == self.core.node || self.heard.contains(n));
         if known || timed_out {
             self.start_pending = false;
             self.feed(Input::Command(Command::Start), scripts);
@@ -205,7 +197,7 @@ impl FarmDriver {
                 Some(done) = script_done.recv() => self.feed(done, &script_tx),
                 Some(report) = checker_reports.recv() => self.on_checker(report, &script_tx),
                 Some(line) = log_lines.recv() => self.write_log(&line.source, &line.text),
-                _ = sleep_until(deadline) => {
+                _ = module::sleep_until(deadline) => {
                     let draining = self.machine.awaiting_drain();
                     self.feed(Input::Timer, &script_tx);
                     if draining && !self.machine.awaiting_drain() {
@@ -223,7 +215,7 @@ impl FarmDriver {
                     self.settle();
                     self.check_drained(&script_tx);
                 }
-                _ = sleep_until(stop_deadline) => {
+                _ = module::sleep_until(stop_deadline) => {
                     warn!(module = %self.module.name, "stop scripts did not finish within the grace period");
                     break;
                 }
@@ -309,33 +301,11 @@ impl FarmDriver {
     }
 
     fn on_checker(&mut self, report: CheckerReport, scripts: &mpsc::UnboundedSender<Input>) {
-        let previous = self.checker_states.insert(report.id.clone(), report.ok);
-        crate::api::update_module(&self.status, &self.module.name, |m| {
-            m.counters
-                .record_checker(&report.id, report.ok, &report.detail)
-        });
-        let verdict = if report.ok { "ok" } else { "failed" };
-        self.write_log(
-            &format!("checker:{}", report.id),
-            &format!("{verdict}: {}", report.detail),
-        );
-        let input = match (report.ok, report.action) {
-            (false, config::CheckerAction::Wait) => Input::ResourceDown {
-                resource: report.id,
-            },
-            (true, config::CheckerAction::Wait) if previous == Some(false) => Input::ResourceUp {
-                resource: report.id,
-            },
-            (false, action) => Input::CheckerFailed {
-                action: match action {
-                    config::CheckerAction::Restart => fsm::CheckerAction::Restart,
-                    config::CheckerAction::Stopstart => fsm::CheckerAction::StopStart,
-                    config::CheckerAction::Stop | config::CheckerAction::Wait => {
-                        fsm::CheckerAction::Stop
-                    }
-                },
-            },
-            (true, _) => return,
+        let input = match self.core.checker(report) {
+            Some(CheckerInput::ResourceDown(resource)) => Input::ResourceDown { resource },
+            Some(CheckerInput::ResourceUp(resource)) => Input::ResourceUp { resource },
+            Some(CheckerInput::Failed(action)) => Input::CheckerFailed { action },
+            None => return,
         };
         self.feed(input, scripts);
     }
@@ -347,18 +317,11 @@ impl FarmDriver {
             match action {
                 Action::RunScript(run) => {
                     let path = self.script_path(run.kind);
-                    let spec = ScriptSpec::new(&self.module.name, &self.node, &run, path);
-                    let sink = self.sink.clone();
-                    let done = scripts.clone();
-                    let status = Arc::clone(&self.status);
-                    tokio::spawn(async move {
-                        let outcome = app::script::run_script(&spec, &sink).await;
-                        record_script(&status, &spec.module, &spec.kind.to_string(), &outcome);
-                        let _ = done.send(Input::ScriptDone {
-                            kind: spec.kind,
-                            ok: outcome.ok(),
+                    self.core
+                        .run_script(&run, path, scripts, |kind, ok| Input::ScriptDone {
+                            kind,
+                            ok,
                         });
-                    });
                 }
                 Action::ClaimVip | Action::ReleaseVip | Action::SetBuckets { .. } => {
                     if let Err(error) = self.perform_datapath(&action) {
@@ -373,13 +336,14 @@ impl FarmDriver {
                     }
                 }
                 Action::Log(event) => {
-                    info!(module = %self.module.name, %event, "module event");
-                    self.write_log("fsm", &event.to_string());
-                    if let fsm::Event::StateChanged { from, to, .. } = event {
-                        crate::api::update_module(&self.status, &self.module.name, |m| {
-                            m.counters.record_transition(from.as_str(), to.as_str())
-                        });
-                        self.run_transition(from, to);
+                    if let Some((from, to)) = self.core.event(&event) {
+                        let scripts = &self.module.scripts;
+                        self.core.run_transition(
+                            scripts.transition.clone(),
+                            from,
+                            to,
+                            scripts.nicestoptimeout,
+                        );
                     }
                 }
             }
@@ -465,28 +429,6 @@ impl FarmDriver {
         }
     }
 
-    /// The `transition` script runs on every state change; the machine does
-    /// not wait for it (fsm's driver contract).
-    fn run_transition(&self, from: State, to: State) {
-        let Some(path) = self.module.scripts.transition.clone() else {
-            return;
-        };
-        let spec = app::script::TransitionSpec {
-            module: self.module.name.clone(),
-            node: self.node.clone(),
-            path: Some(path),
-            from,
-            to,
-            timeout: self.module.scripts.nicestoptimeout,
-        };
-        let sink = self.sink.clone();
-        let status = Arc::clone(&self.status);
-        tokio::spawn(async move {
-            let outcome = app::script::run_transition(&spec, &sink).await;
-            record_script(&status, &spec.module, "transition", &outcome);
-        });
-    }
-
     fn script_path(&self, kind: fsm::ScriptKind) -> Option<std::path::PathBuf> {
         let scripts = &self.module.scripts;
         match kind {
@@ -499,34 +441,14 @@ impl FarmDriver {
     }
 
     fn write_log(&mut self, source: &str, text: &str) {
-        match self.log.append(source, text) {
-            Ok(_) => {
-                if source == "fsm" {
-                    self.set_last_event(text);
-                }
-            }
-            Err(error) => {
-                warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot write the module log")
-            }
-        }
-    }
-
-    fn set_last_event(&self, text: &str) {
-        let mut status = self.status.write().expect("status lock");
-        if let Some(m) = status
-            .modules
-            .iter_mut()
-            .find(|m| m.name == self.module.name)
-        {
-            m.last_event = text.to_owned();
-        }
+        self.core.write_log(source, text);
     }
 
     /// Publishes the machine's state to the API and the heartbeat.
     fn publish(&self) {
         let (state, phase) = (self.machine.state(), self.machine.phase());
         {
-            let mut status = self.status.write().expect("status lock");
+            let mut status = self.core.status.write().expect("status lock");
             if let Some(m) = status
                 .modules
                 .iter_mut()
@@ -556,28 +478,5 @@ impl FarmDriver {
             Some(slot) => *slot = report,
             None => reports.push(report),
         }
-    }
-}
-
-/// Counts a script run in the module's status (`/metrics`); a script that
-/// is not configured did not run.
-pub(super) fn record_script(
-    status: &SharedStatus,
-    module: &str,
-    script: &str,
-    outcome: &app::script::ScriptReport,
-) {
-    if outcome.outcome != app::script::ScriptOutcome::NotConfigured {
-        crate::api::update_module(status, module, |m| {
-            m.counters
-                .record_script(script, outcome.ok(), outcome.elapsed)
-        });
-    }
-}
-
-async fn sleep_until(deadline: Option<TokioInstant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

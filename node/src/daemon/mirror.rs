@@ -10,7 +10,6 @@
 //! only while it serves.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr, TcpListener},
     path::PathBuf,
     sync::{
@@ -24,11 +23,11 @@ use tokio::{
     sync::{mpsc, watch},
     time::Instant as TokioInstant,
 };
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
     api::{progress::ReplicationProgress, ModuleAction, SharedStatus},
-    app::{self, checker::CheckerReport, script::ScriptSpec, LogSink},
+    app::{self, checker::CheckerReport, LogSink},
     cluster::{frame::ModuleReport, keys::ClusterSecret},
     config::{self, Config, MirrorModule, Witness},
     fsm::{
@@ -50,10 +49,12 @@ use crate::{
     },
 };
 
-use super::{farm::ModuleInput, module_log::ModuleLog};
+use super::{
+    farm::ModuleInput,
+    module::{self, CheckerInput, ModuleCore, STOP_GRACE},
+    module_log::ModuleLog,
+};
 
-/// How long a stopping daemon waits for a module's stop scripts.
-const STOP_GRACE: Duration = Duration::from_secs(120);
 /// How often a primary in sync records its sync point (a barrier round trip).
 const SYNC_POINT_EVERY: Duration = Duration::from_secs(2);
 /// How long a secondary keeps trying to reach its primary before giving up.
@@ -136,18 +137,14 @@ pub enum Internal {
 /// Everything a mirror driver needs.
 pub struct MirrorDriver {
     module: MirrorModule,
-    node: String,
     peer: String,
     machine: Mirror,
     origin: TokioInstant,
-    status: SharedStatus,
+    core: ModuleCore,
     reports: Arc<Mutex<Vec<ModuleReport>>>,
-    log: ModuleLog,
-    sink: LogSink,
     files: StampFiles,
     setup: Setup,
     checkers_on: watch::Sender<bool>,
-    checker_states: HashMap<String, bool>,
     progress: Arc<Progress>,
     /// Opened before any read-only mount (see `mirror::apply`).
     applier: Arc<Mutex<Applier>>,
@@ -290,18 +287,14 @@ impl MirrorDriver {
             feed: None,
             machine: Mirror::new(cfg, stamp),
             peer_replication: SocketAddr::new(peer_ip, module.replication.port),
+            core: ModuleCore::new(&module.name, &node, status, log, sink),
             module,
-            node,
             peer,
             origin: TokioInstant::now(),
-            status,
             reports,
-            log,
-            sink,
             files,
             setup,
             checkers_on,
-            checker_states: HashMap::new(),
             progress: Arc::default(),
             applier: Arc::new(Mutex::new(applier)),
             tracker: None,
@@ -391,10 +384,10 @@ impl MirrorDriver {
                 Some(done) = script_done.recv() => self.feed(done, &script_tx),
                 Some(report) = checker_reports.recv() => self.on_checker(report, &script_tx),
                 Some(line) = log_lines.recv() => self.write_log(&line.source, &line.text),
-                _ = sleep_until(deadline) => self.feed(Input::Timer, &script_tx),
+                _ = module::sleep_until(deadline) => self.feed(Input::Timer, &script_tx),
                 _ = tick.tick() => self.publish_progress(),
                 _ = sync_tick.tick() => self.take_sync_point(),
-                _ = sleep_until(stop_deadline) => {
+                _ = module::sleep_until(stop_deadline) => {
                     warn!(module = %self.module.name, "stop scripts did not finish within the grace period");
                     break;
                 }
@@ -420,16 +413,14 @@ impl MirrorDriver {
             Internal::Accepted(stream) => self.accept(stream, scripts),
             Internal::Witness(won) => {
                 let result = if won { "reached" } else { "unreachable" };
-                crate::api::update_module(&self.status, &self.module.name, |m| {
-                    m.counters.record_witness("ping", result)
-                });
+                self.core
+                    .update(|m| m.counters.record_witness("ping", result));
                 self.feed(Input::WitnessAnswer { won }, scripts)
             }
             Internal::Lease(Ok(valid_for)) => {
                 self.lease_refusal = None;
-                crate::api::update_module(&self.status, &self.module.name, |m| {
-                    m.counters.record_witness("arbiter", "granted")
-                });
+                self.core
+                    .update(|m| m.counters.record_witness("arbiter", "granted"));
                 let until = self.now() + valid_for;
                 self.feed(Input::LeaseGranted { until }, scripts);
             }
@@ -440,9 +431,8 @@ impl MirrorDriver {
                     self.write_log("witness", &format!("no lease: {reason}"));
                     self.lease_refusal = Some(kind);
                 }
-                crate::api::update_module(&self.status, &self.module.name, |m| {
-                    m.counters.record_witness("arbiter", "refused")
-                });
+                self.core
+                    .update(|m| m.counters.record_witness("arbiter", "refused"));
                 self.feed(Input::LeaseLost, scripts)
             }
             Internal::SecondaryStarted(id, _) | Internal::Session(id, _) if id != self.session_id => {
@@ -668,33 +658,11 @@ impl MirrorDriver {
     }
 
     fn on_checker(&mut self, report: CheckerReport, scripts: &mpsc::UnboundedSender<Input>) {
-        crate::api::update_module(&self.status, &self.module.name, |m| {
-            m.counters
-                .record_checker(&report.id, report.ok, &report.detail)
-        });
-        let previous = self.checker_states.insert(report.id.clone(), report.ok);
-        let verdict = if report.ok { "ok" } else { "failed" };
-        self.write_log(
-            &format!("checker:{}", report.id),
-            &format!("{verdict}: {}", report.detail),
-        );
-        let input = match (report.ok, report.action) {
-            (false, config::CheckerAction::Wait) => Input::ResourceDown {
-                resource: report.id,
-            },
-            (true, config::CheckerAction::Wait) if previous == Some(false) => Input::ResourceUp {
-                resource: report.id,
-            },
-            (false, action) => Input::CheckerFailed {
-                action: match action {
-                    config::CheckerAction::Restart => fsm::CheckerAction::Restart,
-                    config::CheckerAction::Stopstart => fsm::CheckerAction::StopStart,
-                    config::CheckerAction::Stop | config::CheckerAction::Wait => {
-                        fsm::CheckerAction::Stop
-                    }
-                },
-            },
-            (true, _) => return,
+        let input = match self.core.checker(report) {
+            Some(CheckerInput::ResourceDown(resource)) => Input::ResourceDown { resource },
+            Some(CheckerInput::ResourceUp(resource)) => Input::ResourceUp { resource },
+            Some(CheckerInput::Failed(action)) => Input::CheckerFailed { action },
+            None => return,
         };
         self.feed(input, scripts);
     }
@@ -720,23 +688,11 @@ impl MirrorDriver {
         match action {
             Action::RunScript(run) => {
                 let path = self.script_path(run.kind);
-                let spec = ScriptSpec::new(&self.module.name, &self.node, &run, path);
-                let sink = self.sink.clone();
-                let done = scripts.clone();
-                let status = Arc::clone(&self.status);
-                tokio::spawn(async move {
-                    let outcome = app::script::run_script(&spec, &sink).await;
-                    super::farm::record_script(
-                        &status,
-                        &spec.module,
-                        &spec.kind.to_string(),
-                        &outcome,
-                    );
-                    let _ = done.send(Input::ScriptDone {
-                        kind: spec.kind,
-                        ok: outcome.ok(),
+                self.core
+                    .run_script(&run, path, scripts, |kind, ok| Input::ScriptDone {
+                        kind,
+                        ok,
                     });
-                });
             }
             Action::ClaimVip => {
                 if let Err(error) = self.vip(true) {
@@ -827,15 +783,14 @@ impl MirrorDriver {
                 }
             }
             Action::Log(event) => {
-                info!(module = %self.module.name, %event, "module event");
-                self.write_log("fsm", &event.to_string());
-                if let fsm::Event::StateChanged { from, to, .. } = event {
-                    if from != to {
-                        crate::api::update_module(&self.status, &self.module.name, |m| {
-                            m.counters.record_transition(from.as_str(), to.as_str())
-                        });
-                    }
-                    self.run_transition(from, to);
+                if let Some((from, to)) = self.core.event(&event) {
+                    let scripts = &self.module.scripts;
+                    self.core.run_transition(
+                        scripts.transition.clone(),
+                        from,
+                        to,
+                        scripts.nicestoptimeout,
+                    );
                 }
             }
         }
@@ -853,7 +808,6 @@ impl MirrorDriver {
         let applier = Arc::clone(&self.applier);
         let stamp = self.machine.stamp();
         let join = (stamp.generation.0, state_code(stamp.state));
-        let progress = Arc::clone(&self.progress);
         let primary = self.peer_replication;
         let internal = self.internal_tx.clone();
         tokio::task::spawn_blocking(move || {
@@ -868,7 +822,6 @@ impl MirrorDriver {
                     &setup,
                     Arc::clone(&applier),
                     join,
-                    Arc::clone(&progress),
                     tx.clone(),
                 ) {
                     Ok(session) => {
@@ -921,7 +874,7 @@ impl MirrorDriver {
         );
         let internal = self.internal_tx.clone();
         let module = self.module.name.clone();
-        let node = self.node.clone();
+        let node = self.core.node.clone();
         self.lease_task = Some(tokio::spawn(async move {
             let every = arbiter.lease / 3;
             loop {
@@ -1007,27 +960,7 @@ impl MirrorDriver {
             lag_seconds: if in_sync { lag.as_secs_f64() } else { 0.0 },
             backlog_bytes: load(&p.backlog),
         });
-        crate::api::progress::publish(&self.status, &self.module.name, progress);
-    }
-
-    fn run_transition(&self, from: State, to: State) {
-        let Some(path) = self.module.scripts.transition.clone() else {
-            return;
-        };
-        let spec = app::script::TransitionSpec {
-            module: self.module.name.clone(),
-            node: self.node.clone(),
-            path: Some(path),
-            from,
-            to,
-            timeout: self.module.scripts.nicestoptimeout,
-        };
-        let sink = self.sink.clone();
-        let status = Arc::clone(&self.status);
-        tokio::spawn(async move {
-            let outcome = app::script::run_transition(&spec, &sink).await;
-            super::farm::record_script(&status, &spec.module, "transition", &outcome);
-        });
+        crate::api::progress::publish(&self.core.status, &self.module.name, progress);
     }
 
     fn script_path(&self, kind: fsm::ScriptKind) -> Option<PathBuf> {
@@ -1042,30 +975,14 @@ impl MirrorDriver {
     }
 
     fn write_log(&mut self, source: &str, text: &str) {
-        match self.log.append(source, text) {
-            Ok(_) => {
-                if source == "fsm" {
-                    let mut status = self.status.write().expect("status lock");
-                    if let Some(m) = status
-                        .modules
-                        .iter_mut()
-                        .find(|m| m.name == self.module.name)
-                    {
-                        m.last_event = text.to_owned();
-                    }
-                }
-            }
-            Err(error) => {
-                warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot write the module log")
-            }
-        }
+        self.core.write_log(source, text);
     }
 
     /// Publishes the machine's state to the API and the heartbeat.
     fn publish(&self) {
         let (state, phase) = (self.machine.state(), self.machine.phase());
         {
-            let mut status = self.status.write().expect("status lock");
+            let mut status = self.core.status.write().expect("status lock");
             if let Some(m) = status
                 .modules
                 .iter_mut()
@@ -1189,13 +1106,6 @@ fn read_only_bind(dir: &std::path::Path) -> bool {
         .rev()
         .find(|(p, _)| p == dir)
         .is_some_and(|(_, options)| options.split(',').any(|o| o == "ro"))
-}
-
-async fn sleep_until(deadline: Option<TokioInstant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

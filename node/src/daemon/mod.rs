@@ -9,6 +9,7 @@ pub mod epoch;
 pub mod farm;
 pub mod heartbeat;
 pub mod mirror;
+mod module;
 pub mod module_log;
 pub mod notify;
 

@@ -42,8 +42,6 @@ const OPEN_FILES: usize = 64;
 pub struct Applier {
     roots: Vec<OwnedFd>,
     open: HashMap<RelPath, File>,
-    /// Bytes of file data written.
-    pub bytes_written: u64,
 }
 
 /// The result of applying one message.
@@ -83,7 +81,6 @@ impl Applier {
         Ok(Applier {
             roots,
             open: HashMap::new(),
-            bytes_written: 0,
         })
     }
 
@@ -145,7 +142,6 @@ impl Applier {
             Message::Write { path, offset, data } => {
                 let file = self.writable(&path)?;
                 file.write_all_at(&data, offset)?;
-                self.bytes_written += data.len() as u64;
             }
             Message::SetSize { path, size } => {
                 self.writable(&path)?.set_len(size)?;

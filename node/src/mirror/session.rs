@@ -83,16 +83,12 @@ pub struct Setup {
 pub struct Progress {
     /// Bytes put on the wire by this end in the current session.
     pub bytes_sent: AtomicU64,
-    /// Bytes of file data written by the secondary in the current session.
-    pub bytes_applied: AtomicU64,
     /// Entries the resynchronisation walk visited / will visit.
     pub files_done: AtomicU64,
     pub files_total: AtomicU64,
     /// Bytes of the files the walk visited / found.
     pub bytes_done: AtomicU64,
     pub bytes_total: AtomicU64,
-    /// Whether a resynchronisation is running.
-    pub resyncing: AtomicBool,
     /// Whether the walk has found every entry (the totals are final).
     pub walk_complete: AtomicBool,
     /// Bytes of captured writes queued and not yet sent.
@@ -788,7 +784,6 @@ impl Sender {
         match op {
             Op::Stop => return Ok(false),
             Op::Resync { full, since } => {
-                self.progress.resyncing.store(true, Ordering::Relaxed);
                 self.progress.walk_complete.store(false, Ordering::Relaxed);
                 for counter in [
                     &self.progress.files_done,
@@ -995,7 +990,6 @@ impl Sender {
     fn maybe_end(&mut self) -> io::Result<()> {
         if self.end_pending && self.outstanding == 0 {
             self.end_pending = false;
-            self.progress.resyncing.store(false, Ordering::Relaxed);
             self.send(&Message::ResyncEnd {
                 generation: self.resync_generation,
             })?;
@@ -1234,7 +1228,6 @@ impl SecondarySession {
         setup: &Setup,
         applier: Arc<Mutex<Applier>>,
         join: (u64, u8),
-        progress: Arc<Progress>,
         events: Events,
     ) -> Result<Self, ChannelError> {
         let mut stream = TcpStream::connect_timeout(&primary, Duration::from_secs(3))?;
@@ -1265,12 +1258,7 @@ impl SecondarySession {
                         Err(e) => break e.to_string(),
                     };
                     let shown = describe(&message);
-                    let mut applier = applier.lock().expect("applier");
-                    let result = applier.apply(message);
-                    progress
-                        .bytes_applied
-                        .store(applier.bytes_written, Ordering::Relaxed);
-                    drop(applier);
+                    let result = applier.lock().expect("applier").apply(message);
                     match result {
                         Ok(Reply::None) => {}
                         Ok(Reply::Send(reply)) => {

@@ -76,11 +76,6 @@ impl StampFiles {
         )
     }
 
-    /// Forgets the sync point (the next resynchronisation is full).
-    pub fn clear_sync_point(&self) {
-        let _ = fs::remove_file(self.dir.join("sync-point.json"));
-    }
-
     fn replace(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
@@ -121,8 +116,6 @@ mod tests {
         let (generation, since) = files.load_sync_point().unwrap();
         assert_eq!(generation, 7);
         assert!(since < now && since >= now - SYNC_MARGIN - Duration::from_millis(1));
-        files.clear_sync_point();
-        assert!(files.load_sync_point().is_none());
         fs::write(dir.join("mirror/db/stamp.json"), b"{").unwrap();
         let error = format!("{:#}", files.load_stamp().unwrap_err());
         assert!(error.contains("damaged"), "{error}");

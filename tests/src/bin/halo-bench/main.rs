@@ -10,6 +10,7 @@ mod detect;
 mod farm;
 mod load;
 mod mirror;
+mod report;
 mod stats;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};

@@ -33,7 +33,7 @@ use halo_tests::{
     lab::{Host, LabBuilder, LabProcess},
 };
 
-use super::report::{median, Table};
+use crate::report::{median, Table};
 
 /// The hidden subcommand that makes `halo-bench` the load generator.
 pub const BLAST_COMMAND: &str = "blast";

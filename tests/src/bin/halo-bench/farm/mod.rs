@@ -10,7 +10,6 @@
 pub mod filter_rate;
 pub mod outage;
 pub mod per_packet;
-mod report;
 
 use std::{
     fmt::Write as _,
@@ -43,7 +42,7 @@ pub fn run(options: &Options) -> Result<()> {
     );
     let halo = cluster::halo_bin();
     let started = SystemTime::now();
-    let (date, stamp) = report::utc(started);
+    let (date, stamp) = crate::report::utc(started);
     let skip = |part: &str| options.skip.iter().any(|s| s == part);
     let mut config = String::new();
     let _ = writeln!(config, "- date: {date}");

@@ -30,7 +30,7 @@ use halo_tests::{
     lab::{self, Lab, LabBuilder, LabProcess},
 };
 
-use super::report::{median, Table};
+use crate::report::{median, Table};
 use crate::stats::{human, ms, Summary};
 
 /// The hidden subcommand that makes `halo-bench` the probe.

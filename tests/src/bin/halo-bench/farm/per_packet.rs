@@ -16,7 +16,7 @@ use halo::ebpf::farm::FarmIngress;
 use halo_common::farm::{bucket_of, filter, BucketState, FarmRule, VipKey, BUCKETS};
 use halo_tests::frames::{self, Mac};
 
-use super::report::{median, Table};
+use crate::report::{median, Table};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -12,10 +12,6 @@ pub mod failover;
 pub mod io;
 pub mod sync;
 
-#[path = "../farm/report.rs"]
-#[allow(dead_code, clippy::duplicate_mod)]
-mod report;
-
 use std::{
     fmt::Write as _,
     fs,
@@ -31,7 +27,7 @@ use halo_tests::{
 };
 use nix::sys::signal::Signal;
 
-use self::report::Table;
+use crate::report::{self, Table};
 use crate::stats::{ms, Summary};
 
 pub const MODULE: &str = "db";

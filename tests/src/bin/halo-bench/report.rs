@@ -1,4 +1,4 @@
-//! The farm bench's tables, printed aligned and saved as markdown.
+//! The benches' tables, printed aligned and saved as markdown (farm, mirror).
 
 use std::time::SystemTime;
 
