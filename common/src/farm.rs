@@ -52,6 +52,12 @@ impl PacketClass {
 /// (QinQ is two; more is not a frame a farm interface should see).
 pub const MAX_VLAN_TAGS: usize = 2;
 
+/// How many IPv6 extension headers (hop-by-hop, routing, fragment,
+/// destination options) the parser walks to find a VIP packet's transport
+/// header; a VIP packet with a longer chain is dropped, as one no rule
+/// names.
+pub const MAX_IPV6_EXTENSION_HEADERS: usize = 6;
+
 /// Buckets of the farm's client hash (SafeKit has 256).
 pub const BUCKETS: u32 = 4096;
 
@@ -172,7 +178,8 @@ pub enum Verdict {
     Accepted = 0,
     /// For the VIP, in another node's bucket: dropped.
     OtherNode = 1,
-    /// For the VIP, but no rule names its protocol and port: dropped.
+    /// For the VIP, but no rule names its protocol and port, or the packet
+    /// is cut short (or nested too deep) before them: dropped.
     NoRule = 2,
     /// An ARP request for the VIP answered by this node.
     ArpAnswered = 3,

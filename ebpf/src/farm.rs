@@ -12,7 +12,9 @@
 //!   client's address (and port, per rule); the bucket's owner rewrites the
 //!   destination MAC to its own and passes it up, every other node drops it;
 //!   buckets in a planned handover keep the connections their old owner has
-//!   sockets for;
+//!   sockets for; a VIP packet cut short before what its bucket depends on,
+//!   or behind more IPv6 extension headers than are walked, is dropped by
+//!   every node, as is VIP traffic no rule names;
 //! - everything else passes untouched, after one map lookup.
 
 #![no_std]
@@ -32,13 +34,14 @@ use aya_ebpf::{
 };
 use halo_common::farm::{
     bucket_of, filter, BucketState, FarmRule, FarmSettings, PacketClass, UdpFlowKey, Verdict,
-    VipKey, VipValue, BUCKETS, MAX_RULES, MAX_VLAN_TAGS,
+    VipKey, VipValue, BUCKETS, MAX_IPV6_EXTENSION_HEADERS, MAX_RULES, MAX_VLAN_TAGS,
 };
 use halo_ebpf::packet::{
-    be16, has_bytes, ptr_at, ptr_at_mut, ArpHdr, EthHdr, Ipv4Hdr, Ipv6Hdr, NeighbourMessage, Ports,
-    TcpHead, Truncated, VlanHdr, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6,
-    ICMPV6_NEIGHBOUR_ADVERTISEMENT, ICMPV6_NEIGHBOUR_SOLICITATION, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN,
+    be16, has_bytes, ptr_at, ptr_at_mut, ArpHdr, EthHdr, Ipv4Hdr, Ipv6FragmentHdr, Ipv6Hdr,
+    Ipv6OptionsHead, NeighbourMessage, Ports, TcpHead, Truncated, VlanHdr, ETH_P_8021AD,
+    ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, ICMPV6_NEIGHBOUR_ADVERTISEMENT,
+    ICMPV6_NEIGHBOUR_SOLICITATION, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN,
 };
 
 /// Frames seen per [`PacketClass`], per CPU (no atomics on the hot path).
@@ -78,8 +81,10 @@ static FARM_UDP_FLOWS: LruHashMap<UdpFlowKey, u64> = LruHashMap::with_max_entrie
 pub fn farm_ingress(ctx: XdpContext) -> u32 {
     // A frame the parser cannot read passes: dropping what we failed to
     // understand would cut the node off its own network, and the kernel's
-    // stack validates whatever it receives anyway. A frame for a VIP is
-    // always read completely before any decision to accept it.
+    // stack validates whatever it receives anyway. Once a frame is known to
+    // be for a VIP, what cannot be read of it is dropped instead (see
+    // `unreadable`), and it is read completely before any decision to
+    // accept it.
     match try_farm_ingress(&ctx) {
         Ok(action) => action,
         Err(Truncated) => {
@@ -110,6 +115,17 @@ fn count(counters: &PerCpuArray<u64>, index: u32) {
 fn verdict(v: Verdict, action: u32) -> u32 {
     count(&FARM_VERDICTS, v as u32);
     action
+}
+
+/// The verdict on a VIP packet cut short before what its bucket depends on
+/// (ports, TCP flags, an IPv6 extension header), or behind more extension
+/// headers than are walked: no node can tell whose it is, and SPEC §4
+/// passes VIP traffic only in the buckets a node serves, so every node
+/// drops it, as it drops VIP traffic no rule names. Passing it would hand
+/// it to every node's kernel.
+#[inline(always)]
+fn unreadable(_: Truncated) -> Result<u32, Truncated> {
+    Ok(verdict(Verdict::NoRule, XDP_DROP))
 }
 
 fn try_farm_ingress(ctx: &XdpContext) -> Result<u32, Truncated> {
@@ -236,7 +252,7 @@ fn on_ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
         fragmented,
         is_v4: true,
     };
-    decide(ctx, settings, &packet)
+    decide(ctx, settings, &packet).or_else(unreadable)
 }
 
 fn on_ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
@@ -250,10 +266,13 @@ fn on_ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
     count(&FARM_CLASS_COUNTERS, PacketClass::Ipv6 as u32);
     let l4 = offset + core::mem::size_of::<Ipv6Hdr>();
     if ip.next_header == IPPROTO_ICMPV6 {
-        let icmp_type = ptr_at::<u8>(ctx, l4)?;
-        // SAFETY: bounds checked by ptr_at.
-        if unsafe { *icmp_type } == ICMPV6_NEIGHBOUR_SOLICITATION {
-            return on_neighbour_solicitation(ctx, offset);
+        if let Ok(icmp_type) = ptr_at::<u8>(ctx, l4) {
+            // SAFETY: bounds checked by ptr_at.
+            if unsafe { *icmp_type } == ICMPV6_NEIGHBOUR_SOLICITATION {
+                if let Some(action) = on_neighbour_solicitation(ctx, offset) {
+                    return Ok(action);
+                }
+            }
         }
     }
     if unsafe { FARM_VIPS.get(VipKey { addr: ip.dst }) }.is_none() {
@@ -262,18 +281,65 @@ fn on_ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
     let Some(settings) = settings() else {
         return Ok(verdict(Verdict::NotVip, XDP_PASS));
     };
-    // Extension headers are not walked: such packets are bucketed by
-    // address alone, like fragments.
-    let known = matches!(ip.next_header, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6);
+    let (proto, l4, fragmented) = match ipv6_transport(ctx, ip.next_header, l4) {
+        Ok(transport) => transport,
+        Err(cut) => return unreadable(cut),
+    };
     let packet = Packet {
         client: ip.src,
         vip: ip.dst,
-        proto: ip.next_header,
+        proto,
         l4,
-        fragmented: !known,
+        fragmented,
         is_v4: false,
     };
-    decide(ctx, settings, &packet)
+    decide(ctx, settings, &packet).or_else(unreadable)
+}
+
+/// Walks the IPv6 extension headers that start with `next_header` at `at`
+/// (at most `MAX_IPV6_EXTENSION_HEADERS`): the transport protocol, the
+/// offset of its header, and whether the packet is a fragment. Fragments,
+/// first or later, are bucketed by address alone like IPv4's, so that they
+/// meet on one node; after a later fragment's header comes data, not
+/// headers. `Truncated` also for a chain longer than is walked.
+#[inline(always)]
+fn ipv6_transport(
+    ctx: &XdpContext,
+    next_header: u8,
+    at: usize,
+) -> Result<(u8, usize, bool), Truncated> {
+    let (mut proto, mut at, mut fragmented) = (next_header, at, false);
+    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
+        match proto {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let head = ptr_at::<Ipv6OptionsHead>(ctx, at)?;
+                // SAFETY: bounds checked by ptr_at.
+                let (next, len) = unsafe { ((*head).next_header, (*head).len) };
+                proto = next;
+                at += (usize::from(len) + 1) * 8;
+            }
+            IPPROTO_FRAGMENT => {
+                let fragment = ptr_at::<Ipv6FragmentHdr>(ctx, at)?;
+                // SAFETY: bounds checked by ptr_at.
+                let (next, offset_flags) =
+                    unsafe { ((*fragment).next_header, be16((*fragment).offset_flags)) };
+                proto = next;
+                at += core::mem::size_of::<Ipv6FragmentHdr>();
+                // The offset or More Fragments, not the reserved bits.
+                if offset_flags & 0xfff9 != 0 {
+                    fragmented = true;
+                }
+                if offset_flags >> 3 != 0 {
+                    return Ok((proto, at, true));
+                }
+            }
+            _ => return Ok((proto, at, fragmented)),
+        }
+    }
+    match proto {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_DSTOPTS => Err(Truncated),
+        _ => Ok((proto, at, fragmented)),
+    }
 }
 
 /// An IP packet for a VIP, as far as the bucket decision needs it.
@@ -283,7 +349,7 @@ struct Packet {
     proto: u8,
     /// Offset of the transport header.
     l4: usize,
-    /// No transport header to read (a fragment, or IPv6 extension headers).
+    /// A fragment: no ports to read, or not in every fragment.
     fragmented: bool,
     is_v4: bool,
 }
@@ -495,18 +561,18 @@ fn remember_udp_flow(packet: &Packet, sport: u16, dport: u16) {
     let _ = FARM_UDP_FLOWS.insert(key, now, 0);
 }
 
-fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
+/// Answers or leaves a neighbour solicitation for a VIP target; `None`
+/// when the frame is too short to be one or its target is no VIP: then it
+/// is an ordinary ICMPv6 packet, bucketed if it is sent to a VIP.
+fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Option<u32> {
     let l4 = offset + core::mem::size_of::<Ipv6Hdr>();
-    let ip = ptr_at_mut::<Ipv6Hdr>(ctx, offset)?;
-    let ns = ptr_at_mut::<NeighbourMessage>(ctx, l4)?;
+    let ip = ptr_at_mut::<Ipv6Hdr>(ctx, offset).ok()?;
+    let ns = ptr_at_mut::<NeighbourMessage>(ctx, l4).ok()?;
     // SAFETY: both bounds checked; the frame is ours to rewrite.
     let (ip, ns) = unsafe { (&mut *ip, &mut *ns) };
-    let Some(vip) = (unsafe { FARM_VIPS.get(VipKey { addr: ns.target }) }) else {
-        return Ok(verdict(Verdict::NotVip, XDP_PASS));
-    };
-    let Some(settings) = settings() else {
-        return Ok(verdict(Verdict::NotVip, XDP_PASS));
-    };
+    // SAFETY: a map lookup; the value is only read.
+    let vip = unsafe { FARM_VIPS.get(VipKey { addr: ns.target }) }?;
+    let settings = settings()?;
     // Answerable: a solicitation with exactly one source link-layer option
     // (32 bytes), from a unicast address (not duplicate address detection).
     let answerable = be16(ip.payload_len) == 32
@@ -515,15 +581,15 @@ fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Result<u32, Tru
         && ns.option_len == 1
         && ip.src != [0u8; 16];
     if !answerable {
-        return Ok(verdict(Verdict::NdLeft, XDP_DROP));
+        return Some(verdict(Verdict::NdLeft, XDP_DROP));
     }
     match bucket_state(settings, bucket_of(&ip.src, None)) {
         BucketState::Owned | BucketState::Incoming => {}
         BucketState::NotMine | BucketState::Draining => {
-            return Ok(verdict(Verdict::NdLeft, XDP_DROP));
+            return Some(verdict(Verdict::NdLeft, XDP_DROP));
         }
     }
-    let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
+    let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok()?;
     // SAFETY: bounds checked; rewriting the solicitation into an advertisement.
     let eth = unsafe { &mut *eth };
     eth.dst = ns.mac;
@@ -538,7 +604,7 @@ fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Result<u32, Tru
     ns.mac = vip.vmac;
     ns.checksum = [0, 0];
     ns.checksum = icmpv6_checksum(ip, ns).to_be_bytes();
-    Ok(verdict(Verdict::NdAnswered, XDP_TX))
+    Some(verdict(Verdict::NdAnswered, XDP_TX))
 }
 
 /// The ICMPv6 checksum (RFC 4443 §2.3) of a 32-byte neighbour message.

@@ -97,6 +97,25 @@ pub struct Ipv6Hdr {
     pub dst: [u8; 16],
 }
 
+/// The first 2 bytes of an IPv6 hop-by-hop, routing or destination options
+/// header (RFC 8200 §4.3–4.6).
+#[repr(C)]
+pub struct Ipv6OptionsHead {
+    pub next_header: u8,
+    /// The header's length in 8-byte units, not counting the first 8.
+    pub len: u8,
+}
+
+/// An IPv6 fragment header (RFC 8200 §4.5).
+#[repr(C)]
+pub struct Ipv6FragmentHdr {
+    pub next_header: u8,
+    pub _reserved: u8,
+    /// Big-endian: offset in 8-byte units (13 bits), 2 reserved bits, M.
+    pub offset_flags: [u8; 2],
+    pub id: [u8; 4],
+}
+
 /// The first 4 bytes of a TCP or UDP header.
 #[repr(C)]
 pub struct Ports {
@@ -132,7 +151,11 @@ pub struct NeighbourMessage {
     pub mac: [u8; 6],
 }
 
+pub const IPPROTO_HOPOPTS: u8 = 0;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_DSTOPTS: u8 = 60;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;

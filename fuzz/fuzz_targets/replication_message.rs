@@ -50,6 +50,7 @@ fn paths(message: &Message) -> Vec<&RelPath> {
         Message::Link { path, existing } => vec![path, existing],
         Message::Rename { from, to } => vec![from, to],
         Message::Listing { dir, .. } => vec![dir],
+        Message::Diverged { paths } => paths.iter().flatten().collect(),
         Message::Barrier { .. }
         | Message::ResyncBegin { .. }
         | Message::ResyncEnd { .. }

@@ -32,8 +32,10 @@ fn main() -> ExitCode {
         Command::Witness {
             listen,
             secret,
+            accept_secret,
             max_lease,
-        } => halo::daemon::run_witness(listen, &secret, max_lease).map(|()| ExitCode::SUCCESS),
+        } => halo::daemon::run_witness(listen, &secret, accept_secret.as_deref(), max_lease)
+            .map(|()| ExitCode::SUCCESS),
         Command::Start(args) => cli::action::run(&args, ModuleAction::Start),
         Command::Stop(args) => cli::action::run(&args, ModuleAction::Stop),
         Command::Restart(args) => cli::action::run(&args, ModuleAction::Restart),
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             targets,
         } => cli::buckets::run(&module, json, &targets),
         Command::Status { json, targets } => cli::status::run(json, &targets),
+        Command::Reload { json, targets } => cli::reload::run(json, &targets),
         Command::Log {
             module,
             follow,

@@ -1,6 +1,7 @@
 //! `cargo xtask`: halo's set-up and test automation.
 
 mod bench;
+mod chaos;
 mod cmd;
 mod demo;
 mod fuzz;
@@ -35,6 +36,10 @@ enum Command {
     /// on a VIP, a live view of which node answers, a node killed and
     /// brought back; Ctrl-C removes the lab (needs root).
     Demo(demo::DemoArgs),
+    /// Set up, build halo in release mode, then run a randomized fault
+    /// campaign against a lab cluster (farm and mirror under load) and
+    /// check its invariants; `--seed` replays a campaign (needs root).
+    Chaos(chaos::ChaosArgs),
     /// Run the libFuzzer targets of `fuzz/` for a while each and print
     /// their executions; fails on a crash, naming the input (nightly,
     /// cargo-fuzz: see `cargo xtask setup`).
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Package(args) => package::run(args),
     };

@@ -100,9 +100,19 @@ fn run_steps(steps: &mut Steps, args: &TestArgs) -> Result<()> {
     fuzz::run_targets(steps, fuzz::TARGETS, FUZZ_SECONDS)?;
 
     steps.run("build halo", || {
-        cmd::run(cargo().args(["build", "--package", "halo"]))
-            .map(|()| "built")
-            .hint("node/build.rs builds the eBPF object with bpf-linker: see `cargo xtask setup`")
+        cmd::run(cargo().args([
+            "build",
+            "--package",
+            "halo",
+            "--package",
+            "halo-tests",
+            "--bin",
+            "halo",
+            "--bin",
+            "halo-chaos",
+        ]))
+        .map(|()| "built")
+        .hint("node/build.rs builds the eBPF object with bpf-linker: see `cargo xtask setup`")
     })?;
 
     steps.run("lab tests", || {
@@ -120,6 +130,7 @@ fn run_steps(steps: &mut Steps, args: &TestArgs) -> Result<()> {
              to see the daemons' output",
         )
     })?;
+
     Ok(())
 }
 

@@ -177,6 +177,11 @@ pub fn render(status: &NodeStatus, farms: &HashMap<String, FarmView>) -> String 
         "counter",
         "Heartbeat frames a peer sent that never arrived (sequence gaps), by peer and network.",
     );
+    let mut accepted_secret = Family::new(
+        "halo_heartbeat_frames_accepted_secret_total",
+        "counter",
+        "Heartbeat frames signed with this node's accepted secret (cluster.accept_secret_file), not its signing one, by peer and network: during a rotation, 0 growth means the peer signs with the same secret as this node.",
+    );
     for link in &hb.links {
         let labels = [
             ("peer", link.peer.as_str()),
@@ -184,6 +189,7 @@ pub fn render(status: &NodeStatus, farms: &HashMap<String, FarmView>) -> String 
         ];
         accepted.sample(&labels, n(link.accepted));
         lost.sample(&labels, n(link.lost));
+        accepted_secret.sample(&labels, n(link.accepted_secret));
     }
     let mut late = Family::new(
         "halo_heartbeat_late_ticks_total",
@@ -191,7 +197,16 @@ pub fn render(status: &NodeStatus, farms: &HashMap<String, FarmView>) -> String 
         "Detector ticks this node ran late (starved of CPU or paused).",
     );
     late.sample(&[], n(hb.late_ticks));
-    families.extend([sent, send_errors, received, rejected, accepted, lost, late]);
+    families.extend([
+        sent,
+        send_errors,
+        received,
+        rejected,
+        accepted,
+        lost,
+        accepted_secret,
+        late,
+    ]);
 
     let mut state = Family::new(
         "halo_module_state",
@@ -449,6 +464,7 @@ mod tests {
             network: "net0".into(),
             accepted: 10,
             lost: 2,
+            accepted_secret: 4,
         });
         status
     }
@@ -467,6 +483,9 @@ mod tests {
         ));
         assert!(text.contains("halo_heartbeat_frames_rejected_total{reason=\"forged\"} 3\n"));
         assert!(text.contains("halo_heartbeat_frames_lost_total{peer=\"b\",network=\"net0\"} 2\n"));
+        assert!(text.contains(
+            "halo_heartbeat_frames_accepted_secret_total{peer=\"b\",network=\"net0\"} 4\n"
+        ));
         assert!(
             !text.contains("halo_replication_"),
             "no replication series before a mirror publishes its progress"

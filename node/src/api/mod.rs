@@ -41,7 +41,7 @@ pub use progress::ReplicationProgress;
 pub use routes::{event_query, parse_switch, Switch};
 
 use crate::{config::Config, farm::SharedTables};
-pub use status::{ModuleCounters, ModuleStatus, NodeStatus, PeerStatus};
+pub use status::{ModuleCounters, ModuleStatus, NodeStatus, PeerStatus, ReloadReport};
 
 /// The daemon's current view, published by its main loop and the module
 /// drivers, read by the API.
@@ -128,6 +128,12 @@ impl ModuleAction {
 /// Where module actions go: each running module's input, by name.
 pub type ModuleActions = Arc<HashMap<String, UnboundedSender<ModuleAction>>>;
 
+/// How the API asks the daemon to reload its configuration file: the
+/// answer comes back on the enclosed channel, `Err` with why nothing
+/// changed (an invalid file, an unreadable secret).
+pub type ReloadRequests =
+    UnboundedSender<tokio::sync::oneshot::Sender<Result<ReloadReport, String>>>;
+
 /// What the API serves from: the daemon's shared state and configuration.
 pub struct ApiContext {
     pub status: SharedStatus,
@@ -135,6 +141,8 @@ pub struct ApiContext {
     pub token: ApiToken,
     pub tables: SharedTables,
     pub config: Arc<Config>,
+    /// The daemon's reloads (`None`: this server cannot reload, 503).
+    pub reload: Option<ReloadRequests>,
 }
 
 #[derive(Clone)]
@@ -144,6 +152,7 @@ struct ApiState {
     token: Arc<ApiToken>,
     tables: SharedTables,
     config: Arc<Config>,
+    reload: Option<ReloadRequests>,
 }
 
 /// Who may call a route.
@@ -166,6 +175,7 @@ pub fn router(context: ApiContext) -> Router {
         token: Arc::new(context.token),
         tables: context.tables,
         config: context.config,
+        reload: context.reload,
     };
     let mut router = Router::new();
     for endpoint in routes::endpoints() {

@@ -231,6 +231,7 @@ fn schemas() -> Value {
             ("network", string()),
             ("accepted", count()),
             ("lost", count()),
+            ("accepted_secret", count()),
         ]),
         "ModuleStatus": object(&[
             ("name", string()),
@@ -350,6 +351,11 @@ fn schemas() -> Value {
             ("action", json!({ "enum": actions })),
         ]),
         "Switch": object(&[("enabled", boolean())]),
+        "ReloadReport": object(&[
+            ("file", string()),
+            ("applied", array_of(string())),
+            ("refused", array_of(string())),
+        ]),
     })
 }
 
@@ -409,6 +415,7 @@ mod tests {
                 progress: None,
             },
         );
+        assert_fields("ReloadReport", crate::api::ReloadReport::default());
         assert_fields(
             "ActionAccepted",
             ActionAccepted {

@@ -257,6 +257,18 @@ pub fn endpoints() -> Vec<Endpoint> {
             },
         ));
     }
+    all.push(endpoint(
+        "post",
+        "/api/v1/reload",
+        "Re-read the configuration file (as SIGHUP does): apply what changes live (the cluster secrets), refuse the rest, key by key, and keep running on the old values; an invalid file changes nothing (422)",
+        Write,
+        vec![
+            (200, J("ReloadReport")),
+            (422, J("Error")),
+            (503, J("Error")),
+        ],
+        || post(reload),
+    ));
     all.push(Endpoint {
         request: Some("Switch"),
         ..endpoint(
@@ -746,6 +758,30 @@ async fn ready(State(api): State<ApiState>, Path(module): Path<String>) -> Respo
         (StatusCode::OK, "OK\n").into_response()
     } else {
         (StatusCode::NOT_FOUND, "NOT READY\n").into_response()
+    }
+}
+
+async fn reload(State(api): State<ApiState>) -> Response {
+    let Some(requests) = &api.reload else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server does not reload its configuration",
+        );
+    };
+    let (answer_tx, answer) = tokio::sync::oneshot::channel();
+    if requests.send(answer_tx).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        );
+    }
+    match answer.await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(why)) => error(StatusCode::UNPROCESSABLE_ENTITY, why),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        ),
     }
 }
 

@@ -193,4 +193,22 @@ pub struct LinkCounters {
     /// Frames the peer sent that never arrived, from the gaps in their
     /// sequence numbers.
     pub lost: u64,
+    /// Of the accepted frames, those signed with this node's accepted
+    /// secret (`cluster.accept_secret_file`) rather than its signing one:
+    /// during a rotation, the peer has not switched to the same secret.
+    #[serde(default)]
+    pub accepted_secret: u64,
+}
+
+/// What `POST /api/v1/reload` (and SIGHUP) did with the re-read
+/// configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The configuration file re-read.
+    pub file: String,
+    /// What changed live, one line each.
+    pub applied: Vec<String>,
+    /// What changed in the file but needs a restart, one line each naming
+    /// the file and the key; the daemon keeps running on the old value.
+    pub refused: Vec<String>,
 }

@@ -37,6 +37,7 @@ fn serve(open_read: bool) -> String {
         token: ApiToken::new(Some(TOKEN.into())),
         tables: Arc::default(),
         config: Arc::new(config),
+        reload: None,
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -162,6 +162,20 @@ impl Daemon {
         })
     }
 
+    /// POSTs to `path` without a body and reads its JSON answer.
+    pub fn post_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiFailure> {
+        let mut request = Self::agent().post(format!("http://{}{path}", self.addr));
+        if let Some(bearer) = self.bearer() {
+            request = request.header("Authorization", &bearer);
+        }
+        let body = self.answer(request.send_empty())?;
+        serde_json::from_str(&body).map_err(|e| ApiFailure::Unreadable {
+            addr: self.addr.clone(),
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Asks the daemon to perform `action` on `module`.
     pub fn post_action(&self, module: &str, action: ModuleAction) -> Result<(), ApiFailure> {
         let url = format!(

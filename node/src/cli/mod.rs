@@ -8,6 +8,7 @@ pub mod docs;
 pub mod fanout;
 pub mod keygen;
 pub mod log;
+pub mod reload;
 pub mod snapshot;
 pub mod state;
 pub mod status;
@@ -82,6 +83,11 @@ pub enum Command {
         /// The secret shared with the clusters it serves (`halo keygen`).
         #[arg(long, default_value = "/etc/halo/cluster.key")]
         secret: PathBuf,
+        /// During a secret rotation, a second secret whose requests are
+        /// accepted too (and answered under it); while the file does not
+        /// exist, nothing more is accepted. SIGHUP re-reads both files.
+        #[arg(long)]
+        accept_secret: Option<PathBuf>,
         /// The longest lease granted (`"30s"`). A restarted witness refuses
         /// every request for 1.5 × this (a lease granted before the restart
         /// must have run out): keep it just above the modules' `lease`.
@@ -145,6 +151,17 @@ pub enum Command {
         #[arg(short = 'n', long = "lines", value_name = "N")]
         lines: Option<usize>,
         /// Machine-readable output: one JSON object per event and line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        targets: Targets,
+    },
+    /// Make the daemon re-read its configuration file (as SIGHUP does):
+    /// the cluster secrets change live, any other changed key is refused
+    /// and named (exit 2) and keeps its old value until a restart; an
+    /// invalid file changes nothing (exit 1).
+    Reload {
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
         #[command(flatten)]

@@ -27,7 +27,11 @@ struct Secrets {
 impl Secrets {
     fn of(config: Option<&Config>, target: &Target) -> Self {
         let mut files: Vec<PathBuf> = config
-            .map(|c| vec![c.cluster.secret_file.clone(), c.api.token_file.clone()])
+            .map(|c| {
+                let mut files = vec![c.cluster.secret_file.clone(), c.api.token_file.clone()];
+                files.extend(c.cluster.accept_secret_file.clone());
+                files
+            })
             .unwrap_or_default();
         files.extend(target.token_file.clone());
         files.dedup();

@@ -23,7 +23,7 @@
 //! forged frame costs one hash and reaches no parser.
 
 use super::{
-    keys::MacKey,
+    keys::{KeyUsed, MacKey},
     wire::{put_name, BadName, Cursor, Malformed},
 };
 
@@ -140,6 +140,16 @@ impl HeartbeatFrame {
 
     /// Checks and parses a received datagram.
     pub fn decode(bytes: &[u8], key: &MacKey, cluster: u64) -> Result<Self, FrameError> {
+        Self::decode_keyed(bytes, key, cluster).map(|(frame, _)| frame)
+    }
+
+    /// [`HeartbeatFrame::decode`], also saying which of `key`'s keys signed
+    /// the frame (a sender still, or already, on the accepted secret).
+    pub fn decode_keyed(
+        bytes: &[u8],
+        key: &MacKey,
+        cluster: u64,
+    ) -> Result<(Self, KeyUsed), FrameError> {
         if bytes.len() > MAX_FRAME_LEN {
             return Err(FrameError::TooLong(bytes.len()));
         }
@@ -161,9 +171,9 @@ impl HeartbeatFrame {
             return Err(FrameError::OtherCluster(frame_cluster));
         }
         let (body, tag) = bytes.split_at(bytes.len() - TAG_LEN);
-        if !key.verify(body, tag.try_into().expect("32 bytes")) {
+        let Some(used) = key.check(body, tag.try_into().expect("32 bytes")) else {
             return Err(FrameError::Forged);
-        }
+        };
         if body[7] != 0 {
             return Err(FrameError::Malformed("reserved byte set"));
         }
@@ -187,14 +197,15 @@ impl HeartbeatFrame {
             });
         }
         cursor.end()?;
-        Ok(HeartbeatFrame {
+        let frame = HeartbeatFrame {
             network: body[6],
             cluster: frame_cluster,
             sender,
             epoch,
             seq,
             modules,
-        })
+        };
+        Ok((frame, used))
     }
 }
 
@@ -275,6 +286,35 @@ mod tests {
         let err = HeartbeatFrame::decode(&bytes, &key(), cluster_id("prod")).unwrap_err();
         assert_eq!(err, FrameError::Forged);
         assert_eq!(err.reason(), "forged");
+    }
+
+    #[test]
+    fn during_a_rotation_frames_of_either_secret_are_accepted_and_told_apart() {
+        let old = ClusterSecret::from_bytes(&[7; 32]);
+        let new = ClusterSecret::from_bytes(&[9; 32]);
+        let rotating = new.clone().accepting(&old).heartbeat_key();
+        let id = cluster_id("prod");
+        let from_old = sample().encode(&old.heartbeat_key()).unwrap();
+        let from_new = sample().encode(&new.heartbeat_key()).unwrap();
+        assert_eq!(
+            HeartbeatFrame::decode_keyed(&from_old, &rotating, id),
+            Ok((sample(), KeyUsed::Accepted))
+        );
+        assert_eq!(
+            HeartbeatFrame::decode_keyed(&from_new, &rotating, id),
+            Ok((sample(), KeyUsed::Signing))
+        );
+        let stranger = ClusterSecret::from_bytes(&[1; 32]).heartbeat_key();
+        let from_stranger = sample().encode(&stranger).unwrap();
+        assert_eq!(
+            HeartbeatFrame::decode(&from_stranger, &rotating, id),
+            Err(FrameError::Forged)
+        );
+        assert_eq!(
+            sample().encode(&rotating).unwrap(),
+            from_new,
+            "a rotating node signs with its signing secret only"
+        );
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! authentication. Each use gets its own key, derived with BLAKE3's
 //! key-derivation mode and a context string, so a key leaked or misused in
 //! one protocol cannot forge messages of another.
+//!
+//! During a rotation a node also holds a second, *accepted* secret
+//! (`cluster.accept_secret_file`): everything is signed with the signing
+//! secret and accepted under either, so nodes can move from one secret to
+//! the next one at a time without ever refusing each other (SECURITY.md).
 
 use std::{
     fs,
@@ -50,9 +55,13 @@ pub enum SecretError {
     Random(String),
 }
 
-/// The shared cluster secret. Its `Debug` never shows the bytes.
+/// The shared cluster secret, and the second secret accepted beside it
+/// during a rotation. Its `Debug` never shows the bytes.
 #[derive(Clone)]
-pub struct ClusterSecret(Vec<u8>);
+pub struct ClusterSecret {
+    signing: Vec<u8>,
+    accepted: Option<Vec<u8>>,
+}
 
 impl std::fmt::Debug for ClusterSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,7 +72,34 @@ impl std::fmt::Debug for ClusterSecret {
 impl ClusterSecret {
     /// Wraps secret bytes (tests, and the file loader).
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        ClusterSecret(bytes.to_vec())
+        ClusterSecret {
+            signing: bytes.to_vec(),
+            accepted: None,
+        }
+    }
+
+    /// This secret, with `accepted` accepted beside it (never signing).
+    pub fn accepting(self, accepted: &ClusterSecret) -> Self {
+        ClusterSecret {
+            accepted: Some(accepted.signing.clone()),
+            ..self
+        }
+    }
+
+    /// Whether a second secret is accepted beside the signing one.
+    pub fn has_accepted(&self) -> bool {
+        self.accepted.is_some()
+    }
+
+    /// Reads the signing secret file and, if named, the accepted one
+    /// (`cluster.secret_file`, `cluster.accept_secret_file`), each checked as
+    /// [`ClusterSecret::load`] checks it.
+    pub fn load_pair(signing: &Path, accepted: Option<&Path>) -> Result<Self, SecretError> {
+        let secret = Self::load(signing)?;
+        match accepted {
+            Some(path) => Ok(secret.accepting(&Self::load(path)?)),
+            None => Ok(secret),
+        }
     }
 
     /// Reads the secret file: hex text as `halo keygen` writes it (whitespace
@@ -93,7 +129,7 @@ impl ClusterSecret {
                 found: bytes.len(),
             });
         }
-        Ok(ClusterSecret(bytes))
+        Ok(ClusterSecret::from_bytes(&bytes))
     }
 
     /// Writes a fresh random secret to `path` with mode 0600, refusing to
@@ -123,24 +159,50 @@ impl ClusterSecret {
 
     /// The key that authenticates heartbeat frames.
     pub fn heartbeat_key(&self) -> MacKey {
-        MacKey(blake3::derive_key(HEARTBEAT_CONTEXT, &self.0))
+        self.derive(HEARTBEAT_CONTEXT)
     }
 
     /// The key that authenticates lease requests and replies between the
     /// nodes and the arbiter witness (`halo witness`).
     pub fn witness_key(&self) -> MacKey {
-        MacKey(blake3::derive_key(WITNESS_CONTEXT, &self.0))
+        self.derive(WITNESS_CONTEXT)
     }
 
     /// The root key of mirror replication sessions (`mirror::channel`).
     pub fn replication_key(&self) -> MacKey {
-        MacKey(blake3::derive_key(REPLICATION_CONTEXT, &self.0))
+        self.derive(REPLICATION_CONTEXT)
+    }
+
+    fn derive(&self, context: &str) -> MacKey {
+        MacKey {
+            signing: blake3::derive_key(context, &self.signing),
+            accepted: self
+                .accepted
+                .as_ref()
+                .map(|secret| blake3::derive_key(context, secret)),
+        }
     }
 }
 
-/// A 256-bit key for BLAKE3's keyed (MAC) mode. `Debug` never shows it.
+/// Which of a [`MacKey`]'s two keys verified a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUsed {
+    /// The signing key (`cluster.secret_file`).
+    Signing,
+    /// The accepted key (`cluster.accept_secret_file`): the sender signs
+    /// with a secret this node only accepts, it has not switched (yet, or
+    /// back).
+    Accepted,
+}
+
+/// A 256-bit key for BLAKE3's keyed (MAC) mode, and the key accepted beside
+/// it during a rotation: messages are signed with the first and verified
+/// under either. `Debug` never shows them.
 #[derive(Clone, PartialEq, Eq)]
-pub struct MacKey([u8; 32]);
+pub struct MacKey {
+    signing: [u8; 32],
+    accepted: Option<[u8; 32]>,
+}
 
 impl std::fmt::Debug for MacKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,25 +211,65 @@ impl std::fmt::Debug for MacKey {
 }
 
 impl MacKey {
-    /// The MAC of `data`.
+    /// The MAC of `data`, always under the signing key.
     pub fn tag(&self, data: &[u8]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.0, data).as_bytes()
+        *blake3::keyed_hash(&self.signing, data).as_bytes()
     }
 
     /// A key for one use, derived from this one and `context` (a keyed
-    /// hash, so knowing a derived key reveals nothing of this one).
+    /// hash, so knowing a derived key reveals nothing of this one); the
+    /// accepted key derives its own beside it.
     pub fn derive(&self, context: &[u8]) -> MacKey {
-        MacKey(*blake3::keyed_hash(&self.0, context).as_bytes())
+        let derive = |key: &[u8; 32]| *blake3::keyed_hash(key, context).as_bytes();
+        MacKey {
+            signing: derive(&self.signing),
+            accepted: self.accepted.as_ref().map(derive),
+        }
     }
 
-    /// The key bytes, for ciphers keyed with it.
+    /// The signing key bytes, for ciphers keyed with it.
     pub(crate) fn bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.signing
     }
 
-    /// Whether `tag` is the MAC of `data`, compared in constant time.
+    /// Each key alone, the signing one first: for protocols that must find
+    /// which key the peer uses before they can check anything (a cipher).
+    pub fn candidates(&self) -> Vec<(KeyUsed, MacKey)> {
+        let single = |key: [u8; 32]| MacKey {
+            signing: key,
+            accepted: None,
+        };
+        let mut all = vec![(KeyUsed::Signing, single(self.signing))];
+        all.extend(self.accepted.map(|key| (KeyUsed::Accepted, single(key))));
+        all
+    }
+
+    /// The one key `used`, alone: to answer a message under the key it came
+    /// with (the signing key if there is no such key).
+    pub fn only(&self, used: KeyUsed) -> MacKey {
+        let mut candidates = self.candidates();
+        let at = candidates
+            .iter()
+            .position(|(which, _)| *which == used)
+            .unwrap_or(0);
+        candidates.swap_remove(at).1
+    }
+
+    /// Whether `tag` is the MAC of `data`, under either key, compared in
+    /// constant time.
     pub fn verify(&self, data: &[u8], tag: &[u8; 32]) -> bool {
-        blake3::keyed_hash(&self.0, data) == blake3::Hash::from_bytes(*tag)
+        self.check(data, tag).is_some()
+    }
+
+    /// Which key `tag` is the MAC of `data` under, if any (constant-time
+    /// comparisons; the signing key is tried first).
+    pub fn check(&self, data: &[u8], tag: &[u8; 32]) -> Option<KeyUsed> {
+        let expected = blake3::Hash::from_bytes(*tag);
+        if blake3::keyed_hash(&self.signing, data) == expected {
+            return Some(KeyUsed::Signing);
+        }
+        let accepted = self.accepted.as_ref()?;
+        (blake3::keyed_hash(accepted, data) == expected).then_some(KeyUsed::Accepted)
     }
 }
 
@@ -210,6 +312,77 @@ mod tests {
             format!("{:?}", secret.heartbeat_key()),
             "MacKey(<redacted>)"
         );
+    }
+
+    #[test]
+    fn either_key_is_accepted_and_only_the_signing_key_signs() {
+        let old = ClusterSecret::from_bytes(&[1; 32]);
+        let new = ClusterSecret::from_bytes(&[2; 32]);
+        let stranger = ClusterSecret::from_bytes(&[3; 32]);
+        let both = new.clone().accepting(&old).heartbeat_key();
+        let from_new = new.heartbeat_key().tag(b"frame");
+        let from_old = old.heartbeat_key().tag(b"frame");
+        assert_eq!(both.check(b"frame", &from_new), Some(KeyUsed::Signing));
+        assert_eq!(both.check(b"frame", &from_old), Some(KeyUsed::Accepted));
+        assert!(both.verify(b"frame", &from_old));
+        let from_stranger = stranger.heartbeat_key().tag(b"frame");
+        assert_eq!(
+            both.check(b"frame", &from_stranger),
+            None,
+            "a key of neither secret must not verify"
+        );
+        assert_eq!(
+            both.tag(b"frame"),
+            from_new,
+            "signing always uses the signing secret, never the accepted one"
+        );
+        assert_eq!(
+            old.heartbeat_key().check(b"frame", &both.tag(b"frame")),
+            None,
+            "a node holding only the old secret cannot verify the new one"
+        );
+    }
+
+    #[test]
+    fn derived_keys_keep_both_secrets_apart() {
+        let old = ClusterSecret::from_bytes(&[1; 32]);
+        let new = ClusterSecret::from_bytes(&[2; 32]);
+        let both = new
+            .clone()
+            .accepting(&old)
+            .replication_key()
+            .derive(b"session");
+        let from_old = old.replication_key().derive(b"session");
+        let from_new = new.replication_key().derive(b"session");
+        let candidates = both.candidates();
+        assert_eq!(candidates.len(), 2);
+        assert_eq!(candidates[0], (KeyUsed::Signing, from_new));
+        assert_eq!(candidates[1], (KeyUsed::Accepted, from_old));
+        assert_eq!(old.replication_key().candidates().len(), 1);
+    }
+
+    #[test]
+    fn an_accepted_secret_is_checked_like_the_signing_one() {
+        let dir = std::env::temp_dir().join(format!("halo-keys-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let signing = dir.join("new.key");
+        let accepted = dir.join("old.key");
+        let _ = fs::remove_file(&signing);
+        let _ = fs::remove_file(&accepted);
+        ClusterSecret::generate(&signing).unwrap();
+        ClusterSecret::generate(&accepted).unwrap();
+        let pair = ClusterSecret::load_pair(&signing, Some(&accepted)).unwrap();
+        assert!(pair.has_accepted());
+        assert!(!ClusterSecret::load_pair(&signing, None)
+            .unwrap()
+            .has_accepted());
+        fs::set_permissions(&accepted, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = ClusterSecret::load_pair(&signing, Some(&accepted)).unwrap_err();
+        assert!(
+            matches!(error, SecretError::Permissions { .. }),
+            "a world-readable accepted secret must be refused, got {error}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

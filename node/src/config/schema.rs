@@ -103,6 +103,9 @@ pub struct ClusterConfig {
     pub name: String,
     /// The file holding the shared secret that authenticates cluster traffic (`halo keygen`).
     pub secret_file: PathBuf,
+    /// During a secret rotation, a second secret file whose signatures are accepted too; this
+    /// node never signs with it (SECURITY.md, "Rotating the cluster secret").
+    pub accept_secret_file: Option<PathBuf>,
     /// `[[cluster.network]]`: the heartbeat networks; a peer is down only when all lose it.
     #[serde(rename = "network")]
     pub networks: Vec<Network>,
@@ -116,6 +119,8 @@ impl Default for ClusterConfig {
         Self {
             name: "halo".to_owned(),
             secret_file: PathBuf::from("/etc/halo/cluster.key"),
+            // No rotation under way: only the signing secret is accepted.
+            accept_secret_file: None,
             // No default network or node: at least one network and two nodes must be written.
             networks: Vec::new(),
             nodes: Vec::new(),

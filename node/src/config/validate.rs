@@ -128,6 +128,17 @@ impl<'a> Validator<'a> {
         let at = root().key("cluster");
         self.name(at.key("name"), &cluster.name);
         self.absolute(at.key("secret_file"), &cluster.secret_file);
+        if let Some(accepted) = &cluster.accept_secret_file {
+            if self.absolute(at.key("accept_secret_file"), accepted)
+                && *accepted == cluster.secret_file
+            {
+                self.expected(
+                    at.key("accept_secret_file"),
+                    "another file than secret_file",
+                    format!("\"{}\"", accepted.display()),
+                );
+            }
+        }
 
         if cluster.networks.is_empty() {
             let expected = "at least one heartbeat network ([[cluster.network]])";

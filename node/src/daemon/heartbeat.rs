@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::cluster::{
     detector::{FailureDetector, Liveness},
     frame::{cluster_id, HeartbeatFrame, ModuleReport},
-    keys::MacKey,
+    keys::{KeyUsed, MacKey},
     replay::ReplayGuard,
 };
 
@@ -91,6 +91,9 @@ pub struct HeartbeatStats {
 pub struct LinkFrames {
     pub accepted: u64,
     pub lost: u64,
+    /// Of the accepted frames, those signed with the accepted secret
+    /// (`cluster.accept_secret_file`), not this node's signing one.
+    pub accepted_secret: u64,
     /// The epoch and sequence number of the latest accepted frame.
     last: Option<(u64, u64)>,
 }
@@ -100,8 +103,11 @@ impl LinkFrames {
     /// The sender numbers its detector ticks (its shortest pulse, `tick`)
     /// and sends on a network every `pulse`, so a gap of `n` sequence
     /// numbers spans `n · tick / pulse` of that network's frames.
-    fn accept(&mut self, epoch: u64, seq: u64, tick: Duration, pulse: Duration) {
+    fn accept(&mut self, epoch: u64, seq: u64, tick: Duration, pulse: Duration, key: KeyUsed) {
         self.accepted += 1;
+        if key == KeyUsed::Accepted {
+            self.accepted_secret += 1;
+        }
         if let Some((last_epoch, last_seq)) = self.last {
             if epoch == last_epoch && seq > last_seq {
                 let span = (seq - last_seq) as u128 * tick.as_micros();
@@ -138,6 +144,8 @@ pub struct Heartbeat {
     /// The module reports this node sends; the daemon updates them.
     pub reports: Arc<Mutex<Vec<ModuleReport>>>,
     pub stats: Arc<HeartbeatStats>,
+    /// The key frames are signed and checked with; a reload replaces it.
+    key: Arc<Mutex<MacKey>>,
 }
 
 impl Heartbeat {
@@ -167,7 +175,9 @@ impl Heartbeat {
             .min()
             .context("no heartbeat network")?;
         let timeouts = setup.networks.iter().map(|n| n.timeout).collect();
+        let key = Arc::new(Mutex::new(setup.key.clone()));
         let mut runner = Runner {
+            key: Arc::clone(&key),
             detector: FailureDetector::new(tick, timeouts, &peer_names(&setup)),
             tick,
             next_send: vec![Instant::now(); setup.networks.len()],
@@ -192,7 +202,14 @@ impl Heartbeat {
             thread: Some(thread),
             reports,
             stats,
+            key,
         })
+    }
+
+    /// Signs and checks every frame from now on with `key` (a reload of the
+    /// cluster secrets); the thread's next frame already uses it.
+    pub fn set_key(&self, key: MacKey) {
+        *self.key.lock().expect("key lock") = key;
     }
 }
 
@@ -230,6 +247,8 @@ fn peer_names(setup: &HeartbeatSetup) -> Vec<String> {
 
 struct Runner {
     setup: HeartbeatSetup,
+    /// The live key (`setup.key` is the one it started with).
+    key: Arc<Mutex<MacKey>>,
     /// The detector's tick: the shortest pulse.
     tick: Duration,
     /// Per network: when its next frame is due.
@@ -272,6 +291,7 @@ impl Runner {
     fn send(&mut self, now: Instant) {
         self.seq += 1;
         let modules = self.reports.lock().expect("reports lock").clone();
+        let key = self.key.lock().expect("key lock").clone();
         for (index, network) in self.setup.networks.iter().enumerate() {
             if now < self.next_send[index] {
                 continue;
@@ -285,7 +305,7 @@ impl Runner {
                 seq: self.seq,
                 modules: modules.clone(),
             };
-            let bytes = match frame.encode(&self.setup.key) {
+            let bytes = match frame.encode(&key) {
                 Ok(bytes) => bytes,
                 Err(error) => {
                     warn!(%error, "cannot encode this node's heartbeat");
@@ -339,8 +359,12 @@ impl Runner {
 
     fn accept(&mut self, network: u8, bytes: &[u8], from: SocketAddr, now: Duration) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        let frame = match HeartbeatFrame::decode(bytes, &self.setup.key, self.cluster) {
-            Ok(frame) => frame,
+        let decoded = {
+            let key = self.key.lock().expect("key lock");
+            HeartbeatFrame::decode_keyed(bytes, &key, self.cluster)
+        };
+        let (frame, key_used) = match decoded {
+            Ok(decoded) => decoded,
             Err(error) => {
                 self.stats.reject(error.reason());
                 debug!(%error, %from, "heartbeat dropped");
@@ -384,7 +408,7 @@ impl Runner {
             .expect("stats lock")
             .entry((frame.sender.clone(), link.name.clone()))
             .or_default()
-            .accept(frame.epoch, frame.seq, self.tick, link.pulse);
+            .accept(frame.epoch, frame.seq, self.tick, link.pulse, key_used);
         let events = self.detector.heard(&frame.sender, network, now);
         self.publish(events);
         if self.last_reports.get(&frame.sender) != Some(&frame.modules) {
@@ -441,17 +465,19 @@ mod tests {
         let ms = Duration::from_millis;
         let mut link = LinkFrames::default();
         for seq in [1, 2, 5, 6] {
-            link.accept(7, seq, ms(100), ms(100));
+            link.accept(7, seq, ms(100), ms(100), KeyUsed::Signing);
         }
         assert_eq!((link.accepted, link.lost), (4, 2));
         // A network pulsing every other tick skips one sequence number per frame.
         let mut slow = LinkFrames::default();
         for seq in [2, 4, 6, 10] {
-            slow.accept(7, seq, ms(100), ms(200));
+            slow.accept(7, seq, ms(100), ms(200), KeyUsed::Accepted);
         }
         assert_eq!((slow.accepted, slow.lost), (4, 1));
+        assert_eq!(slow.accepted_secret, 4, "frames under the accepted secret");
+        assert_eq!(link.accepted_secret, 0);
         // A new epoch restarts the numbering: nothing lost.
-        link.accept(8, 1, ms(100), ms(100));
+        link.accept(8, 1, ms(100), ms(100), KeyUsed::Signing);
         assert_eq!(link.lost, 2);
     }
 }

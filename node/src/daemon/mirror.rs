@@ -41,6 +41,7 @@ use crate::{
     mirror::{
         apply::Applier,
         hub::{CaptureHub, Wake},
+        journal::Journal,
         session::{
             self, CaptureFeed, PrimarySession, Progress, SecondarySession, SessionEvent, Setup,
             Tracker,
@@ -143,6 +144,11 @@ pub struct MirrorDriver {
     core: ModuleCore,
     reports: Arc<Mutex<Vec<ModuleReport>>>,
     files: StampFiles,
+    /// The dirty ranges since the sync point (`mirror::journal`), fed by
+    /// the tracker while this node serves.
+    journal: Arc<Mutex<Journal>>,
+    /// The stamp as last persisted (a secondary taking over sees its copy's).
+    persisted: DataStamp,
     setup: Setup,
     checkers_on: watch::Sender<bool>,
     progress: Arc<Progress>,
@@ -209,6 +215,12 @@ impl MirrorDriver {
             .context("a mirror module needs two nodes")?;
         let files = StampFiles::new(&config.node.state_dir, &module.name)?;
         let stamp = files.load_stamp()?;
+        let journal = Journal::open(files.dir()).with_context(|| {
+            format!(
+                "opening the dirty-range journal in {}",
+                files.dir().display()
+            )
+        })?;
         let dirs: Vec<PathBuf> = module.dirs.iter().map(|d| d.path.clone()).collect();
         for dir in &dirs {
             std::fs::create_dir_all(dir)
@@ -293,6 +305,8 @@ impl MirrorDriver {
             origin: TokioInstant::now(),
             reports,
             files,
+            journal: Arc::new(Mutex::new(journal)),
+            persisted: stamp,
             setup,
             checkers_on,
             progress: Arc::default(),
@@ -400,6 +414,7 @@ impl MirrorDriver {
             }
         }
         self.close_sessions();
+        self.stop_tracker();
         if self.read_only {
             release_read_only(&self.setup.dirs);
         }
@@ -469,6 +484,10 @@ impl MirrorDriver {
                     ),
                 ),
                 SessionEvent::ResyncDone { generation } => {
+                    // This node's data is now a copy: its own journal is moot.
+                    if let Err(error) = self.journal.lock().expect("journal").reset() {
+                        warn!(module = %self.module.name, %error, "cannot reset the dirty-range journal");
+                    }
                     self.write_log(
                         "replication",
                         &format!("resynchronised with generation {generation}"),
@@ -485,19 +504,15 @@ impl MirrorDriver {
                             self.sync_barrier = None;
                             self.lag = sent.elapsed();
                             let generation = self.machine.stamp().generation.0;
-                            if let Err(error) = self.files.store_sync_point(generation, at) {
-                                warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot store the sync point");
-                            }
+                            self.store_sync_point(generation, at);
                         }
                     }
                 }
                 SessionEvent::Ended { reason } => {
-                    if self.feed.take().is_some() {
-                        self.route_feed(false);
-                    }
+                    self.route_feed(false);
                     let had = self.primary.take().is_some() | self.secondary.take().is_some();
-                    if let Some(tracker) = self.tracker.take() {
-                        session::detach(&tracker);
+                    if let Some(tracker) = &self.tracker {
+                        session::detach(tracker);
                     }
                     if had && reason == session::HANDED_OVER {
                         // Not a break: the heartbeat's handover tells the machine what to do.
@@ -524,21 +539,15 @@ impl MirrorDriver {
         if self.primary.take().is_some() {
             self.feed(Input::ReplicationBroken, scripts);
         }
-        self.tracker = None;
-        let feed = self.open_feed();
-        let tracker = match Tracker::start(self.setup.clone(), feed, Arc::clone(&self.progress)) {
-            Ok(t) => t,
-            Err(error) => {
-                self.write_log(
-                    "replication",
-                    &format!("cannot watch the replicated directories: {error}"),
-                );
-                return;
-            }
+        self.route_feed(false);
+        self.ensure_tracker();
+        let Some(tracker) = self.tracker.as_ref() else {
+            return;
         };
         let setup = self.setup.clone();
         let hub = self.hub.clone();
         let sync_point = self.files.load_sync_point();
+        let sync_point_ns = self.files.load_sync_point_ns();
         let generation = self.machine.stamp().generation.0;
         let progress = Arc::clone(&self.progress);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -556,9 +565,10 @@ impl MirrorDriver {
             PrimarySession::start(
                 stream,
                 &setup,
-                &tracker,
+                tracker,
                 session::PrimaryData {
                     sync_point,
+                    sync_point_ns,
                     generation,
                 },
                 progress,
@@ -567,10 +577,7 @@ impl MirrorDriver {
             )
         });
         match started {
-            Ok(session) => {
-                self.primary = Some(session);
-                self.tracker = Some(tracker);
-            }
+            Ok(session) => self.primary = Some(session),
             Err(error) => self.write_log(
                 "replication",
                 &format!("a secondary's connection failed: {error}"),
@@ -586,6 +593,7 @@ impl MirrorDriver {
         }
         if let Some(session) = self.primary.as_mut() {
             let at = SystemTime::now();
+            self.journal.lock().expect("journal").mark(at);
             let seq = session.barrier();
             self.sync_barrier = Some((seq, at, TokioInstant::now()));
         }
@@ -605,7 +613,56 @@ impl MirrorDriver {
         let (tx, records) = std::sync::mpsc::channel();
         self.feed = Some((tx, Arc::clone(&wake)));
         self.route_feed(false);
-        Some(CaptureFeed { records, wake })
+        let hub = Arc::clone(self.hub.as_ref()?);
+        Some(CaptureFeed { records, wake, hub })
+    }
+
+    /// While this node serves, a tracker journals every change (and feeds
+    /// the session when one runs); otherwise there is none.
+    fn ensure_tracker(&mut self) {
+        if !self.machine.is_serving() {
+            if self.primary.is_none() {
+                self.stop_tracker();
+            }
+            return;
+        }
+        if self.tracker.is_some() {
+            return;
+        }
+        let feed = self.open_feed();
+        match Tracker::start(
+            self.setup.clone(),
+            feed,
+            Arc::clone(&self.progress),
+            Arc::clone(&self.journal),
+        ) {
+            Ok(tracker) => self.tracker = Some(tracker),
+            Err(error) => {
+                self.write_log(
+                    "replication",
+                    &format!("cannot watch the replicated directories: {error}"),
+                );
+                // Changes now go unseen: the journal cannot tell them.
+                self.journal.lock().expect("journal").untrust();
+            }
+        }
+    }
+
+    fn stop_tracker(&mut self) {
+        if self.tracker.take().is_some() && self.feed.take().is_some() {
+            self.route_feed(false);
+        }
+    }
+
+    /// Records an acknowledged sync point; the journal starts there.
+    fn store_sync_point(&mut self, generation: u64, at: SystemTime) {
+        if let Err(error) = self.files.store_sync_point(generation, at) {
+            warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot store the sync point");
+            return;
+        }
+        if let Err(error) = self.journal.lock().expect("journal").rebase(generation, at) {
+            warn!(module = %self.module.name, %error, "cannot rewrite the dirty-range journal");
+        }
     }
 
     /// Re-routes the capture: to the feed (pausing durable writes when
@@ -618,15 +675,13 @@ impl MirrorDriver {
     }
 
     fn close_sessions(&mut self) {
-        if self.feed.take().is_some() {
-            self.route_feed(false);
-        }
+        self.route_feed(false);
         self.session_id += 1;
         self.connecting = false;
         self.primary = None;
         self.secondary = None;
-        if let Some(tracker) = self.tracker.take() {
-            session::detach(&tracker);
+        if let Some(tracker) = &self.tracker {
+            session::detach(tracker);
         }
         self.in_sync = false;
     }
@@ -680,6 +735,7 @@ impl MirrorDriver {
         }
         self.serving
             .store(self.machine.is_serving(), Ordering::Relaxed);
+        self.ensure_tracker();
         self.publish();
     }
 
@@ -748,6 +804,8 @@ impl MirrorDriver {
             Action::StopReplication => {
                 if self.in_sync && self.primary.is_some() {
                     // Flush what is queued, so that the sync point stays true.
+                    let at = SystemTime::now();
+                    self.journal.lock().expect("journal").mark(at);
                     let flushed = tokio::task::block_in_place(|| {
                         self.primary
                             .as_mut()
@@ -755,7 +813,7 @@ impl MirrorDriver {
                     });
                     if flushed {
                         let generation = self.machine.stamp().generation.0;
-                        let _ = self.files.store_sync_point(generation, SystemTime::now());
+                        self.store_sync_point(generation, at);
                     }
                 }
                 self.close_sessions();
@@ -770,6 +828,17 @@ impl MirrorDriver {
                 }
             }
             Action::PersistStamp(stamp) => {
+                let before = std::mem::replace(&mut self.persisted, stamp);
+                if before.state == DataState::Copy
+                    && before.generation.0 != 0
+                    && stamp.generation != before.generation
+                    && matches!(stamp.state, DataState::Newest | DataState::Shared)
+                {
+                    // A secondary takes over: its old primary held this
+                    // copy's generation (plus what its own journal names),
+                    // so a later resync of it starts here.
+                    self.store_sync_point(before.generation.0, SystemTime::now());
+                }
                 if let Err(error) = self.files.store_stamp(&stamp) {
                     warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot persist the data stamp");
                     self.write_log("fsm", &format!("cannot persist the data stamp: {error:#}"));
@@ -810,7 +879,9 @@ impl MirrorDriver {
         let join = (stamp.generation.0, state_code(stamp.state));
         let primary = self.peer_replication;
         let internal = self.internal_tx.clone();
+        let journal = Arc::clone(&self.journal);
         tokio::task::spawn_blocking(move || {
+            let diverged = divergence(&setup, &journal, stamp.generation.0);
             let (tx, mut rx) = mpsc::unbounded_channel();
             let mut last = String::new();
             for attempt in 0..CONNECT_TRIES {
@@ -822,6 +893,7 @@ impl MirrorDriver {
                     &setup,
                     Arc::clone(&applier),
                     join,
+                    diverged.clone(),
                     tx.clone(),
                 ) {
                     Ok(session) => {
@@ -1004,6 +1076,27 @@ impl MirrorDriver {
             None => reports.push(report),
         }
     }
+}
+
+/// What this node may have changed in `generation` that its peer lacks:
+/// everything its journal names since the sync point of that generation,
+/// and every entry changed since the journal's last durable batch; `None`
+/// when the journal cannot tell (see `mirror::journal`).
+fn divergence(
+    setup: &Setup,
+    journal: &Mutex<Journal>,
+    generation: u64,
+) -> Option<Vec<crate::mirror::path::RelPath>> {
+    let journal = journal.lock().expect("journal");
+    let (base, _, set) = journal.snapshot()?;
+    if base != generation || generation == 0 || set.untrusted {
+        return None;
+    }
+    let mut paths: Vec<_> = set.files.into_keys().chain(set.trees).collect();
+    paths.extend(session::changed_since(setup, journal.cutoff()));
+    paths.sort();
+    paths.dedup();
+    (paths.len() <= crate::mirror::wire::MAX_DIVERGED).then_some(paths)
 }
 
 /// Accepts the peer's replication connections and hands them to the driver

@@ -12,6 +12,7 @@ pub mod mirror;
 mod module;
 pub mod module_log;
 pub mod notify;
+pub mod reload;
 
 use std::{
     collections::HashMap,
@@ -39,10 +40,11 @@ use heartbeat::{ClusterEvent, Heartbeat, HeartbeatNetwork, HeartbeatSetup};
 /// How long shutdown waits for the API and modules to finish.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
-/// `halo run`: runs the daemon until SIGTERM or SIGINT.
+/// `halo run`: runs the daemon until SIGTERM or SIGINT; SIGHUP reloads.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     init_tracing();
-    let config = config::load(config_path)?;
+    let text = read_config(config_path)?;
+    let config = config::parse(&text, config_path)?;
     info!(node = %config.node.name, cluster = %config.cluster.name, config = %config_path.display(), "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -50,17 +52,47 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .thread_name("halo-worker")
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(
+        config,
+        Started {
+            path: config_path.to_owned(),
+            text,
+        },
+    ))
 }
 
-/// `halo witness`: serves leases until SIGTERM or SIGINT.
+fn read_config(path: &Path) -> Result<String, config::ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| config::ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The configuration file the daemon started from, for reloads.
+struct Started {
+    path: std::path::PathBuf,
+    text: String,
+}
+
+/// What a reload compares with the start: the replication and witness keys
+/// of mirror modules stay those the daemon started with.
+struct StartedKeys(crate::cluster::keys::MacKey);
+
+/// `halo witness`: serves leases until SIGTERM or SIGINT; SIGHUP re-reads
+/// the secret files.
 pub fn run_witness(
     listen: SocketAddr,
     secret_file: &Path,
+    accept_secret_file: Option<&Path>,
     max_lease: Duration,
 ) -> anyhow::Result<()> {
     init_tracing();
-    let secret = ClusterSecret::load(secret_file)?;
+    // A missing accepted secret accepts nothing more: the witness can run
+    // with `--accept-secret` named at all times, and a rotation only
+    // writes or removes that file and sends SIGHUP.
+    let load =
+        || ClusterSecret::load_pair(secret_file, accept_secret_file.filter(|path| path.exists()));
+    let secret = load()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -68,18 +100,41 @@ pub fn run_witness(
     runtime.block_on(async {
         let mut sigterm =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let policy = crate::witness::lease::LeasePolicy {
             max_duration: max_lease,
             ..Default::default()
         };
         let arbiter =
             crate::witness::arbiter::Arbiter::bind(listen, secret.witness_key(), policy).await?;
-        info!(listen = %arbiter.local_addr()?, "witness ready");
+        info!(listen = %arbiter.local_addr()?, accept_secret = secret.has_accepted(), "witness ready");
         notify::notify("READY=1");
-        tokio::select! {
-            result = arbiter.run() => result,
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); Ok(()) }
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); Ok(()) }
+        let key = arbiter.key();
+        let stats = arbiter.stats();
+        let serving = arbiter.run();
+        tokio::pin!(serving);
+        loop {
+            tokio::select! {
+                result = &mut serving => return result,
+                _ = sigterm.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
+                _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); return Ok(()); }
+                _ = sighup.recv() => {
+                    // Keeps serving under the old secrets when the new ones
+                    // cannot be read: a restart would refuse every lease for
+                    // its quiet period.
+                    match load() {
+                        Ok(secret) => {
+                            *key.lock().expect("key lock") = secret.witness_key();
+                            info!(
+                                accept_secret = secret.has_accepted(),
+                                accepted_secret_requests = stats.accepted_secret.load(std::sync::atomic::Ordering::Relaxed),
+                                "SIGHUP: secrets reloaded"
+                            );
+                        }
+                        Err(error) => warn!(error = %format!("{error:#}"), "SIGHUP: secrets not reloaded, the old ones stay in use"),
+                    }
+                }
+            }
         }
     })
 }
@@ -95,11 +150,17 @@ fn init_tracing() {
 }
 
 /// Everything the daemon runs, built from the configuration.
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
     let state_dir = &config.node.state_dir;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
-    let secret = ClusterSecret::load(&config.cluster.secret_file)?;
+    let secret = ClusterSecret::load_pair(
+        &config.cluster.secret_file,
+        config.cluster.accept_secret_file.as_deref(),
+    )?;
+    if secret.has_accepted() {
+        info!("two cluster secrets: signing with secret_file, also accepting accept_secret_file");
+    }
     let epoch = epoch::next_boot_epoch(state_dir)?;
     let mut peer_epochs = epoch::load_peer_epochs(state_dir)?;
     let setup = heartbeat_setup(&config, epoch, &secret, peer_epochs.clone())?;
@@ -197,12 +258,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let (reload_tx, mut reload_requests) = mpsc::unbounded_channel();
     let app = api::router(api::ApiContext {
         status: Arc::clone(&status),
         actions: Arc::new(module_actions),
         token,
         tables,
         config: Arc::new(config.clone()),
+        reload: Some(reload_tx),
     });
     let api_task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -216,11 +279,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut counters = tokio::time::interval(Duration::from_secs(1));
+    let mut running = config.clone();
+    let started_keys = StartedKeys(secret.heartbeat_key());
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                let _ = reload(&mut running, &started, &started_keys, &heartbeat);
+            }
+            Some(answer) = reload_requests.recv() => {
+                info!("reload requested through the API");
+                let _ = answer.send(reload(&mut running, &started, &started_keys, &heartbeat));
+            }
             Some(event) = events.recv() => {
                 if let ClusterEvent::NewEpoch { peer, epoch } = &event {
                     peer_epochs.insert(peer.clone(), *epoch);
@@ -252,6 +326,69 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Re-reads the configuration file and the secrets it names, applies what
+/// changes live and says what it applied and refused; on `Err` (an invalid
+/// file, an unreadable secret) nothing changed. Logs either way.
+fn reload(
+    running: &mut Config,
+    started: &Started,
+    started_keys: &StartedKeys,
+    heartbeat: &Heartbeat,
+) -> Result<api::ReloadReport, String> {
+    let file = started.path.display().to_string();
+    let planned = read_config(&started.path)
+        .and_then(|text| reload::plan(running, &started.text, &text, &started.path))
+        .map_err(|error| match &error {
+            config::ConfigError::Invalid { .. } => {
+                format!("invalid configuration, nothing reloaded:\n{error}")
+            }
+            config::ConfigError::Read { .. } => {
+                format!("{:#}, nothing reloaded", anyhow::Error::from(error))
+            }
+        });
+    let plan = planned.and_then(|plan| {
+        let secret = ClusterSecret::load_pair(
+            &plan.config.cluster.secret_file,
+            plan.config.cluster.accept_secret_file.as_deref(),
+        )
+        .map_err(|error| format!("{:#}, nothing reloaded", anyhow::Error::from(error)))?;
+        Ok((plan, secret))
+    });
+    let (plan, secret) = match plan {
+        Ok(ready) => ready,
+        Err(why) => {
+            warn!(file = %file, error = %why, "reload refused");
+            return Err(why);
+        }
+    };
+    let key = secret.heartbeat_key();
+    let secrets_changed = key != started_keys.0;
+    heartbeat.set_key(key);
+    let mut refused = plan.refused;
+    // The mirror drivers hold the replication and witness keys they were
+    // built with.
+    for module in running.modules.iter().filter(|_| secrets_changed) {
+        if let Module::Mirror(mirror) = module {
+            refused.push(format!(
+                "{file}: module \"{}\": its replication and witness keys stay those of the secrets the daemon started with: needs a restart",
+                mirror.name
+            ));
+        }
+    }
+    *running = plan.config;
+    for line in &plan.applied {
+        info!(file = %file, applied = %line, "reload");
+    }
+    for line in &refused {
+        warn!(file = %file, refused = %line, "reload");
+    }
+    Ok(api::ReloadReport {
+        file,
+        applied: plan.applied,
+        refused,
+    })
 }
 
 /// The heartbeat thread's view of the configuration.
@@ -430,6 +567,7 @@ fn publish_counters(status: &SharedStatus, heartbeat: &Heartbeat) {
             network,
             accepted: frames.accepted,
             lost: frames.lost,
+            accepted_secret: frames.accepted_secret,
         })
         .collect();
 }

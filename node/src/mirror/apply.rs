@@ -236,6 +236,7 @@ impl Applier {
             }
             Message::Need { .. }
             | Message::Missing { .. }
+            | Message::Diverged { .. }
             | Message::Join { .. }
             | Message::Ack { .. }
             | Message::ResyncDone { .. }

@@ -15,6 +15,11 @@
 //! The frame counter starts at 0 in each direction and is never sent: a
 //! dropped, replayed or reordered frame fails verification, and the
 //! session ends.
+//!
+//! During a secret rotation the root key also carries the accepted secret's
+//! key (`cluster::keys`): each end seals with its signing secret's session
+//! keys, and opens the peer's first frame under either secret's, then keeps
+//! to the one that opened it.
 
 use std::io::{Read, Write};
 
@@ -148,8 +153,9 @@ pub struct Sealer {
 
 /// Opens incoming frames of one direction.
 pub struct Opener {
-    cipher: Option<ChaCha20Poly1305>,
-    key: MacKey,
+    /// The keys the peer may seal with (cipher, key), the signing secret's
+    /// first; down to the one that opened the first frame after it.
+    keys: Vec<(Option<ChaCha20Poly1305>, MacKey)>,
     counter: u64,
 }
 
@@ -214,8 +220,11 @@ impl Sealer {
 impl Opener {
     fn new(key: MacKey, encrypt: bool) -> Self {
         Opener {
-            cipher: cipher(&key, encrypt),
-            key,
+            keys: key
+                .candidates()
+                .into_iter()
+                .map(|(_, key)| (cipher(&key, encrypt), key))
+                .collect(),
             counter: 0,
         }
     }
@@ -225,29 +234,49 @@ impl Opener {
         if sealed.len() < TAG_LEN {
             return Err(ChannelError::Forged);
         }
-        let len = sealed.len() as u32;
-        let payload = match &self.cipher {
-            Some(cipher) => cipher
-                .decrypt(
-                    &nonce(self.counter),
-                    Payload {
-                        msg: sealed,
-                        aad: &len.to_be_bytes(),
-                    },
-                )
-                .map_err(|_| ChannelError::Forged)?,
-            None => {
-                let (payload, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-                let expected = mac(&self.key, self.counter, len, payload);
-                // Constant-time enough: a mismatch ends the session.
-                if !constant_eq(&expected, tag) {
-                    return Err(ChannelError::Forged);
-                }
-                payload.to_vec()
-            }
+        let opened = self
+            .keys
+            .iter()
+            .enumerate()
+            .find_map(|(i, (cipher, key))| Some((i, open(cipher, key, self.counter, sealed)?)));
+        let Some((which, payload)) = opened else {
+            return Err(ChannelError::Forged);
         };
+        if self.keys.len() > 1 {
+            // The peer's secret is known now: nothing else may open the
+            // rest of the session.
+            let kept = self.keys.swap_remove(which);
+            self.keys = vec![kept];
+        }
         self.counter += 1;
         Ok(payload)
+    }
+}
+
+/// `sealed`'s payload if it opens under `key` as frame `counter`.
+fn open(
+    cipher: &Option<ChaCha20Poly1305>,
+    key: &MacKey,
+    counter: u64,
+    sealed: &[u8],
+) -> Option<Vec<u8>> {
+    let len = sealed.len() as u32;
+    match cipher {
+        Some(cipher) => cipher
+            .decrypt(
+                &nonce(counter),
+                Payload {
+                    msg: sealed,
+                    aad: &len.to_be_bytes(),
+                },
+            )
+            .ok(),
+        None => {
+            let (payload, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+            let expected = mac(key, counter, len, payload);
+            // Constant-time enough: a mismatch ends the session.
+            constant_eq(&expected, tag).then(|| payload.to_vec())
+        }
     }
 }
 
@@ -491,6 +520,54 @@ mod tests {
                 matches!(opener.open(&first[4..]), Err(ChannelError::Forged)),
                 "reflected"
             );
+        }
+    }
+
+    #[test]
+    fn during_a_rotation_sessions_open_under_either_secret_and_never_a_third() {
+        let old = ClusterSecret::from_bytes(&[1; 32]);
+        let new = ClusterSecret::from_bytes(&[2; 32]);
+        let rotating = new.clone().accepting(&old).replication_key();
+        for encrypt in [true, false] {
+            for (peer, opens) in [
+                (old.replication_key(), true),
+                (new.replication_key(), true),
+                (root(3), false),
+            ] {
+                let (mut a, mut b) = UnixStream::pair().unwrap();
+                let theirs = peer.clone();
+                let other = std::thread::spawn(move || {
+                    let hello = Hello::new(Role::Secondary, encrypt, "db", "b");
+                    let (sealer, opener, _) = handshake(&mut b, &hello, &theirs).unwrap();
+                    let mut writer = MessageWriter::new(b.try_clone().unwrap(), sealer);
+                    writer.send(&Message::Ack { seq: 1 }).unwrap();
+                    writer.send(&Message::Ack { seq: 2 }).unwrap();
+                    MessageReader::new(b, opener).recv().map(|m| m.is_some())
+                });
+                let hello = Hello::new(Role::Primary, encrypt, "db", "a");
+                let (sealer, opener, _) = handshake(&mut a, &hello, &rotating).unwrap();
+                let mut reader = MessageReader::new(a.try_clone().unwrap(), opener);
+                let first = reader.recv();
+                assert_eq!(
+                    first.is_ok(),
+                    opens,
+                    "encrypt {encrypt}: a peer on {} secret, got {first:?}",
+                    if opens { "either" } else { "a third" }
+                );
+                if opens {
+                    assert_eq!(reader.recv().unwrap(), Some(Message::Ack { seq: 2 }));
+                    let mut writer = MessageWriter::new(a, sealer);
+                    writer.send(&Message::Ack { seq: 3 }).unwrap();
+                    // The rotating end seals with its signing (new) secret:
+                    // only a peer that knows it opens the frame.
+                    let peer_opened = other.join().unwrap();
+                    let knows_new = peer != old.replication_key();
+                    assert_eq!(peer_opened.is_ok(), knows_new, "{peer_opened:?}");
+                } else {
+                    drop((reader, sealer, a));
+                    let _ = other.join();
+                }
+            }
         }
     }
 

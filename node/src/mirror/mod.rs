@@ -5,6 +5,8 @@
 //! - [`wire`]: the replication messages and their encoding.
 //! - [`channel`]: the authenticated (and by default encrypted) stream.
 //! - [`sums`]: block checksums for resynchronisation.
+//! - [`journal`]: the dirty ranges a serving node keeps on disk while its
+//!   peer is away, so that its return sends only them.
 //! - [`apply`]: the secondary applying messages beneath its directories.
 //! - [`watch`]: inotify over the primary's directories (namespace changes,
 //!   and the safety net for writes the capture cannot see).
@@ -17,6 +19,7 @@
 pub mod apply;
 pub mod channel;
 pub mod hub;
+pub mod journal;
 pub mod path;
 pub mod session;
 pub mod stamp;

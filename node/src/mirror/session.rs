@@ -49,6 +49,7 @@ use super::{
     apply::{Applier, Reply},
     channel::{handshake, ChannelError, Hello, MessageReader, MessageWriter, Role},
     hub::{CaptureHub, Wake},
+    journal::{Dirt, Journal},
     path::RelPath,
     sums::{block_count, file_sums},
     watch::{Change, Watcher},
@@ -64,6 +65,9 @@ pub const HANDED_OVER: &str = "the primary handed its role over";
 const MAX_VANISHED: usize = 10_000;
 /// How long the tracker waits for more events before shipping a batch.
 const BATCH_WAIT: Duration = Duration::from_millis(2);
+/// The most entries [`Sender::other_name`] looks at to find another name
+/// of a hard-linked file.
+const LINK_SEARCH_LIMIT: usize = 200_000;
 
 /// What the driver needs to know about a module's replication.
 #[derive(Clone)]
@@ -188,6 +192,16 @@ fn meta_of(m: &std::fs::Metadata) -> Meta {
     }
 }
 
+/// How far before its sync point an incremental resynchronisation looks.
+/// The sync point is the time its barrier was sent, but a change made just
+/// before can reach the queue after the barrier (the capture ring and
+/// inotify are read asynchronously), and file timestamps come from a coarse
+/// clock that lags the real one by up to a tick: without a margin such a
+/// change would have a ctime before the sync point and be skipped. Files
+/// changed within the margin are compared by block checksums, so only
+/// their differing blocks travel.
+const SYNC_POINT_MARGIN: Duration = Duration::from_secs(5);
+
 fn ctime_of(m: &std::fs::Metadata) -> SystemTime {
     let ns = (m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128).max(0) as u64;
     SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
@@ -199,23 +213,30 @@ fn ctime_of(m: &std::fs::Metadata) -> SystemTime {
 pub struct CaptureFeed {
     pub records: mpsc::Receiver<Captured>,
     pub wake: Arc<Wake>,
+    /// Releases paused writers while no session can acknowledge them.
+    pub hub: Arc<CaptureHub>,
 }
 
-/// Watches the primary's directories and queues what changed.
+/// Watches the primary's directories and queues what changed: to the
+/// session while one runs, and always to the module's journal.
 pub struct Tracker {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Where the tracker's ops go while a session runs.
     target: Arc<Mutex<Option<mpsc::Sender<Op>>>>,
+    journal: Arc<Mutex<Journal>>,
 }
 
 impl Tracker {
     /// Starts watching every directory of `setup` (they must exist), with
-    /// the capture's records when there is a capture.
+    /// the capture's records when there is a capture. Its first work is
+    /// the journal's last-flush rule (see `mirror::journal`): every entry
+    /// changed since the journal's last durable batch is marked compare.
     pub fn start(
         setup: Setup,
         feed: Option<CaptureFeed>,
         progress: Arc<Progress>,
+        journal: Arc<Mutex<Journal>>,
     ) -> io::Result<Self> {
         let mut watcher = Watcher::new(setup.dirs.clone())?;
         for dir in 0..setup.dirs.len() {
@@ -226,17 +247,34 @@ impl Tracker {
         let thread = {
             let stop = Arc::clone(&stop);
             let target = Arc::clone(&target);
+            let journal = Arc::clone(&journal);
             std::thread::Builder::new()
                 .name(format!("halo-track-{}", setup.module))
                 .spawn(move || {
+                    {
+                        let mut journal = journal.lock().expect("journal");
+                        if journal.base().is_some() {
+                            for path in changed_since(&setup, journal.cutoff()) {
+                                journal.compare(&path);
+                            }
+                            if let Err(error) = journal.flush(true) {
+                                warn!(module = %setup.module, %error, "cannot write the dirty-range journal");
+                            }
+                        }
+                    }
                     let mut state = TrackState::default();
-                    track(setup, watcher, feed, &stop, &target, &mut state, &progress)
+                    let sinks = Sinks {
+                        target: &target,
+                        journal: &journal,
+                    };
+                    track(setup, watcher, feed, &stop, sinks, &mut state, &progress)
                 })?
         };
         Ok(Tracker {
             stop,
             thread: Some(thread),
             target,
+            journal,
         })
     }
 }
@@ -248,6 +286,62 @@ impl Drop for Tracker {
             let _ = thread.join();
         }
     }
+}
+
+/// Every entry below `setup`'s directories (not excluded) whose ctime is
+/// at or after `cutoff`.
+pub fn changed_since(setup: &Setup, cutoff: SystemTime) -> Vec<RelPath> {
+    let mut out = Vec::new();
+    let mut dirs: Vec<RelPath> = (0..setup.dirs.len())
+        .map(|d| RelPath::root(d as u8))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(setup.absolute(&dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(child) = dir.join(entry.file_name().as_bytes()) else {
+                continue;
+            };
+            if setup.excluded(&child) {
+                continue;
+            }
+            let Ok(m) = entry.metadata() else { continue };
+            if ctime_of(&m) >= cutoff {
+                out.push(child.clone());
+            }
+            if m.is_dir() {
+                dirs.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// Records a tracker's op in the journal (see `mirror::journal` for why
+/// namespace changes compare whole subtrees).
+fn journal_op(journal: &mut Journal, op: &Op) {
+    match op {
+        Op::Ranges(path, ranges) => {
+            for (start, end) in ranges {
+                journal.add_range(path, *start, *end);
+            }
+        }
+        Op::Entry(path) | Op::Meta(path) | Op::Link(path, _) => journal.compare(path),
+        Op::Tree(path) | Op::Remove(path) => journal.compare_tree(path),
+        Op::Rename(from, to) => {
+            journal.compare_tree(from);
+            journal.compare_tree(to);
+        }
+        Op::Resync { .. } => journal.untrust(),
+        Op::Blocks(..) | Op::Bye | Op::Release(_) | Op::Barrier(_) | Op::Stop => {}
+    }
+}
+
+/// Where a tracker's ops go.
+struct Sinks<'a> {
+    target: &'a Mutex<Option<mpsc::Sender<Op>>>,
+    journal: &'a Mutex<Journal>,
 }
 
 /// What the tracker remembers between batches.
@@ -282,7 +376,7 @@ fn track(
     mut watcher: Watcher,
     feed: Option<CaptureFeed>,
     stop: &AtomicBool,
-    target: &Mutex<Option<mpsc::Sender<Op>>>,
+    sinks: Sinks<'_>,
     st: &mut TrackState,
     progress: &Progress,
 ) {
@@ -437,9 +531,16 @@ fn track(
                 .filter(|other| **other != path && m.is_file() && m.nlink() > 1)
                 .cloned();
             if let (true, Some(existing)) = (new, linked) {
-                // A new name of a file already replicated: a hard link.
-                st.ranges.remove(&key);
-                ops.push(Op::Link(path, existing));
+                // A new name of a file already replicated: a hard link,
+                // then what was written to the inode since it travelled
+                // (the ranges apply to the inode both names share).
+                ops.push(Op::Link(path.clone(), existing));
+                if st.resized.remove(&key) {
+                    st.ranges.remove(&key);
+                    ops.push(Op::Entry(path));
+                } else if let Some(ranges) = st.ranges.remove(&key) {
+                    ops.push(Op::Ranges(path, ranges));
+                }
             } else if !captured || new || !m.is_file() || st.resized.remove(&key) {
                 if m.is_file() {
                     st.paths.insert(key, path.clone());
@@ -481,12 +582,36 @@ fn track(
             st.graced.clear();
             st.queued_mtime.clear();
         }
-        if let Some(tx) = target.lock().expect("tracker target").as_ref() {
-            for op in ops {
-                if let Op::Ranges(_, ranges) = &op {
-                    progress.backlog.fetch_add(span(ranges), Ordering::Relaxed);
+        // The journal and the session see every op in the same critical
+        // section: an op is either in the journal's segment that a sync
+        // point's barrier follows, or in a later one.
+        let target = sinks.target.lock().expect("tracker target");
+        let mut journal = sinks.journal.lock().expect("journal");
+        for op in &ops {
+            journal_op(&mut journal, op);
+        }
+        if let Err(error) = journal.flush(false) {
+            warn!(module = %setup.module, %error, "cannot write the dirty-range journal");
+        }
+        drop(journal);
+        match target.as_ref() {
+            Some(tx) => {
+                for op in ops {
+                    if let Op::Ranges(_, ranges) = &op {
+                        progress.backlog.fetch_add(span(ranges), Ordering::Relaxed);
+                    }
+                    let _ = tx.send(op);
                 }
-                let _ = tx.send(op);
+            }
+            None => {
+                // No session can acknowledge a durability call: let it go.
+                for op in ops {
+                    if let (Op::Release(tids), Some(feed)) = (op, &feed) {
+                        for tid in tids {
+                            feed.hub.release(tid);
+                        }
+                    }
+                }
             }
         }
     }
@@ -499,6 +624,9 @@ fn track(
 pub struct PrimaryData {
     /// The secondary's generation and the moment it was last known in sync.
     pub sync_point: Option<(u64, SystemTime)>,
+    /// The same sync point exactly as stored (generation, ns since the
+    /// epoch): the journal is trusted only if it starts there.
+    pub sync_point_ns: Option<(u64, u64)>,
     /// The primary's own generation.
     pub generation: u64,
 }
@@ -532,6 +660,7 @@ impl PrimarySession {
         let mut reader = MessageReader::new(BufReader::new(stream.try_clone()?), opener);
         let PrimaryData {
             sync_point,
+            sync_point_ns,
             generation: primary_generation,
         } = data;
         let (generation, state) = match reader.recv()? {
@@ -542,15 +671,26 @@ impl PrimarySession {
                 ))))
             }
         };
+        let diverged = match reader.recv()? {
+            Some(Message::Diverged { paths }) => paths,
+            other => {
+                return Err(ChannelError::Io(io::Error::other(format!(
+                    "the secondary did not follow Join with Diverged: {other:?}"
+                ))))
+            }
+        };
         stream.set_read_timeout(None)?;
-        // Incremental only when the secondary holds an unmodified copy of
-        // the generation it was last in sync with.
+        // Incremental only when the secondary holds the generation it was
+        // last in sync with, unmodified (a copy) or modified only where it
+        // says (an old primary's journal).
         let copy = state == 0 || state == 1; // Partial or Copy
         let since = match sync_point {
-            Some((g, at)) if copy && g == generation => Some(at),
+            Some((g, at)) if (copy || diverged.is_some()) && g == generation => Some(
+                at.checked_sub(SYNC_POINT_MARGIN)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            ),
             _ => None,
         };
-        info!(module = %setup.module, peer = %peer.node, generation, incremental = since.is_some(), "secondary joined");
         let _ = events.send(SessionEvent::Joined {
             peer: peer.node.clone(),
             generation,
@@ -560,7 +700,26 @@ impl PrimarySession {
             full: since.is_none(),
             since,
         });
-        *tracker.target.lock().expect("tracker target") = Some(tx.clone());
+        let plan = {
+            let mut target = tracker.target.lock().expect("tracker target");
+            *target = Some(tx.clone());
+            // Under the target's lock: every op is in this snapshot or
+            // reaches the session.
+            let journal = tracker.journal.lock().expect("journal").snapshot();
+            let trusted = journal.filter(|(g, at_ns, set)| {
+                since.is_some() && sync_point_ns == Some((*g, *at_ns)) && !set.untrusted
+            });
+            Plan::new(trusted.map(|(_, _, set)| set), diverged.as_deref())
+        };
+        info!(
+            module = %setup.module,
+            peer = %peer.node,
+            generation,
+            incremental = since.is_some(),
+            journaled = plan.ranges.len(),
+            compared = plan.forced.len(),
+            "secondary joined"
+        );
         let acked = Arc::new((Mutex::new(0u64), Condvar::new()));
         let seqs = Arc::new(AtomicU64::new(1));
         let releases: Releases = Arc::default();
@@ -584,6 +743,7 @@ impl PrimarySession {
                         progress,
                         walk: VecDeque::new(),
                         since: None,
+                        plan,
                         links: HashMap::new(),
                         vanished: HashSet::new(),
                         seqs,
@@ -714,6 +874,61 @@ impl Drop for PrimarySession {
     }
 }
 
+/// How a journaled resynchronisation treats paths, whatever their ctime.
+#[derive(Default)]
+struct Plan {
+    /// Files whose journaled ranges travel instead of their checksums.
+    ranges: HashMap<RelPath, Vec<(u64, u64)>>,
+    /// Paths compared by checksums, with everything below them.
+    forced: HashSet<RelPath>,
+    /// Directories whose listing travels.
+    relist: HashSet<RelPath>,
+}
+
+impl Plan {
+    /// From the primary's trusted journal and the secondary's divergence.
+    fn new(journal: Option<super::journal::DirtySet>, diverged: Option<&[RelPath]>) -> Plan {
+        let mut plan = Plan::default();
+        if let Some(set) = journal {
+            plan.forced.extend(set.trees);
+            for (path, dirt) in set.files {
+                match dirt {
+                    Dirt::Ranges(ranges) => {
+                        plan.ranges.insert(path, ranges);
+                    }
+                    Dirt::Compare => {
+                        plan.forced.insert(path);
+                    }
+                }
+            }
+        }
+        for path in diverged.unwrap_or_default() {
+            if let Some((parent, _)) = path.split_last() {
+                plan.relist.insert(parent);
+            }
+            plan.forced.insert(path.clone());
+        }
+        plan
+    }
+
+    /// Whether `path` or a directory above it must be compared.
+    fn forced(&self, path: &RelPath) -> bool {
+        if self.forced.is_empty() {
+            return false;
+        }
+        let mut at = path.clone();
+        loop {
+            if self.forced.contains(&at) {
+                return true;
+            }
+            match at.split_last() {
+                Some((parent, _)) => at = parent,
+                None => return false,
+            }
+        }
+    }
+}
+
 /// Detaches the tracker from a session that ended.
 pub fn detach(tracker: &Tracker) {
     *tracker.target.lock().expect("tracker target") = None;
@@ -726,6 +941,8 @@ struct Sender {
     /// Directories the resynchronisation walk has still to visit.
     walk: VecDeque<RelPath>,
     since: Option<SystemTime>,
+    /// What the journals say about the resynchronisation's files.
+    plan: Plan,
     /// Hard links seen by the walk: (dev, ino) → first path.
     links: HashMap<(u64, u64), RelPath>,
     /// The secondary joined without data (generation 0): the first copy
@@ -867,7 +1084,22 @@ impl Sender {
                 return Ok(false);
             }
             Op::Ranges(path, ranges) => self.ship_ranges(&path, ranges)?,
-            Op::Link(path, existing) => self.send(&Message::Link { path, existing })?,
+            Op::Link(path, existing) => {
+                let key = |p: &RelPath| {
+                    std::fs::symlink_metadata(self.setup.absolute(p))
+                        .ok()
+                        .map(|m| (m.dev(), m.ino()))
+                };
+                match key(&path) {
+                    Some(inode) if key(&existing) == Some(inode) => {
+                        self.links.insert(inode, existing.clone());
+                        self.send(&Message::Link { path, existing })?
+                    }
+                    // The other name went away (renamed, removed) since:
+                    // the file travels under this name.
+                    _ => self.ship_entry(&path, None)?,
+                }
+            }
             Op::Release(tids) => {
                 let seq = self.seqs.fetch_add(1, Ordering::Relaxed);
                 self.releases.lock().expect("releases").push((seq, tids));
@@ -950,10 +1182,11 @@ impl Sender {
             let Ok(m) = std::fs::symlink_metadata(self.setup.absolute(&child)) else {
                 continue;
             };
-            let changed = self.since.is_none_or(|since| ctime_of(&m) >= since);
+            let forced = self.plan.forced(&child);
+            let changed = forced || self.since.is_none_or(|since| ctime_of(&m) >= since);
             self.progress.files_total.fetch_add(1, Ordering::Relaxed);
             if is_dir {
-                if changed {
+                if changed || self.plan.relist.contains(&child) {
                     self.ship_dir(&child, true)?;
                 }
                 self.walk.push_back(child);
@@ -963,7 +1196,17 @@ impl Sender {
                         .bytes_total
                         .fetch_add(m.len(), Ordering::Relaxed);
                 }
-                if changed {
+                let journaled = match self.plan.ranges.get(&child) {
+                    Some(ranges) if !forced && m.is_file() && m.nlink() == 1 => {
+                        Some(ranges.clone())
+                    }
+                    _ => None,
+                };
+                if let (true, Some(ranges)) = (changed && self.since.is_some(), journaled) {
+                    // The journal names every byte written since the sync
+                    // point: those travel, read now.
+                    self.ship_journaled(&child, ranges)?;
+                } else if changed {
                     // A peer that holds data compares even small files by
                     // checksums; an empty one gets them whole.
                     let by_sums = !self.fresh_peer;
@@ -996,6 +1239,48 @@ impl Sender {
             self.writer.flush()?;
         }
         Ok(())
+    }
+
+    /// The inode (device, number) at `path` now, if anything is there.
+    fn inode_of(&self, path: &RelPath) -> Option<(u64, u64)> {
+        std::fs::symlink_metadata(self.setup.absolute(path))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Another name of inode `key` that the secondary already has, for a
+    /// hard link made to a file this session never shipped under that
+    /// name: looked for beside `path` first, then in the whole tree (a
+    /// rare walk, bounded by [`LINK_SEARCH_LIMIT`] entries).
+    fn other_name(&self, path: &RelPath, key: (u64, u64)) -> Option<RelPath> {
+        let beside = path
+            .split_last()
+            .map(|(parent, _)| parent)
+            .unwrap_or_else(|| RelPath::root(path.dir));
+        let mut dirs = vec![beside];
+        let mut seen = 0usize;
+        let mut first = true;
+        while let Some(dir) = dirs.pop() {
+            for (child, is_dir) in self.children(&dir) {
+                seen += 1;
+                if seen > LINK_SEARCH_LIMIT {
+                    return None;
+                }
+                if is_dir {
+                    if !first {
+                        dirs.push(child);
+                    }
+                } else if child != *path && self.inode_of(&child) == Some(key) {
+                    return Some(child);
+                }
+            }
+            if first {
+                // Beside it found nothing: the whole tree.
+                first = false;
+                dirs = vec![RelPath::root(path.dir)];
+            }
+        }
+        None
     }
 
     /// Sends a non-directory entry as it is now: file, symlink, hard link;
@@ -1048,16 +1333,28 @@ impl Sender {
             debug!(module = %self.setup.module, %path, "not replicating a special file");
             return Ok(());
         }
+        let mut by_sums = by_sums;
         if m.nlink() > 1 {
             let key = (m.dev(), m.ino());
-            match self.links.get(&key) {
-                Some(first) if first != path => {
-                    return self.send(&Message::Link {
+            let other = self
+                .links
+                .get(&key)
+                .filter(|first| *first != path && self.inode_of(first) == Some(key))
+                .cloned()
+                .or_else(|| self.other_name(path, key));
+            match other {
+                Some(first) => {
+                    // One inode on the secondary too; then the content, in
+                    // case it changed since that name travelled: only the
+                    // blocks that differ follow.
+                    self.send(&Message::Link {
                         path: path.clone(),
                         existing: first.clone(),
-                    })
+                    })?;
+                    self.links.insert(key, first);
+                    by_sums = true;
                 }
-                _ => {
+                None => {
                     self.links.insert(key, path.clone());
                 }
             }
@@ -1164,6 +1461,30 @@ impl Sender {
         })
     }
 
+    /// Sends a file's journaled ranges as they read now, then its size and
+    /// metadata.
+    fn ship_journaled(&mut self, path: &RelPath, ranges: Vec<(u64, u64)>) -> io::Result<()> {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.setup.absolute(path))
+        else {
+            return Ok(());
+        };
+        for (start, end) in ranges {
+            self.send_range(path, &file, start, end)?;
+        }
+        let m = file.metadata()?;
+        self.send(&Message::SetSize {
+            path: path.clone(),
+            size: m.len(),
+        })?;
+        self.send(&Message::SetMeta {
+            path: path.clone(),
+            meta: meta_of(&m),
+        })
+    }
+
     /// Sends the blocks the secondary asked for, then the file's metadata.
     fn ship_blocks(&mut self, path: &RelPath, blocks: &[Blocks]) -> io::Result<()> {
         let Ok(file) = std::fs::OpenOptions::new()
@@ -1228,6 +1549,7 @@ impl SecondarySession {
         setup: &Setup,
         applier: Arc<Mutex<Applier>>,
         join: (u64, u8),
+        diverged: Option<Vec<RelPath>>,
         events: Events,
     ) -> Result<Self, ChannelError> {
         let mut stream = TcpStream::connect_timeout(&primary, Duration::from_secs(3))?;
@@ -1241,6 +1563,7 @@ impl SecondarySession {
             generation: join.0,
             state: join.1,
         })?;
+        writer.send(&Message::Diverged { paths: diverged })?;
         let mut reader = MessageReader::new(
             BufReader::with_capacity(256 * 1024, stream.try_clone()?),
             opener,

@@ -42,6 +42,11 @@ impl StampFiles {
         Ok(StampFiles { dir })
     }
 
+    /// The module's directory in the state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The persisted stamp; `DataStamp::EMPTY` on a fresh node.
     pub fn load_stamp(&self) -> anyhow::Result<DataStamp> {
         let path = self.dir.join("stamp.json");
@@ -63,6 +68,13 @@ impl StampFiles {
         let point: SyncPoint = serde_json::from_slice(&bytes).ok()?;
         let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(point.at_ns);
         Some((point.generation, at.checked_sub(SYNC_MARGIN)?))
+    }
+
+    /// The sync point exactly as stored: generation, ns since the epoch.
+    pub fn load_sync_point_ns(&self) -> Option<(u64, u64)> {
+        let bytes = fs::read(self.dir.join("sync-point.json")).ok()?;
+        let point: SyncPoint = serde_json::from_slice(&bytes).ok()?;
+        Some((point.generation, point.at_ns))
     }
 
     pub fn store_sync_point(&self, generation: u64, at: SystemTime) -> anyhow::Result<()> {

@@ -25,6 +25,8 @@ pub const MAX_SUMS: usize = 65_536;
 pub const MAX_WRITE: usize = 1024 * 1024;
 /// The most names one `Listing` carries.
 pub const MAX_NAMES: usize = 100_000;
+/// Most paths a `Diverged` message lists.
+pub const MAX_DIVERGED: usize = 10_000;
 
 /// A file's metadata as the secondary must reproduce it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -106,6 +108,10 @@ pub enum Message {
     /// The secondary lacks `path` (a rename's source it never received):
     /// send it whole.
     Missing { path: RelPath },
+    /// The secondary's second message: the paths it may have changed since
+    /// the generation it holds was shared (an old primary's journal), or
+    /// `None` if it cannot tell.
+    Diverged { paths: Option<Vec<RelPath>> },
     /// The secondary refused a message (logged on both sides).
     Refused { reason: String },
 }
@@ -157,6 +163,7 @@ mod tag {
     pub const REFUSED: u8 = 67;
     pub const JOIN: u8 = 68;
     pub const MISSING: u8 = 69;
+    pub const DIVERGED: u8 = 70;
 }
 
 impl Message {
@@ -258,6 +265,19 @@ impl Message {
             Message::Missing { path } => {
                 out.push(tag::MISSING);
                 put_path(out, path);
+            }
+            Message::Diverged { paths } => {
+                out.push(tag::DIVERGED);
+                match paths {
+                    None => out.push(0),
+                    Some(paths) => {
+                        out.push(1);
+                        out.extend_from_slice(&(paths.len() as u32).to_be_bytes());
+                        for path in paths {
+                            put_path(out, path);
+                        }
+                    }
+                }
             }
             Message::Join { generation, state } => {
                 out.push(tag::JOIN);
@@ -391,6 +411,20 @@ impl Message {
             }
             tag::MISSING => Message::Missing {
                 path: path(&mut c)?,
+            },
+            tag::DIVERGED => Message::Diverged {
+                paths: match c.u8()? {
+                    0 => None,
+                    _ => {
+                        let count = c.u32()? as usize;
+                        limit("diverged", count, MAX_DIVERGED)?;
+                        let mut paths = Vec::with_capacity(count);
+                        for _ in 0..count {
+                            paths.push(path(&mut c)?);
+                        }
+                        Some(paths)
+                    }
+                },
             },
             tag::JOIN => Message::Join {
                 generation: c.u64()?,
@@ -529,6 +563,10 @@ mod tests {
             },
             Message::Ack { seq: 9 },
             Message::Missing { path: p("a/b") },
+            Message::Diverged { paths: None },
+            Message::Diverged {
+                paths: Some(vec![p("a/b"), p("c")]),
+            },
             Message::Join {
                 generation: 3,
                 state: 1,

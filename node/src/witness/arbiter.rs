@@ -25,13 +25,19 @@ use super::{
     lease::{Grant, LeasePolicy, LeaseTable},
     protocol::{LeaseAnswer, LeaseRequest, Nonce, Verdict, WireError, MAX_DATAGRAM_LEN},
 };
-use crate::cluster::{keys::MacKey, replay::ReplayGuard};
+use crate::cluster::{
+    keys::{KeyUsed, MacKey},
+    replay::ReplayGuard,
+};
 
 /// Counters of the witness, by outcome.
 #[derive(Debug, Default)]
 pub struct ArbiterStats {
     pub granted: AtomicU64,
     pub refused: AtomicU64,
+    /// Requests signed with the accepted secret (`--accept-secret`), not
+    /// the signing one: a node that has not switched secrets.
+    pub accepted_secret: AtomicU64,
     /// Dropped requests by reason (`malformed`, `forged`, `replayed`, …).
     rejected: Mutex<HashMap<&'static str, u64>>,
 }
@@ -51,7 +57,8 @@ impl ArbiterStats {
 /// A bound `halo witness` server, not yet serving.
 pub struct Arbiter {
     socket: UdpSocket,
-    key: MacKey,
+    /// Checks requests and signs answers; a reload (SIGHUP) replaces it.
+    key: Arc<Mutex<MacKey>>,
     policy: LeasePolicy,
     stats: Arc<ArbiterStats>,
 }
@@ -73,7 +80,7 @@ impl Arbiter {
             .with_context(|| format!("cannot bind the witness socket on {listen}"))?;
         Ok(Arbiter {
             socket,
-            key,
+            key: Arc::new(Mutex::new(key)),
             policy,
             stats: Arc::default(),
         })
@@ -84,6 +91,11 @@ impl Arbiter {
         self.socket
             .local_addr()
             .context("cannot read the witness socket's address")
+    }
+
+    /// The server's key, to replace while it runs (a reload of the secrets).
+    pub fn key(&self) -> Arc<Mutex<MacKey>> {
+        Arc::clone(&self.key)
     }
 
     /// The server's counters, to read while it runs.
@@ -125,8 +137,9 @@ impl Arbiter {
                     continue;
                 }
             };
-            let request = match LeaseRequest::decode(&buf[..len], &self.key) {
-                Ok(request) => request,
+            let key = self.key.lock().expect("key lock").clone();
+            let (request, used) = match LeaseRequest::decode_keyed(&buf[..len], &key) {
+                Ok(decoded) => decoded,
                 Err(error) => {
                     self.stats.reject(error.reason());
                     debug!(%error, %from, reason = error.reason(), "witness request dropped");
@@ -136,7 +149,12 @@ impl Arbiter {
             let Some(answer) = leases.decide(&request, origin.elapsed()) else {
                 continue;
             };
-            match answer.encode(&self.key) {
+            if used == KeyUsed::Accepted {
+                self.stats.accepted_secret.fetch_add(1, Ordering::Relaxed);
+            }
+            // Answered under the key the request came with: a node that
+            // has not switched secrets yet (or any more) can check it.
+            match answer.encode(&key.only(used)) {
                 Ok(bytes) => {
                     if let Err(error) = self.socket.send_to(&bytes, from).await {
                         debug!(%error, %from, "witness reply not sent");
@@ -405,6 +423,49 @@ mod tests {
 
     fn client(addr: SocketAddr, epoch: u64) -> ArbiterClient {
         ArbiterClient::new(addr, key(), cluster_id("prod"), epoch)
+    }
+
+    #[tokio::test]
+    async fn a_rotating_witness_answers_nodes_of_either_secret_under_their_own() {
+        let old = ClusterSecret::from_bytes(&[3; 32]);
+        let new = ClusterSecret::from_bytes(&[5; 32]);
+        let policy = LeasePolicy {
+            grace_percent: 0,
+            min_grace: GRACE,
+            max_duration: LEASE,
+        };
+        let arbiter = Arbiter::bind((Ipv4Addr::LOCALHOST, 0).into(), old.witness_key(), policy)
+            .await
+            .unwrap();
+        let addr = arbiter.local_addr().unwrap();
+        let live_key = arbiter.key();
+        let stats = arbiter.stats();
+        let task = tokio::spawn(async move {
+            arbiter.run().await.expect("the witness keeps serving");
+        });
+        // The witness moves to the new secret while it runs (SIGHUP).
+        *live_key.lock().unwrap() = new.clone().accepting(&old).witness_key();
+        for (epoch, secret) in [(1, &old), (2, &new)] {
+            let c = ArbiterClient::new(addr, secret.witness_key(), cluster_id("prod"), epoch);
+            let reply = c.request_lease("db", "a", LEASE, TIMEOUT).await;
+            assert!(
+                reply.is_ok(),
+                "a node on either secret gets an answer it can check, got {reply:?}"
+            );
+            assert_eq!(
+                stats.accepted_secret.load(Ordering::Relaxed),
+                1,
+                "only the old secret's request counts as accepted"
+            );
+        }
+        let stranger = ClusterSecret::from_bytes(&[6; 32]).witness_key();
+        let c = ArbiterClient::new(addr, stranger, cluster_id("prod"), 3);
+        assert!(matches!(
+            c.request_lease("db", "a", LEASE, ms(300)).await,
+            Err(ArbiterError::Timeout { .. })
+        ));
+        assert_eq!(stats.rejected().get("forged"), Some(&1));
+        task.abort();
     }
 
     /// Asks until the witness's start-up quiet period is over.

@@ -35,7 +35,7 @@
 use std::time::Duration;
 
 use crate::cluster::{
-    keys::MacKey,
+    keys::{KeyUsed, MacKey},
     wire::{put_name, BadName, Cursor, Malformed},
 };
 
@@ -147,7 +147,13 @@ impl LeaseRequest {
 
     /// Checks and parses a received datagram.
     pub fn decode(bytes: &[u8], key: &MacKey) -> Result<Self, WireError> {
-        let body = authenticate(bytes, key, KIND_REQUEST, REQUEST_HEADER_LEN + 4)?;
+        Self::decode_keyed(bytes, key).map(|(request, _)| request)
+    }
+
+    /// [`LeaseRequest::decode`], also saying which of `key`'s keys signed
+    /// the request: the witness answers under the same one.
+    pub fn decode_keyed(bytes: &[u8], key: &MacKey) -> Result<(Self, KeyUsed), WireError> {
+        let (body, used) = authenticate(bytes, key, KIND_REQUEST, REQUEST_HEADER_LEN + 4)?;
         if body[6..8] != [0, 0] {
             return Err(WireError::Malformed("reserved bytes set"));
         }
@@ -163,7 +169,7 @@ impl LeaseRequest {
         let module = cursor.name()?;
         let node = cursor.name()?;
         cursor.end()?;
-        Ok(LeaseRequest {
+        let request = LeaseRequest {
             cluster,
             nonce,
             epoch,
@@ -171,7 +177,8 @@ impl LeaseRequest {
             module,
             node,
             duration: Duration::from_millis(millis.into()),
-        })
+        };
+        Ok((request, used))
     }
 }
 
@@ -211,7 +218,7 @@ impl LeaseAnswer {
 
     /// Checks and parses a received datagram.
     pub fn decode(bytes: &[u8], key: &MacKey) -> Result<Self, WireError> {
-        let body = authenticate(bytes, key, KIND_REPLY, REPLY_HEADER_LEN + 3)?;
+        let (body, _) = authenticate(bytes, key, KIND_REPLY, REPLY_HEADER_LEN + 3)?;
         if body[7] != 0 {
             return Err(WireError::Malformed("reserved byte set"));
         }
@@ -252,13 +259,13 @@ impl LeaseAnswer {
 }
 
 /// Checks everything that comes before the body's parsing; returns the
-/// authenticated bytes without the tag.
+/// authenticated bytes without the tag, and the key that verified them.
 fn authenticate<'a>(
     bytes: &'a [u8],
     key: &MacKey,
     kind: u8,
     min_body: usize,
-) -> Result<&'a [u8], WireError> {
+) -> Result<(&'a [u8], KeyUsed), WireError> {
     if bytes.len() > MAX_DATAGRAM_LEN {
         return Err(WireError::TooLong(bytes.len()));
     }
@@ -278,10 +285,10 @@ fn authenticate<'a>(
         return Err(WireError::TooShort(bytes.len()));
     }
     let (body, tag) = bytes.split_at(bytes.len() - TAG_LEN);
-    if !key.verify(body, tag.try_into().expect("32 bytes")) {
-        return Err(WireError::Forged);
+    match key.check(body, tag.try_into().expect("32 bytes")) {
+        Some(used) => Ok((body, used)),
+        None => Err(WireError::Forged),
     }
-    Ok(body)
 }
 
 fn sign(mut out: Vec<u8>, key: &MacKey) -> Vec<u8> {
@@ -423,6 +430,30 @@ mod tests {
         let err = LeaseRequest::decode(&bytes, &key()).unwrap_err();
         assert_eq!(err, WireError::Forged);
         assert_eq!(err.reason(), "forged");
+    }
+
+    #[test]
+    fn during_a_rotation_requests_of_either_secret_are_accepted_and_told_apart() {
+        let old = ClusterSecret::from_bytes(&[7; 32]);
+        let new = ClusterSecret::from_bytes(&[9; 32]);
+        let rotating = new.clone().accepting(&old).witness_key();
+        let from_old = request().encode(&old.witness_key()).unwrap();
+        let from_new = request().encode(&new.witness_key()).unwrap();
+        assert_eq!(
+            LeaseRequest::decode_keyed(&from_old, &rotating),
+            Ok((request(), KeyUsed::Accepted))
+        );
+        assert_eq!(
+            LeaseRequest::decode_keyed(&from_new, &rotating),
+            Ok((request(), KeyUsed::Signing))
+        );
+        let stranger = ClusterSecret::from_bytes(&[1; 32]).witness_key();
+        let from_stranger = request().encode(&stranger).unwrap();
+        assert_eq!(
+            LeaseRequest::decode(&from_stranger, &rotating),
+            Err(WireError::Forged)
+        );
+        assert_eq!(request().encode(&rotating).unwrap(), from_new);
     }
 
     #[test]

@@ -262,6 +262,12 @@ impl Host {
             .with_context(|| format!("add {} addresses to host {}", addrs.len(), self.name))
     }
 
+    /// The processes inside the host now.
+    pub fn processes(&self) -> Result<Vec<u32>> {
+        let pids = ns::processes_in(&self.namespaces)?;
+        Ok(pids.into_iter().map(|pid| pid.as_raw() as u32).collect())
+    }
+
     /// Runs `f` on a thread inside the host's network and mount namespaces,
     /// for work the test does itself there: attaching an eBPF program to the
     /// host's interface, or sending crafted frames from it.

@@ -42,6 +42,7 @@
 
 mod cleanup;
 mod command;
+mod cpu;
 mod host;
 mod ns;
 mod process;
@@ -73,6 +74,7 @@ pub use nix::sys::signal::Signal;
 
 use self::host::Link;
 pub use self::{
+    cpu::CpuLimit,
     host::{Host, RUN_TIMEOUT},
     process::LabProcess,
 };
@@ -530,6 +532,52 @@ impl Lab {
         self.firewall(&add_then_delete(&element)).with_context(|| {
             format!("heal the link between hosts {a} and {b} on network {network}")
         })
+    }
+
+    /// Drops every frame from host `from` to host `to` on every network,
+    /// and nothing the other way: one-way loss, as a broken transmit path
+    /// or an asymmetric firewall makes it.
+    pub fn cut_one_way(&self, from: &str, to: &str) -> Result<()> {
+        let element = self.one_way_element(from, to)?;
+        self.firewall(&format!("add element {element}\n"))
+            .with_context(|| format!("cut the way from host {from} to host {to}"))
+    }
+
+    /// Undoes [`Lab::cut_one_way`]; does nothing where it is not cut.
+    pub fn heal_one_way(&self, from: &str, to: &str) -> Result<()> {
+        let element = self.one_way_element(from, to)?;
+        self.firewall(&add_then_delete(&element))
+            .with_context(|| format!("heal the way from host {from} to host {to}"))
+    }
+
+    /// The firewall element for frames from `from` to `to` through every
+    /// bridge.
+    fn one_way_element(&self, from: &str, to: &str) -> Result<String> {
+        ensure!(from != to, "cannot cut host {from} off itself");
+        let from = links_of(self.find(from)?, None)?;
+        let to = links_of(self.find(to)?, None)?;
+        let pairs: Vec<String> = from
+            .iter()
+            .zip(&to)
+            .map(|(a, b)| format!("\"{}\" . \"{}\"", a.port, b.port))
+            .collect();
+        Ok(format!(
+            "bridge {FIREWALL_TABLE} cut_pairs {{ {} }}",
+            pairs.join(", ")
+        ))
+    }
+
+    /// Limits every process now in host `name` to `percent` of one CPU
+    /// (a CPU cgroup), until the returned guard is dropped; processes the
+    /// host starts later are not limited.
+    pub fn limit_cpu(&self, name: &str, percent: u32) -> Result<CpuLimit> {
+        let host = self.find(name)?;
+        let pids = ns::processes_in(&host.namespaces)?;
+        CpuLimit::new(
+            &format!("{}-{name}", self.prefix),
+            percent,
+            pids.iter().map(|pid| pid.as_raw()),
+        )
     }
 
     /// The firewall element that stands for the switch ports of `host` on

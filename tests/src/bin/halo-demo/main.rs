@@ -6,23 +6,21 @@
 mod traffic;
 
 use std::{
-    fs,
     net::Ipv4Addr,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
-    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{bail, ensure, Result};
 use clap::Parser;
 use halo_tests::{
     cluster::{self, Cluster, Timing, API_PORT},
     lab::{self, Lab, LabBuilder, LabProcess},
+    program::{self, check_interrupt, Interrupted},
 };
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use crate::traffic::{Record, Tail, Tally};
 
@@ -72,54 +70,16 @@ struct Cli {
     save_logs: Option<PathBuf>,
 }
 
-/// Set by SIGINT or SIGTERM: the demo then returns from `main` normally, so
-/// that the lab's guards remove everything.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// The error that ends the demo early on Ctrl-C.
-#[derive(Debug)]
-struct Interrupted;
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("interrupted")
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        return Err(Interrupted.into());
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A second Ctrl-C gets the default action (SA_RESETHAND): an impatient
-    // user can stop the cleanup, and the next lab run sweeps what is left.
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESETHAND,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        if let Err(error) = unsafe { sigaction(signal, &action) } {
-            eprintln!("halo-demo: cannot handle {signal}: {error}");
-            return ExitCode::FAILURE;
-        }
+    if let Err(error) = program::handle_interrupts() {
+        eprintln!("halo-demo: {error:#}");
+        return ExitCode::FAILURE;
     }
     let result = run(&cli);
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) if error.is::<Interrupted>() || INTERRUPTED.load(Ordering::SeqCst) => {
+        Err(error) if error.is::<Interrupted>() || program::interrupted() => {
             println!("stopped; the lab is removed");
             ExitCode::SUCCESS
         }
@@ -154,7 +114,7 @@ fn run(cli: &Cli) -> Result<()> {
     let lab = LabBuilder::new("demo").hosts(&hosts).build()?;
     let result = demo(&lab, cli, &halo);
     if let Some(dir) = &cli.save_logs {
-        match save_logs(&lab, dir) {
+        match program::save_logs(&lab, dir) {
             Ok(()) => println!("logs copied to {}", dir.display()),
             Err(error) => eprintln!("halo-demo: saving the logs: {error:#}"),
         }
@@ -336,7 +296,7 @@ impl View {
         let mut last: Vec<String> = Vec::new();
         let mut next_line = Duration::from_secs(1);
         loop {
-            if INTERRUPTED.load(Ordering::SeqCst) {
+            if program::interrupted() {
                 println!();
                 println!("Ctrl-C: stopping");
                 self.summary(start_wall);
@@ -526,24 +486,4 @@ fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// Copies every host's `*.log` into `dir/<host>/`.
-fn save_logs(lab: &Lab, dir: &Path) -> Result<()> {
-    for host in lab.hosts() {
-        let to = dir.join(host.name());
-        fs::create_dir_all(&to).with_context(|| format!("create {}", to.display()))?;
-        for entry in fs::read_dir(host.state_dir())
-            .with_context(|| format!("list {}", host.state_dir().display()))?
-        {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                if let Some(name) = path.file_name() {
-                    fs::copy(&path, to.join(name))
-                        .with_context(|| format!("copy {}", path.display()))?;
-                }
-            }
-        }
-    }
-    Ok(())
 }

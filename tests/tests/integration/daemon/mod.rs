@@ -10,5 +10,6 @@ mod forged;
 mod heartbeat;
 mod metrics;
 mod processes;
+mod rotation;
 mod scripts;
 mod state;

@@ -356,3 +356,126 @@ fn a_draining_bucket_keeps_connections_this_node_has_a_socket_for() {
     );
     drop((client, server));
 }
+
+/// `frame` (untagged Ethernet, IPv6) with `headers` inserted after the
+/// IPv6 header: (type, body after the next-header byte), chained in order.
+fn with_ipv6_extensions(frame: &[u8], headers: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let transport = frame[20];
+    let mut out = frame[..54].to_vec();
+    out[20] = headers[0].0;
+    for (i, (_, body)) in headers.iter().enumerate() {
+        out.push(headers.get(i + 1).map_or(transport, |(kind, _)| *kind));
+        out.extend_from_slice(body);
+    }
+    out.extend_from_slice(&frame[54..]);
+    let payload = (out.len() - 54) as u16;
+    out[18..20].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
+#[test]
+fn ipv6_vip_traffic_behind_extension_headers_is_not_dropped_by_every_node() {
+    // The program used to take the first extension header for the
+    // transport protocol: no rule names it, so every node dropped the
+    // packet and IPv6 fragments to the VIP were lost.
+    let mut ingress = farm(&default_vips());
+    let pad_n = vec![0, 1, 4, 0, 0, 0, 0];
+    let first_fragment = vec![0, 0, 1, 0, 0, 0, 7];
+    let later_fragment = vec![0, 0, 8 * 3, 0, 0, 0, 7];
+    let chains = [
+        vec![(0, pad_n.clone()), (60, pad_n.clone())],
+        vec![(44, first_fragment)],
+        vec![(0, pad_n), (44, later_fragment)],
+    ];
+    let (mut passed, mut dropped) = (0, 0);
+    for last in 1..=60u16 {
+        let client = Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, last);
+        let datagram = frames::ipv6_udp(VMAC6, CLIENT_MAC, client, vip6(), 53);
+        // The UDP rule filters by source address: every chain, fragments
+        // included, lands in the client's bucket.
+        let ours = owned(bucket_of(&client.octets(), None));
+        for chain in &chains {
+            let frame = with_ipv6_extensions(&datagram, chain);
+            let (verdict, out) = ingress.test_run_output(&frame).unwrap();
+            if ours {
+                assert_eq!(verdict, XDP_PASS, "{client} through {chain:?}: ours");
+                assert_eq!(out[..6], OWN_MAC, "readdressed to the node's MAC");
+                assert_eq!(out[6..], frame[6..], "nothing else changes");
+                passed += 1;
+            } else {
+                assert_eq!(verdict, XDP_DROP, "{client} through {chain:?}: not ours");
+                dropped += 1;
+            }
+        }
+    }
+    assert!(
+        passed > 0 && dropped > 0,
+        "passed {passed}, dropped {dropped}"
+    );
+    let datagram = frames::ipv6_udp(
+        VMAC6,
+        CLIENT_MAC,
+        "2001:db8:7::1".parse().unwrap(),
+        vip6(),
+        53,
+    );
+    let too_long = vec![(60, vec![0, 1, 4, 0, 0, 0, 0]); 7];
+    assert_eq!(
+        ingress
+            .test_run(&with_ipv6_extensions(&datagram, &too_long))
+            .unwrap(),
+        XDP_DROP,
+        "a chain longer than the program walks: no node can bucket it"
+    );
+}
+
+#[test]
+fn a_vip_frame_cut_short_before_its_ports_is_dropped_not_passed() {
+    // The program used to pass it untouched on every node, whatever the
+    // bucket: SPEC §4 passes VIP traffic only in the node's own buckets.
+    let mut ingress = farm(&default_vips());
+    for last in 1..=20u8 {
+        let client = Ipv4Addr::new(192, 168, 8, last);
+        let segment = frames::ipv4_tcp(VMAC4, CLIENT_MAC, client, VIP4, 40_000, 80, 0);
+        for len in [14 + 20, 14 + 20 + 3] {
+            assert_eq!(
+                ingress.test_run(&segment[..len]).unwrap(),
+                XDP_DROP,
+                "{client}: a TCP segment to the VIP cut at {len} bytes"
+            );
+        }
+        let datagram = frames::ipv6_udp(
+            VMAC6,
+            CLIENT_MAC,
+            Ipv6Addr::new(0x2001, 0xdb8, 8, 0, 0, 0, 0, last.into()),
+            vip6(),
+            53,
+        );
+        assert_eq!(
+            ingress.test_run(&datagram[..14 + 40 + 2]).unwrap(),
+            XDP_DROP,
+            "a UDP datagram to the IPv6 VIP cut inside its ports"
+        );
+    }
+}
+
+#[test]
+fn a_solicitation_sent_to_the_vip_for_another_target_is_bucketed_not_passed_by_all() {
+    // The program used to pass any solicitation whose target is no VIP,
+    // untouched and on every node, even one sent to the VIP itself.
+    let mut ingress = farm(&default_vips());
+    let other_target: Ipv6Addr = "2001:db8:9::1".parse().unwrap();
+    for last in 1..=40u16 {
+        let requester = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, last);
+        let mut frame = frames::neighbour_solicitation(CLIENT_MAC, requester, other_target);
+        frame[..6].copy_from_slice(&VMAC6);
+        frame[38..54].copy_from_slice(&vip6().octets());
+        let (verdict, out) = ingress.test_run_output(&frame).unwrap();
+        if owned(bucket_of(&requester.octets(), None)) {
+            assert_eq!(verdict, XDP_PASS, "{requester}'s bucket is ours");
+            assert_eq!(out[..6], OWN_MAC, "readdressed to the node's MAC");
+        } else {
+            assert_eq!(verdict, XDP_DROP, "{requester}'s bucket is another node's");
+        }
+    }
+}

@@ -4,3 +4,4 @@
 mod capture;
 mod farm_counts;
 mod farm_policy;
+mod farm_random_frames;

@@ -5,5 +5,7 @@ mod common;
 mod crash;
 mod disk_full;
 mod failover;
+mod hard_links;
+mod journal;
 mod replicate;
 mod roles;
