@@ -219,6 +219,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                     following: 0,
                 })
                 .collect(),
+            // Every other module announces a power.
+            powers: (0..modules)
+                .step_by(2)
+                .map(|i| (format!("module{i}"), 2))
+                .collect(),
         };
         let bytes = frame.encode(&heartbeat_key()).expect("a seed frame");
         assert!(bytes.len() <= MAX_FRAME_LEN);
@@ -234,6 +239,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         module: "db".to_owned(),
         node: "node-a".to_owned(),
         duration: std::time::Duration::from_millis(3000),
+        generation: 7,
+        forced: false,
     };
     let answer = |verdict| LeaseAnswer {
         cluster: cluster_id(CLUSTER),
@@ -242,12 +249,23 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         verdict,
     };
     let unsigned = |bytes: Vec<u8>| bytes[..bytes.len() - TAG_LEN].to_vec();
+    let forced = LeaseRequest {
+        forced: true,
+        ..request.clone()
+    };
     let witness = vec![
         unsigned(request.encode(&key).expect("a seed request")),
+        unsigned(forced.encode(&key).expect("a seed request")),
+        unsigned(
+            answer(Verdict::Stale { generation: 8 })
+                .encode(&key)
+                .expect("a seed answer"),
+        ),
         unsigned(
             answer(Verdict::Granted {
                 duration: std::time::Duration::from_secs(3),
                 grace: std::time::Duration::from_secs(1),
+                generation: 7,
             })
             .encode(&key)
             .expect("a seed answer"),

@@ -4,7 +4,7 @@
 //! ```text
 //! offset size
 //!      0    4  magic "HALO"
-//!      4    1  version (1)
+//!      4    1  version (2; version 1 frames, without powers, are read too)
 //!      5    1  kind (1 = heartbeat)
 //!      6    1  network index the frame was sent on
 //!      7    1  reserved, 0
@@ -15,12 +15,17 @@
 //!     32    1  sender name length n (1..=63), then n bytes of UTF-8
 //!      …    1  module count m (0..=32), then m module reports:
 //!              name length k (1..=63), k bytes, state, phase, flags (1 each),
-//!              data generation (8), generation followed (8, 0 = none)
+//!              data generation (8), generation followed (8, 0 = none),
+//!              power: 0 (none), or 1 then the power (4) (version 2 only)
 //!      …   32  BLAKE3 keyed hash of every byte before it
 //! ```
-//! Integers are big-endian. Decoding checks the size, magic, version and
+//! A farm module's report carries the power the sender gives itself in
+//! it (`power` of its configuration, or of its last reload), from which
+//! every node computes the bucket table. Integers are big-endian. Decoding checks the size, magic, version and
 //! cluster, then the MAC, and only then parses the authenticated body, so a
 //! forged frame costs one hash and reaches no parser.
+
+use std::collections::BTreeMap;
 
 use super::{
     keys::{KeyUsed, MacKey},
@@ -28,7 +33,9 @@ use super::{
 };
 
 pub const MAGIC: [u8; 4] = *b"HALO";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// The version before powers: received frames of it are read, with none.
+const VERSION_WITHOUT_POWERS: u8 = 1;
 const KIND_HEARTBEAT: u8 = 1;
 const HEADER_LEN: usize = 32;
 const TAG_LEN: usize = 32;
@@ -62,6 +69,11 @@ pub struct HeartbeatFrame {
     pub epoch: u64,
     pub seq: u64,
     pub modules: Vec<ModuleReport>,
+    /// The power the sender announces for each of its farm modules, by
+    /// module name (every name is one of `modules`). On the wire each
+    /// module's report carries its own; kept apart here so that the
+    /// reports of modules without one stay as they are.
+    pub powers: BTreeMap<String, u32>,
 }
 
 /// Why a received datagram was dropped; the reason names the counter.
@@ -124,11 +136,25 @@ impl HeartbeatFrame {
             return Err(FrameError::Encode("more than 32 modules"));
         }
         out.push(self.modules.len() as u8);
+        if self
+            .powers
+            .keys()
+            .any(|name| !self.modules.iter().any(|m| m.name == *name))
+        {
+            return Err(FrameError::Encode("a power for a module not reported"));
+        }
         for module in &self.modules {
             put_name(&mut out, &module.name)?;
             out.extend_from_slice(&[module.state, module.phase, module.flags]);
             out.extend_from_slice(&module.generation.to_be_bytes());
             out.extend_from_slice(&module.following.to_be_bytes());
+            match self.powers.get(&module.name) {
+                None => out.push(0),
+                Some(power) => {
+                    out.push(1);
+                    out.extend_from_slice(&power.to_be_bytes());
+                }
+            }
         }
         let tag = key.tag(&out);
         out.extend_from_slice(&tag);
@@ -160,8 +186,9 @@ impl HeartbeatFrame {
         if bytes[..4] != MAGIC {
             return Err(FrameError::BadMagic);
         }
-        if bytes[4] != VERSION {
-            return Err(FrameError::UnsupportedVersion(bytes[4]));
+        let version = bytes[4];
+        if version != VERSION && version != VERSION_WITHOUT_POWERS {
+            return Err(FrameError::UnsupportedVersion(version));
         }
         if bytes[5] != KIND_HEARTBEAT {
             return Err(FrameError::UnknownKind(bytes[5]));
@@ -185,16 +212,30 @@ impl HeartbeatFrame {
         if count > MAX_MODULES {
             return Err(FrameError::Malformed("more than 32 modules"));
         }
-        let mut modules = Vec::with_capacity(count);
+        let mut modules: Vec<ModuleReport> = Vec::with_capacity(count);
+        let mut powers = BTreeMap::new();
         for _ in 0..count {
-            modules.push(ModuleReport {
+            let report = ModuleReport {
                 name: cursor.name()?,
                 state: cursor.u8()?,
                 phase: cursor.u8()?,
                 flags: cursor.u8()?,
                 generation: cursor.u64()?,
                 following: cursor.u64()?,
-            });
+            };
+            if modules.iter().any(|m| m.name == report.name) {
+                return Err(FrameError::Malformed("a module reported twice"));
+            }
+            if version != VERSION_WITHOUT_POWERS {
+                match cursor.u8()? {
+                    0 => {}
+                    1 => {
+                        powers.insert(report.name.clone(), cursor.u32()?);
+                    }
+                    _ => return Err(FrameError::Malformed("power marker other than 0 or 1")),
+                }
+            }
+            modules.push(report);
         }
         cursor.end()?;
         let frame = HeartbeatFrame {
@@ -204,6 +245,7 @@ impl HeartbeatFrame {
             epoch,
             seq,
             modules,
+            powers,
         };
         Ok((frame, used))
     }
@@ -255,7 +297,86 @@ mod tests {
                     following: 16,
                 },
             ],
+            powers: BTreeMap::from([("web".to_owned(), 3)]),
         }
+    }
+
+    /// `frame` in the version 1 layout (no power field), signed.
+    fn encode_v1(frame: &HeartbeatFrame) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[VERSION_WITHOUT_POWERS, KIND_HEARTBEAT, frame.network, 0]);
+        for n in [frame.cluster, frame.epoch, frame.seq] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        put_name(&mut out, &frame.sender).unwrap();
+        out.push(frame.modules.len() as u8);
+        for m in &frame.modules {
+            put_name(&mut out, &m.name).unwrap();
+            out.extend_from_slice(&[m.state, m.phase, m.flags]);
+            out.extend_from_slice(&m.generation.to_be_bytes());
+            out.extend_from_slice(&m.following.to_be_bytes());
+        }
+        let tag = key().tag(&out);
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    #[test]
+    fn a_farm_modules_power_round_trips_in_its_report() {
+        let mut frame = sample();
+        frame.powers = BTreeMap::from([("web".to_owned(), 0), ("db".to_owned(), u32::MAX)]);
+        let bytes = frame.encode(&key()).unwrap();
+        assert_eq!(bytes[4], 2, "frames with powers are version 2");
+        assert_eq!(
+            HeartbeatFrame::decode(&bytes, &key(), cluster_id("prod")),
+            Ok(frame.clone())
+        );
+        frame.powers.clear();
+        let bytes = frame.encode(&key()).unwrap();
+        assert_eq!(
+            HeartbeatFrame::decode(&bytes, &key(), cluster_id("prod")),
+            Ok(frame),
+            "a report without a power has none, not 0"
+        );
+    }
+
+    #[test]
+    fn a_version_1_frame_is_read_without_powers() {
+        let mut frame = sample();
+        frame.powers.clear();
+        let bytes = encode_v1(&frame);
+        assert_eq!(
+            HeartbeatFrame::decode(&bytes, &key(), cluster_id("prod")),
+            Ok(frame)
+        );
+    }
+
+    #[test]
+    fn a_power_for_a_module_not_reported_cannot_be_encoded() {
+        let mut frame = sample();
+        frame.powers.insert("api".into(), 1);
+        assert_eq!(
+            frame.encode(&key()),
+            Err(FrameError::Encode("a power for a module not reported"))
+        );
+    }
+
+    #[test]
+    fn a_signed_power_marker_other_than_0_or_1_is_malformed() {
+        let mut frame = sample();
+        frame.modules.truncate(1);
+        let bytes = frame.encode(&key()).unwrap();
+        // The marker follows the last module's two generations.
+        let marker_at = bytes.len() - TAG_LEN - 5;
+        assert_eq!(bytes[marker_at], 1);
+        let mut body = bytes[..bytes.len() - TAG_LEN].to_vec();
+        body[marker_at] = 2;
+        let tag = key().tag(&body);
+        body.extend_from_slice(&tag);
+        assert_eq!(
+            HeartbeatFrame::decode(&body, &key(), cluster_id("prod")),
+            Err(FrameError::Malformed("power marker other than 0 or 1"))
+        );
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! with commands, peer reports, checker results, script completions and
 //! time, and performs the actions it returns.
 //!
+//! The node's own power (`power` of its configuration, then of each
+//! `halo reload`) is announced in its heartbeat; the members' powers come
+//! from their announcements (`farm::members` states the agreement rule).
+//!
 //! The data path actions (`ClaimVip`, `ReleaseVip`, `SetBuckets`) go to
 //! [`FarmDataPath`]; a failure there is a resource down for the machine
 //! (the node leaves the farm) and is logged.
@@ -23,7 +27,11 @@ use crate::{
     app::{self, checker::CheckerReport, LogSink},
     cluster::frame::ModuleReport,
     config::FarmModule,
-    farm::{datapath::FarmDataPath, SharedTables},
+    farm::{
+        datapath::FarmDataPath,
+        members::{peer_members, PeerFarm},
+        SharedTables,
+    },
     fsm::{
         self,
         farm::{Action, Farm, FarmConfig, Input},
@@ -32,11 +40,26 @@ use crate::{
 };
 
 use super::{
+    heartbeat::Heartbeat,
     module::{self, CheckerInput, ModuleCore, STOP_GRACE},
     module_log::ModuleLog,
 };
 
-/// What reaches a module driver from the cluster.
+/// What reaches a farm module driver.
+#[derive(Debug)]
+pub enum FarmInput {
+    /// A peer's report of this module (`None`: the peer is down), and the
+    /// power it announces for it (`None`: its frames carry none).
+    Peer {
+        peer: String,
+        report: Option<ModuleReport>,
+        power: Option<u32>,
+    },
+    /// This node's power for the module, changed by a reload.
+    Power(u32),
+}
+
+/// What reaches a mirror module driver from the cluster.
 #[derive(Debug)]
 pub enum ModuleInput {
     /// A peer's report of this module (`None`: the peer is down).
@@ -53,9 +76,15 @@ pub struct FarmDriver {
     machine: Farm,
     origin: TokioInstant,
     reports: Arc<Mutex<Vec<ModuleReport>>>,
+    /// The powers this node announces, by farm module (the heartbeat's).
+    powers: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// This node's power, as announced.
+    power: u32,
     /// Peers whose module is UP Ready.
     members: BTreeMap<String, u32>,
     peer_reports: HashMap<String, ModuleReport>,
+    /// The power each peer announces (`None`: its frames carry none).
+    peer_powers: HashMap<String, Option<u32>>,
     checkers_on: watch::Sender<bool>,
     datapath: FarmDataPath,
     /// The live bucket table, shared with the API (`halo buckets`).
@@ -80,18 +109,28 @@ const DRAIN_TICK: Duration = Duration::from_millis(200);
 const DATAPATH: &str = "datapath";
 
 impl FarmDriver {
+    /// A driver that reports and announces its power through `heartbeat`.
     pub fn new(
         module: FarmModule,
         node: &str,
         status: SharedStatus,
-        reports: Arc<Mutex<Vec<ModuleReport>>>,
+        heartbeat: &Heartbeat,
         log: ModuleLog,
         sink: LogSink,
         tables: SharedTables,
     ) -> Self {
+        let power = module.power.get(node).copied().unwrap_or(1);
+        let (reports, powers) = (
+            Arc::clone(&heartbeat.reports),
+            Arc::clone(&heartbeat.powers),
+        );
+        powers
+            .lock()
+            .expect("powers lock")
+            .insert(module.name.clone(), power);
         let machine = Farm::new(FarmConfig {
             node: node.to_owned(),
-            weight: module.power.get(node).copied().unwrap_or(1),
+            weight: power,
             scripts: ScriptTimeouts {
                 start: module.scripts.start_timeout,
                 nice_stop: module.scripts.nicestoptimeout,
@@ -113,8 +152,11 @@ impl FarmDriver {
             machine,
             origin: TokioInstant::now(),
             reports,
+            powers,
+            power,
             members: BTreeMap::new(),
             peer_reports: HashMap::new(),
+            peer_powers: HashMap::new(),
             checkers_on,
             start_pending: true,
             heard: std::collections::BTreeSet::new(),
@@ -147,7 +189,7 @@ impl FarmDriver {
     /// Runs the module until `shutdown`, then stops it (scripts included).
     pub async fn run(
         mut self,
-        mut inputs: mpsc::UnboundedReceiver<ModuleInput>,
+        mut inputs: mpsc::UnboundedReceiver<FarmInput>,
         mut actions: mpsc::UnboundedReceiver<ModuleAction>,
         mut log_lines: mpsc::UnboundedReceiver<app::LogLine>,
         mut shutdown: watch::Receiver<bool>,
@@ -269,33 +311,55 @@ impl FarmDriver {
         self.feed(Input::Command(command), scripts);
     }
 
-    fn on_input(&mut self, input: ModuleInput, scripts: &mpsc::UnboundedSender<Input>) {
+    fn on_input(&mut self, input: FarmInput, scripts: &mpsc::UnboundedSender<Input>) {
         match input {
-            ModuleInput::Peer { peer, report } => {
+            FarmInput::Peer {
+                peer,
+                report,
+                power,
+            } => {
                 self.heard.insert(peer.clone());
                 match report {
                     Some(report) => {
-                        self.peer_reports.insert(peer, report);
+                        self.peer_reports.insert(peer.clone(), report);
+                        self.peer_powers.insert(peer, power);
                     }
                     None => {
                         self.peer_reports.remove(&peer);
+                        self.peer_powers.remove(&peer);
                     }
                 }
-                let members: BTreeMap<String, u32> = self
+                let peers: BTreeMap<String, PeerFarm> = self
                     .peer_reports
                     .iter()
-                    .filter(|(_, r)| r.state == State::Up.code() && r.phase == 0)
-                    .map(|(peer, _)| {
-                        (
-                            peer.clone(),
-                            self.module.power.get(peer).copied().unwrap_or(1),
-                        )
+                    .map(|(peer, r)| {
+                        let farm = PeerFarm {
+                            serving: r.state == State::Up.code() && r.phase == 0,
+                            power: self.peer_powers.get(peer).copied().flatten(),
+                        };
+                        (peer.clone(), farm)
                     })
                     .collect();
+                let members = peer_members(&peers, &self.module.power);
                 if members != self.members {
                     self.members = members.clone();
                     self.feed(Input::Members(members), scripts);
                 }
+            }
+            FarmInput::Power(power) => {
+                if power == self.power {
+                    return;
+                }
+                let text = format!("power {} -> {power} (reload)", self.power);
+                self.write_log("admin", &text);
+                self.power = power;
+                // Announced first: this node counts itself with the power
+                // its peers are about to read.
+                self.powers
+                    .lock()
+                    .expect("powers lock")
+                    .insert(self.module.name.clone(), power);
+                self.feed(Input::Weight(power), scripts);
             }
         }
     }

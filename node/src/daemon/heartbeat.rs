@@ -65,6 +65,8 @@ pub enum ClusterEvent {
     Reports {
         peer: String,
         modules: Vec<ModuleReport>,
+        /// The powers the peer announces for its farm modules.
+        powers: BTreeMap<String, u32>,
     },
     /// A peer restarted its daemon: its new epoch should be persisted.
     NewEpoch {
@@ -143,6 +145,9 @@ pub struct Heartbeat {
     thread: Option<std::thread::JoinHandle<()>>,
     /// The module reports this node sends; the daemon updates them.
     pub reports: Arc<Mutex<Vec<ModuleReport>>>,
+    /// The power this node announces for each farm module; the farm
+    /// drivers update it.
+    pub powers: Arc<Mutex<BTreeMap<String, u32>>>,
     pub stats: Arc<HeartbeatStats>,
     /// The key frames are signed and checked with; a reload replaces it.
     key: Arc<Mutex<MacKey>>,
@@ -167,6 +172,7 @@ impl Heartbeat {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let reports = Arc::new(Mutex::new(Vec::new()));
+        let powers = Arc::new(Mutex::new(BTreeMap::new()));
         let stats = Arc::new(HeartbeatStats::default());
         let tick = setup
             .networks
@@ -188,6 +194,7 @@ impl Heartbeat {
             events,
             stop: Arc::clone(&stop),
             reports: Arc::clone(&reports),
+            powers: Arc::clone(&powers),
             stats: Arc::clone(&stats),
             last_reports: HashMap::new(),
             seq: 0,
@@ -201,6 +208,7 @@ impl Heartbeat {
             stop,
             thread: Some(thread),
             reports,
+            powers,
             stats,
             key,
         })
@@ -260,8 +268,9 @@ struct Runner {
     events: UnboundedSender<ClusterEvent>,
     stop: Arc<AtomicBool>,
     reports: Arc<Mutex<Vec<ModuleReport>>>,
+    powers: Arc<Mutex<BTreeMap<String, u32>>>,
     stats: Arc<HeartbeatStats>,
-    last_reports: HashMap<String, Vec<ModuleReport>>,
+    last_reports: HashMap<String, (Vec<ModuleReport>, BTreeMap<String, u32>)>,
     seq: u64,
     origin: Instant,
 }
@@ -291,6 +300,10 @@ impl Runner {
     fn send(&mut self, now: Instant) {
         self.seq += 1;
         let modules = self.reports.lock().expect("reports lock").clone();
+        let mut powers = self.powers.lock().expect("powers lock").clone();
+        // A farm driver sets its power before its first report: announce
+        // the power with the report.
+        powers.retain(|name, _| modules.iter().any(|m| m.name == *name));
         let key = self.key.lock().expect("key lock").clone();
         for (index, network) in self.setup.networks.iter().enumerate() {
             if now < self.next_send[index] {
@@ -304,6 +317,7 @@ impl Runner {
                 epoch: self.setup.epoch,
                 seq: self.seq,
                 modules: modules.clone(),
+                powers: powers.clone(),
             };
             let bytes = match frame.encode(&key) {
                 Ok(bytes) => bytes,
@@ -411,24 +425,34 @@ impl Runner {
             .accept(frame.epoch, frame.seq, self.tick, link.pulse, key_used);
         let events = self.detector.heard(&frame.sender, network, now);
         self.publish(events);
-        if self.last_reports.get(&frame.sender) != Some(&frame.modules) {
+        let latest = (frame.modules, frame.powers);
+        if self.last_reports.get(&frame.sender) != Some(&latest) {
             self.last_reports
-                .insert(frame.sender.clone(), frame.modules.clone());
+                .insert(frame.sender.clone(), latest.clone());
+            let (modules, powers) = latest;
             let _ = self.events.send(ClusterEvent::Reports {
                 peer: frame.sender,
-                modules: frame.modules,
+                modules,
+                powers,
             });
         }
     }
 
-    fn publish(&self, events: Vec<Liveness>) {
+    fn publish(&mut self, events: Vec<Liveness>) {
         for event in events {
             match &event {
                 Liveness::LateTick { late } => {
                     self.stats.late_ticks.fetch_add(1, Ordering::Relaxed);
                     warn!(late_ms = late.as_millis() as u64, "heartbeat tick late: this node was starved of CPU or paused; not counted against peers");
                 }
-                Liveness::PeerDown { peer } => info!(peer, "peer down on every heartbeat network"),
+                Liveness::PeerDown { peer } => {
+                    info!(peer, "peer down on every heartbeat network");
+                    // The modules forget a peer that goes down: its first
+                    // frame after it comes back must reach them even when
+                    // its reports did not change meanwhile (a cut link,
+                    // not a restart).
+                    self.last_reports.remove(peer);
+                }
                 Liveness::PeerUp { peer } => info!(peer, "peer up"),
                 Liveness::NetworkDown { peer, network } => {
                     info!(peer, network = %self.setup.networks[usize::from(*network)].name, "heartbeat network lost")

@@ -23,7 +23,7 @@ use tokio::{
     sync::{mpsc, watch},
     time::Instant as TokioInstant,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     api::{progress::ReplicationProgress, ModuleAction, SharedStatus},
@@ -130,8 +130,14 @@ pub enum Internal {
     Session(u64, SessionEvent),
     Accepted(std::net::TcpStream),
     Witness(bool),
-    /// A granted lease's remaining validity, or why there is none.
-    Lease(Result<Duration, String>),
+    /// A granted lease's remaining validity, the generation its request
+    /// claimed and the one the witness had recorded; or why there is none.
+    Lease(Result<(Duration, u64, u64), String>),
+    /// The witness refused the lease to our older data (it granted newer).
+    LeaseStale {
+        newer: u64,
+        ours: u64,
+    },
     SecondaryStarted(u64, Result<SecondarySession, String>),
 }
 
@@ -176,6 +182,10 @@ pub struct MirrorDriver {
     connecting: bool,
     read_only: bool,
     lease_task: Option<tokio::task::JoinHandle<()>>,
+    /// The witness client, kept for the daemon's life: the witness drops a
+    /// request whose sequence number does not grow within this daemon's
+    /// epoch, so every request must come from the same counter.
+    lease_client: Option<Arc<crate::witness::arbiter::ArbiterClient>>,
     /// Why the last lease request failed (logged once per reason).
     lease_refusal: Option<String>,
     cluster_id: u64,
@@ -189,6 +199,19 @@ pub struct MirrorDriver {
         std::sync::mpsc::Sender<crate::ebpf::capture::Captured>,
         Arc<Wake>,
     )>,
+    /// Says, across a crash of the daemon, that the application is started.
+    started: module::StartedMarker,
+    /// The last `stop_prim` asked for was the forced call.
+    stop_prim_forced: bool,
+    /// Durable writes are paused although no session is in sync: this node
+    /// serves but may not yet let them go unacknowledged.
+    unacked_pause: bool,
+    /// This node took (or began to take) its peer's data since the start:
+    /// what a dead daemon's held writers wrote here is gone.
+    data_replaced: bool,
+    /// The writers a dead daemon held for these directories were resumed,
+    /// or given up on.
+    orphans_settled: bool,
 }
 
 impl MirrorDriver {
@@ -297,6 +320,11 @@ impl MirrorDriver {
             hub,
             roots,
             feed: None,
+            started: module::StartedMarker::new(files.dir()),
+            stop_prim_forced: false,
+            unacked_pause: false,
+            data_replaced: false,
+            orphans_settled: false,
             machine: Mirror::new(cfg, stamp),
             peer_replication: SocketAddr::new(peer_ip, module.replication.port),
             core: ModuleCore::new(&module.name, &node, status, log, sink),
@@ -325,6 +353,7 @@ impl MirrorDriver {
             connecting: false,
             read_only: false,
             lease_task: None,
+            lease_client: None,
             lease_refusal: None,
             cluster_id: crate::cluster::frame::cluster_id(&config.cluster.name),
             epoch,
@@ -359,6 +388,7 @@ impl MirrorDriver {
             );
         }
         self.publish();
+        self.recover_application().await;
         self.feed(Input::Command(Command::Start), &script_tx);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut sync_tick = tokio::time::interval(SYNC_POINT_EVERY);
@@ -423,6 +453,96 @@ impl MirrorDriver {
         }
     }
 
+    /// A daemon that died with the application started left it running,
+    /// still writing through the descriptors it holds, and left its capture
+    /// holding the writers' durable writes: stop the application as a
+    /// normal stop would, before the machine starts (this node may become
+    /// SECOND) and before any held writer is let go; then take the
+    /// directories over from the dead daemon's capture.
+    async fn recover_application(&mut self) {
+        if let Some(from) = self.started.read() {
+            warn!(module = %self.module.name, state = from.as_str(), "the previous daemon died with the application started: running stop_prim before the module starts");
+            self.write_log(
+                "app",
+                &format!(
+                    "the previous daemon died with the application started ({}): running stop_prim",
+                    from.as_str()
+                ),
+            );
+            let path = self.script_path(fsm::ScriptKind::StopPrim);
+            let timeouts = self.machine_timeouts();
+            let stopped = module::stop_outside_machine(
+                &self.core,
+                fsm::ScriptKind::StopPrim,
+                path,
+                from,
+                timeouts,
+            )
+            .await;
+            if !stopped {
+                self.write_log(
+                    "app",
+                    "stop_prim force failed: the application the previous daemon started may still run",
+                );
+            }
+            if let Err(error) = self.started.clear() {
+                warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot record that the application is stopped");
+            }
+        }
+        if let Some(hub) = &self.hub {
+            hub.take_over(&self.roots);
+        }
+    }
+
+    fn machine_timeouts(&self) -> ScriptTimeouts {
+        ScriptTimeouts {
+            start: self.module.scripts.start_timeout,
+            nice_stop: self.module.scripts.nicestoptimeout,
+            force_stop: self.module.scripts.forcestoptimeout,
+        }
+    }
+
+    /// The writers a dead daemon held for these directories are resumed
+    /// only once this node serves the data they wrote: ALONE, or PRIM with
+    /// the secondary in sync, without having taken the peer's data since
+    /// the start. Once it takes the peer's data their writes are gone and
+    /// must never be acknowledged: they are killed, as `settle_held` kills
+    /// this daemon's own held writers when it stops serving.
+    fn settle_orphans(&mut self) {
+        if self.orphans_settled {
+            return;
+        }
+        let Some(hub) = self.hub.clone() else {
+            return;
+        };
+        if self.data_replaced {
+            self.orphans_settled = true;
+            let killed = hub.discard_orphans(&self.roots);
+            if !killed.is_empty() {
+                warn!(module = %self.module.name, pids = ?killed, "killed writers a daemon that died held: this node takes its peer's data, their durable writes are lost and must not be acknowledged");
+                self.write_log("app", &format!("killed writers held by a daemon that died, whose durable writes were never acknowledged, since this node takes its peer's data: pids {killed:?}"));
+            }
+            return;
+        }
+        // ALONE: as for the writers this daemon held, only once this node
+        // may serve alone (`settle_held`).
+        let own_data_served = self.machine.is_serving()
+            && (self.in_sync
+                || (self.machine.state() == State::Alone
+                    && self.machine.may_release_unacknowledged(self.now())));
+        if own_data_served {
+            self.orphans_settled = true;
+            let resumed = hub.release_orphans(&self.roots);
+            if !resumed.is_empty() {
+                info!(module = %self.module.name, pids = ?resumed, "resumed writers a daemon that died held");
+                self.write_log(
+                    "app",
+                    &format!("resumed processes {resumed:?}, held by a daemon that died"),
+                );
+            }
+        }
+    }
+
     fn on_internal(&mut self, event: Internal, scripts: &mpsc::UnboundedSender<Input>) {
         match event {
             Internal::Accepted(stream) => self.accept(stream, scripts),
@@ -432,12 +552,28 @@ impl MirrorDriver {
                     .update(|m| m.counters.record_witness("ping", result));
                 self.feed(Input::WitnessAnswer { won }, scripts)
             }
-            Internal::Lease(Ok(valid_for)) => {
+            Internal::Lease(Ok((valid_for, generation, recorded))) => {
                 self.lease_refusal = None;
                 self.core
                     .update(|m| m.counters.record_witness("arbiter", "granted"));
                 let until = self.now() + valid_for;
-                self.feed(Input::LeaseGranted { until }, scripts);
+                let input = Input::LeaseGranted {
+                    until,
+                    generation: Generation(generation),
+                    recorded: Generation(recorded),
+                };
+                self.feed(input, scripts);
+            }
+            Internal::LeaseStale { newer, ours } => {
+                let kind = format!("stale {newer} {ours}");
+                if self.lease_refusal.as_deref() != Some(kind.as_str()) {
+                    self.write_log("witness", &format!("no lease: the witness granted it to newer data (generation {newer}, ours {ours}): waiting for the peer, or run halo prim to force"));
+                    self.lease_refusal = Some(kind);
+                }
+                self.core
+                    .update(|m| m.counters.record_witness("arbiter", "stale"));
+                let newer = Generation(newer);
+                self.feed(Input::LeaseStale { newer }, scripts)
             }
             Internal::Lease(Err(reason)) => {
                 // Logged once per kind of refusal (the figures change).
@@ -669,6 +805,7 @@ impl MirrorDriver {
     /// `pause`), or nowhere once the feed is closed.
     fn route_feed(&self, pause: bool) {
         let Some(hub) = &self.hub else { return };
+        let pause = pause || self.unacked_pause;
         for (root, dir) in self.roots.iter().zip(&self.setup.dirs) {
             hub.route(*root, dir, self.feed.clone(), pause);
         }
@@ -724,6 +861,18 @@ impl MirrorDriver {
 
     /// Hands `input` to the machine and performs every action, in order.
     fn feed(&mut self, input: Input, scripts: &mpsc::UnboundedSender<Input>) {
+        if let Input::ScriptDone {
+            kind: fsm::ScriptKind::StopPrim,
+            ok,
+        } = input
+        {
+            // The machine goes on after a forced call whatever it returned.
+            if ok || self.stop_prim_forced {
+                if let Err(error) = self.started.clear() {
+                    warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot record that the application is stopped");
+                }
+            }
+        }
         let now = self.now();
         let mut queue: std::collections::VecDeque<Input> = [input].into();
         while let Some(input) = queue.pop_front() {
@@ -736,7 +885,36 @@ impl MirrorDriver {
         self.serving
             .store(self.machine.is_serving(), Ordering::Relaxed);
         self.ensure_tracker();
+        self.settle_orphans();
+        self.settle_held();
         self.publish();
+    }
+
+    /// Applies the machine's rule to writers held by a durability call that
+    /// no secondary can acknowledge any more (docs/mirror-durability.md):
+    /// they go on only once this node may serve alone; while it serves
+    /// without that right every durable write is paused, session or not;
+    /// once it stopped serving instead, those still held are killed.
+    fn settle_held(&mut self) {
+        let Some(hub) = self.hub.clone() else { return };
+        let may_release = self.machine.may_release_unacknowledged(self.now());
+        hub.hold_unacknowledged(&self.roots, !may_release);
+        let fsync = self.module.sync == config::SyncMode::Fsync;
+        let serving = matches!(self.machine.state(), State::Alone | State::Prim);
+        let pause = fsync && serving && !may_release;
+        if pause != self.unacked_pause {
+            self.unacked_pause = pause;
+            self.route_feed(fsync && self.in_sync);
+        }
+        if !serving && self.machine.phase() == Phase::Ready {
+            let killed = hub.discard_held(&self.roots);
+            if !killed.is_empty() {
+                self.write_log(
+                    "replication",
+                    &format!("killed writers still held on durable writes no peer acknowledged, since this node stopped serving: pids {killed:?}"),
+                );
+            }
+        }
     }
 
     /// Performs one action; some answer at once with the machine's next input.
@@ -744,6 +922,15 @@ impl MirrorDriver {
         match action {
             Action::RunScript(run) => {
                 let path = self.script_path(run.kind);
+                match run.kind {
+                    fsm::ScriptKind::StartPrim => {
+                        if let Err(error) = self.started.set(run.to) {
+                            warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot record that the application is started: a crash of this daemon would leave it running");
+                        }
+                    }
+                    fsm::ScriptKind::StopPrim => self.stop_prim_forced = run.force,
+                    _ => {}
+                }
                 self.core
                     .run_script(&run, path, scripts, |kind, ok| Input::ScriptDone {
                         kind,
@@ -845,7 +1032,13 @@ impl MirrorDriver {
                 }
             }
             Action::AskWitness => self.ask_witness(),
-            Action::AcquireLease => self.acquire_lease(),
+            Action::AcquireLease { generation, forced } => {
+                let claim = crate::witness::Claim {
+                    generation: generation.0,
+                    forced,
+                };
+                self.acquire_lease(claim)
+            }
             Action::ReleaseLease => {
                 if let Some(task) = self.lease_task.take() {
                     task.abort();
@@ -869,6 +1062,7 @@ impl MirrorDriver {
     /// Starts the secondary's session on a blocking thread (connecting may
     /// take a few tries while the primary gets ready).
     fn connect_to_primary(&mut self) {
+        self.data_replaced = true;
         self.secondary = None;
         self.session_id += 1;
         self.connecting = true;
@@ -931,19 +1125,21 @@ impl MirrorDriver {
         });
     }
 
-    fn acquire_lease(&mut self) {
+    fn acquire_lease(&mut self, claim: crate::witness::Claim) {
         let Some(Witness::Arbiter(arbiter)) = self.module.witness.clone() else {
             return;
         };
         if let Some(task) = self.lease_task.take() {
             task.abort();
         }
-        let client = crate::witness::arbiter::ArbiterClient::new(
-            arbiter.address,
-            self.secret.witness_key(),
-            self.cluster_id,
-            self.epoch,
-        );
+        let client = Arc::clone(self.lease_client.get_or_insert_with(|| {
+            Arc::new(crate::witness::arbiter::ArbiterClient::new(
+                arbiter.address,
+                self.secret.witness_key(),
+                self.cluster_id,
+                self.epoch,
+            ))
+        }));
         let internal = self.internal_tx.clone();
         let module = self.module.name.clone();
         let node = self.core.node.clone();
@@ -952,19 +1148,27 @@ impl MirrorDriver {
             loop {
                 let started = tokio::time::Instant::now();
                 let answer = client
-                    .request_lease(&module, &node, arbiter.lease, every)
+                    .request_lease(&module, &node, arbiter.lease, claim, every)
                     .await;
                 use crate::witness::protocol::Verdict;
                 let message = match answer {
                     Ok(reply) => match reply.verdict {
-                        Verdict::Granted { duration, .. } => {
+                        Verdict::Granted {
+                            duration,
+                            generation,
+                            ..
+                        } => {
                             // Valid from when the request left, minus a margin
                             // for this node's clock.
                             let valid = duration
                                 .saturating_sub(started.elapsed())
                                 .saturating_sub(duration / 10);
-                            Internal::Lease(Ok(valid))
+                            Internal::Lease(Ok((valid, claim.generation, generation)))
                         }
+                        Verdict::Stale { generation } => Internal::LeaseStale {
+                            newer: generation,
+                            ours: claim.generation,
+                        },
                         Verdict::Held { holder, remaining } => Internal::Lease(Err(format!(
                             "held by {holder} for {} ms more",
                             remaining.as_millis()

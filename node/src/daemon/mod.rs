@@ -34,7 +34,7 @@ use crate::{
     cluster::{detector::Liveness, keys::ClusterSecret},
     config::{self, Config, Module},
 };
-use farm::{FarmDriver, ModuleInput};
+use farm::{FarmDriver, FarmInput, ModuleInput};
 use heartbeat::{ClusterEvent, Heartbeat, HeartbeatNetwork, HeartbeatSetup};
 
 /// How long shutdown waits for the API and modules to finish.
@@ -180,7 +180,7 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
         );
     }
     let (modules_down_tx, modules_down) = tokio::sync::watch::channel(false);
-    let mut module_inputs: Vec<(String, mpsc::UnboundedSender<ModuleInput>)> = Vec::new();
+    let mut module_inputs: Vec<(String, ModuleSender)> = Vec::new();
     let mut module_actions = HashMap::new();
     let tables: crate::farm::SharedTables = Arc::default();
     let mut module_tasks = Vec::new();
@@ -191,7 +191,16 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
         .iter()
         .any(|m| matches!(m, Module::Mirror(_)))
     {
-        match crate::mirror::hub::CaptureHub::start(&config.node.name) {
+        let dirs: Vec<std::path::PathBuf> = config
+            .modules
+            .iter()
+            .filter_map(|m| match m {
+                Module::Mirror(mirror) => Some(mirror.dirs.iter().map(|d| d.path.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        match crate::mirror::hub::CaptureHub::start(&config.node.name, &dirs) {
             Ok(hub) => Some(hub),
             Err(error) => {
                 warn!(error = %format!("{error:#}"), "the write capture did not load: mirror modules replicate through inotify and checksums only, and sync = \"fsync\" cannot hold durable writes");
@@ -213,14 +222,14 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
                     farm.clone(),
                     &config.node.name,
                     Arc::clone(&status),
-                    Arc::clone(&heartbeat.reports),
+                    &heartbeat,
                     log,
                     sink,
                     Arc::clone(&tables),
                 );
                 let (tx, rx) = mpsc::unbounded_channel();
                 let (actions_tx, actions_rx) = mpsc::unbounded_channel();
-                module_inputs.push((farm.name.clone(), tx));
+                module_inputs.push((farm.name.clone(), ModuleSender::Farm(tx)));
                 module_actions.insert(farm.name.clone(), actions_tx);
                 module_tasks.push(tokio::spawn(driver.run(
                     rx,
@@ -245,7 +254,7 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
                 )?;
                 let (tx, rx) = mpsc::unbounded_channel();
                 let (actions_tx, actions_rx) = mpsc::unbounded_channel();
-                module_inputs.push((mirror.name.clone(), tx));
+                module_inputs.push((mirror.name.clone(), ModuleSender::Mirror(tx)));
                 module_actions.insert(mirror.name.clone(), actions_tx);
                 module_tasks.push(tokio::spawn(driver.run(
                     internal,
@@ -289,11 +298,11 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
-                let _ = reload(&mut running, &started, &started_keys, &heartbeat);
+                let _ = reload(&mut running, &started, &started_keys, &heartbeat, &module_inputs);
             }
             Some(answer) = reload_requests.recv() => {
                 info!("reload requested through the API");
-                let _ = answer.send(reload(&mut running, &started, &started_keys, &heartbeat));
+                let _ = answer.send(reload(&mut running, &started, &started_keys, &heartbeat, &module_inputs));
             }
             Some(event) = events.recv() => {
                 if let ClusterEvent::NewEpoch { peer, epoch } = &event {
@@ -336,6 +345,7 @@ fn reload(
     started: &Started,
     started_keys: &StartedKeys,
     heartbeat: &Heartbeat,
+    modules: &[(String, ModuleSender)],
 ) -> Result<api::ReloadReport, String> {
     let file = started.path.display().to_string();
     let planned = read_config(&started.path)
@@ -375,6 +385,11 @@ fn reload(
                 "{file}: module \"{}\": its replication and witness keys stay those of the secrets the daemon started with: needs a restart",
                 mirror.name
             ));
+        }
+    }
+    for (name, power) in reload::power_changes(running, &plan.config) {
+        if let Some((_, ModuleSender::Farm(tx))) = modules.iter().find(|(n, _)| *n == name) {
+            let _ = tx.send(FarmInput::Power(power));
         }
     }
     *running = plan.config;
@@ -491,29 +506,52 @@ fn initial_status(config: &Config, epoch: u64) -> NodeStatus {
 }
 
 /// Hands peers' module reports, and peer losses, to the module drivers.
-fn route_to_modules(
-    modules: &[(String, mpsc::UnboundedSender<ModuleInput>)],
-    event: &ClusterEvent,
-) {
+/// Where a module driver takes its inputs.
+enum ModuleSender {
+    Farm(mpsc::UnboundedSender<FarmInput>),
+    Mirror(mpsc::UnboundedSender<ModuleInput>),
+}
+
+impl ModuleSender {
+    /// Sends `peer`'s report of the module (`None`: the peer is down) and,
+    /// to a farm, the power the peer announces for it.
+    fn peer(
+        &self,
+        peer: &str,
+        report: Option<crate::cluster::frame::ModuleReport>,
+        power: Option<u32>,
+    ) {
+        let peer = peer.to_owned();
+        match self {
+            ModuleSender::Farm(tx) => {
+                let _ = tx.send(FarmInput::Peer {
+                    peer,
+                    report,
+                    power,
+                });
+            }
+            ModuleSender::Mirror(tx) => {
+                let _ = tx.send(ModuleInput::Peer { peer, report });
+            }
+        }
+    }
+}
+
+fn route_to_modules(modules: &[(String, ModuleSender)], event: &ClusterEvent) {
     match event {
         ClusterEvent::Reports {
             peer,
             modules: reports,
+            powers,
         } => {
             for (name, tx) in modules {
                 let report = reports.iter().find(|r| &r.name == name).cloned();
-                let _ = tx.send(ModuleInput::Peer {
-                    peer: peer.clone(),
-                    report,
-                });
+                tx.peer(peer, report, powers.get(name).copied());
             }
         }
         ClusterEvent::Liveness(Liveness::PeerDown { peer }) => {
             for (_, tx) in modules {
-                let _ = tx.send(ModuleInput::Peer {
-                    peer: peer.clone(),
-                    report: None,
-                });
+                tx.peer(peer, None, None);
             }
         }
         _ => {}

@@ -3,7 +3,13 @@
 //! machine inputs, scripts run on their own task and counted for
 //! `/metrics`, the `transition` script, and state changes counted.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{sync::mpsc::UnboundedSender, time::Instant as TokioInstant};
 use tracing::{info, warn};
@@ -162,6 +168,94 @@ impl ModuleCore {
     }
 }
 
+/// The file in a module's state directory that says its application is
+/// started: made durable before the start script runs, removed once a stop
+/// script completed. A daemon that finds it at start died with the
+/// application running (a crash leaves the application up), and must stop
+/// it before anything else.
+pub(super) struct StartedMarker {
+    path: PathBuf,
+}
+
+impl StartedMarker {
+    /// The marker of the module whose state directory is `dir`.
+    pub fn new(dir: &Path) -> Self {
+        StartedMarker {
+            path: dir.join("application-started"),
+        }
+    }
+
+    /// The state the application was started for, if the marker is there
+    /// (PRIM when its content cannot be read).
+    pub fn read(&self) -> Option<State> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        Some(
+            text.trim()
+                .parse()
+                .ok()
+                .and_then(State::from_code)
+                .unwrap_or(State::Prim),
+        )
+    }
+
+    /// Records, durably, that the application is started for `to`.
+    pub fn set(&self, to: State) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let mut file = std::fs::File::create(&self.path)
+            .with_context(|| format!("creating {}", self.path.display()))?;
+        writeln!(file, "{}", to.code())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        self.sync_dir()
+    }
+
+    /// Records, durably, that the application is stopped.
+    pub fn clear(&self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => self.sync_dir(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error).with_context(|| format!("removing {}", self.path.display())),
+        }
+    }
+
+    fn sync_dir(&self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing the directory {}", dir.display()))
+    }
+}
+
+/// Runs a stop script outside the machine, as a normal stop does: graceful,
+/// then `force` if that failed; whether the application is stopped (the
+/// forced call succeeded or was not needed).
+pub(super) async fn stop_outside_machine(
+    core: &ModuleCore,
+    kind: ScriptKind,
+    path: Option<PathBuf>,
+    from: State,
+    timeouts: fsm::ScriptTimeouts,
+) -> bool {
+    for (force, timeout) in [(false, timeouts.nice_stop), (true, timeouts.force_stop)] {
+        let run = ScriptRun {
+            kind,
+            from,
+            to: State::Stop,
+            force,
+            timeout,
+        };
+        let spec = ScriptSpec::new(&core.name, &core.node, &run, path.clone());
+        let outcome = app::script::run_script(&spec, &core.sink).await;
+        record_script(&core.status, &core.name, &kind.to_string(), &outcome);
+        if outcome.ok() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Counts a script run in the module's status (`/metrics`); a script that
 /// is not configured did not run.
 fn record_script(
@@ -183,5 +277,30 @@ pub(super) async fn sleep_until(deadline: Option<TokioInstant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_started_marker_tells_the_state_the_application_was_started_for() {
+        let dir = std::env::temp_dir().join(format!("halo-started-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = StartedMarker::new(&dir);
+        assert_eq!(marker.read(), None, "no marker before a start");
+        marker.set(State::Alone).unwrap();
+        assert_eq!(marker.read(), Some(State::Alone));
+        std::fs::write(dir.join("application-started"), "garbage").unwrap();
+        assert_eq!(
+            marker.read(),
+            Some(State::Prim),
+            "a damaged marker still says the application is started"
+        );
+        marker.clear().unwrap();
+        marker.clear().unwrap();
+        assert_eq!(marker.read(), None, "cleared, twice");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

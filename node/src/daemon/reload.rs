@@ -1,17 +1,22 @@
 //! Live reload (`halo reload`, SIGHUP): what of a re-read configuration file
 //! the running daemon can take, and what needs a restart.
 //!
-//! Only the cluster secrets (`cluster.secret_file`,
-//! `cluster.accept_secret_file`) change live; any other change is refused,
-//! key by key, and the daemon keeps running on the value it started with
-//! (a farm's `power` too: every node computes the bucket table from its own
-//! file, so one node's new power would split the farm's tables). A file that does not load (syntax, schema,
-//! rules) changes nothing. Planning is pure: the daemon reads the file and
-//! the secrets, and performs the plan.
+//! Two things change live: the cluster secrets (`cluster.secret_file`,
+//! `cluster.accept_secret_file`), and this node's `power` in each farm
+//! module, which the node then announces to its peers; every node computes
+//! the bucket table from the powers the members announce (`farm::members`),
+//! and the buckets that move are handed over as at a join. The powers the
+//! file gives other nodes are not applied: each node announces its own, and
+//! the file's values for the others only count for a peer whose frames
+//! carry no power, as they did at the start. Any other change is refused,
+//! key by key, and the daemon keeps running on the value it started with.
+//! A file that does not load (syntax, schema, rules) changes nothing.
+//! Planning is pure: the daemon reads the file and the secrets, and
+//! performs the plan.
 
 use std::{collections::BTreeMap, path::Path};
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, Module};
 
 /// What a reload will change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +41,7 @@ pub fn plan(running: &Config, started: &str, text: &str, file: &Path) -> Result<
     next.cluster
         .accept_secret_file
         .clone_from(&new.cluster.accept_secret_file);
-    let applied = vec![format!(
+    let mut applied = vec![format!(
         "cluster secrets re-read: signing {}, accepted {}",
         new.cluster.secret_file.display(),
         new.cluster
@@ -44,8 +49,38 @@ pub fn plan(running: &Config, started: &str, text: &str, file: &Path) -> Result<
             .as_ref()
             .map_or("none".to_owned(), |p| p.display().to_string())
     )];
+    // This node's power in each farm module that both configurations have.
+    let me = &running.node.name;
+    for module in &mut next.modules {
+        let Module::Farm(farm) = module else { continue };
+        let Some(Module::Farm(new_farm)) = new.modules.iter().find(|m| m.name() == farm.name)
+        else {
+            continue;
+        };
+        let (Some(old), Some(&power)) = (farm.power.get(me).copied(), new_farm.power.get(me))
+        else {
+            continue;
+        };
+        if old != power {
+            farm.power.insert(me.clone(), power);
+            applied.push(format!(
+                "module \"{}\": power of {me} {old} -> {power}, announced to the peers",
+                farm.name
+            ));
+        }
+    }
     // Whatever else differs between the file and what runs is refused.
     let mut masked = new.clone();
+    for module in &mut masked.modules {
+        let Module::Farm(farm) = module else { continue };
+        if let Some(Module::Farm(running_farm)) =
+            next.modules.iter().find(|m| m.name() == farm.name)
+        {
+            if farm.nodes == running_farm.nodes {
+                farm.power.clone_from(&running_farm.power);
+            }
+        }
+    }
     masked
         .cluster
         .secret_file
@@ -79,9 +114,31 @@ pub fn plan(running: &Config, started: &str, text: &str, file: &Path) -> Result<
     })
 }
 
-/// Whether a changed key (as [`changed_keys`] names it) changes live.
+/// Whether a changed key (as [`changed_keys`] names it) changes live, or
+/// is not applied without being refused (the powers of other nodes).
 fn is_live(key: &str) -> bool {
-    key == "cluster.secret_file" || key == "cluster.accept_secret_file"
+    key == "cluster.secret_file"
+        || key == "cluster.accept_secret_file"
+        || (key.starts_with("module \"") && key.contains("\".power."))
+}
+
+/// The farm modules whose power of this node differs between `running`
+/// and `next`, with the new power.
+pub fn power_changes(running: &Config, next: &Config) -> Vec<(String, u32)> {
+    let me = &running.node.name;
+    let power = |config: &Config, name: &str| {
+        config.modules.iter().find_map(|m| match m {
+            Module::Farm(farm) if farm.name == name => farm.power.get(me).copied(),
+            _ => None,
+        })
+    };
+    next.modules
+        .iter()
+        .filter_map(|m| {
+            let new = power(next, m.name())?;
+            (power(running, m.name()) != Some(new)).then(|| (m.name().to_owned(), new))
+        })
+        .collect()
 }
 
 /// The keys whose value differs between two configuration texts, as an
@@ -209,12 +266,42 @@ power = { a = 1, b = 1 }
             vec![
                 "/etc/halo/halo.toml: cluster.network[0].port changed: needs a restart (the daemon keeps running on its old value)",
                 "/etc/halo/halo.toml: cluster.network[0].pulse changed: needs a restart (the daemon keeps running on its old value)",
-                "/etc/halo/halo.toml: module \"web\".power.a changed: needs a restart (the daemon keeps running on its old value)",
                 "/etc/halo/halo.toml: module \"web\".xdp_mode changed: needs a restart (the daemon keeps running on its old value)",
             ]
         );
-        let running = config::parse(BASE, Path::new("/etc/halo/halo.toml")).unwrap();
+        let mut running = config::parse(BASE, Path::new("/etc/halo/halo.toml")).unwrap();
+        assert_eq!(power_changes(&running, &plan.config), [("web".into(), 2)]);
+        let Module::Farm(web) = &mut running.modules[0] else {
+            panic!("web is a farm")
+        };
+        web.power.insert("a".into(), 2);
         assert_eq!(plan.config, running, "nothing refused runs");
+    }
+
+    #[test]
+    fn this_nodes_power_changes_live_and_the_others_are_not_applied() {
+        let text = BASE.replace("power = { a = 1, b = 1 }", "power = { a = 0, b = 3 }");
+        let plan = run(&text).unwrap();
+        assert_eq!(plan.refused, Vec::<String>::new());
+        assert_eq!(
+            plan.applied[1..],
+            ["module \"web\": power of a 1 -> 0, announced to the peers"]
+        );
+        let running = config::parse(BASE, Path::new("/etc/halo/halo.toml")).unwrap();
+        assert_eq!(power_changes(&running, &plan.config), [("web".into(), 0)]);
+        let Module::Farm(web) = &plan.config.modules[0] else {
+            panic!("web is a farm")
+        };
+        assert_eq!(
+            web.power,
+            [("a".to_owned(), 0), ("b".to_owned(), 1)].into(),
+            "b announces its own power: the file's 3 is not applied here"
+        );
+        // Removing the key gives the default back, 1: no change for a.
+        let text = BASE.replace("power = { a = 1, b = 1 }", "");
+        let plan = run(&text).unwrap();
+        assert_eq!(plan.refused, Vec::<String>::new());
+        assert_eq!(power_changes(&running, &plan.config), []);
     }
 
     #[test]

@@ -22,7 +22,18 @@ pub struct FarmDataPath {
     rules: Vec<FarmRule>,
     handover: Handover,
     ingress: Option<FarmIngress>,
+    /// When the table last changed: its Incoming buckets wait
+    /// [`INCOMING_GRACE`] before they may become Owned.
+    retabled_at: Option<tokio::time::Instant>,
 }
+
+/// How long after a table change an Incoming bucket stays Incoming even
+/// though its old owner does not report draining: that report comes one
+/// heartbeat after the old owner read the change, itself one heartbeat
+/// after this node made it (a join, a new power). Taking the bucket as
+/// Owned before would accept the old owner's established connections here
+/// and reset them.
+const INCOMING_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl FarmDataPath {
     pub fn new(module: FarmModule, node: &str) -> Self {
@@ -32,6 +43,7 @@ impl FarmDataPath {
             rules,
             handover: Handover::new(node),
             ingress: None,
+            retabled_at: None,
         }
     }
 
@@ -99,6 +111,7 @@ impl FarmDataPath {
         }
         let table = BucketTable::compute(members)?;
         self.handover.retable(table, alive);
+        self.retabled_at = Some(tokio::time::Instant::now());
         self.write()
     }
 
@@ -117,7 +130,11 @@ impl FarmDataPath {
             &self.module.vips,
             &self.rules,
         );
-        if self.handover.settle(&busy, still_draining) {
+        let young = self
+            .retabled_at
+            .is_some_and(|at| at.elapsed() < INCOMING_GRACE);
+        let still_draining = |peer: &str| young || still_draining(peer);
+        if self.handover.settle(&busy, &still_draining) {
             self.write()?;
         }
         Ok(())

@@ -3,10 +3,13 @@
 //!
 //! - [`buckets`]: the bucket table, computed from the membership alone, the
 //!   same on every node (pure logic, no I/O).
+//! - [`members`]: who is in the table and with which power: the powers
+//!   the members announce (pure).
 
 pub mod buckets;
 pub mod datapath;
 pub mod handover;
+pub mod members;
 
 pub use buckets::{BucketError, BucketTable, Move, Share, BUCKETS, MAX_MEMBERS};
 

@@ -17,6 +17,7 @@
 //! | STOP | `Start` | prestart | WAIT, then on to UP |
 //! | WAIT | no resource down | ClaimVip?, start_both, SetBuckets(peers + me) | UP |
 //! | UP | `Members(peers)` changes | SetBuckets(peers + me) | UP |
+//! | UP | `Weight(w)` changes | SetBuckets(peers + me with w) | UP |
 //! | UP | `ResourceDown` | SetBuckets(peers), stop_both, ReleaseVip | WAIT |
 //! | WAIT | every resource up again | as WAIT → UP | UP |
 //! | UP | `CheckerFailed{Restart}` within maxloop | SetBuckets(peers), stop_both, start_both, SetBuckets(peers + me) | UP |
@@ -85,6 +86,9 @@ pub enum Input {
     Command(Command),
     /// The live peers whose farm module is UP Ready, with their weights (this node is ignored if present).
     Members(Members),
+    /// This node's weight changed (a reload of its `power`); it counts
+    /// from now on, in this node's table and in what it announces.
+    Weight(u32),
     /// A checker detected a failure.
     CheckerFailed {
         /// What the checker asks for.
@@ -288,6 +292,12 @@ impl Farm {
             Input::Members(mut members) => {
                 members.remove(&self.cfg.node);
                 self.peers = members;
+                if self.member {
+                    self.publish(true, out);
+                }
+            }
+            Input::Weight(weight) => {
+                self.cfg.weight = weight;
                 if self.member {
                     self.publish(true, out);
                 }
@@ -770,6 +780,28 @@ mod tests {
             buckets(&same).is_empty(),
             "expected no repeat of an unchanged set, saw {same:?}"
         );
+    }
+
+    #[test]
+    fn a_weight_change_reaches_the_buckets_while_up_and_counts_at_the_next_join() {
+        let mut farm = Farm::new(config());
+        let weight = drive(&mut farm, t(0), Input::Weight(5), |_| true);
+        assert_eq!(buckets(&weight), Vec::<Members>::new(), "not a member yet");
+        let start = up(&mut farm);
+        assert_eq!(
+            buckets(&start).last(),
+            Some(&members(&[("n1", 5), ("n2", 1)])),
+            "joins with the weight it was given while stopped"
+        );
+        let zero = drive(&mut farm, t(10_000), Input::Weight(0), |_| true);
+        assert_eq!(
+            buckets(&zero),
+            vec![members(&[("n1", 0), ("n2", 1)])],
+            "power 0 stays a member, owning nothing"
+        );
+        assert!(farm.is_serving(), "a node of power 0 stays UP");
+        let same = drive(&mut farm, t(11_000), Input::Weight(0), |_| true);
+        assert_eq!(buckets(&same), Vec::<Members>::new());
     }
 
     #[test]

@@ -298,6 +298,18 @@ pub enum Input {
     LeaseGranted {
         /// End of validity, minus the lease client's safety margin.
         until: Instant,
+        /// The data generation the request claimed: the witness now knows
+        /// this node's data is at least that new.
+        generation: Generation,
+        /// The highest generation the witness had granted to before (above
+        /// ours only when a forced claim overrode it).
+        recorded: Generation,
+    },
+    /// The arbiter refused the lease: it granted it before to data of the
+    /// newer generation `newer` (the peer served alone since).
+    LeaseStale {
+        /// The generation the witness knows of.
+        newer: Generation,
     },
     /// The arbiter refused the lease, revoked it, or could not be reached for a first grant.
     LeaseLost,
@@ -337,8 +349,15 @@ pub enum Action {
     PersistStamp(DataStamp),
     /// Ping the witness, answer `WitnessAnswer`.
     AskWitness,
-    /// Obtain the arbiter's lease and keep it renewed until `ReleaseLease`.
-    AcquireLease,
+    /// Obtain the arbiter's lease and keep it renewed until `ReleaseLease`,
+    /// claiming data of `generation` (forced by `halo prim` when `forced`);
+    /// emitted again when the claim changes.
+    AcquireLease {
+        /// This node's data generation.
+        generation: Generation,
+        /// Grant even if the witness granted to newer data before.
+        forced: bool,
+    },
     /// Give the lease back.
     ReleaseLease,
     /// Log an event.
@@ -372,6 +391,12 @@ struct LeaseState {
     wanted: bool,
     until: Option<Instant>,
     refused: bool,
+    /// The last refusal said the witness knows newer data.
+    stale: bool,
+    /// The (generation, forced) of the last `AcquireLease`.
+    claim: Option<(Generation, bool)>,
+    /// The highest generation of a grant: what the witness knows of our data.
+    registered: Option<Generation>,
 }
 
 /// What this node really holds, whatever the state says.
@@ -618,6 +643,26 @@ impl Mirror {
         self.lease.until.is_some_and(|until| now < until)
     }
 
+    /// Whether a writer held by a durability call may go on although no
+    /// secondary acknowledged its data: only once this node is allowed to
+    /// serve alone, on a generation the peer cannot overtake. That is ALONE
+    /// on its own generation (bumped), and with a ping witness not while it
+    /// asks; with the arbiter, while the lease is valid and granted to a
+    /// claim of that very generation (so the witness refuses the peer's older
+    /// data). Otherwise the writer stays held: the node either gets there,
+    /// or stops the application without ever acknowledging it.
+    pub fn may_release_unacknowledged(&self, now: Instant) -> bool {
+        self.state == State::Alone
+            && self.alone_bumped
+            && match self.cfg.witness {
+                WitnessKind::None => true,
+                WitnessKind::Ping => !self.ping.asked,
+                WitnessKind::Arbiter => {
+                    self.lease_valid(now) && self.lease.registered >= Some(self.stamp.generation)
+                }
+            }
+    }
+
     /// As secondary (or ex-secondary): our data is a complete copy of the peer's current generation.
     fn in_sync(&self) -> bool {
         self.stamp.state == DataState::Copy
@@ -692,16 +737,34 @@ impl Mirror {
                     }
                 }
             }
-            Input::LeaseGranted { until } => {
+            Input::LeaseGranted {
+                until,
+                generation,
+                recorded,
+            } => {
                 if self.lease.wanted && now < until {
                     self.lease.until = Some(until);
                     self.lease.refused = false;
+                    self.lease.stale = false;
+                    self.lease.registered = self.lease.registered.max(Some(generation));
+                    // A forced claim overrode newer data: the next generation
+                    // goes above it, so that data never wins over ours again.
+                    self.peer_max_generation = self.peer_max_generation.max(recorded);
                 }
             }
             Input::LeaseLost => {
                 if self.lease.wanted {
                     self.lease.until = None;
                     self.lease.refused = true;
+                    self.lease.stale = false;
+                }
+            }
+            Input::LeaseStale { newer } => {
+                if self.lease.wanted {
+                    self.lease.until = None;
+                    self.lease.refused = true;
+                    self.lease.stale = true;
+                    self.peer_max_generation = self.peer_max_generation.max(newer);
                 }
             }
             Input::ReplicationDrained => {
@@ -992,6 +1055,8 @@ impl Mirror {
             WitnessKind::Arbiter => {
                 if self.lease_valid(now) {
                     Decision::Alone
+                } else if self.lease.stale {
+                    Decision::Wait(WaitReason::Stale)
                 } else if serving || self.lease.refused {
                     Decision::Wait(WaitReason::NoLease)
                 } else {
@@ -1461,14 +1526,31 @@ impl Mirror {
                             | Decision::Prim
                             | Decision::Ask(Question::Lease)
                             | Decision::Wait(WaitReason::NoLease)
-                    ));
+                    )
+                    || (self.lease.stale && *decision == Decision::Wait(WaitReason::Stale)));
+            let claim = (self.stamp.generation, self.force == Some(Force::Prim));
             if want && !self.lease.wanted {
                 self.lease = LeaseState {
                     wanted: true,
-                    until: None,
-                    refused: false,
+                    claim: Some(claim),
+                    ..LeaseState::default()
                 };
-                out.push(Action::AcquireLease);
+                out.push(Action::AcquireLease {
+                    generation: claim.0,
+                    forced: claim.1,
+                });
+            } else if want && self.lease.claim != Some(claim) {
+                // A new generation (or `halo prim`): ask at once with it; a
+                // lease already granted stays valid meanwhile.
+                self.lease.claim = Some(claim);
+                if self.lease.until.is_none() {
+                    self.lease.refused = false;
+                    self.lease.stale = false;
+                }
+                out.push(Action::AcquireLease {
+                    generation: claim.0,
+                    forced: claim.1,
+                });
             } else if !want && self.lease.wanted {
                 self.lease = LeaseState::default();
                 out.push(Action::ReleaseLease);
@@ -1859,6 +1941,87 @@ mod tests {
             "expected b's newer generation to stay primary, saw {}",
             sim.describe()
         );
+    }
+
+    /// A primary that served ALONE (and acknowledged writes only it has) is
+    /// then cut off entirely: its lease runs out, and the peer, whose data
+    /// is older, must not get the lease from the witness that registered the
+    /// newer generation.
+    #[test]
+    fn a_primary_cut_off_after_serving_alone_is_not_replaced_by_stale_data() {
+        let mut sim = pair(WitnessKind::Arbiter);
+        sim.run_for(secs(1));
+        let old = sim.machine(A).stamp().generation;
+        sim.cut(Endpoint::Node(A), Endpoint::Node(B));
+        sim.run_for(secs(2));
+        assert_eq!(
+            sim.state(A),
+            (State::Alone, Phase::Ready),
+            "saw {}",
+            sim.describe()
+        );
+        assert!(
+            sim.machine(A).may_release_unacknowledged(sim.now),
+            "a registered its ALONE generation and may release held writers, saw {}",
+            sim.describe()
+        );
+        let alone = sim.machine(A).stamp().generation;
+        assert!(alone > old);
+        let t0 = sim.now;
+        sim.isolate(Endpoint::Node(A));
+        sim.run_for(secs(10));
+        assert!(
+            sim.logged(A, |e| *e == Event::LeaseExpired),
+            "expected a's lease to expire"
+        );
+        assert_eq!(sim.state(A).0, State::Wait, "saw {}", sim.describe());
+        assert_eq!(
+            sim.reached(B, State::Alone, Phase::Transient, t0),
+            None,
+            "b, with older data, must not serve: saw {}",
+            sim.describe()
+        );
+        assert!(!sim.active(B), "saw {}", sim.describe());
+        assert!(
+            sim.logged(B, |e| *e == Event::Waiting(WaitReason::Stale)),
+            "expected b to wait as stale, saw {}",
+            sim.describe()
+        );
+        sim.heal();
+        sim.run_for(secs(5));
+        assert_eq!(
+            (sim.state(A).0, sim.state(B).0),
+            (State::Prim, State::Second),
+            "expected a's newer generation to serve again, saw {}",
+            sim.describe()
+        );
+        assert_eq!(sim.machine(A).stamp().generation, alone);
+        assert!(sim.overlaps.is_empty(), "saw {:?}", sim.overlaps);
+    }
+
+    #[test]
+    fn halo_prim_on_the_stale_node_takes_over_from_an_unreachable_newer_one() {
+        let mut sim = pair(WitnessKind::Arbiter);
+        sim.run_for(secs(1));
+        sim.cut(Endpoint::Node(A), Endpoint::Node(B));
+        sim.run_for(secs(2));
+        let alone = sim.machine(A).stamp().generation;
+        sim.isolate(Endpoint::Node(A));
+        sim.run_for(secs(10));
+        assert_eq!(sim.state(B).0, State::Wait, "saw {}", sim.describe());
+        sim.command(B, Command::Prim);
+        sim.run_for(secs(3));
+        assert!(
+            sim.machine(B).is_serving(),
+            "halo prim forces the stale node, saw {}",
+            sim.describe()
+        );
+        assert!(
+            sim.machine(B).stamp().generation > alone,
+            "the forced node goes above the generation it overrode, saw {}",
+            sim.describe()
+        );
+        assert!(sim.overlaps.is_empty(), "saw {:?}", sim.overlaps);
     }
 
     #[test]
@@ -2540,11 +2703,22 @@ mod tests {
         drive(&mut m, t(0), Input::Command(Command::Start));
         let asked = drive(&mut m, t(10), Input::PeerLost);
         assert!(
-            asked.contains(&Action::AcquireLease) && m.state() == State::Wait,
+            asked.contains(&Action::AcquireLease {
+                generation: gen(3),
+                forced: false
+            }) && m.state() == State::Wait,
             "expected a lease request from WAIT, saw {asked:?}"
         );
         let until = t(2010);
-        let started = drive(&mut m, t(20), Input::LeaseGranted { until });
+        let started = drive(
+            &mut m,
+            t(20),
+            Input::LeaseGranted {
+                until,
+                generation: gen(3),
+                recorded: gen(0),
+            },
+        );
         assert!(
             started.contains(&Action::PersistStamp(DataStamp {
                 generation: gen(4),
@@ -2579,6 +2753,117 @@ mod tests {
             (m.state(), m.phase()),
             (State::Wait, Phase::Ready),
             "expected WAIT after the lease expired"
+        );
+    }
+
+    fn granted(until: Instant, generation: u64, recorded: u64) -> Input {
+        Input::LeaseGranted {
+            until,
+            generation: gen(generation),
+            recorded: gen(recorded),
+        }
+    }
+
+    #[test]
+    fn held_writers_go_only_once_the_alone_generation_is_registered_with_the_arbiter() {
+        let newest = DataStamp {
+            generation: gen(3),
+            state: DataState::Newest,
+        };
+        let mut m = Mirror::new(config(WitnessKind::Arbiter), newest);
+        drive(&mut m, t(0), Input::Command(Command::Start));
+        drive(&mut m, t(10), Input::PeerLost);
+        assert!(!m.may_release_unacknowledged(t(10)), "WAIT holds writers");
+        let started = drive(&mut m, t(20), granted(t(2010), 3, 0));
+        assert_eq!(m.state(), State::Alone);
+        assert_eq!(m.stamp().generation, gen(4));
+        assert!(
+            started.contains(&Action::AcquireLease {
+                generation: gen(4),
+                forced: false
+            }),
+            "expected a request claiming the new generation at once, saw {started:?}"
+        );
+        assert!(
+            !m.may_release_unacknowledged(t(20)),
+            "the lease was granted to generation 3: the witness does not know 4 yet"
+        );
+        drive(&mut m, t(30), granted(t(2030), 3, 0));
+        assert!(
+            !m.may_release_unacknowledged(t(30)),
+            "a late answer for the old claim"
+        );
+        drive(&mut m, t(40), granted(t(2040), 4, 3));
+        assert!(m.may_release_unacknowledged(t(40)));
+        assert!(
+            !m.may_release_unacknowledged(t(2040)),
+            "an expired lease releases nothing"
+        );
+    }
+
+    #[test]
+    fn without_a_witness_alone_releases_held_writers_and_prim_does_not() {
+        let newest = DataStamp {
+            generation: gen(3),
+            state: DataState::Newest,
+        };
+        let mut m = Mirror::new(config(WitnessKind::None), newest);
+        drive(&mut m, t(0), Input::Command(Command::Start));
+        drive(&mut m, t(10), Input::PeerLost);
+        assert_eq!(m.state(), State::Alone);
+        assert!(m.may_release_unacknowledged(t(10)));
+        let mut m = Mirror::new(config(WitnessKind::Ping), newest);
+        drive(&mut m, t(0), Input::Command(Command::Start));
+        drive(&mut m, t(10), Input::PeerLost);
+        assert!(
+            !m.may_release_unacknowledged(t(10)),
+            "the ping witness has not answered"
+        );
+        drive(&mut m, t(20), Input::WitnessAnswer { won: true });
+        assert_eq!(m.state(), State::Alone);
+        assert!(m.may_release_unacknowledged(t(20)));
+    }
+
+    #[test]
+    fn a_stale_refusal_waits_and_halo_prim_claims_by_force_then_goes_above() {
+        let newest = DataStamp {
+            generation: gen(3),
+            state: DataState::Newest,
+        };
+        let mut m = Mirror::new(config(WitnessKind::Arbiter), newest);
+        drive(&mut m, t(0), Input::Command(Command::Start));
+        drive(&mut m, t(10), Input::PeerLost);
+        let refused = drive(&mut m, t(20), Input::LeaseStale { newer: gen(4) });
+        assert_eq!((m.state(), m.phase()), (State::Wait, Phase::Ready));
+        assert!(
+            refused.contains(&Action::Log(Event::Waiting(WaitReason::Stale))),
+            "expected to wait as stale, saw {refused:?}"
+        );
+        assert!(
+            !refused.contains(&Action::ReleaseLease),
+            "a stale node keeps asking, saw {refused:?}"
+        );
+        let forced = drive(&mut m, t(30), Input::Command(Command::Prim));
+        assert!(
+            forced.contains(&Action::AcquireLease {
+                generation: gen(3),
+                forced: true
+            }),
+            "halo prim must claim by force, saw {forced:?}"
+        );
+        let started = drive(&mut m, t(40), granted(t(2040), 3, 4));
+        assert_eq!(m.state(), State::Alone);
+        assert_eq!(
+            m.stamp().generation,
+            gen(5),
+            "the forced node goes above the generation it overrode"
+        );
+        assert!(
+            started.contains(&Action::AcquireLease {
+                generation: gen(5),
+                forced: false
+            }),
+            "saw {started:?}"
         );
     }
 

@@ -33,11 +33,17 @@
 //!   when no heartbeat arrived on any network for the timeout, including
 //!   within the timeout of the daemon's start. The machine never guesses
 //!   liveness itself.
-//! - Arbiter lease client: after `AcquireLease` it answers `LeaseGranted` or
-//!   `LeaseLost` within its request timeout, then keeps the lease renewed
-//!   (one `LeaseGranted` per renewal) until `ReleaseLease`. `until` is the
-//!   local expiry minus a safety margin; the arbiter must not grant the lease
-//!   to the other node before the expiry plus the stop budget plus clock drift.
+//! - Arbiter lease client: after `AcquireLease` it answers `LeaseGranted`,
+//!   `LeaseStale` or `LeaseLost` within its request timeout, then keeps the
+//!   lease renewed (one `LeaseGranted` per renewal) until `ReleaseLease`; a
+//!   new `AcquireLease` replaces the claim (generation, forced) of the
+//!   requests at once. `until` is the local expiry minus a safety margin;
+//!   the arbiter must not grant the lease to the other node before the
+//!   expiry plus the stop budget plus clock drift, nor to a claim of a lower
+//!   generation than it granted to unless forced.
+//! - Held writers: after every input the driver applies
+//!   [`mirror::Mirror::may_release_unacknowledged`] to the writers no
+//!   secondary can acknowledge any more (docs/mirror-durability.md).
 //!
 //! # Time
 //! [`Instant`] is a `Duration` since an epoch that the driver picks (its own

@@ -16,7 +16,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
-use super::mirror::{Action, DataStamp, Input, Mirror, MirrorConfig, ReplRole, WitnessKind};
+use super::mirror::{
+    Action, DataStamp, Generation, Input, Mirror, MirrorConfig, ReplRole, WitnessKind,
+};
 use super::{Command, Event, Instant, Phase, RestartPolicy, ScriptKind, State};
 
 /// Something on the network: a node or the witness.
@@ -80,6 +82,8 @@ pub(crate) struct SimNode {
     last_heard: Instant,
     lost_sent: bool,
     lease_wanted: bool,
+    /// The (generation, forced) of the last `AcquireLease`.
+    lease_claim: (Generation, bool),
     lease_epoch: u64,
     lease_until: Option<Instant>,
     timer: Option<Instant>,
@@ -108,6 +112,8 @@ pub(crate) struct Sim {
     pub nodes: Vec<SimNode>,
     witness: WitnessKind,
     arbiter: Option<(usize, Instant)>,
+    /// The highest generation the arbiter granted to.
+    arbiter_generation: Generation,
     cuts: BTreeSet<(Endpoint, Endpoint)>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     events: BTreeMap<u64, (u64, Ev)>,
@@ -145,6 +151,7 @@ impl Sim {
                     last_heard: Instant::START,
                     lost_sent: false,
                     lease_wanted: false,
+                    lease_claim: (Generation(0), false),
                     lease_epoch: 0,
                     lease_until: None,
                     timer: None,
@@ -157,6 +164,7 @@ impl Sim {
             nodes,
             witness,
             arbiter: None,
+            arbiter_generation: Generation(0),
             cuts: BTreeSet::new(),
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
@@ -454,11 +462,28 @@ impl Sim {
             Some((holder, _)) if holder == i => true,
             Some((_, expires)) => self.now >= expires + self.t.grace,
         };
-        if granted {
+        let (generation, forced) = self.nodes[i].lease_claim;
+        let recorded = self.arbiter_generation;
+        if granted && generation < recorded && !forced {
+            self.nodes[i].lease_until = None;
+            self.deliver(i, Input::LeaseStale { newer: recorded });
+        } else if granted {
             let until = self.now + self.t.lease;
             self.arbiter = Some((i, until));
+            self.arbiter_generation = if forced {
+                generation
+            } else {
+                recorded.max(generation)
+            };
             self.nodes[i].lease_until = Some(until);
-            self.deliver(i, Input::LeaseGranted { until });
+            self.deliver(
+                i,
+                Input::LeaseGranted {
+                    until,
+                    generation,
+                    recorded,
+                },
+            );
         } else {
             self.nodes[i].lease_until = None;
             self.deliver(i, Input::LeaseLost);
@@ -526,7 +551,7 @@ impl Sim {
                 );
                 self.schedule_for(i, self.t.ping, Ev::Ping(i));
             }
-            Action::AcquireLease => {
+            Action::AcquireLease { generation, forced } => {
                 assert_eq!(
                     self.witness,
                     WitnessKind::Arbiter,
@@ -534,6 +559,7 @@ impl Sim {
                 );
                 let node = &mut self.nodes[i];
                 node.lease_wanted = true;
+                node.lease_claim = (generation, forced);
                 node.lease_epoch += 1;
                 let epoch = node.lease_epoch;
                 self.schedule_for(i, Duration::ZERO, Ev::LeaseTick(i, epoch));

@@ -3,15 +3,31 @@
 //! the module whose directory it names.
 //!
 //! A durability call (`Change::Sync { paused: true }`) stops its caller
-//! until the module's peer acknowledged everything written before it. The
-//! hub releases such a caller *at once* when no tracker takes the record
-//! (no session, the session ended): an application never waits for a
-//! secondary that is not there.
+//! until the module's peer acknowledged everything written before it. When
+//! no session can acknowledge it (no tracker takes the record, no session,
+//! the session ended), the caller goes on without an acknowledgement only
+//! once its module's driver allows it ([`CaptureHub::hold_unacknowledged`]:
+//! the module serves ALONE on a generation its witness knows, see
+//! docs/mirror-durability.md); until then it stays stopped, and a driver
+//! that stops serving instead kills it ([`CaptureHub::discard_held`]): a
+//! durable write is never acknowledged on data that may be overtaken.
+//!
+//! The capture is pinned in bpffs: when the daemon dies, its programs stay
+//! attached and keep stopping durable writers under the roots it paused
+//! (nobody acknowledges their writes, so nobody resumes them). The next
+//! daemon attaches its own capture first, then each mirror module takes its
+//! directories over from the dead daemon's capture once the application
+//! that daemon started is stopped ([`CaptureHub::take_over`]). The writers
+//! it still held become *orphans*: they are resumed only when their module
+//! serves the data they wrote ([`CaptureHub::release_orphans`]).
 
 use std::{
-    collections::HashMap,
-    os::fd::{AsRawFd as _, RawFd},
-    path::Path,
+    collections::{HashMap, HashSet},
+    os::{
+        fd::{AsRawFd as _, RawFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, Mutex,
@@ -19,10 +35,15 @@ use std::{
     time::Duration,
 };
 
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
 use tracing::{info, warn};
 
 use crate::ebpf::capture::{
-    paused_pin, resume_orphans, CaptureConfig, Captured, Change, RootId, SyncScope, WriteCapture,
+    capture_pins, CaptureConfig, Captured, Change, Paused, PreviousCapture, RootId, SyncScope,
+    WriteCapture,
 };
 
 /// Where a root's records go.
@@ -74,6 +95,32 @@ impl Wake {
 struct Inner {
     capture: WriteCapture,
     routes: HashMap<RootId, Route>,
+    /// Captures of daemons that died, still attached, holding the roots no
+    /// module has taken over yet.
+    previous: Vec<PreviousCapture>,
+    /// Tasks those captures stopped and nobody acknowledged.
+    orphans: Vec<Paused>,
+    /// Roots whose paused writers are not released without an
+    /// acknowledgement (every root, until its driver says otherwise).
+    held: HashSet<RootId>,
+}
+
+impl Inner {
+    /// Whether a writer paused for `root` (`None`: every root) must wait
+    /// for an acknowledgement.
+    fn holds(&self, root: Option<RootId>) -> bool {
+        match root {
+            Some(root) => self.held.contains(&root),
+            None => !self.held.is_empty(),
+        }
+    }
+
+    /// Releases `tid` without an acknowledgement, unless its root holds it.
+    fn release_unacknowledged(&mut self, tid: u32, root: Option<RootId>) {
+        if !self.holds(root) {
+            let _ = self.capture.release(tid);
+        }
+    }
 }
 
 /// The daemon's write capture and its routing thread.
@@ -84,31 +131,64 @@ pub struct CaptureHub {
 }
 
 impl CaptureHub {
-    /// Loads and attaches the capture programs, and starts routing.
-    pub fn start(node: &str) -> anyhow::Result<Arc<Self>> {
-        let pin = paused_pin(node);
-        // A daemon that crashed left the writers it held stopped: let them go.
+    /// Loads and attaches the capture programs, pinned for node `node`, and
+    /// starts routing. `dirs` are the replicated directories of this
+    /// daemon's mirror modules: a dead daemon's capture stops holding the
+    /// others at once (nobody replicates them any more).
+    pub fn start(node: &str, dirs: &[PathBuf]) -> anyhow::Result<Arc<Self>> {
         crate::ebpf::ensure_mounted("bpf", "/sys/fs/bpf")?;
-        match resume_orphans(&pin) {
-            Ok(0) => {}
-            Ok(n) => info!(
-                processes = n,
-                "resumed writers a crashed daemon left paused"
-            ),
-            Err(error) => {
-                warn!(error = %format!("{error:#}"), "cannot resume writers a crashed daemon left paused")
-            }
+        let base = capture_pins(node);
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let own = base.join(format!("{}-{started}", std::process::id()));
+        let previous = PreviousCapture::find(&base, &own);
+        for capture in &previous {
+            warn!(
+                pins = %capture.dir().display(),
+                roots = capture.roots().len(),
+                "a daemon that died left its write capture attached: it holds durable writers until each mirror module has stopped the application that daemon started"
+            );
         }
+        // Attached before the dead daemon's capture lets anything go: no
+        // write goes unseen in between.
         let capture = WriteCapture::attach_with(CaptureConfig {
             exclude_tgid: std::process::id(),
-            pin_paused: Some(pin),
+            pin_dir: Some(own),
             ..CaptureConfig::default()
         })?;
-        let ring = capture.ring_fd().as_raw_fd();
-        let inner = Arc::new(Mutex::new(Inner {
+        let mut inner = Inner {
             capture,
             routes: HashMap::new(),
-        }));
+            previous,
+            orphans: Vec::new(),
+            held: HashSet::new(),
+        };
+        let replicated: Vec<RootId> = dirs
+            .iter()
+            .filter_map(|dir| std::fs::metadata(dir).ok())
+            .map(|meta| RootId {
+                st_dev: meta.dev(),
+                ino: meta.ino(),
+            })
+            .collect();
+        let unclaimed: Vec<RootId> = inner
+            .previous
+            .iter()
+            .flat_map(PreviousCapture::roots)
+            .filter(|root| !replicated.contains(root))
+            .collect();
+        if !unclaimed.is_empty() {
+            take_over(&mut inner, &unclaimed);
+            let resumed = release_orphans(&mut inner, &unclaimed, replicated.is_empty());
+            if !resumed.is_empty() {
+                info!(pids = ?resumed, "resumed writers a dead daemon held below directories no module replicates any more");
+            }
+        }
+        let capture = &inner.capture;
+        let ring = capture.ring_fd().as_raw_fd();
+        let inner = Arc::new(Mutex::new(inner));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let inner = Arc::clone(&inner);
@@ -128,6 +208,7 @@ impl CaptureHub {
     pub fn add_root(&self, dir: &Path) -> anyhow::Result<RootId> {
         let mut inner = self.inner.lock().expect("capture hub");
         let root = inner.capture.add_root(dir, false)?;
+        inner.held.insert(root);
         inner.routes.entry(root).or_insert(Route {
             tx: None,
             wake: None,
@@ -154,9 +235,103 @@ impl CaptureHub {
             None => (None, None),
         };
         inner.routes.insert(root, Route { tx, wake });
-        if !pause {
+        if !pause && !inner.holds(Some(root)) {
             release_paused_under(&mut inner, root);
         }
+    }
+
+    /// Whether writers paused under `roots` must wait for an acknowledgement
+    /// (`hold`), or may go on without one (their module serves alone on a
+    /// generation its witness knows): then those waiting are released now.
+    pub fn hold_unacknowledged(&self, roots: &[RootId], hold: bool) {
+        let mut inner = self.inner.lock().expect("capture hub");
+        for root in roots {
+            if hold {
+                inner.held.insert(*root);
+            } else {
+                inner.held.remove(root);
+                release_paused_under(&mut inner, *root);
+            }
+        }
+    }
+
+    /// Lets the thread `tid` go on although no peer acknowledged its sync
+    /// (the session ended): only if its root does not hold it.
+    pub fn release_unacknowledged(&self, tid: u32) {
+        let mut inner = self.inner.lock().expect("capture hub");
+        let root = match inner.capture.pending() {
+            Ok(pending) => match pending.iter().find(|p| p.tid == tid) {
+                Some(paused) => paused.root,
+                None => return,
+            },
+            Err(error) => {
+                warn!(tid, error = %format!("{error:#}"), "cannot read the paused writers");
+                return;
+            }
+        };
+        inner.release_unacknowledged(tid, root);
+    }
+
+    /// Kills the processes still held under `roots` (and those of syncs of
+    /// every root) without an acknowledgement: their module stopped serving,
+    /// so their durable writes may be overtaken by the peer's data and must
+    /// never be reported durable. The stop script normally killed them
+    /// already; this catches a process that survived it. Returns the pids.
+    pub fn discard_held(&self, roots: &[RootId]) -> Vec<u32> {
+        let mut inner = self.inner.lock().expect("capture hub");
+        let Ok(pending) = inner.capture.pending() else {
+            return Vec::new();
+        };
+        let mut killed = Vec::new();
+        for paused in pending {
+            let ours = paused.root.is_none_or(|root| roots.contains(&root));
+            if ours && inner.holds(paused.root) {
+                if kill(Pid::from_raw(paused.pid as i32), Signal::SIGKILL).is_ok() {
+                    killed.push(paused.pid);
+                }
+                let _ = inner.capture.release(paused.tid);
+            }
+        }
+        killed.sort_unstable();
+        killed.dedup();
+        killed
+    }
+
+    /// Takes `roots` over from the captures of daemons that died: they stop
+    /// holding writers below them. Call it once the application a dead
+    /// daemon may have started is stopped: until then its durable writes
+    /// must stay held. The tasks they held become orphans.
+    pub fn take_over(&self, roots: &[RootId]) {
+        let mut inner = self.inner.lock().expect("capture hub");
+        take_over(&mut inner, roots);
+    }
+
+    /// Resumes the orphans held for `roots` (and those of syncs of every
+    /// root): call it only when this node serves the data they wrote.
+    /// Returns the pids of the live ones resumed.
+    pub fn release_orphans(&self, roots: &[RootId]) -> Vec<u32> {
+        let mut inner = self.inner.lock().expect("capture hub");
+        release_orphans(&mut inner, roots, true)
+    }
+
+    /// Kills the orphans held for `roots` (and those of syncs of every
+    /// root) and forgets them: their module takes its peer's data, so their
+    /// durable writes are lost and must never be reported durable. Returns
+    /// the pids of those that were still alive.
+    pub fn discard_orphans(&self, roots: &[RootId]) -> Vec<u32> {
+        let mut inner = self.inner.lock().expect("capture hub");
+        let (discard, keep): (Vec<Paused>, Vec<Paused>) = std::mem::take(&mut inner.orphans)
+            .into_iter()
+            .partition(|task| task.root.is_none_or(|root| roots.contains(&root)));
+        inner.orphans = keep;
+        let mut pids: Vec<u32> = discard.iter().map(|task| task.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        // Only a process still stopped: a gone one's pid may be reused.
+        pids.retain(|pid| {
+            stopped(*pid) && kill(Pid::from_raw(*pid as i32), Signal::SIGKILL).is_ok()
+        });
+        pids
     }
 
     /// Lets the thread `tid` go on (its durability call is acknowledged).
@@ -166,6 +341,65 @@ impl CaptureHub {
             warn!(tid, error = %format!("{error:#}"), "cannot resume a paused writer");
         }
     }
+}
+
+/// Whether process `pid` exists and is stopped (`T` in `/proc/<pid>/stat`).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|state| state == "T")
+        })
+        .unwrap_or(false)
+}
+
+fn take_over(inner: &mut Inner, roots: &[RootId]) {
+    for capture in &mut inner.previous {
+        for root in roots {
+            match capture.take_over(*root) {
+                Ok(tasks) => inner.orphans.extend(tasks),
+                Err(error) => {
+                    warn!(pins = %capture.dir().display(), error = %format!("{error:#}"), "cannot take a directory over from a dead daemon's capture")
+                }
+            }
+        }
+    }
+    let (done, held): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.previous)
+        .into_iter()
+        .partition(|capture| capture.roots().is_empty());
+    inner.previous = held;
+    for capture in done {
+        let dir = capture.dir().to_owned();
+        match capture.retire() {
+            Ok(tasks) => {
+                info!(pins = %dir.display(), "detached the capture of a daemon that died");
+                inner.orphans.extend(tasks);
+            }
+            Err(error) => {
+                warn!(pins = %dir.display(), error = %format!("{error:#}"), "cannot detach a dead daemon's capture")
+            }
+        }
+    }
+}
+
+/// Sends `SIGCONT` to the orphans held for `roots` (and, with `every_root`,
+/// to those of syncs of every root) and forgets them; the pids of the live
+/// ones.
+fn release_orphans(inner: &mut Inner, roots: &[RootId], every_root: bool) -> Vec<u32> {
+    let (release, keep): (Vec<Paused>, Vec<Paused>) = std::mem::take(&mut inner.orphans)
+        .into_iter()
+        .partition(|task| match task.root {
+            Some(root) => roots.contains(&root),
+            None => every_root,
+        });
+    inner.orphans = keep;
+    let mut pids: Vec<u32> = release.iter().map(|task| task.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    // A gone process answers ESRCH: nothing to resume.
+    pids.retain(|pid| kill(Pid::from_raw(*pid as i32), Signal::SIGCONT).is_ok());
+    pids
 }
 
 fn release_paused_under(inner: &mut Inner, root: RootId) {
@@ -187,6 +421,10 @@ impl Drop for CaptureHub {
         }
         if let Ok(mut inner) = self.inner.lock() {
             let _ = inner.capture.resume_all();
+            let held: Vec<u32> = inner.orphans.iter().map(|task| task.pid).collect();
+            if !held.is_empty() {
+                warn!(pids = ?held, "writers a dead daemon held stay stopped: their durable writes were never acknowledged");
+            }
         }
     }
 }
@@ -234,7 +472,7 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
                     }
                 }
                 if paused && !taken {
-                    let _ = inner.capture.release(record.tid);
+                    inner.release_unacknowledged(record.tid, record.root);
                 }
             }
             for wake in woken {

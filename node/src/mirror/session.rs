@@ -604,11 +604,12 @@ fn track(
                 }
             }
             None => {
-                // No session can acknowledge a durability call: let it go.
+                // No session can acknowledge a durability call: let it go
+                // if the driver allows it (the hub holds it otherwise).
                 for op in ops {
                     if let (Op::Release(tids), Some(feed)) = (op, &feed) {
                         for tid in tids {
-                            feed.hub.release(tid);
+                            feed.hub.release_unacknowledged(tid);
                         }
                     }
                 }
@@ -780,7 +781,7 @@ impl PrimarySession {
                                 let _ = tx.send(Op::Entry(path));
                             }
                             Ok(Some(Message::Ack { seq })) => {
-                                release_upto(&releases, hub.as_deref(), seq);
+                                release_upto(&releases, hub.as_deref(), seq, true);
                                 let (lock, cv) = &*acked;
                                 *lock.lock().expect("acks") = seq;
                                 cv.notify_all();
@@ -803,8 +804,9 @@ impl PrimarySession {
                         }
                     };
                     let _ = shutdown.shutdown(Shutdown::Both);
-                    // Never leave an application paused for a gone secondary.
-                    release_upto(&releases, hub.as_deref(), u64::MAX);
+                    // Never leave an application paused for a gone secondary,
+                    // once the driver allows it (the hub holds it otherwise).
+                    release_upto(&releases, hub.as_deref(), u64::MAX, false);
                     let _ = tx.send(Op::Stop);
                     let (_, cv) = &*acked;
                     cv.notify_all();
@@ -1519,8 +1521,9 @@ fn span(ranges: &[(u64, u64)]) -> u64 {
 /// Paused threads per barrier number.
 type Releases = Arc<Mutex<Vec<(u64, Vec<u32>)>>>;
 
-/// Releases the threads of every barrier up to `seq`.
-fn release_upto(releases: &Releases, hub: Option<&CaptureHub>, seq: u64) {
+/// Releases the threads of every barrier up to `seq`, `acknowledged` by
+/// the secondary or not.
+fn release_upto(releases: &Releases, hub: Option<&CaptureHub>, seq: u64, acknowledged: bool) {
     let due: Vec<u32> = {
         let mut list = releases.lock().expect("releases");
         let (due, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|(s, _)| *s <= seq);
@@ -1529,7 +1532,11 @@ fn release_upto(releases: &Releases, hub: Option<&CaptureHub>, seq: u64) {
     };
     if let Some(hub) = hub {
         for tid in due {
-            hub.release(tid);
+            if acknowledged {
+                hub.release(tid);
+            } else {
+                hub.release_unacknowledged(tid);
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::{net::UdpSocket, time::Instant};
 use tracing::{debug, info, warn};
 
 use super::{
-    lease::{Grant, LeasePolicy, LeaseTable},
+    lease::{Claim, Grant, LeasePolicy, LeaseTable},
     protocol::{LeaseAnswer, LeaseRequest, Nonce, Verdict, WireError, MAX_DATAGRAM_LEN},
 };
 use crate::cluster::{
@@ -198,15 +198,29 @@ impl Leases<'_> {
             .tables
             .entry(*cluster)
             .or_insert_with(|| LeaseTable::new(self.policy, Duration::ZERO));
-        let verdict = match table.request(now, module, node, request.duration) {
+        let claim = Claim {
+            generation: request.generation,
+            forced: request.forced,
+        };
+        let verdict = match table.request(now, module, node, request.duration, claim) {
             Grant::Granted {
                 duration,
                 grace,
                 renewed,
+                generation,
                 ..
             } => {
                 self.stats.granted.fetch_add(1, Ordering::Relaxed);
                 let duration_ms = duration.as_millis() as u64;
+                if request.forced && generation > request.generation {
+                    warn!(
+                        module = %module,
+                        node = %node,
+                        generation = request.generation,
+                        overridden = generation,
+                        "lease granted to a forced node with older data than granted before"
+                    );
+                }
                 if renewed {
                     debug!(module = %module, node = %node, duration_ms, "lease renewed");
                 } else {
@@ -215,10 +229,15 @@ impl Leases<'_> {
                         node = %node,
                         duration_ms,
                         grace_ms = grace.as_millis() as u64,
+                        generation = request.generation,
                         "lease granted"
                     );
                 }
-                Verdict::Granted { duration, grace }
+                Verdict::Granted {
+                    duration,
+                    grace,
+                    generation,
+                }
             }
             Grant::Held { holder, free_at } => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -242,6 +261,17 @@ impl Leases<'_> {
                     "lease refused: witness starting"
                 );
                 Verdict::Starting { remaining }
+            }
+            Grant::Stale { generation } => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    module = %module,
+                    node = %node,
+                    generation = request.generation,
+                    newer = generation,
+                    "lease refused: the requester's data is older than granted before"
+                );
+                Verdict::Stale { generation }
             }
         };
         Some(LeaseAnswer {
@@ -306,14 +336,15 @@ impl ArbiterClient {
         }
     }
 
-    /// Asks for (or renews) `module`'s lease for `node`, and waits up to
-    /// `timeout` for the authenticated answer to this very request; anything
-    /// else that arrives meanwhile is ignored.
+    /// Asks for (or renews) `module`'s lease for `node`, whose data is
+    /// `claim`'s, and waits up to `timeout` for the authenticated answer to
+    /// this very request; anything else that arrives meanwhile is ignored.
     pub async fn request_lease(
         &self,
         module: &str,
         node: &str,
         duration: Duration,
+        claim: Claim,
         timeout: Duration,
     ) -> Result<LeaseReply, ArbiterError> {
         let mut nonce: Nonce = Default::default();
@@ -326,6 +357,8 @@ impl ArbiterClient {
             module: module.to_owned(),
             node: node.to_owned(),
             duration,
+            generation: claim.generation,
+            forced: claim.forced,
         };
         let bytes = request.encode(&self.key).map_err(ArbiterError::Encode)?;
         let io = |action: &'static str| {
@@ -447,7 +480,9 @@ mod tests {
         *live_key.lock().unwrap() = new.clone().accepting(&old).witness_key();
         for (epoch, secret) in [(1, &old), (2, &new)] {
             let c = ArbiterClient::new(addr, secret.witness_key(), cluster_id("prod"), epoch);
-            let reply = c.request_lease("db", "a", LEASE, TIMEOUT).await;
+            let reply = c
+                .request_lease("db", "a", LEASE, Claim::default(), TIMEOUT)
+                .await;
             assert!(
                 reply.is_ok(),
                 "a node on either secret gets an answer it can check, got {reply:?}"
@@ -461,7 +496,8 @@ mod tests {
         let stranger = ClusterSecret::from_bytes(&[6; 32]).witness_key();
         let c = ArbiterClient::new(addr, stranger, cluster_id("prod"), 3);
         assert!(matches!(
-            c.request_lease("db", "a", LEASE, ms(300)).await,
+            c.request_lease("db", "a", LEASE, Claim::default(), ms(300))
+                .await,
             Err(ArbiterError::Timeout { .. })
         ));
         assert_eq!(stats.rejected().get("forged"), Some(&1));
@@ -472,7 +508,7 @@ mod tests {
     async fn past_quiet_period(c: &ArbiterClient) {
         loop {
             let reply = c
-                .request_lease("probe", "probe", LEASE, TIMEOUT)
+                .request_lease("probe", "probe", LEASE, Claim::default(), TIMEOUT)
                 .await
                 .unwrap();
             match reply.verdict {
@@ -488,7 +524,10 @@ mod tests {
         let a = client(addr, 1);
         let b = client(addr, 2);
 
-        let first = a.request_lease("db", "a", LEASE, TIMEOUT).await.unwrap();
+        let first = a
+            .request_lease("db", "a", LEASE, Claim::default(), TIMEOUT)
+            .await
+            .unwrap();
         assert!(
             matches!(first.verdict, Verdict::Starting { remaining } if remaining <= ms(500)),
             "a fresh witness must refuse during its quiet period, got {:?}",
@@ -500,12 +539,16 @@ mod tests {
         let origin = Instant::now();
         let mut a_sent = None;
         for _ in 0..2 {
-            let reply = a.request_lease("db", "a", LEASE, TIMEOUT).await.unwrap();
+            let reply = a
+                .request_lease("db", "a", LEASE, Claim::default(), TIMEOUT)
+                .await
+                .unwrap();
             assert_eq!(
                 reply.verdict,
                 Verdict::Granted {
                     duration: LEASE,
-                    grace: GRACE
+                    grace: GRACE,
+                    generation: 0
                 }
             );
             holder.granted(
@@ -517,7 +560,10 @@ mod tests {
         }
         let a_sent = a_sent.unwrap();
 
-        let refused = b.request_lease("db", "b", LEASE, TIMEOUT).await.unwrap();
+        let refused = b
+            .request_lease("db", "b", LEASE, Claim::default(), TIMEOUT)
+            .await
+            .unwrap();
         match refused.verdict {
             Verdict::Held { holder, remaining } => {
                 assert_eq!(holder, "a");
@@ -528,7 +574,10 @@ mod tests {
 
         // A stops renewing; B keeps asking.
         let b_received = loop {
-            let reply = b.request_lease("db", "b", LEASE, TIMEOUT).await.unwrap();
+            let reply = b
+                .request_lease("db", "b", LEASE, Claim::default(), TIMEOUT)
+                .await
+                .unwrap();
             if matches!(reply.verdict, Verdict::Granted { .. }) {
                 break Instant::now();
             }
@@ -556,6 +605,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_node_with_older_data_is_told_stale_unless_it_forces() {
+        let (addr, stats, _task) = witness().await;
+        let a = client(addr, 1);
+        let b = client(addr, 2);
+        past_quiet_period(&a).await;
+        let claim = |generation, forced| Claim { generation, forced };
+        let reply = a
+            .request_lease("db", "a", LEASE, claim(5, false), TIMEOUT)
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply.verdict, Verdict::Granted { generation: 0, .. }),
+            "got {:?}",
+            reply.verdict
+        );
+        // a stops renewing; once its lease and grace are over, b (older
+        // data) is still refused, with the newer generation named.
+        tokio::time::sleep(LEASE + GRACE + ms(50)).await;
+        let reply = b
+            .request_lease("db", "b", LEASE, claim(4, false), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(reply.verdict, Verdict::Stale { generation: 5 });
+        let reply = b
+            .request_lease("db", "b", LEASE, claim(4, true), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.verdict,
+            Verdict::Granted {
+                duration: LEASE,
+                grace: GRACE,
+                generation: 5
+            },
+            "a forced request is granted and told what it overrode"
+        );
+        assert!(stats.refused.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[tokio::test]
     async fn forged_replayed_and_garbage_requests_are_counted_and_the_witness_survives() {
         let (addr, stats, task) = witness().await;
         let raw = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -567,7 +656,7 @@ mod tests {
             1,
         );
         let err = forger
-            .request_lease("db", "x", LEASE, ms(300))
+            .request_lease("db", "x", LEASE, Claim::default(), ms(300))
             .await
             .unwrap_err();
         assert!(
@@ -583,6 +672,8 @@ mod tests {
             module: "db".into(),
             node: "a".into(),
             duration: LEASE,
+            generation: 0,
+            forced: false,
         }
         .encode(&key())
         .unwrap();
@@ -591,7 +682,7 @@ mod tests {
             vec![0xff; 3],
             vec![0; 2000],
             vec![0; 100],
-            b"HLWT\x01\x01".to_vec(),
+            b"HLWT\x02\x01".to_vec(),
             request[..50].to_vec(),
         ];
         let mut bad_version = request.clone();
@@ -617,7 +708,7 @@ mod tests {
         );
 
         let reply = client(addr, 1)
-            .request_lease("web", "b", LEASE, TIMEOUT)
+            .request_lease("web", "b", LEASE, Claim::default(), TIMEOUT)
             .await
             .expect("the witness still answers after garbage");
         assert!(matches!(
@@ -668,6 +759,7 @@ mod tests {
             verdict: Verdict::Granted {
                 duration: ms(1_000),
                 grace: ms(500),
+                generation: 0,
             },
         }
         .encode(k)
@@ -694,7 +786,7 @@ mod tests {
         })
         .await;
         let reply = client(addr, 1)
-            .request_lease("db", "a", LEASE, TIMEOUT)
+            .request_lease("db", "a", LEASE, Claim::default(), TIMEOUT)
             .await
             .unwrap();
         assert_eq!(
@@ -711,7 +803,7 @@ mod tests {
     async fn a_replayed_answer_to_another_request_times_out() {
         let addr = fake_witness(|r| vec![granted(&r, [9; 16], "db", &key())]).await;
         let err = client(addr, 1)
-            .request_lease("db", "a", LEASE, ms(300))
+            .request_lease("db", "a", LEASE, Claim::default(), ms(300))
             .await
             .unwrap_err();
         assert!(matches!(err, ArbiterError::Timeout { .. }), "got {err}");

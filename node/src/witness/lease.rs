@@ -38,6 +38,23 @@
 //! that restarts forgets its table, which is why a fresh [`LeaseTable`]
 //! refuses everything for `max_duration + grace` (every lease it could have
 //! granted before is then free by the rule above).
+//!
+//! # Data generations
+//! A lease alone says who may serve, not whose data is newer. A node that
+//! served ALONE acknowledged writes that only it has (its generation, one
+//! above the peer's); if it is then cut off, its lease runs out and the
+//! peer, with the older generation, would win the next grant and serve
+//! without those writes. So every request carries the requester's data
+//! generation ([`Claim`]), the table remembers per module the highest
+//! generation it granted to, and refuses a lower one ([`Grant::Stale`])
+//! even when the lease is free. A node registers its ALONE generation (a
+//! grant to it) before it lets its held writers go, so a write it
+//! acknowledged alone is always on a generation the witness knows.
+//! `halo prim` forces: a forced claim is granted whatever the record (the
+//! lease itself is still exclusive) and resets the record to the forced
+//! node's generation; its answer tells the generation it overrode, which
+//! the forced node bumps above. The record is forgotten on a restart, like
+//! the leases (the witness's documentation says what that costs).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -98,12 +115,28 @@ pub enum Grant {
         expires_at: Duration,
         /// The requester already held it unexpired.
         renewed: bool,
+        /// The highest generation granted to before this grant: above the
+        /// requester's only when a forced claim overrode it.
+        generation: u64,
     },
     /// `holder` holds it; another node can obtain it from `free_at`.
     Held { holder: String, free_at: Duration },
     /// The witness started recently and may have forgotten a lease: nothing
     /// is granted before `until`.
     Starting { until: Duration },
+    /// The lease is free, but the witness granted it before to a node with
+    /// newer data (`generation`, above the requester's): only a forced
+    /// claim may have it.
+    Stale { generation: u64 },
+}
+
+/// What a requester says about its data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The requester's data generation.
+    pub generation: u64,
+    /// `halo prim`: grant even to a lower generation, and forget the higher one.
+    pub forced: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +154,9 @@ pub struct LeaseTable {
     policy: LeasePolicy,
     quiet_until: Duration,
     leases: HashMap<String, Lease>,
+    /// Per module, the highest data generation granted to (see the module
+    /// docs), lowered only by a forced claim.
+    generations: HashMap<String, u64>,
 }
 
 impl LeaseTable {
@@ -130,6 +166,7 @@ impl LeaseTable {
             policy,
             quiet_until: started_at + policy.startup_quiet(),
             leases: HashMap::new(),
+            generations: HashMap::new(),
         }
     }
 
@@ -138,13 +175,20 @@ impl LeaseTable {
         self.policy
     }
 
-    /// `node` asks for `module`'s lease for `requested` at witness time `now`.
+    /// The highest data generation granted to for `module` (0 if none).
+    pub fn generation(&self, module: &str) -> u64 {
+        self.generations.get(module).copied().unwrap_or(0)
+    }
+
+    /// `node` asks for `module`'s lease for `requested` at witness time
+    /// `now`, with data of `claim`'s generation.
     pub fn request(
         &mut self,
         now: Duration,
         module: &str,
         node: &str,
         requested: Duration,
+        claim: Claim,
     ) -> Grant {
         if now < self.quiet_until {
             return Grant::Starting {
@@ -167,6 +211,18 @@ impl LeaseTable {
             Some(lease) => now < lease.expires_at,
             None => false,
         };
+        let recorded = self.generation(module);
+        if claim.generation < recorded && !claim.forced {
+            return Grant::Stale {
+                generation: recorded,
+            };
+        }
+        let generation = if claim.forced {
+            claim.generation
+        } else {
+            recorded.max(claim.generation)
+        };
+        self.generations.insert(module.to_owned(), generation);
         let lease = self
             .leases
             .entry(module.to_owned())
@@ -191,6 +247,7 @@ impl LeaseTable {
             grace,
             expires_at: lease.expires_at,
             renewed,
+            generation: recorded,
         }
     }
 }
@@ -293,6 +350,12 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A request that says nothing about its data.
+    const ANY: Claim = Claim {
+        generation: 0,
+        forced: false,
+    };
+
     /// A policy with a fixed grace.
     fn policy(grace: u64, max: u64) -> LeasePolicy {
         LeasePolicy {
@@ -314,24 +377,26 @@ mod tests {
     #[test]
     fn the_same_holder_renews_and_the_expiry_moves_on() {
         let mut t = table(500);
-        let first = t.request(ms(1000), "db", "a", ms(300));
+        let first = t.request(ms(1000), "db", "a", ms(300), ANY);
         assert_eq!(
             first,
             Grant::Granted {
                 duration: ms(300),
                 grace: ms(500),
                 expires_at: ms(1300),
-                renewed: false
+                renewed: false,
+                generation: 0
             }
         );
-        let again = t.request(ms(1200), "db", "a", ms(300));
+        let again = t.request(ms(1200), "db", "a", ms(300), ANY);
         assert_eq!(
             again,
             Grant::Granted {
                 duration: ms(300),
                 grace: ms(500),
                 expires_at: ms(1500),
-                renewed: true
+                renewed: true,
+                generation: 0
             }
         );
     }
@@ -339,28 +404,29 @@ mod tests {
     #[test]
     fn a_shorter_renewal_never_shortens_the_lease() {
         let mut t = table(100);
-        t.request(ms(1000), "db", "a", ms(600));
-        let grant = t.request(ms(1100), "db", "a", ms(100));
+        t.request(ms(1000), "db", "a", ms(600), ANY);
+        let grant = t.request(ms(1100), "db", "a", ms(100), ANY);
         assert_eq!(
             grant,
             Grant::Granted {
                 duration: ms(500),
                 grace: ms(100),
                 expires_at: ms(1600),
-                renewed: true
+                renewed: true,
+                generation: 0
             },
             "a node counting on the 600 ms grant must keep it"
         );
-        assert!(!granted(&t.request(ms(1699), "db", "b", ms(100))));
+        assert!(!granted(&t.request(ms(1699), "db", "b", ms(100), ANY)));
     }
 
     #[test]
     fn another_node_is_refused_while_the_lease_is_valid_and_during_grace() {
         let mut t = table(200);
-        t.request(ms(1000), "db", "a", ms(300));
+        t.request(ms(1000), "db", "a", ms(300), ANY);
         for at in [1000, 1299, 1300, 1499] {
             assert_eq!(
-                t.request(ms(at), "db", "b", ms(300)),
+                t.request(ms(at), "db", "b", ms(300), ANY),
                 Grant::Held {
                     holder: "a".into(),
                     free_at: ms(1500)
@@ -373,11 +439,11 @@ mod tests {
     #[test]
     fn expiry_frees_the_lease_after_grace() {
         let mut t = table(200);
-        t.request(ms(1000), "db", "a", ms(300));
-        let grant = t.request(ms(1500), "db", "b", ms(300));
+        t.request(ms(1000), "db", "a", ms(300), ANY);
+        let grant = t.request(ms(1500), "db", "b", ms(300), ANY);
         assert!(granted(&grant), "free at expiry + grace, got {grant:?}");
         assert_eq!(
-            t.request(ms(1600), "db", "a", ms(300)),
+            t.request(ms(1600), "db", "a", ms(300), ANY),
             Grant::Held {
                 holder: "b".into(),
                 free_at: ms(2000)
@@ -389,15 +455,16 @@ mod tests {
     #[test]
     fn the_holder_may_take_its_lease_back_during_its_grace() {
         let mut t = table(200);
-        t.request(ms(1000), "db", "a", ms(300));
-        let grant = t.request(ms(1400), "db", "a", ms(300));
+        t.request(ms(1000), "db", "a", ms(300), ANY);
+        let grant = t.request(ms(1400), "db", "a", ms(300), ANY);
         assert_eq!(
             grant,
             Grant::Granted {
                 duration: ms(300),
                 grace: ms(200),
                 expires_at: ms(1700),
-                renewed: false
+                renewed: false,
+                generation: 0
             }
         );
     }
@@ -405,10 +472,10 @@ mod tests {
     #[test]
     fn modules_are_independent() {
         let mut t = table(200);
-        assert!(granted(&t.request(ms(1000), "db", "a", ms(300))));
-        assert!(granted(&t.request(ms(1000), "web", "b", ms(300))));
-        assert!(!granted(&t.request(ms(1100), "db", "b", ms(300))));
-        assert!(!granted(&t.request(ms(1100), "web", "a", ms(300))));
+        assert!(granted(&t.request(ms(1000), "db", "a", ms(300), ANY)));
+        assert!(granted(&t.request(ms(1000), "web", "b", ms(300), ANY)));
+        assert!(!granted(&t.request(ms(1100), "db", "b", ms(300), ANY)));
+        assert!(!granted(&t.request(ms(1100), "web", "a", ms(300), ANY)));
     }
 
     #[test]
@@ -423,10 +490,10 @@ mod tests {
     fn a_renewal_with_a_shorter_grace_keeps_the_longer_one() {
         let mut t = LeaseTable::new(LeasePolicy::default(), ms(0));
         let at = 50_000;
-        t.request(ms(at), "db", "a", ms(1_000));
-        t.request(ms(at + 100), "db", "a", ms(200));
+        t.request(ms(at), "db", "a", ms(1_000), ANY);
+        t.request(ms(at + 100), "db", "a", ms(200), ANY);
         assert_eq!(
-            t.request(ms(at + 1_000), "db", "b", ms(1_000)),
+            t.request(ms(at + 1_000), "db", "b", ms(1_000), ANY),
             Grant::Held {
                 holder: "a".into(),
                 free_at: ms(at + 1_500)
@@ -438,7 +505,7 @@ mod tests {
     #[test]
     fn requests_longer_than_the_maximum_are_shortened() {
         let mut t = LeaseTable::new(policy(100, 1000), ms(0));
-        let grant = t.request(ms(1100), "db", "a", ms(5000));
+        let grant = t.request(ms(1100), "db", "a", ms(5000), ANY);
         assert!(
             matches!(grant, Grant::Granted { duration, .. } if duration == ms(1000)),
             "expected 1000 ms, got {grant:?}"
@@ -450,10 +517,99 @@ mod tests {
         let mut t = LeaseTable::new(policy(100, 1000), ms(50));
         assert_eq!(t.policy().startup_quiet(), ms(1100));
         assert_eq!(
-            t.request(ms(1149), "db", "a", ms(300)),
+            t.request(ms(1149), "db", "a", ms(300), ANY),
             Grant::Starting { until: ms(1150) }
         );
-        assert!(granted(&t.request(ms(1150), "db", "a", ms(300))));
+        assert!(granted(&t.request(ms(1150), "db", "a", ms(300), ANY)));
+    }
+
+    fn claim(generation: u64) -> Claim {
+        Claim {
+            generation,
+            forced: false,
+        }
+    }
+
+    fn forced(generation: u64) -> Claim {
+        Claim {
+            generation,
+            forced: true,
+        }
+    }
+
+    #[test]
+    fn a_stale_request_is_refused_even_when_the_lease_is_free() {
+        let mut t = table(200);
+        // a served ALONE on generation 8 and registered it.
+        assert!(granted(&t.request(ms(1000), "db", "a", ms(300), claim(7))));
+        assert!(granted(&t.request(ms(1100), "db", "a", ms(300), claim(8))));
+        assert_eq!(t.generation("db"), 8);
+        // a is cut off; its lease and grace run out; b still has 7.
+        assert_eq!(
+            t.request(ms(2000), "db", "b", ms(300), claim(7)),
+            Grant::Stale { generation: 8 }
+        );
+        assert_eq!(t.generation("db"), 8, "a refusal changes nothing");
+        // While a holds the lease, b is told so first.
+        let mut t = table(200);
+        t.request(ms(1000), "db", "a", ms(300), claim(8));
+        assert!(matches!(
+            t.request(ms(1100), "db", "b", ms(300), claim(7)),
+            Grant::Held { .. }
+        ));
+        // Equal or newer data is not stale, and raises the record.
+        assert!(granted(&t.request(ms(2000), "db", "b", ms(300), claim(9))));
+        assert_eq!(t.generation("db"), 9);
+        assert!(matches!(
+            t.request(ms(3000), "db", "a", ms(300), claim(8)),
+            Grant::Stale { generation: 9 }
+        ));
+    }
+
+    #[test]
+    fn a_forced_request_is_granted_resets_the_record_and_says_what_it_overrode() {
+        let mut t = table(200);
+        t.request(ms(1000), "db", "a", ms(300), claim(8));
+        assert!(
+            matches!(
+                t.request(ms(1100), "db", "b", ms(300), forced(7)),
+                Grant::Held { .. }
+            ),
+            "forcing never takes a lease another node holds"
+        );
+        match t.request(ms(2000), "db", "b", ms(300), forced(7)) {
+            Grant::Granted { generation, .. } => assert_eq!(generation, 8),
+            other => panic!("a forced claim must be granted once the lease is free, got {other:?}"),
+        }
+        assert_eq!(t.generation("db"), 7);
+        // b bumps above what it overrode and registers that; a is stale now.
+        assert!(granted(&t.request(ms(2100), "db", "b", ms(300), claim(9))));
+        assert_eq!(
+            t.request(ms(3000), "db", "a", ms(300), claim(8)),
+            Grant::Stale { generation: 9 }
+        );
+    }
+
+    #[test]
+    fn a_restarted_witness_has_forgotten_the_generations() {
+        let mut t = table(200);
+        t.request(ms(1000), "db", "a", ms(300), claim(8));
+        // The witness restarts at 2000: quiet, then it knows nothing.
+        let mut t = LeaseTable::new(policy(200, 700), ms(2000));
+        assert!(matches!(
+            t.request(ms(2100), "db", "b", ms(300), claim(7)),
+            Grant::Starting { .. }
+        ));
+        assert_eq!(t.generation("db"), 0);
+        assert!(granted(&t.request(ms(2900), "db", "b", ms(300), claim(7))));
+    }
+
+    #[test]
+    fn modules_keep_their_own_generations() {
+        let mut t = table(200);
+        t.request(ms(1000), "db", "a", ms(300), claim(8));
+        assert!(granted(&t.request(ms(1000), "web", "b", ms(300), claim(1))));
+        assert_eq!((t.generation("db"), t.generation("web")), (8, 1));
     }
 
     #[test]
@@ -683,7 +839,7 @@ mod tests {
                     );
                 }
                 Event::ARequest { sent_at } => {
-                    let grant = table.request(now, "db", "a", s.duration);
+                    let grant = table.request(now, "db", "a", s.duration, ANY);
                     if let Grant::Granted {
                         duration, grace, ..
                     } = grant
@@ -726,7 +882,7 @@ mod tests {
                     }
                 }
                 Event::BRequest => {
-                    if granted(&table.request(now, "db", "b", s.duration)) {
+                    if granted(&table.request(now, "db", "b", s.duration, ANY)) {
                         return Outcome {
                             b_granted: now,
                             a_stopped,

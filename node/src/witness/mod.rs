@@ -26,8 +26,9 @@
 //! # Using the arbiter from a node
 //! ```text
 //! let client = ArbiterClient::new(witness_addr, secret.witness_key(), cluster_id, boot_epoch);
-//! let reply = client.request_lease(module, node, lease, timeout).await?;
-//! if let Verdict::Granted { duration, grace } = reply.verdict {
+//! let claim = Claim { generation: stamp.generation, forced: false };
+//! let reply = client.request_lease(module, node, lease, claim, timeout).await?;
+//! if let Verdict::Granted { duration, grace, .. } = reply.verdict {
 //!     holder.granted(reply.sent_at - origin, duration, grace);  // node clock
 //! }
 //! // Arm a timer at `holder.expires_at()`, renew every third of the lease,
@@ -36,7 +37,9 @@
 //! ```
 //! A refusal or a timeout leaves the lease to expire (or `holder.lost()`
 //! ends it at once); the node then waits, as with a ping witness that does
-//! not answer.
+//! not answer. `Verdict::Stale` means the witness granted the lease before
+//! to newer data than the claim's: the node waits until its peer returns,
+//! or an operator forces it (`halo prim`, a forced claim).
 
 pub mod arbiter;
 pub mod lease;
@@ -44,6 +47,6 @@ pub mod ping;
 pub mod protocol;
 
 pub use arbiter::{serve, Arbiter, ArbiterClient, ArbiterError, ArbiterStats, LeaseReply};
-pub use lease::{Grant, LeaseHolder, LeasePolicy, LeaseTable, MAX_DRIFT_PPM};
+pub use lease::{Claim, Grant, LeaseHolder, LeasePolicy, LeaseTable, MAX_DRIFT_PPM};
 pub use ping::{ping_any, ping_any_every};
 pub use protocol::{LeaseAnswer, LeaseRequest, Verdict, WireError};

@@ -6,20 +6,24 @@
 //! request                                  reply
 //! offset size                              offset size
 //!      0    4  magic "HLWT"                     0    4  magic "HLWT"
-//!      4    1  version (1)                      4    1  version (1)
+//!      4    1  version (2)                      4    1  version (2)
 //!      5    1  kind (1 = lease request)         5    1  kind (2 = lease reply)
-//!      6    2  reserved, 0                      6    1  verdict: 1 granted, 2 held by
-//!      8    8  cluster id                               another node, 3 witness starting
+//!      6    1  flags: bit 0 forced (halo prim)  6    1  verdict: 1 granted, 2 held by
+//!      7    1  reserved, 0                              another node, 3 witness starting,
+//!      8    8  cluster id                               4 stale (newer data granted before)
 //!     16   16  nonce (random, per request)      7    1  reserved, 0
 //!     32    8  sender's boot epoch              8    8  cluster id (the request's)
 //!     40    8  sequence number in the epoch    16   16  nonce (the request's)
-//!     48    4  requested duration, ms (≥ 1)    32    4  granted: the lease's duration, ms;
-//!     52    1  module name length m (1..=63),            refused: time until it can be had
+//!     48    8  sender's data generation        32    4  granted: the lease's duration, ms;
+//!     56    4  requested duration, ms (≥ 1)              held, starting: time until it can
+//!     60    1  module name length m (1..=63),            be had; stale: 0
 //!              then m bytes of UTF-8           36    4  granted: the grace, ms; else 0
-//!      …    1  node name length n (1..=63),    40    1  module name length m, m bytes
-//!              then n bytes of UTF-8            …    1  holder name length h, h bytes
-//!      …   32  BLAKE3 keyed hash of every               (1..=63 when held, else 0)
-//!              byte before it                   …   32  BLAKE3 keyed hash
+//!      …    1  node name length n (1..=63),    40    8  granted, stale: the highest data
+//!              then n bytes of UTF-8                    generation granted to before; else 0
+//!      …   32  BLAKE3 keyed hash of every      48    1  module name length m, m bytes
+//!              byte before it                   …    1  holder name length h, h bytes
+//!                                                       (1..=63 when held, else 0)
+//!                                               …   32  BLAKE3 keyed hash
 //! ```
 //! Integers are big-endian. A reply echoes the request's nonce inside its
 //! MAC, so a recorded reply cannot answer a later request; the witness
@@ -27,6 +31,11 @@
 //! accepted from that node (a replayed request would extend a lease its
 //! sender may have given up). Decoding checks size, magic, version and kind,
 //! then the MAC, and only then parses the body.
+//!
+//! Version 2 added the data generation, the forced flag and the stale
+//! verdict ([`lease`](super::lease) says why); version 1 nodes and version 2
+//! witnesses (and the reverse) do not talk: upgrade the witness and the
+//! nodes together.
 //!
 //! Durations travel in whole milliseconds. A granted duration and grace are
 //! rounded *down* (the node then counts on a little less than the witness
@@ -40,18 +49,20 @@ use crate::cluster::{
 };
 
 pub const MAGIC: [u8; 4] = *b"HLWT";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 const KIND_REQUEST: u8 = 1;
 const KIND_REPLY: u8 = 2;
 const VERDICT_GRANTED: u8 = 1;
 const VERDICT_HELD: u8 = 2;
 const VERDICT_STARTING: u8 = 3;
-const REQUEST_HEADER_LEN: usize = 52;
-const REPLY_HEADER_LEN: usize = 40;
+const VERDICT_STALE: u8 = 4;
+const FLAG_FORCED: u8 = 1;
+const REQUEST_HEADER_LEN: usize = 60;
+const REPLY_HEADER_LEN: usize = 48;
 const TAG_LEN: usize = 32;
 pub const NONCE_LEN: usize = 16;
 pub use crate::cluster::wire::MAX_NAME_LEN;
-/// No datagram of this protocol is longer (the longest request is 212 bytes).
+/// No datagram of this protocol is longer (the longest request is 220 bytes).
 pub const MAX_DATAGRAM_LEN: usize = 256;
 
 /// A request's random nonce, echoed by its reply.
@@ -68,6 +79,11 @@ pub struct LeaseRequest {
     pub module: String,
     pub node: String,
     pub duration: Duration,
+    /// The generation of the sender's data.
+    pub generation: u64,
+    /// `halo prim`: the sender may have older data than the witness granted
+    /// to before, and serves anyway.
+    pub forced: bool,
 }
 
 /// The witness's decision.
@@ -75,11 +91,20 @@ pub struct LeaseRequest {
 pub enum Verdict {
     /// The requester holds the lease for `duration` from the witness's
     /// handling of the request; it is reserved for `grace` more after that.
-    Granted { duration: Duration, grace: Duration },
+    /// `generation` is the highest the witness granted to before: above the
+    /// requester's only for a forced request, which then bumps above it.
+    Granted {
+        duration: Duration,
+        grace: Duration,
+        generation: u64,
+    },
     /// `holder` holds it; it may be had in `remaining`.
     Held { holder: String, remaining: Duration },
     /// The witness started recently and grants nothing for `remaining`.
     Starting { remaining: Duration },
+    /// The lease was granted before to data of a newer `generation` than
+    /// the requester's: only a forced request may have it.
+    Stale { generation: u64 },
 }
 
 /// The witness's answer to one [`LeaseRequest`].
@@ -134,11 +159,13 @@ impl LeaseRequest {
             .ok_or(WireError::Encode("duration must be 1 ms to 49 days"))?;
         let mut out = Vec::with_capacity(MAX_DATAGRAM_LEN);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&[VERSION, KIND_REQUEST, 0, 0]);
+        let flags = if self.forced { FLAG_FORCED } else { 0 };
+        out.extend_from_slice(&[VERSION, KIND_REQUEST, flags, 0]);
         out.extend_from_slice(&self.cluster.to_be_bytes());
         out.extend_from_slice(&self.nonce);
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.generation.to_be_bytes());
         out.extend_from_slice(&millis.to_be_bytes());
         put_name(&mut out, &self.module)?;
         put_name(&mut out, &self.node)?;
@@ -154,14 +181,16 @@ impl LeaseRequest {
     /// the request: the witness answers under the same one.
     pub fn decode_keyed(bytes: &[u8], key: &MacKey) -> Result<(Self, KeyUsed), WireError> {
         let (body, used) = authenticate(bytes, key, KIND_REQUEST, REQUEST_HEADER_LEN + 4)?;
-        if body[6..8] != [0, 0] {
+        if body[6] & !FLAG_FORCED != 0 || body[7] != 0 {
             return Err(WireError::Malformed("reserved bytes set"));
         }
+        let forced = body[6] & FLAG_FORCED != 0;
         let mut cursor = Cursor::new(body, 8);
         let cluster = cursor.u64()?;
         let nonce = cursor.array::<NONCE_LEN>()?;
         let epoch = cursor.u64()?;
         let seq = cursor.u64()?;
+        let generation = cursor.u64()?;
         let millis = cursor.u32()?;
         if millis == 0 {
             return Err(WireError::Malformed("zero duration"));
@@ -177,6 +206,8 @@ impl LeaseRequest {
             module,
             node,
             duration: Duration::from_millis(millis.into()),
+            generation,
+            forced,
         };
         Ok((request, used))
     }
@@ -185,20 +216,26 @@ impl LeaseRequest {
 impl LeaseAnswer {
     /// The signed wire form.
     pub fn encode(&self, key: &MacKey) -> Result<Vec<u8>, WireError> {
-        let (verdict, first, second, holder) = match &self.verdict {
-            Verdict::Granted { duration, grace } => (
+        let (verdict, first, second, generation, holder) = match &self.verdict {
+            Verdict::Granted {
+                duration,
+                grace,
+                generation,
+            } => (
                 VERDICT_GRANTED,
                 millis_down(*duration),
                 millis_down(*grace),
+                *generation,
                 "",
             ),
             Verdict::Held { holder, remaining } => {
                 if holder.is_empty() {
                     return Err(WireError::Encode("a held lease needs its holder's name"));
                 }
-                (VERDICT_HELD, millis_up(*remaining), 0, holder.as_str())
+                (VERDICT_HELD, millis_up(*remaining), 0, 0, holder.as_str())
             }
-            Verdict::Starting { remaining } => (VERDICT_STARTING, millis_up(*remaining), 0, ""),
+            Verdict::Starting { remaining } => (VERDICT_STARTING, millis_up(*remaining), 0, 0, ""),
+            Verdict::Stale { generation } => (VERDICT_STALE, 0, 0, *generation, ""),
         };
         let mut out = Vec::with_capacity(MAX_DATAGRAM_LEN);
         out.extend_from_slice(&MAGIC);
@@ -207,6 +244,7 @@ impl LeaseAnswer {
         out.extend_from_slice(&self.nonce);
         out.extend_from_slice(&first.to_be_bytes());
         out.extend_from_slice(&second.to_be_bytes());
+        out.extend_from_slice(&generation.to_be_bytes());
         put_name(&mut out, &self.module)?;
         if holder.is_empty() {
             out.push(0);
@@ -227,20 +265,31 @@ impl LeaseAnswer {
         let nonce = cursor.array::<NONCE_LEN>()?;
         let first = Duration::from_millis(cursor.u32()?.into());
         let second = Duration::from_millis(cursor.u32()?.into());
+        let generation = cursor.u64()?;
         let module = cursor.name()?;
         let holder = cursor.optional_name()?;
         let verdict = match (body[6], holder) {
-            (VERDICT_GRANTED | VERDICT_STARTING, Some(_)) => {
+            (VERDICT_GRANTED | VERDICT_STARTING | VERDICT_STALE, Some(_)) => {
                 return Err(WireError::Malformed("holder named without a held lease"));
             }
             (VERDICT_HELD, None) => return Err(WireError::Malformed("held lease without holder")),
-            (VERDICT_HELD | VERDICT_STARTING, _) if !second.is_zero() => {
+            (VERDICT_HELD | VERDICT_STARTING | VERDICT_STALE, _) if !second.is_zero() => {
                 return Err(WireError::Malformed("grace in a refusal"));
+            }
+            (VERDICT_HELD | VERDICT_STARTING, _) if generation != 0 => {
+                return Err(WireError::Malformed(
+                    "generation in a refusal that is not stale",
+                ));
+            }
+            (VERDICT_STALE, _) if !first.is_zero() => {
+                return Err(WireError::Malformed("waiting time in a stale refusal"));
             }
             (VERDICT_GRANTED, None) => Verdict::Granted {
                 duration: first,
                 grace: second,
+                generation,
             },
+            (VERDICT_STALE, None) => Verdict::Stale { generation },
             (VERDICT_HELD, Some(holder)) => Verdict::Held {
                 holder,
                 remaining: first,
@@ -339,6 +388,8 @@ mod tests {
             module: "db".into(),
             node: "node-a".into(),
             duration: ms(1_000),
+            generation: 41,
+            forced: false,
         }
     }
 
@@ -353,6 +404,7 @@ mod tests {
             answer(Verdict::Granted {
                 duration: ms(1_000),
                 grace: ms(500),
+                generation: 40,
             }),
             answer(Verdict::Held {
                 holder: "node-b".into(),
@@ -361,12 +413,24 @@ mod tests {
             answer(Verdict::Starting {
                 remaining: ms(45_000),
             }),
+            answer(Verdict::Stale { generation: 42 }),
         ]
     }
 
-    /// Every encoded message of the tests: the request and each kind of reply.
+    fn forced_request() -> LeaseRequest {
+        LeaseRequest {
+            forced: true,
+            generation: 3,
+            ..request()
+        }
+    }
+
+    /// Every encoded message of the tests: the requests and each kind of reply.
     fn all_encoded() -> Vec<Vec<u8>> {
-        let mut all = vec![request().encode(&key()).unwrap()];
+        let mut all = vec![
+            request().encode(&key()).unwrap(),
+            forced_request().encode(&key()).unwrap(),
+        ];
         all.extend(answers().iter().map(|a| a.encode(&key()).unwrap()));
         all
     }
@@ -382,9 +446,24 @@ mod tests {
     }
 
     #[test]
-    fn a_request_round_trips() {
-        let bytes = request().encode(&key()).unwrap();
-        assert_eq!(LeaseRequest::decode(&bytes, &key()), Ok(request()));
+    fn a_request_round_trips_with_its_generation_and_forced_flag() {
+        for r in [request(), forced_request()] {
+            let bytes = r.encode(&key()).unwrap();
+            assert_eq!(LeaseRequest::decode(&bytes, &key()), Ok(r));
+        }
+        let bytes = forced_request().encode(&key()).unwrap();
+        assert_eq!(bytes[6], FLAG_FORCED);
+        assert_eq!(bytes[48..56], 3u64.to_be_bytes());
+    }
+
+    #[test]
+    fn a_version_1_request_is_refused_as_such() {
+        let mut bytes = request().encode(&key()).unwrap();
+        bytes[4] = 1;
+        assert_eq!(
+            LeaseRequest::decode(&bytes, &key()),
+            Err(WireError::UnsupportedVersion(1))
+        );
     }
 
     #[test]
@@ -495,7 +574,7 @@ mod tests {
             "not_witness"
         );
         let mut bytes = request().encode(&key()).unwrap();
-        bytes[4] = 2;
+        bytes[4] = 3;
         assert_eq!(
             LeaseRequest::decode(&bytes, &key()).unwrap_err().reason(),
             "version"
@@ -512,9 +591,10 @@ mod tests {
             sign(bytes, &key())
         };
         let request = request().encode(&key()).unwrap();
-        let zero_duration = resign(resign(request.clone(), 50, 0), 51, 0);
+        let zero_duration = resign(resign(request.clone(), 58, 0), 59, 0);
         let cases = [
-            (resign(request.clone(), 6, 1), "reserved bytes set"),
+            (resign(request.clone(), 6, 2), "reserved bytes set"),
+            (resign(request.clone(), 7, 1), "reserved bytes set"),
             (zero_duration, "zero duration"),
             (
                 resign(request.clone(), REQUEST_HEADER_LEN, 0),
@@ -535,7 +615,18 @@ mod tests {
         let granted = answers()[0].encode(&key()).unwrap();
         let held = answers()[1].encode(&key()).unwrap();
         let starting = answers()[2].encode(&key()).unwrap();
+        let stale = answers()[3].encode(&key()).unwrap();
         let cases = [
+            (
+                resign(stale.clone(), 35, 1),
+                "waiting time in a stale refusal",
+            ),
+            (resign(stale.clone(), 39, 1), "grace in a refusal"),
+            (resign(stale, 6, VERDICT_HELD), "held lease without holder"),
+            (
+                resign(starting.clone(), 47, 1),
+                "generation in a refusal that is not stale",
+            ),
             (resign(granted.clone(), 6, 9), "unknown verdict"),
             (
                 resign(granted, 6, VERDICT_HELD),
@@ -566,6 +657,7 @@ mod tests {
             verdict: Verdict::Granted {
                 duration: Duration::from_micros(1_999_999),
                 grace: Duration::from_micros(500_999),
+                generation: 7,
             },
             ..answers()[0].clone()
         };
@@ -574,7 +666,8 @@ mod tests {
             decoded.verdict,
             Verdict::Granted {
                 duration: ms(1_999),
-                grace: ms(500)
+                grace: ms(500),
+                generation: 7
             }
         );
         let answer = LeaseAnswer {
@@ -612,7 +705,7 @@ mod tests {
         r.module = "m".repeat(MAX_NAME_LEN);
         r.node = "n".repeat(MAX_NAME_LEN);
         let bytes = r.encode(&key()).unwrap();
-        assert_eq!(bytes.len(), 212);
+        assert_eq!(bytes.len(), 220);
         assert_eq!(LeaseRequest::decode(&bytes, &key()), Ok(r));
     }
 }

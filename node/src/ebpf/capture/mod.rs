@@ -27,7 +27,10 @@ use std::{
 use anyhow::{ensure, Context as _};
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{
+        links::{FdLink, PinnedLink},
+        TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use halo_common::capture::{
@@ -60,10 +63,12 @@ pub struct CaptureConfig {
     /// The ring buffer's size in bytes: a power of two, at least a page.
     /// A record takes 72 bytes (336 for a truncate by path).
     pub ring_bytes: u32,
-    /// Where to pin the map of paused tasks in bpffs, so that a daemon
-    /// started after a crash can resume the writers its predecessor left
-    /// stopped ([`resume_orphans`]); `None` pins nothing.
-    pub pin_paused: Option<PathBuf>,
+    /// A bpffs directory (created here) where the programs' links and the
+    /// root and paused-task maps are pinned, so that the capture outlives a
+    /// daemon that dies: its writers stay held, and the next daemon finds
+    /// them ([`PreviousCapture`]). `None` pins nothing: the capture detaches
+    /// with its last descriptor.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for CaptureConfig {
@@ -73,14 +78,15 @@ impl Default for CaptureConfig {
             exclude_tgid: std::process::id(),
             // 4 MiB: about 58,000 records of slack for a daemon that is late.
             ring_bytes: 1 << 22,
-            pin_paused: None,
+            pin_dir: None,
         }
     }
 }
 
-/// Where the daemon of node `node` pins its map of paused tasks (one per
-/// node name, so that lab nodes sharing a kernel keep theirs apart).
-pub fn paused_pin(node: &str) -> PathBuf {
+/// The bpffs directory below which the daemons of node `node` pin their
+/// captures, one subdirectory per daemon (one per node name, so that lab
+/// nodes sharing a kernel keep theirs apart).
+pub fn capture_pins(node: &str) -> PathBuf {
     let name: String = node
         .chars()
         .map(|c| {
@@ -91,32 +97,122 @@ pub fn paused_pin(node: &str) -> PathBuf {
             }
         })
         .collect();
-    PathBuf::from(format!("/sys/fs/bpf/halo-paused-{name}"))
+    PathBuf::from(format!("/sys/fs/bpf/halo-capture-{name}"))
 }
 
-/// Resumes the writers that a previous capture, pinned at `pin`, left
-/// stopped (its daemon crashed before it could release them), and removes
-/// the pin. Returns how many processes were continued.
-pub fn resume_orphans(pin: &Path) -> anyhow::Result<usize> {
-    if !pin.exists() {
-        return Ok(0);
+/// The pinned name of a capture's map of registered roots.
+const ROOTS_PIN: &str = "roots";
+/// The pinned name of a capture's map of paused tasks.
+const PAUSED_PIN: &str = "paused";
+
+/// The pinned capture of a daemon that died: its programs are still
+/// attached and still stop the writers that make data durable under its
+/// roots, and nobody resumes them, until the next daemon takes each root
+/// over ([`PreviousCapture::take_over`]) and then retires it.
+pub struct PreviousCapture {
+    dir: PathBuf,
+    roots: HashMap<MapData, FileKey, RootPolicy>,
+    paused: HashMap<MapData, u32, PausedTask>,
+}
+
+impl PreviousCapture {
+    /// The captures pinned below `base` by earlier daemons, except `own`.
+    /// A directory that cannot be opened (a daemon killed while pinning)
+    /// is removed, which detaches whatever it held.
+    pub fn find(base: &Path, own: &Path) -> Vec<PreviousCapture> {
+        let Ok(entries) = std::fs::read_dir(base) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for dir in entries.filter_map(Result::ok).map(|e| e.path()) {
+            if dir == own {
+                continue;
+            }
+            match PreviousCapture::open(&dir) {
+                Ok(previous) => found.push(previous),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), error = %format!("{error:#}"), "removing an incomplete pinned capture");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        found
     }
-    let data = MapData::from_pin(pin)
-        .with_context(|| format!("opening the pinned map {}", pin.display()))?;
-    let map: HashMap<MapData, u32, PausedTask> = HashMap::try_from(aya::maps::Map::HashMap(data))?;
-    let mut tgids: Vec<u32> = map
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(_, task)| task.tgid)
-        .collect();
-    tgids.sort_unstable();
-    tgids.dedup();
-    for tgid in &tgids {
-        // SIGCONT continues only a stopped process; a gone one is ESRCH.
-        let _ = kill(Pid::from_raw(*tgid as i32), Signal::SIGCONT);
+
+    fn open(dir: &Path) -> anyhow::Result<PreviousCapture> {
+        let map = |name: &str| {
+            let path = dir.join(name);
+            MapData::from_pin(&path)
+                .with_context(|| format!("opening the pinned map {}", path.display()))
+        };
+        Ok(PreviousCapture {
+            roots: HashMap::try_from(aya::maps::Map::HashMap(map(ROOTS_PIN)?))?,
+            paused: HashMap::try_from(aya::maps::Map::HashMap(map(PAUSED_PIN)?))?,
+            dir: dir.to_owned(),
+        })
     }
-    std::fs::remove_file(pin).with_context(|| format!("removing the pin {}", pin.display()))?;
-    Ok(tgids.len())
+
+    /// Where it is pinned.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The roots it still holds.
+    pub fn roots(&self) -> Vec<RootId> {
+        self.roots
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key| RootId {
+                st_dev: kernel_dev_to_st_dev(key.dev),
+                ino: key.ino,
+            })
+            .collect()
+    }
+
+    /// Stops holding writers below `root`, and returns the tasks it holds
+    /// for that root: they stay stopped, now the caller's to resume.
+    pub fn take_over(&mut self, root: RootId) -> anyhow::Result<Vec<Paused>> {
+        match self.roots.remove(&root_key(root)) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "removing {root:?} from {}",
+                        self.dir.join(ROOTS_PIN).display()
+                    )
+                })
+            }
+        }
+        let tasks: Vec<Paused> = self
+            .paused_tasks()
+            .into_iter()
+            .filter(|task| task.root == Some(root))
+            .collect();
+        for task in &tasks {
+            let _ = self.paused.remove(&task.tid);
+        }
+        Ok(tasks)
+    }
+
+    /// Detaches its programs and removes its pins; returns the tasks it
+    /// still held (syncs of every root, or of roots nobody took over): they
+    /// stay stopped, now the caller's to resume.
+    pub fn retire(self) -> anyhow::Result<Vec<Paused>> {
+        let tasks = self.paused_tasks();
+        // The links' pins are their last references: removing them detaches
+        // the programs, which then release the maps.
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("removing the pinned capture {}", self.dir.display()))?;
+        Ok(tasks)
+    }
+
+    fn paused_tasks(&self) -> Vec<Paused> {
+        self.paused
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(tid, task)| paused_from(tid, &task))
+            .collect()
+    }
 }
 
 /// A task stopped by a durability call, waiting for [`WriteCapture::release`].
@@ -155,9 +251,11 @@ pub struct WriteCapture {
     events: RingBuf<MapData>,
     /// The registered roots and whether each pauses on sync.
     roots: BTreeMap<RootId, bool>,
-    /// Where the paused-task map is pinned, if it is.
+    /// Where the capture is pinned, if it is.
     pinned: Option<PathBuf>,
-    // Keeps the programs and their links alive.
+    /// The links, when they are pinned (otherwise the programs own them).
+    _links: Vec<PinnedLink>,
+    // Keeps the programs (and unpinned links) alive.
     _ebpf: Ebpf,
 }
 
@@ -207,32 +305,43 @@ impl WriteCapture {
         let enters = SYSCALLS
             .iter()
             .map(|(syscall, program)| (*program, format!("sys_enter_{syscall}")));
-        for (program, event) in exits.chain(enters) {
-            tracepoint(&mut ebpf, program)?
-                .attach("syscalls", &event)
-                .with_context(|| {
-                    format!("attaching {program} to syscalls:{event} (is tracefs mounted?)")
-                })?;
+        if let Some(dir) = &config.pin_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the bpffs directory {}", dir.display()))?;
+        }
+        let mut links = Vec::new();
+        for (name, event) in exits.chain(enters) {
+            let program = tracepoint(&mut ebpf, name)?;
+            let link = program.attach("syscalls", &event).with_context(|| {
+                format!("attaching {name} to syscalls:{event} (is tracefs mounted?)")
+            })?;
+            if let Some(dir) = &config.pin_dir {
+                let path = dir.join(format!("link-{event}"));
+                let link = FdLink::try_from(program.take_link(link)?)
+                    .with_context(|| format!("syscalls:{event} has no bpf link to pin"))?;
+                links.push(
+                    link.pin(&path)
+                        .with_context(|| format!("pinning a link at {}", path.display()))?,
+                );
+            }
         }
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("the capture object has no {name} map"))
         };
-        let roots_map = HashMap::try_from(take("CAPTURE_ROOTS")?)?;
+        let roots_map = take("CAPTURE_ROOTS")?;
+        let paused_map = take("CAPTURE_PAUSED")?;
+        if let Some(dir) = &config.pin_dir {
+            for (map, name) in [(&roots_map, ROOTS_PIN), (&paused_map, PAUSED_PIN)] {
+                let path = dir.join(name);
+                map.pin(&path)
+                    .with_context(|| format!("pinning a capture map at {}", path.display()))?;
+            }
+        }
+        let roots_map = HashMap::try_from(roots_map)?;
+        let paused = HashMap::try_from(paused_map)?;
         let devs = HashMap::try_from(take("CAPTURE_DEVS")?)?;
         let totals = Array::try_from(take("CAPTURE_TOTALS")?)?;
-        let paused_map = take("CAPTURE_PAUSED")?;
-        let pinned = match config.pin_paused {
-            Some(pin) => {
-                let _ = std::fs::remove_file(&pin);
-                paused_map
-                    .pin(&pin)
-                    .with_context(|| format!("pinning the paused-task map at {}", pin.display()))?;
-                Some(pin)
-            }
-            None => None,
-        };
-        let paused = HashMap::try_from(paused_map)?;
         let lost = PerCpuArray::try_from(take("CAPTURE_LOST")?)?;
         let events = RingBuf::try_from(take("CAPTURE_EVENTS")?)?;
         Ok(WriteCapture {
@@ -243,7 +352,8 @@ impl WriteCapture {
             lost,
             events,
             roots: BTreeMap::new(),
-            pinned,
+            pinned: config.pin_dir,
+            _links: links,
             _ebpf: ebpf,
         })
     }
@@ -497,8 +607,9 @@ impl Drop for WriteCapture {
         if let Err(error) = self.resume_all() {
             tracing::warn!(error = %format!("{error:#}"), "could not resume paused writers");
         }
-        if let Some(pin) = &self.pinned {
-            let _ = std::fs::remove_file(pin);
+        // A clean end: nothing is left to hold once the daemon is gone.
+        if let Some(dir) = &self.pinned {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -81,6 +81,7 @@ fn forged_replayed_and_garbled_heartbeats_are_counted_by_reason_and_the_peer_sta
         epoch,
         seq,
         modules: Vec::new(),
+        powers: Default::default(),
     };
     let attack: Vec<(&str, Vec<Vec<u8>>)> = vec![
         (
@@ -128,7 +129,7 @@ fn forged_replayed_and_garbled_heartbeats_are_counted_by_reason_and_the_peer_sta
                 resigned(&with_byte(&signed(b_frame(b_epoch, 2)), 7, 1), &key),
             ],
         ),
-        ("version", vec![with_byte(&genuine, 4, 2)]),
+        ("version", vec![with_byte(&genuine, 4, 3)]),
         (
             "not_heartbeat",
             vec![vec![0xab; 100], with_byte(&genuine, 5, 9)],

@@ -516,7 +516,7 @@ fn a_full_ring_counts_every_record_it_could_not_take() {
     let mut capture = WriteCapture::attach_with(CaptureConfig {
         exclude_tgid: std::process::id(),
         ring_bytes: 4096,
-        pin_paused: None,
+        pin_dir: None,
     })
     .unwrap();
     capture

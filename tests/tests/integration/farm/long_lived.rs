@@ -1,8 +1,9 @@
 //! Established connections survive planned rebalancing: a node joining the
-//! farm and a node leaving it gracefully (`halo stop`) reset no connection
-//! and stall none, and the leaving node finishes its stop once its last
-//! connection ends. (A weight change needs a configuration reload, which
-//! halo does not have yet.)
+//! farm, a node's weight changing live (`halo reload` of its `power`, up,
+//! then to 0) and a node leaving it gracefully (`halo stop`) reset no
+//! connection and stall none; after a weight change every node shows the
+//! same table, with the changed node's new share; and the leaving node
+//! finishes its stop once its last connection ends.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +14,7 @@ use std::{
 };
 
 use halo_tests::{
-    cluster::{module_in, Cluster, Timing},
+    cluster::{module_in, Cluster, Timing, CONFIG_PATH},
     lab::{self, Lab, LabBuilder, LabProcess},
 };
 
@@ -239,6 +240,83 @@ fn diagnostics(cluster: &Cluster, nodes: &[&str]) -> String {
         .join("\n")
 }
 
+/// Each node's `halo buckets web --json`.
+fn tables(cluster: &Cluster, nodes: &[&str]) -> BTreeMap<String, serde_json::Value> {
+    nodes
+        .iter()
+        .map(|n| {
+            let out = cluster.cli(n, &["buckets", MODULE, "--json"]).unwrap();
+            assert!(out.status.success(), "halo buckets on {n}: {out:?}");
+            let table = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("halo buckets --json on {n} ({e}): {out:?}"));
+            (n.to_string(), table)
+        })
+        .collect()
+}
+
+/// `node`'s power and share (percent of the buckets) in `table`.
+fn share(table: &serde_json::Value, node: &str) -> (u64, f64) {
+    let member = table["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node"] == node)
+        .unwrap_or_else(|| panic!("{node} is not a member of {table}"));
+    (
+        member["power"].as_u64().unwrap(),
+        member["percent"].as_f64().unwrap(),
+    )
+}
+
+/// Gives `node` the farm power `power` in its configuration file and has
+/// its daemon reload it; then waits until every node of `nodes` shows one
+/// and the same table in which `node` has that power, and returns it.
+fn reload_power(
+    cluster: &Cluster,
+    lab: &Lab,
+    nodes: &[&str],
+    node: &str,
+    power: u32,
+) -> serde_json::Value {
+    let path = lab.host(node).outside_path(CONFIG_PATH);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("power = "))
+        .collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("drain_timeout = "))
+        .expect("the farm module's drain_timeout line");
+    let line = format!("power = {{ {node} = {power} }}");
+    lines.insert(at + 1, &line);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let out = cluster.cli(node, &["reload"]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("power of {node}")),
+        "halo reload on {node} applies power {power}: {out:?}"
+    );
+    let mut last = BTreeMap::new();
+    let agreed = lab::wait_until(
+        Duration::from_secs(10),
+        "the same table with the new power on every node",
+        || {
+            last = tables(cluster, nodes);
+            let first = last.values().next().unwrap();
+            Ok(last.values().all(|t| t == first) && share(first, node).0 == u64::from(power))
+        },
+    );
+    if let Err(error) = agreed {
+        let digests: Vec<String> = last
+            .iter()
+            .map(|(n, t)| format!("{n}: {:?}", t["members"]))
+            .collect();
+        panic!("{error:#}\n{}", digests.join("\n"));
+    }
+    last.into_values().next().unwrap()
+}
+
 fn wait_module(cluster: &Cluster, node: &str, timeout: Duration, what: &str, state: &str) {
     let phase = "ready";
     if let Err(error) =
@@ -345,8 +423,70 @@ fn established_connections_survive_a_join_and_a_graceful_leave() {
         worst_gap(&after_join).as_millis()
     );
 
+    // (c) n1's weight changes live: 1 -> 3, then 3 -> 0.
+    let shares_before = tables(&cluster, &NODES);
+    let (_, n1_before) = share(&shares_before["n1"], "n1");
+    let table = reload_power(&cluster, &lab, &NODES, "n1", 3);
+    let (_, n1_heavy) = share(&table, "n1");
+    eprintln!(
+        "n1 power 1 -> 3: its share {n1_before:.1}% -> {n1_heavy:.1}% (target 50%), the same table on every node"
+    );
+    assert!(
+        (40.0..60.0).contains(&n1_heavy) && n1_heavy > n1_before + 15.0,
+        "n1 of power 3 among three of power 1 owns about half the buckets, not {n1_heavy:.1}% (was {n1_before:.1}%)"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let fresh_heavy = fresh(&lab, vip, 60);
+    eprintln!("new connections with n1 at power 3: {fresh_heavy:?}");
+    assert!(
+        fresh_heavy.keys().all(|k| !k.starts_with("error"))
+            && fresh_heavy.get("n1").is_some_and(|n| *n >= 15),
+        "new connections succeed and n1 takes about half: {fresh_heavy:?}"
+    );
+    let after_heavy = snapshot(&ctl);
+    assert_healthy(&after_heavy, "after n1's power went to 3");
+    assert!(
+        after_heavy
+            .iter()
+            .zip(&after_join)
+            .all(|(a, b)| a.echoes > b.echoes + 20),
+        "every connection keeps echoing: {after_heavy:?}"
+    );
+
+    let table = reload_power(&cluster, &lab, &NODES, "n1", 0);
+    let (_, n1_zero) = share(&table, "n1");
+    eprintln!("n1 power 3 -> 0: its share {n1_heavy:.1}% -> {n1_zero:.1}%");
+    assert_eq!(n1_zero, 0.0, "n1 of power 0 owns no bucket");
+    std::thread::sleep(Duration::from_secs(2));
+    let fresh_zero = fresh(&lab, vip, 60);
+    eprintln!("new connections with n1 at power 0: {fresh_zero:?}");
+    assert!(
+        fresh_zero.keys().all(|k| !k.starts_with("error")) && !fresh_zero.contains_key("n1"),
+        "new connections succeed elsewhere than n1: {fresh_zero:?}"
+    );
+    let after_zero = snapshot(&ctl);
+    assert_healthy(&after_zero, "after n1's power went to 0");
+    assert!(
+        after_zero
+            .iter()
+            .zip(&after_heavy)
+            .all(|(a, b)| a.echoes > b.echoes + 20),
+        "every connection keeps echoing, n1's own included: {after_zero:?}"
+    );
+    let status = cluster.status("n1").unwrap();
+    assert!(
+        module_in(&status, MODULE, "UP", "ready"),
+        "n1 of power 0 stays UP ready: {:?}",
+        status.modules
+    );
+    eprintln!(
+        "after the weight changes: served by {:?}, worst gap {} ms",
+        served_by(&after_zero),
+        worst_gap(&after_zero).as_millis()
+    );
+
     // (b) The node serving the most connections leaves gracefully.
-    let by = served_by(&after_join);
+    let by = served_by(&after_zero);
     let (leaver, held) = by
         .iter()
         .max_by_key(|(_, n)| **n)
@@ -374,7 +514,7 @@ fn established_connections_survive_a_join_and_a_graceful_leave() {
     assert!(
         during
             .iter()
-            .zip(&after_join)
+            .zip(&after_zero)
             .all(|(d, a)| d.echoes > a.echoes + 20),
         "every connection keeps echoing while {leaver} drains: {during:?}"
     );

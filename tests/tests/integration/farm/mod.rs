@@ -7,5 +7,6 @@ mod ipv6;
 mod long_lived;
 mod own_address;
 mod power;
+mod rejoin;
 mod source_addr;
 mod spread;

@@ -1,6 +1,8 @@
 //! A daemon that crashes while it holds a durable writer (its fsync waits
 //! for the secondary) must not leave the application stopped for ever: the
-//! next daemon resumes it.
+//! next daemon resumes it, but only once its node serves the data the
+//! writer made durable (resuming it earlier would acknowledge a write the
+//! secondary may never get).
 
 use std::{process::Command, time::Duration};
 
@@ -29,7 +31,7 @@ fn process_state(pid: u32) -> Option<char> {
 }
 
 #[test]
-fn a_writer_held_by_a_crashed_daemon_is_resumed_by_the_next_one() {
+fn a_writer_held_by_a_crashed_daemon_is_resumed_by_the_next_one_once_it_serves_the_data() {
     let lab = LabBuilder::new("mirrorcrash")
         .hosts(&["n1", "n2"])
         .build()
@@ -62,15 +64,35 @@ fn a_writer_held_by_a_crashed_daemon_is_resumed_by_the_next_one() {
         Some('T'),
         "the writer stays stopped while no daemon runs"
     );
-    // The next daemon lets it go.
+    // The next daemon cannot tell whether the frozen n2 took over: it
+    // waits, and so does the writer.
     cluster.start("n1").unwrap();
-    lab::wait_until(Duration::from_secs(10), "the writer to return", || {
-        Ok(writer.log()?.contains("returned"))
-    })
+    lab::wait_until(
+        Duration::from_secs(10),
+        "n1's module waiting for its peer",
+        || {
+            Ok(cluster
+                .module_log("n1", common::MODULE)?
+                .iter()
+                .any(|e| e.text.starts_with("waiting: data is stale")))
+        },
+    )
     .unwrap();
+    assert_eq!(
+        (process_state(writer.pid()), writer.log().unwrap()),
+        (Some('T'), String::new()),
+        "the writer stays held while n1 does not serve its data"
+    );
+    // n2 returns as the secondary: once n1 is PRIM with n2 in sync, the
+    // writer's data is on both nodes and the next daemon lets it go.
     cluster
         .daemon("n2")
         .unwrap()
         .signal(Signal::SIGCONT)
         .unwrap();
+    common::wait_module(&cluster, "n1", "PRIM", Duration::from_secs(20));
+    lab::wait_until(Duration::from_secs(10), "the writer to return", || {
+        Ok(writer.log()?.contains("returned"))
+    })
+    .unwrap();
 }

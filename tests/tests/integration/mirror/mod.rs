@@ -3,6 +3,7 @@
 
 mod common;
 mod crash;
+mod daemon_crash;
 mod disk_full;
 mod failover;
 mod hard_links;

@@ -1,7 +1,8 @@
 //! Planned role changes and split brain: `halo swap` hands the primary role
 //! over without losing a write; with the arbiter witness a partial
 //! partition never yields two serving nodes, and after the heal the newer
-//! data wins and the other node resynchronises.
+//! data wins and the other node resynchronises; a primary that served
+//! ALONE and is then cut off entirely is not replaced by the stale node.
 
 use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
@@ -143,4 +144,134 @@ fn with_the_arbiter_a_partial_partition_never_yields_two_serving_nodes() {
     wait_module(&cluster, "n1", "PRIM", Duration::from_secs(30));
     wait_module(&cluster, "n2", "SECOND", Duration::from_secs(30));
     common::wait_identical(&lab, Duration::from_secs(30));
+}
+
+/// Lines of `file` on `host` (empty if missing).
+fn lines(lab: &Lab, host: &str, file: &str) -> Vec<String> {
+    lab.host(host)
+        .sh(&format!("cat {DIR}/{file} 2>/dev/null || true"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_primary_cut_off_after_serving_alone_keeps_its_acknowledged_writes() {
+    let lab = LabBuilder::new("mirrorstale")
+        .hosts(&["n1", "n2", "w"])
+        .build()
+        .unwrap();
+    let witness_at = format!("{}:4810", lab.host("w").ipv4());
+    std::fs::create_dir_all(lab.host("w").outside_path("/etc/halo")).unwrap();
+    let key = lab.host("w").outside_path("/etc/halo/cluster.key");
+    std::fs::write(&key, TEST_SECRET).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _witness = lab
+        .host("w")
+        .spawn(
+            "witness",
+            Command::new(halo_bin()).args([
+                "witness",
+                "--listen",
+                &witness_at,
+                "--max-lease",
+                "2s",
+            ]),
+        )
+        .unwrap();
+    let extra = format!(
+        "\n[module.witness]\nkind = \"arbiter\"\naddress = \"{witness_at}\"\nlease = \"1s\"\n"
+    );
+    let mut cluster = common::start(&lab, &extra, "n1");
+    wait_module(&cluster, "n2", "SECOND", Duration::from_secs(60));
+    cluster
+        .wait_status("n1", Duration::from_secs(15), "n1 to hold the lease", |s| {
+            s.modules.iter().any(|m| {
+                m.name == MODULE
+                    && m.counters
+                        .witness
+                        .get("arbiter")
+                        .and_then(|r| r.get("granted"))
+                        .is_some_and(|n| *n > 0)
+            })
+        })
+        .unwrap();
+
+    // n2 goes away (its daemon dies), so n1 alone asks for the lease: it
+    // serves ALONE on a new generation and acknowledges durable writes
+    // only it has. (With both daemons up, either may win the lease.)
+    cluster.kill("n2").unwrap();
+    wait_module(&cluster, "n1", "ALONE", Duration::from_secs(15));
+    let acked = lab
+        .host("n1")
+        .run_timeout(
+            Command::new("/usr/bin/python3").args([
+                "-c",
+                &format!(
+                    "import os\nf = open('{DIR}/acked', 'a')\nfor i in range(50):\n    \
+                     f.write(f'{{i}}\\n'); f.flush(); os.fsync(f.fileno()); print(i, flush=True)\n"
+                ),
+            ]),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    if !acked.status.success() {
+        let log: Vec<String> = cluster
+            .module_log("n1", MODULE)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| format!("{} {}", e.source, e.text))
+            .collect();
+        panic!(
+            "the durable writes on n1 ALONE must be acknowledged: {acked:?}\nn1's events: {log:#?}\n\
+             n1's daemon: {}\nwitness: {}",
+            cluster.log("n1").unwrap_or_default(),
+            _witness.log().unwrap_or_default()
+        );
+    }
+    let acked: Vec<String> = String::from_utf8_lossy(&acked.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(acked.len(), 50, "acknowledged writes on n1: {acked:?}");
+
+    // n1 is cut off entirely: its lease runs out and it stops. n2 comes
+    // back with the older generation: the witness must refuse it, and it
+    // must not serve.
+    lab.cut("n1").unwrap();
+    wait_module(&cluster, "n1", "WAIT", Duration::from_secs(15));
+    cluster.start("n2").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < deadline {
+        let n2 = cluster.status("n2").unwrap();
+        assert!(
+            !n2.modules.iter().any(|m| m.name == MODULE && m.serving),
+            "n2, with older data, serves after n1 was cut off: {n2:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log: Vec<String> = cluster
+        .module_log("n2", MODULE)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.text.clone())
+        .collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("newer data") || l.contains("stale")),
+        "n2 should say that its data is stale, its log: {log:#?}"
+    );
+
+    // After the heal n1's newer generation serves again, and n2 gets every
+    // acknowledged record.
+    lab.heal("n1").unwrap();
+    wait_module(&cluster, "n1", "PRIM", Duration::from_secs(30));
+    wait_module(&cluster, "n2", "SECOND", Duration::from_secs(30));
+    common::wait_identical(&lab, Duration::from_secs(30));
+    assert_eq!(
+        lines(&lab, "n2", "acked"),
+        acked,
+        "every acknowledged record must be on the new secondary"
+    );
 }
