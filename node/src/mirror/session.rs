@@ -1367,7 +1367,11 @@ impl Sender {
             .open(&absolute)
         {
             Ok(f) => f,
-            Err(_) => return Ok(()),
+            // Gone since: a removal or a rename follows in the queue.
+            Err(_) => {
+                self.vanish(path);
+                return Ok(());
+            }
         };
         let m = file.metadata()?;
         let size = m.len();
@@ -1471,6 +1475,7 @@ impl Sender {
             .custom_flags(libc::O_NOFOLLOW)
             .open(self.setup.absolute(path))
         else {
+            self.vanish(path);
             return Ok(());
         };
         for (start, end) in ranges {
@@ -1494,6 +1499,10 @@ impl Sender {
             .custom_flags(libc::O_NOFOLLOW)
             .open(self.setup.absolute(path))
         else {
+            // Renamed or removed since its checksums left: the secondary's
+            // copy lacks these blocks, so the rename that follows in the
+            // queue ships the file again under its new name.
+            self.vanish(path);
             return Ok(());
         };
         let m = file.metadata()?;
