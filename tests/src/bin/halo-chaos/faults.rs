@@ -64,7 +64,8 @@ pub enum Fault {
     WitnessDown,
     /// The mirror secondary's disk fills up.
     DiskFull(&'static str),
-    /// The replication stream's link is cut while a large file is written.
+    /// The replication stream's link is cut while a large file (16 MB) is
+    /// written.
     StreamCut,
     /// A host limited to a few percent of one CPU.
     Starve(&'static str),
@@ -254,12 +255,13 @@ pub fn apply(world: &mut World<'_>, fault: &Fault, hold: Duration, rng: &mut Rng
             // it does.
             if let Some(primary) = world.mirror_primary() {
                 let host = lab.host(primary);
-                let big = format!("{DIR}/big-{}.bin", rng.below(4));
+                // One name, overwritten each time: the data set stays small.
+                let big = format!("{DIR}/big.bin");
                 let _writer = host.spawn(
                     "bigfile",
                     std::process::Command::new("/bin/sh").args([
                         "-c",
-                        &format!("head -c 24000000 /dev/urandom > {big}.tmp && mv {big}.tmp {big}"),
+                        &format!("head -c 16000000 /dev/urandom > {big}.tmp && mv {big}.tmp {big}"),
                     ]),
                 )?;
                 std::thread::sleep(rng.millis(100, 600));

@@ -210,8 +210,18 @@ fn check_after(
     }
 
     tally.check("farm buckets owned once, same table everywhere");
-    if let Err(error) = checks::farm_buckets(&world.farm) {
-        violate(tally, format!("farm buckets: {error:#}"));
+    // A node that just became UP is in its peers' tables one heartbeat
+    // later: the tables get a few seconds to agree.
+    let mut last = None;
+    let agreed = world::wait(Duration::from_secs(10), "the farm tables to agree", || {
+        let result = checks::farm_buckets(&world.farm);
+        let ok = result.is_ok();
+        last = result.err();
+        Ok(ok)
+    });
+    if agreed.is_err() {
+        let error = last.map(|e| format!("{e:#}")).unwrap_or_default();
+        violate(tally, format!("farm buckets: {error}"));
     }
     tally.check("farm VIP answers after convergence");
     let mut streak = 0;

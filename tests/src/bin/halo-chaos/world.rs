@@ -31,7 +31,7 @@ pub const DIR: &str = "/var/lib/app";
 /// host's mount namespace).
 pub const DATA_FS: &str = "/var/lib/appfs";
 /// Its size.
-const DATA_FS_SIZE: &str = "96m";
+const DATA_FS_SIZE: &str = "256m";
 /// Where the writers record what they acknowledged (not replicated; read
 /// from outside the host).
 pub const ACKS: &str = "/var/lib/chaos";
