@@ -1243,6 +1243,24 @@ impl Sender {
         Ok(())
     }
 
+    /// Opens `path` to read what to ship. A file that is gone (removed, or
+    /// renamed since its change was queued) is marked vanished: the removal
+    /// or rename that follows in the queue ships it again under its new
+    /// name, so the secondary never keeps a copy that lacks these bytes.
+    fn open_source(&mut self, path: &RelPath) -> Option<File> {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.setup.absolute(path))
+        {
+            Ok(file) => Some(file),
+            Err(_) => {
+                self.vanish(path);
+                None
+            }
+        }
+    }
+
     /// The inode (device, number) at `path` now, if anything is there.
     fn inode_of(&self, path: &RelPath) -> Option<(u64, u64)> {
         std::fs::symlink_metadata(self.setup.absolute(path))
@@ -1361,17 +1379,8 @@ impl Sender {
                 }
             }
         }
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&absolute)
-        {
-            Ok(f) => f,
-            // Gone since: a removal or a rename follows in the queue.
-            Err(_) => {
-                self.vanish(path);
-                return Ok(());
-            }
+        let Some(file) = self.open_source(path) else {
+            return Ok(());
         };
         let m = file.metadata()?;
         let size = m.len();
@@ -1442,12 +1451,7 @@ impl Sender {
     }
 
     fn ship_ranges_now(&mut self, path: &RelPath, mut ranges: Vec<(u64, u64)>) -> io::Result<()> {
-        let Ok(file) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.setup.absolute(path))
-        else {
-            self.vanish(path);
+        let Some(file) = self.open_source(path) else {
             return Ok(());
         };
         ranges.sort_unstable();
@@ -1470,12 +1474,7 @@ impl Sender {
     /// Sends a file's journaled ranges as they read now, then its size and
     /// metadata.
     fn ship_journaled(&mut self, path: &RelPath, ranges: Vec<(u64, u64)>) -> io::Result<()> {
-        let Ok(file) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.setup.absolute(path))
-        else {
-            self.vanish(path);
+        let Some(file) = self.open_source(path) else {
             return Ok(());
         };
         for (start, end) in ranges {
@@ -1494,15 +1493,7 @@ impl Sender {
 
     /// Sends the blocks the secondary asked for, then the file's metadata.
     fn ship_blocks(&mut self, path: &RelPath, blocks: &[Blocks]) -> io::Result<()> {
-        let Ok(file) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.setup.absolute(path))
-        else {
-            // Renamed or removed since its checksums left: the secondary's
-            // copy lacks these blocks, so the rename that follows in the
-            // queue ships the file again under its new name.
-            self.vanish(path);
+        let Some(file) = self.open_source(path) else {
             return Ok(());
         };
         let m = file.metadata()?;

@@ -67,17 +67,7 @@ fn a_writer_held_by_a_crashed_daemon_is_resumed_by_the_next_one_once_it_serves_t
     // The next daemon cannot tell whether the frozen n2 took over: it
     // waits, and so does the writer.
     cluster.start("n1").unwrap();
-    lab::wait_until(
-        Duration::from_secs(10),
-        "n1's module waiting for its peer",
-        || {
-            Ok(cluster
-                .module_log("n1", common::MODULE)?
-                .iter()
-                .any(|e| e.text.starts_with("waiting: data is stale")))
-        },
-    )
-    .unwrap();
+    common::wait_module(&cluster, "n1", "WAIT", Duration::from_secs(20));
     assert_eq!(
         (process_state(writer.pid()), writer.log().unwrap()),
         (Some('T'), String::new()),

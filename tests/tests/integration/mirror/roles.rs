@@ -8,7 +8,7 @@ use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
 use halo_tests::{
     cluster::{halo_bin, module_in, Cluster, TEST_SECRET},
-    lab::{Lab, LabBuilder},
+    lab::{Lab, LabBuilder, LabProcess},
 };
 
 use super::common::{self, wait_module, DIR, MODULE};
@@ -63,18 +63,16 @@ fn a_swap_hands_the_primary_role_over_without_losing_a_write() {
     assert_eq!(records(&lab, "n1", "journal").len(), 2001);
 }
 
-#[test]
-fn with_the_arbiter_a_partial_partition_never_yields_two_serving_nodes() {
-    let lab = LabBuilder::new("mirrorsplit")
-        .hosts(&["n1", "n2", "w"])
-        .build()
-        .unwrap();
+/// Starts `halo witness` on host w and the mirror with the arbiter witness
+/// (n1 primary), and waits until n1 holds the lease (the witness grants
+/// nothing during its start-up quiet period).
+fn start_with_arbiter(lab: &Lab) -> (LabProcess, Cluster<'_>) {
     let witness_at = format!("{}:4810", lab.host("w").ipv4());
     std::fs::create_dir_all(lab.host("w").outside_path("/etc/halo")).unwrap();
     let key = lab.host("w").outside_path("/etc/halo/cluster.key");
     std::fs::write(&key, TEST_SECRET).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let _witness = lab
+    let witness = lab
         .host("w")
         .spawn(
             "witness",
@@ -90,9 +88,7 @@ fn with_the_arbiter_a_partial_partition_never_yields_two_serving_nodes() {
     let extra = format!(
         "\n[module.witness]\nkind = \"arbiter\"\naddress = \"{witness_at}\"\nlease = \"1s\"\n"
     );
-    let cluster = common::start(&lab, &extra, "n1");
-    // The witness grants nothing during its start-up quiet period: wait
-    // until the primary holds the lease.
+    let cluster = common::start(lab, &extra, "n1");
     cluster
         .wait_status("n1", Duration::from_secs(15), "n1 to hold the lease", |s| {
             s.modules.iter().any(|m| {
@@ -114,6 +110,16 @@ fn with_the_arbiter_a_partial_partition_never_yields_two_serving_nodes() {
                 .collect();
             panic!("{error:#}\nn1's witness log: {log:#?}")
         });
+    (witness, cluster)
+}
+
+#[test]
+fn with_the_arbiter_a_partial_partition_never_yields_two_serving_nodes() {
+    let lab = LabBuilder::new("mirrorsplit")
+        .hosts(&["n1", "n2", "w"])
+        .build()
+        .unwrap();
+    let (_witness, cluster) = start_with_arbiter(&lab);
 
     // Heartbeats between the nodes are lost; both still reach the witness.
     lab.cut_pair("n1", "n2").unwrap();
@@ -162,41 +168,7 @@ fn a_primary_cut_off_after_serving_alone_keeps_its_acknowledged_writes() {
         .hosts(&["n1", "n2", "w"])
         .build()
         .unwrap();
-    let witness_at = format!("{}:4810", lab.host("w").ipv4());
-    std::fs::create_dir_all(lab.host("w").outside_path("/etc/halo")).unwrap();
-    let key = lab.host("w").outside_path("/etc/halo/cluster.key");
-    std::fs::write(&key, TEST_SECRET).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let _witness = lab
-        .host("w")
-        .spawn(
-            "witness",
-            Command::new(halo_bin()).args([
-                "witness",
-                "--listen",
-                &witness_at,
-                "--max-lease",
-                "2s",
-            ]),
-        )
-        .unwrap();
-    let extra = format!(
-        "\n[module.witness]\nkind = \"arbiter\"\naddress = \"{witness_at}\"\nlease = \"1s\"\n"
-    );
-    let mut cluster = common::start(&lab, &extra, "n1");
-    wait_module(&cluster, "n2", "SECOND", Duration::from_secs(60));
-    cluster
-        .wait_status("n1", Duration::from_secs(15), "n1 to hold the lease", |s| {
-            s.modules.iter().any(|m| {
-                m.name == MODULE
-                    && m.counters
-                        .witness
-                        .get("arbiter")
-                        .and_then(|r| r.get("granted"))
-                        .is_some_and(|n| *n > 0)
-            })
-        })
-        .unwrap();
+    let (_witness, mut cluster) = start_with_arbiter(&lab);
 
     // n2 goes away (its daemon dies), so n1 alone asks for the lease: it
     // serves ALONE on a new generation and acknowledges durable writes
