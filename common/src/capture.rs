@@ -238,17 +238,33 @@ pub struct CaptureOffsets {
     pub inode_size: u32,
     /// `super_block.s_dev`
     pub sb_dev: u32,
+    /// `super_block.s_root`: where a parent walk must end for its "outside
+    /// every root" to be remembered (a disconnected dentry ends elsewhere).
+    pub sb_root: u32,
+    /// `inode.i_generation`: tells a directory from a later one that got
+    /// its inode number.
+    pub inode_generation: u32,
     /// Non-zero once user space has filled the offsets in; the programs do
     /// nothing before that.
     pub ready: u32,
     pub _pad: u32,
 }
 
+/// `CAPTURE_GENERATIONS[GENERATION_NAMESPACE]`: set to the time by the programs when
+/// a rename or a directory removal starts and when it ends, since either
+/// can change which directories are below a root.
+pub const GENERATION_NAMESPACE: u32 = 0;
+/// `CAPTURE_GENERATIONS[GENERATION_ROOTS]`: bumped by user space after every
+/// change of the roots or their policies.
+pub const GENERATION_ROOTS: u32 = 1;
+/// How many entries `CAPTURE_GENERATIONS` has.
+pub const GENERATIONS: u32 = 2;
+
 /// How many parent directories the programs climb looking for a root
 /// before they give up and report the call as [`EVENT_UNRESOLVED`].
 pub const MAX_DEPTH: u32 = 64;
 
-/// Open-file flags the programs test (`include/uapi/asm-generic/fcntl.h`,
+/// Flags the programs test (`include/uapi/asm-generic/fcntl.h`,
 /// the same on every architecture Linux builds BPF for except alpha,
 /// parisc and sparc, which halo does not target).
 pub mod open_flags {
@@ -264,6 +280,8 @@ pub mod open_flags {
     pub const RWF_APPEND: u32 = 0x10;
     /// `msync`'s `MS_SYNC`: the only msync that promises durability.
     pub const MS_SYNC: u32 = 4;
+    /// `unlinkat`'s `AT_REMOVEDIR`: the call removes a directory.
+    pub const AT_REMOVEDIR: u32 = 0x200;
 }
 
 /// Byte offsets of the arguments in the `syscalls:sys_enter_*` tracepoint
@@ -308,6 +326,7 @@ pub mod tracepoint_layout {
         ("sys_enter_sync_file_range", "flags", arg(3)),
         ("sys_enter_syncfs", "fd", arg(0)),
         ("sys_enter_msync", "flags", arg(2)),
+        ("sys_enter_unlinkat", "flag", arg(2)),
         ("sys_exit_write", "ret", EXIT_RET),
         ("sys_exit_sync", "ret", EXIT_RET),
     ];

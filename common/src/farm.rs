@@ -66,9 +66,11 @@ pub const BUCKETS: u32 = 4096;
 ///
 /// A bucket that changes owner in a planned rebalance passes through
 /// `Draining` on the old owner and `Incoming` on the new one: the old owner
-/// keeps the TCP connections it has sockets for, the new one takes new
-/// connections (SYN) and what it has sockets for. No state is shared: each
-/// node asks its own kernel.
+/// keeps the TCP connections it has sockets for and the UDP flows it
+/// served, the new one takes new connections (SYN), what it has sockets
+/// for, and the UDP flows the old owner does not serve. No state is shared
+/// per packet: each node asks its own kernel and its own flow table, which
+/// records every UDP flow it sees (see [`UdpFlow`]).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum BucketState {
@@ -77,11 +79,11 @@ pub enum BucketState {
     /// This node's bucket: accept.
     Owned = 1,
     /// Was this node's: accept only flows it still has a socket (TCP) or a
-    /// recent flow entry (UDP) for.
+    /// fresh flow entry it accepted (UDP) for.
     Draining = 2,
     /// Now this node's, while the old owner drains: accept new TCP
-    /// connections and flows with a socket here; UDP stays with the old
-    /// owner until it reports the bucket drained.
+    /// connections and flows with a socket here; UDP as the bucket's
+    /// `FARM_UDP_CUTS` entry says ([`UdpFlow`]).
     Incoming = 3,
 }
 
@@ -239,6 +241,99 @@ pub struct UdpFlowKey {
     pub _pad: u32,
 }
 
+/// What a node's flow table holds of one UDP flow to a VIP rule: every
+/// node records every such flow it sees, the ones it drops included,
+/// because every node sees every datagram (the virtual MAC is flooded).
+///
+/// The UDP handover follows from it, per datagram and without asking the
+/// other node:
+/// - the old owner (`Draining`) keeps a flow whose entry is fresh and
+///   `mine`: one it served while it owned the bucket;
+/// - the new owner (`Incoming`) leaves to the old owner a fresh flow it
+///   does not serve itself and first saw before the bucket's cut (the
+///   moment the old owner stopped taking new flows, `FARM_UDP_CUTS`), and
+///   takes every other one: new flows, flows first seen after the cut
+///   (the old owner dropped them), flows idle for `udp_idle`. Until the
+///   new owner knows that moment (the cut is [`UDP_CUT_UNKNOWN`]) the old
+///   owner may still own the bucket outright, so it takes no flow but its
+///   own.
+///
+/// Both nodes saw the same datagrams, so they agree on "fresh" and "first
+/// seen before the cut" except within [`UDP_REFRESH_NS`] of the idle limit
+/// (the old owner keeps its flows that much longer, so that doubt ends in
+/// a datagram taken twice, never in one dropped twice).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct UdpFlow {
+    /// When this node saw the flow's first datagram after an idle time
+    /// (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub first_seen: u64,
+    /// When this node last recorded a datagram of it (at most
+    /// [`UDP_REFRESH_NS`] behind the last datagram).
+    pub last_seen: u64,
+    /// 1 when this node accepted the last datagram it recorded.
+    pub mine: u8,
+    pub _pad: [u8; 7],
+}
+
+/// How stale a flow entry's `last_seen` may get before a datagram
+/// rewrites it: the flow table is written at most this often per flow
+/// while nothing else about the flow changes.
+pub const UDP_REFRESH_NS: u64 = 100_000_000;
+
+/// A bucket's `FARM_UDP_CUTS` value while the new owner does not know
+/// when the old one stopped taking new UDP flows.
+pub const UDP_CUT_UNKNOWN: u64 = u64::MAX;
+
+/// The decision on one UDP datagram of a rule in a bucket in `state`, at
+/// `now`, given the flow's entry in this node's table (`None` if it has
+/// none), the idle limit and the bucket's cut (see [`UdpFlow`]): whether
+/// to accept it, and the entry to write, if it must be rewritten.
+#[inline(always)]
+pub fn udp_decision(
+    state: BucketState,
+    entry: Option<UdpFlow>,
+    now: u64,
+    idle_ns: u64,
+    cut: u64,
+) -> (bool, Option<UdpFlow>) {
+    let age = |e: &UdpFlow| now.saturating_sub(e.last_seen);
+    let fresh = match entry {
+        Some(e) if age(&e) < idle_ns => Some(e),
+        _ => None,
+    };
+    let accept = match state {
+        BucketState::Owned => true,
+        BucketState::NotMine => false,
+        // `last_seen` may lag the last datagram by up to UDP_REFRESH_NS,
+        // differently on the new owner: the old owner keeps its flows that
+        // much longer, so that the two never both let one go.
+        BucketState::Draining => {
+            matches!(entry, Some(e) if e.mine != 0 && age(&e) < idle_ns.saturating_add(UDP_REFRESH_NS))
+        }
+        BucketState::Incoming => match fresh {
+            Some(e) if e.mine != 0 => true,
+            Some(e) if e.first_seen < cut => false,
+            _ => now >= cut,
+        },
+    };
+    let first_seen = match fresh {
+        Some(e) => e.first_seen,
+        None => now,
+    };
+    let rewrite = match fresh {
+        None => true,
+        Some(e) => (e.mine != 0) != accept || now.saturating_sub(e.last_seen) >= UDP_REFRESH_NS,
+    };
+    let write = UdpFlow {
+        first_seen,
+        last_seen: now,
+        mine: u8::from(accept),
+        _pad: [0; 7],
+    };
+    (accept, if rewrite { Some(write) } else { None })
+}
+
 /// The farm's client hash: a bucket from the client's address (16 bytes,
 /// IPv4 mapped) and, for `filter::SOURCE_PORT`, its port. Shared by the
 /// kernel program and user space (the reference model of the tests), so
@@ -298,4 +393,5 @@ mod user {
     unsafe impl aya::Pod for super::VipValue {}
     unsafe impl aya::Pod for super::FarmSettings {}
     unsafe impl aya::Pod for super::UdpFlowKey {}
+    unsafe impl aya::Pod for super::UdpFlow {}
 }

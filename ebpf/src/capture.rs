@@ -9,6 +9,12 @@
 //! BPF trampolines are not available on the target kernels (PLATFORM.md), so
 //! syscall tracepoints are the hook, and every kernel struct is read at
 //! offsets that user space found in BTF.
+//!
+//! Most writes go to files outside every root, and every kernel read costs a
+//! helper call: write-like calls look the file's directory up in
+//! `CAPTURE_VERDICTS` before climbing, and `capture_namespace` makes every
+//! remembered verdict stale whenever a rename or a directory removal could
+//! have changed one.
 #![no_std]
 #![no_main]
 
@@ -18,19 +24,20 @@ use halo_ebpf as _;
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, generated as gen,
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
+    EbpfContext as _,
 };
 use halo_common::capture::{
-    open_flags::{MS_SYNC, O_APPEND, O_DSYNC, RWF_APPEND, RWF_DSYNC, RWF_SYNC},
+    open_flags::{AT_REMOVEDIR, MS_SYNC, O_APPEND, O_DSYNC, RWF_APPEND, RWF_DSYNC, RWF_SYNC},
     tracepoint_layout::{arg, EXIT_RET},
     CaptureEvent, CaptureOffsets, CaptureSettings, FileKey, PathEvent, PausedTask, RootCount,
-    RootPolicy, WriteKind, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_SYNC, EVENT_UNRESOLVED, MAX_DEPTH,
-    PATH_BYTES, ROOT_SYNC_PAUSE,
+    RootPolicy, WriteKind, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_SYNC, EVENT_UNRESOLVED,
+    GENERATIONS, GENERATION_NAMESPACE, GENERATION_ROOTS, MAX_DEPTH, PATH_BYTES, ROOT_SYNC_PAUSE,
 };
 
 /// Struct member offsets, filled in by user space from BTF before loading.
@@ -50,6 +57,8 @@ static CAPTURE_OFFSETS: CaptureOffsets = CaptureOffsets {
     inode_sb: 0,
     inode_size: 0,
     sb_dev: 0,
+    sb_root: 0,
+    inode_generation: 0,
     ready: 0,
     _pad: 0,
 };
@@ -94,6 +103,48 @@ static CAPTURE_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// task stopped for ever without anyone knowing.
 #[map]
 static CAPTURE_PAUSED: HashMap<u32, PausedTask> = HashMap::with_max_entries(65_536, 0);
+
+/// Change counters that make the remembered verdicts stale
+/// (`GENERATION_NAMESPACE`, bumped here; `GENERATION_ROOTS`, by user space).
+#[map]
+static CAPTURE_GENERATIONS: Array<u64> = Array::with_max_entries(GENERATIONS, 0);
+
+/// A directory, as `CAPTURE_VERDICTS` knows it: its super block and inode
+/// number. A directory has exactly one dentry, so unlike a file (hard
+/// links, a dentry unlinked while open) it is below a root or not whatever
+/// path led to it.
+#[derive(Copy, Clone)]
+#[repr(C)]
+struct DirKey {
+    sb: u64,
+    ino: u64,
+}
+
+/// Whether a directory is below a root, as a parent walk found it.
+#[derive(Copy, Clone)]
+#[repr(C)]
+struct Verdict {
+    /// `CAPTURE_GENERATIONS` when the walk started: any later change makes
+    /// the verdict stale.
+    namespace: u64,
+    roots: u64,
+    /// The directory's `struct inode *` and `i_generation`: a directory
+    /// created later with the same inode number is another directory.
+    inode: u64,
+    generation: u32,
+    /// The device, for the records.
+    dev: u32,
+    /// The root's inode number; 0 when below no root.
+    root: u64,
+    /// The root's policy flags.
+    policy: u32,
+    _pad: u32,
+}
+
+/// Verdicts of the directories that write-like calls went to, so that a
+/// write climbs only the first time. LRU: a forgotten verdict costs a walk.
+#[map]
+static CAPTURE_VERDICTS: LruHashMap<DirKey, Verdict> = LruHashMap::with_max_entries(16_384, 0);
 
 /// `SIGSTOP`.
 const SIGSTOP: u32 = 19;
@@ -239,6 +290,28 @@ pub fn capture_enter_sync(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Attached to the enter and exit of `rename`, `renameat`, `renameat2` and
+/// `rmdir`: a directory may move from below a root to outside (or back), or
+/// its inode number be reused, so every remembered verdict is now stale. At
+/// the enter, for the walks that start after; at the exit, for those that
+/// ran while the call was moving things.
+#[tracepoint]
+pub fn capture_namespace(_ctx: TracePointContext) -> u32 {
+    bump_namespace();
+    0
+}
+
+/// `unlinkat` removes a directory only with `AT_REMOVEDIR`; the removal of
+/// a file changes no directory's verdict. (Its exit cannot tell, so a walk
+/// that runs during the removal is caught by the directory's generation.)
+#[tracepoint]
+pub fn capture_enter_unlinkat(ctx: TracePointContext) -> u32 {
+    if field::<u64>(&ctx, arg(2)) as u32 & AT_REMOVEDIR != 0 {
+        bump_namespace();
+    }
+    0
+}
+
 /// Attached to the `sys_exit_*` of every syscall above: their records share
 /// one layout, and the enter half said which call it was.
 #[tracepoint]
@@ -269,11 +342,15 @@ impl From<i64> for Skip {
     }
 }
 
+/// The offsets user space filled in, read in place rather than copied to
+/// the small stack.
 #[inline(always)]
-fn offsets() -> Result<CaptureOffsets, Skip> {
-    // SAFETY: a read of our own global; volatile so the compiler does not
-    // fold the zeros it was compiled with.
-    let offsets = unsafe { core::ptr::read_volatile(&CAPTURE_OFFSETS) };
+fn offsets() -> Result<&'static CaptureOffsets, Skip> {
+    // SAFETY: a pointer to our own global, read back through a volatile
+    // load so that the compiler cannot fold the zeros it was compiled with
+    // into the reads that follow.
+    let offsets: &'static CaptureOffsets =
+        unsafe { &*core::ptr::read_volatile(&core::ptr::addr_of!(CAPTURE_OFFSETS)) };
     if offsets.ready == 0 {
         return Err(Skip::NotReady);
     }
@@ -299,11 +376,107 @@ fn read_kernel<T>(base: u64, offset: u32) -> Result<T, Skip> {
     Ok(unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }?)
 }
 
-/// Reads the syscall record's field at `offset`.
+/// Reads the syscall record's field at `offset` (a constant: the verifier
+/// checks it is inside the record).
 #[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: usize) -> Result<T, Skip> {
-    // SAFETY: reads of the tracepoint record go through the helper.
-    Ok(unsafe { ctx.read_at::<T>(offset) }?)
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: a tracepoint program may load from its record directly, which
+    // costs no helper call; every field is 8 bytes and 8-aligned.
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+/// `N` 8-byte words of one kernel struct, read with one helper call: the
+/// members a program needs often lie close together, and each read costs
+/// about as much as the rest of a lookup. A member outside the span is read
+/// on its own. The offsets are load-time constants, so the verifier sees
+/// which branch runs.
+struct Span<const N: usize> {
+    base: u64,
+    start: u32,
+    words: core::mem::MaybeUninit<[u64; N]>,
+}
+
+impl<const N: usize> Span<N> {
+    /// The span of `base` that begins at `lowest`, rounded down to 8, not
+    /// read yet: [`Span::read`] fills it in place (a span moved around
+    /// would be copied on the small BPF stack).
+    #[inline(always)]
+    fn at(base: u64, lowest: u32) -> Self {
+        Span {
+            base,
+            start: lowest & !7,
+            words: core::mem::MaybeUninit::uninit(),
+        }
+    }
+
+    #[inline(always)]
+    fn read(&mut self) -> Result<(), Skip> {
+        // SAFETY: the helper checks the source and fills all N words or
+        // fails; the words are only used when it succeeded.
+        let ret = unsafe {
+            gen::bpf_probe_read_kernel(
+                self.words.as_mut_ptr().cast(),
+                (N * 8) as u32,
+                (self.base + u64::from(self.start)) as *const core::ffi::c_void,
+            )
+        };
+        if ret != 0 {
+            return Err(Skip::Fault);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn words(&self) -> &[u64; N] {
+        // SAFETY: only called after `read` succeeded.
+        unsafe { self.words.assume_init_ref() }
+    }
+
+    #[inline(always)]
+    fn u64_at(&self, offset: u32) -> Result<u64, Skip> {
+        let rel = offset.wrapping_sub(self.start);
+        match self.words().get((rel / 8) as usize) {
+            Some(word) if rel.is_multiple_of(8) => Ok(*word),
+            _ => read_kernel(self.base, offset),
+        }
+    }
+
+    #[inline(always)]
+    fn u32_at(&self, offset: u32) -> Result<u32, Skip> {
+        let rel = offset.wrapping_sub(self.start);
+        match self.words().get((rel / 8) as usize) {
+            // Little-endian: the high half of a word is at +4.
+            Some(word) if rel.is_multiple_of(4) => Ok((*word >> ((rel % 8) * 8)) as u32),
+            _ => read_kernel(self.base, offset),
+        }
+    }
+}
+
+/// The current value of `CAPTURE_GENERATIONS[index]`.
+#[inline(always)]
+fn generation(index: u32) -> u64 {
+    match CAPTURE_GENERATIONS.get_ptr(index) {
+        // SAFETY: a slot of an array map; volatile, so that it is read
+        // before the walk it stamps.
+        Some(slot) => unsafe { core::ptr::read_volatile(slot) },
+        None => 0,
+    }
+}
+
+/// Makes every verdict remembered so far stale.
+///
+/// The programs have no atomic add, so the namespace generation is the
+/// time of the latest change rather than a count: a plain store that
+/// races another CPU's may leave the older time, but never the value a walk
+/// read before this change (that value was stored earlier than this time
+/// was taken), which is all that staleness needs.
+#[inline(always)]
+fn bump_namespace() {
+    if let Some(slot) = CAPTURE_GENERATIONS.get_ptr_mut(GENERATION_NAMESPACE) {
+        // SAFETY: an aligned u64 slot of an array map, which lives as long
+        // as the program.
+        unsafe { core::ptr::write_volatile(slot, bpf_ktime_get_ns()) };
+    }
 }
 
 /// An open file under a root, as the enter programs resolve it.
@@ -319,39 +492,74 @@ struct Target {
     event_flags: u32,
 }
 
-/// Resolves `fd` of the current task to its file and, climbing the
-/// dentry's parents, to the root it lies under. `Uninteresting` if it lies
-/// under none.
+/// How [`resolve_fd`] decides whether a file is below a root.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Decide {
+    /// From its directory's remembered verdict, climbing only when there is
+    /// none: calls that can only succeed on a file that is not a directory
+    /// (writes, truncates, allocations), which is below a root exactly when
+    /// its directory is.
+    ByDirectory,
+    /// By climbing from the file itself, which may be a root directory:
+    /// durability calls (rare, and they may pause their caller).
+    ByWalk,
+}
+
+/// The `struct file *` behind `fd` in the current task.
 #[inline(always)]
-fn resolve_fd(off: &CaptureOffsets, fd: u32) -> Result<Target, Skip> {
+fn fd_file(off: &CaptureOffsets, fd: u32) -> Result<u64, Skip> {
     // SAFETY: the helper returns the current task_struct; it is only read
     // through bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read_kernel(task, off.task_files)?;
     let fdt: u64 = read_kernel(files, off.files_fdt)?;
-    let max_fds: u32 = read_kernel(fdt, off.fdtable_max_fds)?;
-    if fd >= max_fds {
+    let mut table = Span::<2>::at(fdt, off.fdtable_fd.min(off.fdtable_max_fds));
+    table.read()?;
+    if fd >= table.u32_at(off.fdtable_max_fds)? {
         return Err(Skip::Fault);
     }
-    let fd_array: u64 = read_kernel(fdt, off.fdtable_fd)?;
-    let file: u64 = read_kernel(fd_array, fd * 8)?;
+    let file: u64 = read_kernel(table.u64_at(off.fdtable_fd)?, fd * 8)?;
     if file == 0 {
         return Err(Skip::Fault);
     }
-    let inode: u64 = read_kernel(file, off.file_inode)?;
-    let ino: u64 = read_kernel(inode, off.inode_ino)?;
-    let sb: u64 = read_kernel(inode, off.inode_sb)?;
-    let dev: u32 = read_kernel(sb, off.sb_dev)?;
-    // SAFETY: a map lookup; the value is not kept.
-    if unsafe { CAPTURE_DEVS.get(dev) }.is_none() {
-        return Err(Skip::Uninteresting);
-    }
-    let f_flags: u32 = read_kernel(file, off.file_flags)?;
-    let dentry: u64 = read_kernel(file, off.file_dentry)?;
-    let (root, policy, event_flags) = match find_root(off, dentry, dev)? {
-        Some((root, policy)) => (root, policy, 0),
-        None => (0, 0, EVENT_UNRESOLVED),
+    Ok(file)
+}
+
+/// Resolves `fd` of the current task to its file and to the root it lies
+/// under. `Uninteresting` if it lies under none.
+#[inline(always)]
+fn resolve_fd(off: &CaptureOffsets, fd: u32, decide: Decide) -> Result<Target, Skip> {
+    let file = fd_file(off, fd)?;
+    let mut members = Span::<6>::at(
+        file,
+        off.file_inode.min(off.file_flags).min(off.file_dentry),
+    );
+    members.read()?;
+    let inode = members.u64_at(off.file_inode)?;
+    let f_flags = members.u32_at(off.file_flags)?;
+    let dentry = members.u64_at(off.file_dentry)?;
+    let found = match decide {
+        Decide::ByDirectory => {
+            let parent: u64 = read_kernel(dentry, off.dentry_parent)?;
+            directory_verdict(off, parent)?
+        }
+        Decide::ByWalk => {
+            let sb: u64 = read_kernel(inode, off.inode_sb)?;
+            let dev: u32 = read_kernel(sb, off.sb_dev)?;
+            // SAFETY: a map lookup; the value is not kept.
+            if unsafe { CAPTURE_DEVS.get(dev) }.is_none() {
+                return Err(Skip::Uninteresting);
+            }
+            let (found, _) = find_root(off, dentry, dev, sb)?;
+            found
+        }
     };
+    let (dev, root, policy, event_flags) = match found {
+        Found::Root { dev, root, policy } => (dev, root, policy, 0),
+        Found::Unresolved { dev } => (dev, 0, 0, EVENT_UNRESOLVED),
+        Found::Outside => return Err(Skip::Uninteresting),
+    };
+    let ino: u64 = read_kernel(inode, off.inode_ino)?;
     Ok(Target {
         file,
         inode,
@@ -364,48 +572,136 @@ fn resolve_fd(off: &CaptureOffsets, fd: u32) -> Result<Target, Skip> {
     })
 }
 
+/// Where a parent walk ended.
+#[derive(Copy, Clone)]
+enum Found {
+    /// Below the root `root` (its inode number) of device `dev`.
+    Root { dev: u32, root: u64, policy: u32 },
+    /// Below no root.
+    Outside,
+    /// [`MAX_DEPTH`] levels were not enough to decide.
+    Unresolved { dev: u32 },
+}
+
+/// Whether the directory `dir` is below a root: its remembered verdict if
+/// it is still current, otherwise a walk, remembered when it is final.
+#[inline(always)]
+fn directory_verdict(off: &CaptureOffsets, dir: u64) -> Result<Found, Skip> {
+    // Read before the walk: a rename or root change that starts after this
+    // makes what the walk finds stale.
+    let namespace = generation(GENERATION_NAMESPACE);
+    let roots = generation(GENERATION_ROOTS);
+    let inode: u64 = read_kernel(dir, off.dentry_inode)?;
+    let mut members = Span::<12>::at(
+        inode,
+        off.inode_sb.min(off.inode_ino).min(off.inode_generation),
+    );
+    members.read()?;
+    let sb = members.u64_at(off.inode_sb)?;
+    let key = DirKey {
+        sb,
+        ino: members.u64_at(off.inode_ino)?,
+    };
+    let generation = members.u32_at(off.inode_generation)?;
+    // SAFETY: a map lookup; the value is copied at once.
+    if let Some(known) = unsafe { CAPTURE_VERDICTS.get(key) }.copied() {
+        if known.namespace == namespace
+            && known.roots == roots
+            && known.inode == inode
+            && known.generation == generation
+        {
+            return Ok(if known.root == 0 {
+                Found::Outside
+            } else {
+                Found::Root {
+                    dev: known.dev,
+                    root: known.root,
+                    policy: known.policy,
+                }
+            });
+        }
+    }
+    let dev: u32 = read_kernel(sb, off.sb_dev)?;
+    // SAFETY: a map lookup; the value is not kept.
+    let (found, final_verdict) = if unsafe { CAPTURE_DEVS.get(dev) }.is_none() {
+        (Found::Outside, true)
+    } else {
+        find_root(off, dir, dev, sb)?
+    };
+    let (root, policy) = match found {
+        Found::Root { root, policy, .. } => (root, policy),
+        Found::Outside => (0, 0),
+        Found::Unresolved { .. } => return Ok(found),
+    };
+    if final_verdict {
+        let verdict = Verdict {
+            namespace,
+            roots,
+            inode,
+            generation,
+            dev,
+            root,
+            policy,
+            _pad: 0,
+        };
+        // A verdict that cannot be remembered is found again next time.
+        let _ = CAPTURE_VERDICTS.insert(key, verdict, 0);
+    }
+    Ok(found)
+}
+
 /// Climbs from `dentry` (included, so a sync of a root directory counts)
-/// towards its filesystem's root: `Some((root ino, policy flags))` at the
-/// first registered root, `Uninteresting` at the filesystem's root, `None`
-/// when [`MAX_DEPTH`] levels were not enough to decide.
+/// towards its filesystem's root, and says whether the answer may be
+/// remembered: not when the climb ended at a disconnected dentry (one that
+/// a later lookup may attach below a root without any rename).
 ///
 /// The walk follows `d_parent`, which a rename updates: a file moved out of
 /// a root stops matching at once. It does not cross mount points (a
 /// filesystem mounted below a root is a root of its own to register).
-#[inline(always)]
-fn find_root(off: &CaptureOffsets, dentry: u64, dev: u32) -> Result<Option<(u64, u32)>, Skip> {
+#[inline(never)]
+fn find_root(off: &CaptureOffsets, dentry: u64, dev: u32, sb: u64) -> Result<(Found, bool), Skip> {
     let mut current = dentry;
     for _ in 0..MAX_DEPTH {
-        let inode: u64 = read_kernel(current, off.dentry_inode)?;
+        let mut members = Span::<4>::at(current, off.dentry_inode.min(off.dentry_parent));
+        members.read()?;
+        let inode = members.u64_at(off.dentry_inode)?;
         if inode != 0 {
             let ino: u64 = read_kernel(inode, off.inode_ino)?;
             let key = FileKey { ino, dev, _pad: 0 };
             // SAFETY: a map lookup; the value is copied at once.
             if let Some(policy) = unsafe { CAPTURE_ROOTS.get(key) } {
-                return Ok(Some((ino, policy.flags)));
+                let found = Found::Root {
+                    dev,
+                    root: ino,
+                    policy: policy.flags,
+                };
+                return Ok((found, true));
             }
         }
-        let parent: u64 = read_kernel(current, off.dentry_parent)?;
+        let parent = members.u64_at(off.dentry_parent)?;
         if parent == current || parent == 0 {
-            return Err(Skip::Uninteresting);
+            let sb_root: u64 = read_kernel(sb, off.sb_root)?;
+            return Ok((Found::Outside, current == sb_root));
         }
         current = parent;
     }
-    Ok(None)
+    Ok((Found::Unresolved { dev }, false))
 }
 
 /// A write-like call on `fd` (argument 0, or `fd_out` for
 /// `copy_file_range`): remembers where its bytes go.
+// Inlined into each entry point: `kind` is then a constant, and so is
+// every record offset read (the verifier takes only constant ones).
+#[inline(always)]
 fn enter_fd_write(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
     let off = offsets()?;
     let pid_tgid = caller()?;
-    let fd_arg = if kind == WriteKind::CopyFileRange {
-        arg(2)
+    let fd: u64 = if kind == WriteKind::CopyFileRange {
+        field(ctx, arg(2))
     } else {
-        arg(0)
+        field(ctx, arg(0))
     };
-    let fd: u64 = field(ctx, fd_arg)?;
-    let target = resolve_fd(&off, fd as u32)?;
+    let target = resolve_fd(off, fd as u32, Decide::ByDirectory)?;
 
     let mut flags = 0;
     if target.f_flags & O_DSYNC != 0 {
@@ -416,10 +712,10 @@ fn enter_fd_write(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> 
     let (offset_from, pos) = match kind {
         WriteKind::Write | WriteKind::Writev => (OFFSET_FILE_POS, 0),
         WriteKind::Pwrite | WriteKind::Pwritev | WriteKind::Pwritev2 => {
-            let pos: i64 = field(ctx, arg(3))?;
+            let pos: i64 = field(ctx, arg(3));
             let mut from = OFFSET_GIVEN;
             if kind == WriteKind::Pwritev2 {
-                let rwf: u64 = field(ctx, arg(5))?;
+                let rwf: u64 = field(ctx, arg(5));
                 let rwf = rwf as u32;
                 if rwf & (RWF_DSYNC | RWF_SYNC) != 0 {
                     flags |= CALL_SYNC_WRITE;
@@ -440,7 +736,7 @@ fn enter_fd_write(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> 
             (from, pos as u64)
         }
         WriteKind::CopyFileRange => {
-            let off_out: u64 = field(ctx, arg(3))?;
+            let off_out: u64 = field(ctx, arg(3));
             if off_out == 0 {
                 (OFFSET_FILE_POS, 0)
             } else {
@@ -475,28 +771,36 @@ fn enter_fd_write(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> 
 
 /// A call on the file `fd` (argument 0) that is not a write: a truncate,
 /// an allocation or a sync.
+// Inlined into each entry point: `kind` is then a constant, and so is
+// every record offset read (the verifier takes only constant ones).
+#[inline(always)]
 fn enter_fd_call(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
     let off = offsets()?;
     let pid_tgid = caller()?;
-    let fd: u64 = field(ctx, arg(0))?;
+    let fd: u64 = field(ctx, arg(0));
     let (pos, len, mode) = match kind {
-        WriteKind::Ftruncate => (field::<u64>(ctx, arg(1))?, 0, 0),
+        WriteKind::Ftruncate => (field::<u64>(ctx, arg(1)), 0, 0),
         WriteKind::Fallocate => (
-            field::<u64>(ctx, arg(2))?,
-            field::<u64>(ctx, arg(3))?,
-            field::<u64>(ctx, arg(1))? as u32,
+            field::<u64>(ctx, arg(2)),
+            field::<u64>(ctx, arg(3)),
+            field::<u64>(ctx, arg(1)) as u32,
         ),
         WriteKind::SyncFileRange => (
-            field::<u64>(ctx, arg(1))?,
-            field::<u64>(ctx, arg(2))?,
-            field::<u64>(ctx, arg(3))? as u32,
+            field::<u64>(ctx, arg(1)),
+            field::<u64>(ctx, arg(2)),
+            field::<u64>(ctx, arg(3)) as u32,
         ),
         _ => (0, 0, 0),
     };
-    let (target, event_flags) = if kind == WriteKind::Syncfs {
-        syncfs_target(&off, fd as u32)?
+    let decide = if kind.is_sync_call() {
+        Decide::ByWalk
     } else {
-        let target = resolve_fd(&off, fd as u32)?;
+        Decide::ByDirectory
+    };
+    let (target, event_flags) = if kind == WriteKind::Syncfs {
+        syncfs_target(off, fd as u32)?
+    } else {
+        let target = resolve_fd(off, fd as u32, decide)?;
         let event_flags = target.event_flags;
         (target, event_flags)
     };
@@ -526,7 +830,7 @@ fn enter_fd_call(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
 /// every root on that device, wherever `fd` itself is.
 #[inline(always)]
 fn syncfs_target(off: &CaptureOffsets, fd: u32) -> Result<(Target, u32), Skip> {
-    let target = match resolve_fd(off, fd) {
+    let target = match resolve_fd(off, fd, Decide::ByWalk) {
         Ok(target) => target,
         // Outside every root but maybe on a device that has roots: resolve
         // the device alone below.
@@ -562,16 +866,7 @@ fn syncfs_target(off: &CaptureOffsets, fd: u32) -> Result<(Target, u32), Skip> {
 /// The kernel `s_dev` of the file behind `fd`.
 #[inline(always)]
 fn fd_dev(off: &CaptureOffsets, fd: u32) -> Result<u32, Skip> {
-    // SAFETY: as in `resolve_fd`.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read_kernel(task, off.task_files)?;
-    let fdt: u64 = read_kernel(files, off.files_fdt)?;
-    let max_fds: u32 = read_kernel(fdt, off.fdtable_max_fds)?;
-    if fd >= max_fds {
-        return Err(Skip::Fault);
-    }
-    let fd_array: u64 = read_kernel(fdt, off.fdtable_fd)?;
-    let file: u64 = read_kernel(fd_array, fd * 8)?;
+    let file = fd_file(off, fd)?;
     let inode: u64 = read_kernel(file, off.file_inode)?;
     let sb: u64 = read_kernel(inode, off.inode_sb)?;
     read_kernel(sb, off.sb_dev)
@@ -582,6 +877,9 @@ fn fd_dev(off: &CaptureOffsets, fd: u32) -> Result<u32, Skip> {
 /// `truncate` is reported whatever the path (user space resolves it and
 /// drops what is not under a root: the call is rare); `msync` (`MS_SYNC`
 /// only) and `sync` concern every root, since no file can be resolved.
+// Inlined into each entry point: `kind` is then a constant, and so is
+// every record offset read (the verifier takes only constant ones).
+#[inline(always)]
 fn enter_without_file(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
     offsets()?;
     let pid_tgid = caller()?;
@@ -591,9 +889,9 @@ fn enter_without_file(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Sk
     }
     let mut flags = 0;
     let (pos, len, mode, event_flags) = match kind {
-        WriteKind::Truncate => (field::<u64>(ctx, arg(0))?, field::<u64>(ctx, arg(1))?, 0, 0),
+        WriteKind::Truncate => (field::<u64>(ctx, arg(0)), field::<u64>(ctx, arg(1)), 0, 0),
         WriteKind::Msync => {
-            let ms: u64 = field(ctx, arg(2))?;
+            let ms: u64 = field(ctx, arg(2));
             if ms as u32 & MS_SYNC == 0 {
                 return Err(Skip::Uninteresting);
             }
@@ -629,7 +927,7 @@ fn on_exit(ctx: &TracePointContext) -> Result<(), Skip> {
         return Err(Skip::Uninteresting);
     };
     let _ = CAPTURE_IN_FLIGHT.remove(pid_tgid);
-    let ret: i64 = field(ctx, EXIT_RET)?;
+    let ret: i64 = field(ctx, EXIT_RET);
     if ret < 0 {
         return Err(Skip::Uninteresting);
     }

@@ -12,7 +12,8 @@
 //!   client's address (and port, per rule); the bucket's owner rewrites the
 //!   destination MAC to its own and passes it up, every other node drops it;
 //!   buckets in a planned handover keep the connections their old owner has
-//!   sockets for; a VIP packet cut short before what its bucket depends on,
+//!   sockets for and the UDP flows it served (every node records every UDP
+//!   flow it sees, so old and new owner judge a datagram alike); a VIP packet cut short before what its bucket depends on,
 //!   or behind more IPv6 extension headers than are walked, is dropped by
 //!   every node, as is VIP traffic no rule names;
 //! - everything else passes untouched, after one map lookup.
@@ -33,8 +34,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use halo_common::farm::{
-    bucket_of, filter, BucketState, FarmRule, FarmSettings, PacketClass, UdpFlowKey, Verdict,
-    VipKey, VipValue, BUCKETS, MAX_IPV6_EXTENSION_HEADERS, MAX_RULES, MAX_VLAN_TAGS,
+    bucket_of, filter, udp_decision, BucketState, FarmRule, FarmSettings, PacketClass, UdpFlow,
+    UdpFlowKey, Verdict, VipKey, VipValue, BUCKETS, MAX_IPV6_EXTENSION_HEADERS, MAX_RULES,
+    MAX_VLAN_TAGS, UDP_CUT_UNKNOWN,
 };
 use halo_ebpf::packet::{
     be16, has_bytes, ptr_at, ptr_at_mut, ArpHdr, EthHdr, Ipv4Hdr, Ipv6FragmentHdr, Ipv6Hdr,
@@ -73,9 +75,17 @@ static FARM_RULES: Array<FarmRule> = Array::with_max_entries(MAX_RULES, 0);
 #[map]
 static FARM_BUCKETS: Array<u8> = Array::with_max_entries(2 * BUCKETS, 0);
 
-/// Recent UDP flows this node accepted, with the time it last saw them.
+/// The UDP flows to a VIP rule this node saw, whether it accepted them or
+/// not (common::farm::UdpFlow).
 #[map]
-static FARM_UDP_FLOWS: LruHashMap<UdpFlowKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+static FARM_UDP_FLOWS: LruHashMap<UdpFlowKey, UdpFlow> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per bucket, in the same two halves as `FARM_BUCKETS`: when the old
+/// owner of an `Incoming` bucket stopped taking new UDP flows
+/// (`bpf_ktime_get_ns` time; `UDP_CUT_UNKNOWN` while this node does not
+/// know). Unused in other states.
+#[map]
+static FARM_UDP_CUTS: Array<u64> = Array::with_max_entries(2 * BUCKETS, 0);
 
 #[xdp]
 pub fn farm_ingress(ctx: XdpContext) -> u32 {
@@ -252,7 +262,7 @@ fn on_ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
         fragmented,
         is_v4: true,
     };
-    decide(ctx, settings, &packet).or_else(unreadable)
+    Ok(decide(ctx, settings, &packet))
 }
 
 fn on_ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
@@ -293,7 +303,7 @@ fn on_ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
         fragmented,
         is_v4: false,
     };
-    decide(ctx, settings, &packet).or_else(unreadable)
+    Ok(decide(ctx, settings, &packet))
 }
 
 /// Walks the IPv6 extension headers that start with `next_header` at `at`
@@ -376,7 +386,24 @@ fn find_rule(settings: &FarmSettings, proto: u8, port: Option<u16>) -> Option<Fa
     None
 }
 
-fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> Result<u32, Truncated> {
+/// The verdict on an IP packet for a VIP (a VIP packet this cannot read
+/// far enough is [`unreadable`]). A subprogram that returns the action
+/// itself: returning a `Result` through memory, LLVM left a pointer to the
+/// subprogram's stack in its return register, which the verifier refuses.
+#[inline(never)]
+fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> u32 {
+    match try_decide(ctx, settings, packet) {
+        Ok(action) => action,
+        Err(cut) => unreadable(cut).unwrap_or(XDP_DROP),
+    }
+}
+
+#[inline(always)]
+fn try_decide(
+    ctx: &XdpContext,
+    settings: &FarmSettings,
+    packet: &Packet,
+) -> Result<u32, Truncated> {
     let (bucket, state) = match packet.proto {
         IPPROTO_TCP | IPPROTO_UDP if !packet.fragmented => {
             let ports = ptr_at::<Ports>(ctx, packet.l4)?;
@@ -389,15 +416,15 @@ fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> Result<
             let bucket = bucket_of(&packet.client, port);
             let state = bucket_state(settings, bucket);
             let keep = match state {
-                BucketState::Owned => true,
-                BucketState::NotMine => false,
-                BucketState::Draining | BucketState::Incoming if packet.proto == IPPROTO_UDP => {
-                    let fresh = udp_flow_is_fresh(settings, packet, sport, dport);
-                    if fresh && state == BucketState::Draining {
+                _ if packet.proto == IPPROTO_UDP => {
+                    let kept = udp_keeps(settings, packet, bucket, sport, dport, state);
+                    if kept && state == BucketState::Draining {
                         count(&FARM_VERDICTS, Verdict::KeptFlow as u32);
                     }
-                    fresh
+                    kept
                 }
+                BucketState::Owned => true,
+                BucketState::NotMine => false,
                 BucketState::Draining => {
                     // A new connection (a SYN without ACK) belongs to the
                     // new owner, even where an old one with the same ports
@@ -422,9 +449,6 @@ fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> Result<
             };
             if !keep {
                 return Ok(verdict(Verdict::OtherNode, XDP_DROP));
-            }
-            if packet.proto == IPPROTO_UDP {
-                remember_udp_flow(packet, sport, dport);
             }
             (bucket, state)
         }
@@ -534,31 +558,43 @@ fn udp_key(packet: &Packet, sport: u16, dport: u16) -> UdpFlowKey {
     }
 }
 
+/// Whether this node takes a UDP datagram of a rule in `bucket`
+/// (common::farm::udp_decision), recording the flow in its table either
+/// way: the other nodes decide from the same datagrams.
 #[inline(always)]
-fn udp_flow_is_fresh(settings: &FarmSettings, packet: &Packet, sport: u16, dport: u16) -> bool {
+fn udp_keeps(
+    settings: &FarmSettings,
+    packet: &Packet,
+    bucket: u32,
+    sport: u16,
+    dport: u16,
+    state: BucketState,
+) -> bool {
     let key = udp_key(packet, sport, dport);
-    // SAFETY: a map lookup; the value is copied out.
-    match unsafe { FARM_UDP_FLOWS.get(key) } {
-        // SAFETY: the helper only reads the clock.
-        Some(seen) => unsafe { bpf_ktime_get_ns() }.saturating_sub(*seen) < settings.udp_idle_ns,
-        None => false,
-    }
+    let cut = match state {
+        BucketState::Incoming => {
+            let index = (settings.active_table & 1) * BUCKETS + (bucket % BUCKETS);
+            FARM_UDP_CUTS.get(index).copied().unwrap_or(UDP_CUT_UNKNOWN)
+        }
+        _ => UDP_CUT_UNKNOWN,
+    };
+    udp_flow_decision(&key, state as u8, cut, settings.udp_idle_ns) != 0
 }
 
-/// Records that this node serves a UDP flow; rewritten at most every
-/// 100 ms per flow to keep the per-packet cost low.
-#[inline(always)]
-fn remember_udp_flow(packet: &Packet, sport: u16, dport: u16) {
-    let key = udp_key(packet, sport, dport);
+/// The flow-table half of [`udp_keeps`], a subprogram of its own: inlined
+/// into `decide`, LLVM's code read on one path a register it had not set,
+/// which the verifier refuses (`R4 !read_ok`).
+#[inline(never)]
+fn udp_flow_decision(key: &UdpFlowKey, state: u8, cut: u64, idle_ns: u64) -> u32 {
+    // SAFETY: a map lookup; the value is copied out.
+    let entry = unsafe { FARM_UDP_FLOWS.get(key) }.copied();
     // SAFETY: the helper only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: a map lookup; the value is copied out.
-    if let Some(seen) = unsafe { FARM_UDP_FLOWS.get(key) } {
-        if now.saturating_sub(*seen) < 100_000_000 {
-            return;
-        }
+    let (keep, write) = udp_decision(BucketState::from_raw(state), entry, now, idle_ns, cut);
+    if let Some(flow) = write {
+        let _ = FARM_UDP_FLOWS.insert(key, flow, 0);
     }
-    let _ = FARM_UDP_FLOWS.insert(key, now, 0);
+    u32::from(keep)
 }
 
 /// Answers or leaves a neighbour solicitation for a VIP target; `None`

@@ -31,11 +31,15 @@
 //!
 //! Handover buckets: `Draining` keeps TCP only for connections with a
 //! socket on this node and `Incoming` takes new TCP connections (SYN
-//! without ACK) and those with a socket; both keep UDP flows this node
-//! accepted recently. The model has no sockets: it predicts for a host
-//! where no TCP socket matches the frames (the test's VIPs are addresses
-//! nobody holds), and it remembers the UDP flows it accepted, as the
-//! program's flow table does, with an idle time longer than any test run.
+//! without ACK) and those with a socket. UDP: the program records every
+//! flow of a rule it sees, with whether it took its last datagram;
+//! `Draining` keeps the flows it took last, and so does `Incoming` while
+//! the old owner's cut is unknown, which is how the test writes its tables
+//! (a known cut depends on the time of the program's clock, which the model
+//! does not see). The model has no sockets: it predicts for a host where no
+//! TCP socket matches the frames (the test's VIPs are addresses nobody
+//! holds), and it remembers which UDP flows it took last, as the program's
+//! flow table does, with an idle time longer than any test run.
 
 use std::{collections::HashSet, net::IpAddr};
 
@@ -127,7 +131,8 @@ pub struct FarmConfig {
 /// The reference model of one node's farm ingress program.
 pub struct FarmModel {
     config: FarmConfig,
-    /// UDP flows (client, client port, VIP port) this node accepted.
+    /// UDP flows (client, client port, VIP port) whose last datagram this
+    /// node took.
     udp_flows: HashSet<([u8; 16], u16, u16)>,
 }
 
@@ -186,8 +191,8 @@ impl FarmModel {
         self.config.buckets = buckets;
     }
 
-    /// What the program does with `frame`; remembers the UDP flows it
-    /// accepts.
+    /// What the program does with `frame`; remembers which UDP flows it
+    /// took last.
     pub fn predict(&mut self, frame: &[u8]) -> Prediction {
         if frame.len() < 14 {
             return Prediction::untouched(frame, Reason::Unparsed);
@@ -399,11 +404,15 @@ impl FarmModel {
                         flags & 0x02 != 0 && flags & 0x10 == 0
                     }
                 };
+                if packet.proto == UDP {
+                    if keep {
+                        self.udp_flows.insert(flow);
+                    } else {
+                        self.udp_flows.remove(&flow);
+                    }
+                }
                 if !keep {
                     return Prediction::drop(Reason::OtherNode);
-                }
-                if packet.proto == UDP {
-                    self.udp_flows.insert(flow);
                 }
                 return self.accepted(frame);
             }

@@ -143,6 +143,8 @@ pub struct ApiContext {
     pub config: Arc<Config>,
     /// The daemon's reloads (`None`: this server cannot reload, 503).
     pub reload: Option<ReloadRequests>,
+    /// The heartbeat thread's record of this process's pauses.
+    pub pauses: Option<Arc<crate::daemon::heartbeat::PauseWatch>>,
 }
 
 #[derive(Clone)]
@@ -153,6 +155,7 @@ struct ApiState {
     tables: SharedTables,
     config: Arc<Config>,
     reload: Option<ReloadRequests>,
+    pauses: Option<Arc<crate::daemon::heartbeat::PauseWatch>>,
 }
 
 /// Who may call a route.
@@ -176,6 +179,7 @@ pub fn router(context: ApiContext) -> Router {
         tables: context.tables,
         config: context.config,
         reload: context.reload,
+        pauses: context.pauses,
     };
     let mut router = Router::new();
     for endpoint in routes::endpoints() {

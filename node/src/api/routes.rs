@@ -746,6 +746,10 @@ async fn counters(State(api): State<ApiState>, Path(module): Path<String>) -> Re
 /// 200 "OK" when this node serves the module (mirror PRIM or ALONE, farm UP,
 /// Ready), 404 otherwise: what HAProxy `httpchk` and cloud load balancers
 /// expect of SafeKit.
+///
+/// A mirror node back from a pause (a frozen VM) answers 404 until its
+/// driver has looked again at what happened meanwhile: the peer may have
+/// taken over.
 async fn ready(State(api): State<ApiState>, Path(module): Path<String>) -> Response {
     let serving = api
         .status
@@ -753,7 +757,14 @@ async fn ready(State(api): State<ApiState>, Path(module): Path<String>) -> Respo
         .expect("status lock")
         .modules
         .iter()
-        .any(|m| m.name == module && m.serving);
+        .any(|m| {
+            m.name == module
+                && m.serving
+                && match (m.pauses_seen, &api.pauses) {
+                    (Some(seen), Some(watch)) => watch.settled(seen),
+                    _ => true,
+                }
+        });
     if serving {
         (StatusCode::OK, "OK\n").into_response()
     } else {

@@ -47,6 +47,11 @@ pub struct ModuleStatus {
     pub phase: String,
     /// Whether ready.txt answers 200.
     pub serving: bool,
+    /// Mirror: the pauses of this process the driver had taken into
+    /// account when it published `serving` (`PauseWatch`): ready.txt
+    /// answers 200 only if no pause came since.
+    #[serde(skip)]
+    pub pauses_seen: Option<u64>,
     /// `halo state -q`'s exit code for the state.
     pub exit_code: u8,
     /// The data generation (mirror); 0 for a farm.

@@ -38,6 +38,7 @@ fn serve(open_read: bool) -> String {
         tables: Arc::default(),
         config: Arc::new(config),
         reload: None,
+        pauses: None,
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -28,7 +28,7 @@ use crate::{
     cluster::frame::ModuleReport,
     config::FarmModule,
     farm::{
-        datapath::FarmDataPath,
+        datapath::{FarmDataPath, PeerAnnouncement},
         members::{peer_members, PeerFarm},
         SharedTables,
     },
@@ -98,6 +98,21 @@ pub struct FarmDriver {
 /// Bit of `ModuleReport::flags`: the node still drains buckets it handed
 /// over, so their new owner keeps them `Incoming`.
 pub const FLAG_DRAINING: u8 = 1;
+
+/// What the peers' last reports announce of their tables and handovers.
+fn announcements(reports: &HashMap<String, ModuleReport>) -> BTreeMap<String, PeerAnnouncement> {
+    reports
+        .iter()
+        .map(|(peer, report)| {
+            let announcement = PeerAnnouncement {
+                fingerprint: report.generation,
+                applied_wall_ns: report.following,
+                draining: report.flags & FLAG_DRAINING != 0,
+            };
+            (peer.clone(), announcement)
+        })
+        .collect()
+}
 
 /// The longest a farm module's first start waits to hear from every peer.
 const JOIN_WAIT: Duration = Duration::from_secs(3);
@@ -251,10 +266,12 @@ impl FarmDriver {
                 }
                 _ = settle.tick() => {
                     self.settle();
+                    self.publish_table();
                     self.check_drained(&script_tx);
                 }
                 _ = drain_tick.tick(), if self.machine.awaiting_drain() => {
                     self.settle();
+                    self.publish_table();
                     self.check_drained(&script_tx);
                 }
                 _ = module::sleep_until(stop_deadline) => {
@@ -345,6 +362,12 @@ impl FarmDriver {
                     self.members = members.clone();
                     self.feed(Input::Members(members), scripts);
                 }
+                // An old owner's news (it applies our table, it stopped
+                // draining) ends an incoming bucket's wait at once: until
+                // then nobody takes the bucket's new UDP flows.
+                if self.datapath.incoming() {
+                    self.settle();
+                }
             }
             FarmInput::Power(power) => {
                 if power == self.power {
@@ -430,7 +453,8 @@ impl FarmDriver {
             Action::SetBuckets { members } => {
                 let peers = &self.peer_reports;
                 let alive = |peer: &str| peers.contains_key(peer);
-                self.datapath.set_members(members, &alive)?;
+                self.datapath
+                    .set_members(members, &alive, &announcements(peers))?;
             }
             _ => return Ok(()),
         }
@@ -450,23 +474,27 @@ impl FarmDriver {
         }
     }
 
-    /// Ends finished handovers (once a second, and every `DRAIN_TICK`
-    /// while a graceful leave drains).
+    /// Ends finished handovers (once a second, every `DRAIN_TICK` while a
+    /// graceful leave drains, and at every report of a peer while a bucket
+    /// waits for its old owner).
     fn settle(&mut self) {
-        let peers = &self.peer_reports;
-        let still_draining = |peer: &str| {
-            peers
-                .get(peer)
-                .is_some_and(|r| r.flags & FLAG_DRAINING != 0)
-        };
-        let was_draining = self.datapath.draining();
-        if let Err(error) = self.datapath.settle(&still_draining) {
-            warn!(module = %self.module.name, error = %format!("{error:#}"), "settling bucket handovers failed");
+        let was = (self.datapath.draining(), self.datapath.announcement());
+        match self.datapath.settle(&announcements(&self.peer_reports)) {
+            Ok(0) => {}
+            Ok(cut_short) => {
+                let text = format!(
+                    "drain_timeout reached at power 0: {cut_short} buckets handed over with flows still open"
+                );
+                warn!(module = %self.module.name, buckets = cut_short, "drain_timeout reached at power 0");
+                self.write_log("datapath", &text);
+            }
+            Err(error) => {
+                warn!(module = %self.module.name, error = %format!("{error:#}"), "settling bucket handovers failed");
+            }
         }
-        if was_draining != self.datapath.draining() {
+        if was != (self.datapath.draining(), self.datapath.announcement()) {
             self.publish();
         }
-        self.publish_table();
     }
 
     /// Publishes the live table and the filter's counters to the API.
@@ -525,6 +553,10 @@ impl FarmDriver {
                 m.checkers = *self.checkers_on.borrow();
             }
         }
+        // A farm has no data generation: these fields carry the table this
+        // node applies and when (farm::datapath::FarmDataPath::announcement),
+        // which tell a new owner when the old one handed a bucket over.
+        let (table, applied_at) = self.datapath.announcement();
         let report = ModuleReport {
             name: self.module.name.clone(),
             state: state.code(),
@@ -534,8 +566,8 @@ impl FarmDriver {
             } else {
                 0
             },
-            generation: 0,
-            following: 0,
+            generation: table,
+            following: applied_at,
         };
         let mut reports = self.reports.lock().expect("reports lock");
         match reports.iter_mut().find(|r| r.name == report.name) {

@@ -139,6 +139,85 @@ impl HeartbeatStats {
     }
 }
 
+/// Whether this process was paused long enough for its peers to lose it
+/// (a frozen VM, SIGSTOP, a CPU-starved cgroup), as seen by the heartbeat
+/// thread: it beats at least every tick, so a gap between two beats longer
+/// than `limit` (half the shortest network timeout) is a pause. The module
+/// drivers ask it before each input: after a pause, a peer's last report
+/// may describe a past the peer has left (it may have taken over), so the
+/// machines hear `PeerStale` and wait for a fresh report, which the thread
+/// forwards even when unchanged.
+#[derive(Debug)]
+pub struct PauseWatch {
+    origin: Instant,
+    limit: Duration,
+    /// Nanoseconds since `origin` of the thread's last beat.
+    last_beat: AtomicU64,
+    /// Pauses the thread saw.
+    pauses: AtomicU64,
+    /// A driver asked for every peer's next report to be forwarded.
+    refresh: AtomicBool,
+}
+
+impl PauseWatch {
+    pub fn new(limit: Duration) -> Self {
+        let origin = Instant::now();
+        PauseWatch {
+            origin,
+            limit,
+            last_beat: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
+            refresh: AtomicBool::new(false),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    /// The heartbeat thread is alive at `now`; true if it had been silent
+    /// for longer than the limit (a pause, now counted).
+    fn beat(&self, now: Instant) -> bool {
+        let now = self.nanos(now);
+        let last = self.last_beat.swap(now, Ordering::AcqRel);
+        let paused = now.saturating_sub(last) > self.limit.as_nanos() as u64;
+        if paused {
+            self.pauses.fetch_add(1, Ordering::AcqRel);
+        }
+        paused
+    }
+
+    /// Whether a driver that has seen `seen` pauses is up to date: no pause
+    /// since, none under way.
+    pub fn settled(&self, seen: u64) -> bool {
+        let silent = self
+            .nanos(Instant::now())
+            .saturating_sub(self.last_beat.load(Ordering::Acquire));
+        self.pauses.load(Ordering::Acquire) <= seen && silent <= self.limit.as_nanos() as u64
+    }
+
+    /// For a driver, before it handles an input: whether a pause happened
+    /// since its last call (`seen` keeps its count), or is happening (the
+    /// thread has not beaten for longer than the limit: it is the driver
+    /// that woke first). Either way the thread forwards every peer's next
+    /// report.
+    pub fn paused_since(&self, seen: &mut u64) -> bool {
+        let pauses = self.pauses.load(Ordering::Acquire);
+        let silent = self
+            .nanos(Instant::now())
+            .saturating_sub(self.last_beat.load(Ordering::Acquire));
+        let behind = silent > self.limit.as_nanos() as u64;
+        let paused = pauses != *seen || behind;
+        // A pause still under way is counted by the thread when it beats
+        // again: take that count as seen now, not as a second pause.
+        *seen = if behind { pauses + 1 } else { pauses };
+        if paused {
+            self.refresh.store(true, Ordering::Release);
+        }
+        paused
+    }
+}
+
 /// A running heartbeat thread; dropping it stops the thread.
 pub struct Heartbeat {
     stop: Arc<AtomicBool>,
@@ -149,6 +228,8 @@ pub struct Heartbeat {
     /// drivers update it.
     pub powers: Arc<Mutex<BTreeMap<String, u32>>>,
     pub stats: Arc<HeartbeatStats>,
+    /// Pauses of this process, for the module drivers.
+    pub pauses: Arc<PauseWatch>,
     /// The key frames are signed and checked with; a reload replaces it.
     key: Arc<Mutex<MacKey>>,
 }
@@ -180,7 +261,12 @@ impl Heartbeat {
             .map(|n| n.pulse)
             .min()
             .context("no heartbeat network")?;
-        let timeouts = setup.networks.iter().map(|n| n.timeout).collect();
+        let timeouts: Vec<Duration> = setup.networks.iter().map(|n| n.timeout).collect();
+        let shortest = timeouts.iter().copied().min().unwrap_or(tick * 5);
+        // Never below two ticks: the thread beats every tick, and a tick a
+        // little late is no pause.
+        let pauses = Arc::new(PauseWatch::new((shortest / 2).max(tick * 2)));
+        pauses.beat(Instant::now());
         let key = Arc::new(Mutex::new(setup.key.clone()));
         let mut runner = Runner {
             key: Arc::clone(&key),
@@ -196,7 +282,9 @@ impl Heartbeat {
             reports: Arc::clone(&reports),
             powers: Arc::clone(&powers),
             stats: Arc::clone(&stats),
+            pauses: Arc::clone(&pauses),
             last_reports: HashMap::new(),
+            pending_reports: HashMap::new(),
             seq: 0,
             origin: Instant::now(),
         };
@@ -210,6 +298,7 @@ impl Heartbeat {
             reports,
             powers,
             stats,
+            pauses,
             key,
         })
     }
@@ -270,7 +359,11 @@ struct Runner {
     reports: Arc<Mutex<Vec<ModuleReport>>>,
     powers: Arc<Mutex<BTreeMap<String, u32>>>,
     stats: Arc<HeartbeatStats>,
+    pauses: Arc<PauseWatch>,
+    /// What each peer last reported, as forwarded to the modules.
     last_reports: HashMap<String, (Vec<ModuleReport>, BTreeMap<String, u32>)>,
+    /// The newest report of each peer in the frames being read.
+    pending_reports: HashMap<String, (Vec<ModuleReport>, BTreeMap<String, u32>)>,
     seq: u64,
     origin: Instant,
 }
@@ -281,6 +374,7 @@ impl Runner {
         let mut next_tick = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
+            self.beat(now);
             if now >= next_tick {
                 self.send(now);
                 self.receive_waiting();
@@ -289,7 +383,17 @@ impl Runner {
                 next_tick = advance(next_tick, self.tick, now);
             }
             self.wait_for_frames(next_tick.saturating_duration_since(Instant::now()));
+            self.beat(Instant::now());
             self.receive_waiting();
+        }
+    }
+
+    /// Before reading frames: after a pause (or when a driver asks), the
+    /// next report of every peer goes to the modules even if unchanged.
+    fn beat(&mut self, now: Instant) {
+        let paused = self.pauses.beat(now);
+        if paused || self.pauses.refresh.swap(false, Ordering::AcqRel) {
+            self.last_reports.clear();
         }
     }
 
@@ -369,6 +473,19 @@ impl Runner {
                 self.accept(index as u8, &buf[..len], from, now);
             }
         }
+        // Only each peer's newest report goes on: after a pause the sockets
+        // hold a backlog of what the peer was, not what it is.
+        for (peer, latest) in std::mem::take(&mut self.pending_reports) {
+            if self.last_reports.get(&peer) != Some(&latest) {
+                self.last_reports.insert(peer.clone(), latest.clone());
+                let (modules, powers) = latest;
+                let _ = self.events.send(ClusterEvent::Reports {
+                    peer,
+                    modules,
+                    powers,
+                });
+            }
+        }
     }
 
     fn accept(&mut self, network: u8, bytes: &[u8], from: SocketAddr, now: Duration) {
@@ -425,17 +542,8 @@ impl Runner {
             .accept(frame.epoch, frame.seq, self.tick, link.pulse, key_used);
         let events = self.detector.heard(&frame.sender, network, now);
         self.publish(events);
-        let latest = (frame.modules, frame.powers);
-        if self.last_reports.get(&frame.sender) != Some(&latest) {
-            self.last_reports
-                .insert(frame.sender.clone(), latest.clone());
-            let (modules, powers) = latest;
-            let _ = self.events.send(ClusterEvent::Reports {
-                peer: frame.sender,
-                modules,
-                powers,
-            });
-        }
+        self.pending_reports
+            .insert(frame.sender, (frame.modules, frame.powers));
     }
 
     fn publish(&mut self, events: Vec<Liveness>) {
@@ -483,6 +591,38 @@ fn raise_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_is_told_once_to_each_driver_and_asks_for_fresh_reports() {
+        let ms = Duration::from_millis;
+        let watch = PauseWatch::new(ms(100));
+        let start = watch.origin;
+        assert!(!watch.beat(start));
+        assert!(!watch.beat(start + ms(90)), "a beat within the limit");
+        let mut seen = 0;
+        assert!(!watch.paused_since(&mut seen));
+        assert!(!watch.refresh.load(Ordering::Acquire));
+        // The thread beats again 400 ms later: a pause.
+        assert!(watch.beat(start + ms(490)));
+        assert!(watch.paused_since(&mut seen), "the driver hears of it");
+        assert!(
+            watch.refresh.swap(false, Ordering::AcqRel),
+            "fresh reports asked"
+        );
+        assert!(!watch.paused_since(&mut seen), "only once");
+        let mut other = 0;
+        assert!(watch.paused_since(&mut other), "every driver hears of it");
+
+        // The driver wakes first: the thread has not beaten for longer than
+        // the limit. Its beat afterwards counts the same pause, not another.
+        let watch = PauseWatch::new(ms(50));
+        watch.beat(Instant::now());
+        std::thread::sleep(ms(120));
+        let mut seen = 0;
+        assert!(watch.paused_since(&mut seen), "the thread is behind");
+        assert!(watch.beat(Instant::now()));
+        assert!(!watch.paused_since(&mut seen), "the same pause");
+    }
 
     #[test]
     fn lost_frames_are_the_sequence_gaps_scaled_to_the_network_pulse() {

@@ -130,9 +130,9 @@ pub enum Internal {
     Session(u64, SessionEvent),
     Accepted(std::net::TcpStream),
     Witness(bool),
-    /// A granted lease's remaining validity, the generation its request
-    /// claimed and the one the witness had recorded; or why there is none.
-    Lease(Result<(Duration, u64, u64), String>),
+    /// When a granted lease ends, the generation its request claimed and
+    /// the one the witness had recorded; or why there is none.
+    Lease(Result<(TokioInstant, u64, u64), String>),
     /// The witness refused the lease to our older data (it granted newer).
     LeaseStale {
         newer: u64,
@@ -149,6 +149,10 @@ pub struct MirrorDriver {
     origin: TokioInstant,
     core: ModuleCore,
     reports: Arc<Mutex<Vec<ModuleReport>>>,
+    /// The heartbeat thread's view of this process's pauses.
+    pauses: Arc<crate::daemon::heartbeat::PauseWatch>,
+    /// The pauses already told to the machine (`PauseWatch::paused_since`).
+    pauses_seen: u64,
     files: StampFiles,
     /// The dirty ranges since the sync point (`mirror::journal`), fed by
     /// the tracker while this node serves.
@@ -224,6 +228,7 @@ impl MirrorDriver {
         epoch: u64,
         status: SharedStatus,
         reports: Arc<Mutex<Vec<ModuleReport>>>,
+        pauses: Arc<crate::daemon::heartbeat::PauseWatch>,
         log: ModuleLog,
         sink: LogSink,
         hub: Option<Arc<CaptureHub>>,
@@ -332,6 +337,8 @@ impl MirrorDriver {
             peer,
             origin: TokioInstant::now(),
             reports,
+            pauses,
+            pauses_seen: 0,
             files,
             journal: Arc::new(Mutex::new(journal)),
             persisted: stamp,
@@ -429,7 +436,14 @@ impl MirrorDriver {
                 Some(report) = checker_reports.recv() => self.on_checker(report, &script_tx),
                 Some(line) = log_lines.recv() => self.write_log(&line.source, &line.text),
                 _ = module::sleep_until(deadline) => self.feed(Input::Timer, &script_tx),
-                _ = tick.tick() => self.publish_progress(),
+                _ = tick.tick() => {
+                    // A pause with no input after it (no peer to report):
+                    // the machine still hears of it, and ready.txt answers again.
+                    if !self.pauses.settled(self.pauses_seen) {
+                        self.feed(Input::Timer, &script_tx);
+                    }
+                    self.publish_progress();
+                }
                 _ = sync_tick.tick() => self.take_sync_point(),
                 _ = module::sleep_until(stop_deadline) => {
                     warn!(module = %self.module.name, "stop scripts did not finish within the grace period");
@@ -552,11 +566,12 @@ impl MirrorDriver {
                     .update(|m| m.counters.record_witness("ping", result));
                 self.feed(Input::WitnessAnswer { won }, scripts)
             }
-            Internal::Lease(Ok((valid_for, generation, recorded))) => {
+            Internal::Lease(Ok((valid_until, generation, recorded))) => {
                 self.lease_refusal = None;
                 self.core
                     .update(|m| m.counters.record_witness("arbiter", "granted"));
-                let until = self.now() + valid_for;
+                let until =
+                    self.now() + valid_until.saturating_duration_since(TokioInstant::now());
                 let input = Input::LeaseGranted {
                     until,
                     generation: Generation(generation),
@@ -875,6 +890,13 @@ impl MirrorDriver {
         }
         let now = self.now();
         let mut queue: std::collections::VecDeque<Input> = [input].into();
+        // Back from a pause: before anything else (a replication that broke
+        // meanwhile, a lease that ran out), the machine learns that what the
+        // peer last said may be over.
+        if self.pauses.paused_since(&mut self.pauses_seen) {
+            warn!(module = %self.module.name, "this node was paused: the peer's role is checked again before anything is decided from it");
+            queue.push_front(Input::PeerStale);
+        }
         while let Some(input) = queue.pop_front() {
             for action in self.machine.handle(now, input) {
                 if let Some(next) = self.perform(action, scripts) {
@@ -1159,11 +1181,11 @@ impl MirrorDriver {
                             ..
                         } => {
                             // Valid from when the request left, minus a margin
-                            // for this node's clock.
-                            let valid = duration
-                                .saturating_sub(started.elapsed())
-                                .saturating_sub(duration / 10);
-                            Internal::Lease(Ok((valid, claim.generation, generation)))
+                            // for this node's clock: an instant, not a length,
+                            // so that a pause before the driver reads it does
+                            // not stretch the lease.
+                            let until = started + duration.saturating_sub(duration / 10);
+                            Internal::Lease(Ok((until, claim.generation, generation)))
                         }
                         Verdict::Stale { generation } => Internal::LeaseStale {
                             newer: generation,
@@ -1267,6 +1289,7 @@ impl MirrorDriver {
                 m.state = state.as_str().to_owned();
                 m.phase = phase.to_string();
                 m.serving = self.machine.is_serving();
+                m.pauses_seen = Some(self.pauses_seen);
                 m.exit_code = self.machine.exit_code();
                 m.checkers = *self.checkers_on.borrow();
                 m.failover = self.machine.failover();

@@ -248,6 +248,7 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
                     epoch,
                     Arc::clone(&status),
                     Arc::clone(&heartbeat.reports),
+                    Arc::clone(&heartbeat.pauses),
                     log,
                     sink,
                     capture_hub.clone(),
@@ -275,6 +276,7 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
         tables,
         config: Arc::new(config.clone()),
         reload: Some(reload_tx),
+        pauses: Some(Arc::clone(&heartbeat.pauses)),
     });
     let api_task = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -9,7 +9,8 @@ use aya::{
     Ebpf,
 };
 use halo_common::farm::{
-    BucketState, FarmRule, FarmSettings, PacketClass, Verdict, VipKey, VipValue, BUCKETS, MAX_RULES,
+    BucketState, FarmRule, FarmSettings, PacketClass, UdpFlow, UdpFlowKey, Verdict, VipKey,
+    VipValue, BUCKETS, MAX_RULES, UDP_CUT_UNKNOWN,
 };
 
 use super::FARM_OBJECT;
@@ -147,15 +148,39 @@ impl FarmIngress {
 
     /// Replaces the bucket table atomically: the idle half of
     /// `FARM_BUCKETS` is written, then `active_table` flips, so the program
-    /// never sees a mix of the old and the new table.
+    /// never sees a mix of the old and the new table. Every `Incoming`
+    /// bucket takes no UDP flow but its own ([`UDP_CUT_UNKNOWN`]).
     pub fn set_buckets(&mut self, states: &[BucketState]) -> anyhow::Result<()> {
+        self.set_buckets_with_cuts(states, &vec![UDP_CUT_UNKNOWN; states.len()])
+    }
+
+    /// [`FarmIngress::set_buckets`] with each bucket's UDP cut: for an
+    /// `Incoming` bucket, when its old owner stopped taking new UDP flows
+    /// (CLOCK_MONOTONIC nanoseconds; common::farm::UdpFlow), written to the
+    /// same half as the states.
+    pub fn set_buckets_with_cuts(
+        &mut self,
+        states: &[BucketState],
+        cuts: &[u64],
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
-            states.len() == BUCKETS as usize,
-            "a bucket table has {BUCKETS} entries, got {}",
-            states.len()
+            states.len() == BUCKETS as usize && cuts.len() == BUCKETS as usize,
+            "a bucket table has {BUCKETS} entries, got {} states and {} cuts",
+            states.len(),
+            cuts.len()
         );
         let mut settings = self.settings()?;
         let idle = (settings.active_table & 1) ^ 1;
+        let mut cut_map: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut("FARM_UDP_CUTS")
+                .context("no FARM_UDP_CUTS map")?,
+        )?;
+        for (bucket, cut) in cuts.iter().enumerate() {
+            cut_map
+                .set(idle * BUCKETS + bucket as u32, *cut, 0)
+                .context("writing FARM_UDP_CUTS")?;
+        }
         let mut table: Array<_, u8> = Array::try_from(
             self.ebpf
                 .map_mut("FARM_BUCKETS")
@@ -168,6 +193,25 @@ impl FarmIngress {
         }
         settings.active_table = idle;
         self.write_settings(settings)
+    }
+
+    /// The UDP flows of the flow table this node accepted last and saw
+    /// within `within` of `now` (CLOCK_MONOTONIC nanoseconds).
+    pub fn udp_flows_served(&self, now: u64, within: u64) -> anyhow::Result<Vec<UdpFlowKey>> {
+        let map: HashMap<_, UdpFlowKey, UdpFlow> = HashMap::try_from(
+            self.ebpf
+                .map("FARM_UDP_FLOWS")
+                .context("no FARM_UDP_FLOWS map")?,
+        )?;
+        let mut served = Vec::new();
+        for entry in map.iter() {
+            // An entry evicted between two reads of the walk is skipped.
+            let Ok((key, flow)) = entry else { continue };
+            if flow.mine != 0 && now.saturating_sub(flow.last_seen) < within {
+                served.push(key);
+            }
+        }
+        Ok(served)
     }
 
     fn settings(&self) -> anyhow::Result<FarmSettings> {
@@ -317,6 +361,19 @@ fn timed_run(
         )
     })?;
     Ok((result.return_value, result.duration))
+}
+
+/// The kernel's CLOCK_MONOTONIC in nanoseconds: the clock of
+/// `bpf_ktime_get_ns`, which stamps the UDP flow table.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `now` is; it cannot
+    // fail for CLOCK_MONOTONIC and a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The program's key for a VIP: IPv4 mapped into IPv6.

@@ -3,16 +3,23 @@
 //! the bucket table written, gratuitous announcements sent, and handovers
 //! settled as connections end.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context as _;
 use aya::programs::xdp::XdpMode;
-use halo_common::farm::{filter, FarmRule};
+use halo_common::farm::{filter, BucketState, FarmRule, UDP_REFRESH_NS};
 
-use super::{buckets::BucketTable, handover::Handover};
+use super::{
+    buckets::BucketTable,
+    handover::{Handover, Patience, PeerHandover, PeerTable},
+};
 use crate::{
     config::{self, FarmModule, Filter, Proto},
-    ebpf::farm::FarmIngress,
+    ebpf::farm::{monotonic_ns, FarmIngress},
     net,
 };
 
@@ -22,18 +29,55 @@ pub struct FarmDataPath {
     rules: Vec<FarmRule>,
     handover: Handover,
     ingress: Option<FarmIngress>,
-    /// When the table last changed: its Incoming buckets wait
-    /// [`INCOMING_GRACE`] before they may become Owned.
-    retabled_at: Option<tokio::time::Instant>,
+    /// The table this node applies: its fingerprint (announced to peers,
+    /// 0 for none), since when this node's power is 0, and when it was
+    /// applied, on the monotonic clock (for patience) and on the wall clock
+    /// (announced).
+    applied: Option<Applied>,
 }
 
-/// How long after a table change an Incoming bucket stays Incoming even
-/// though its old owner does not report draining: that report comes one
-/// heartbeat after the old owner read the change, itself one heartbeat
-/// after this node made it (a join, a new power). Taking the bucket as
-/// Owned before would accept the old owner's established connections here
-/// and reset them.
-const INCOMING_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// What a peer's heartbeat announces of its table: another node's
+/// [`FarmDataPath::announcement`] and draining flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAnnouncement {
+    /// Its table's fingerprint (0: none announced).
+    pub fingerprint: u64,
+    /// When it applied that table (wall-clock ns).
+    pub applied_wall_ns: u64,
+    /// It still drains buckets it handed over.
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    fingerprint: u64,
+    /// Since when (CLOCK_MONOTONIC ns) this node's power is 0, if it is.
+    zero_since: Option<u64>,
+    at: tokio::time::Instant,
+    wall_ns: u64,
+}
+
+/// How long after a table change an Incoming bucket whose old owner
+/// announces no table stays Incoming though that owner does not report
+/// draining: that report comes one heartbeat after the old owner read the
+/// change, itself one heartbeat after this node made it. Taking the bucket
+/// as Owned before would accept the old owner's established connections
+/// here and reset them. Owners that announce their table are waited for
+/// until they show this node's ([`AGREEMENT_WAIT`]).
+const INCOMING_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest an Incoming bucket waits for its old owner to show the same
+/// table as this node: the nodes agree one heartbeat after a change unless
+/// they do not see the same members (a partial partition), and then no
+/// handover can be agreed on anyway.
+const AGREEMENT_WAIT: Duration = Duration::from_secs(10);
+
+/// How much earlier than announced an old owner's table change is taken to
+/// be: the announcement is in wall-clock nanoseconds, converted to this
+/// node's monotonic clock, and clocks disagree a little. A cut too early
+/// makes a UDP flow that began just before it served twice; too late, it
+/// would make one that began just after it served by nobody.
+const CUT_MARGIN_NS: u64 = 2_000_000;
 
 impl FarmDataPath {
     pub fn new(module: FarmModule, node: &str) -> Self {
@@ -43,7 +87,7 @@ impl FarmDataPath {
             rules,
             handover: Handover::new(node),
             ingress: None,
-            retabled_at: None,
+            applied: None,
         }
     }
 
@@ -87,6 +131,7 @@ impl FarmDataPath {
             }
         }
         self.ingress = None;
+        self.applied = None;
         self.handover = Handover::new(self.handover_node());
         first_error.map_or(Ok(()), Err)
     }
@@ -96,48 +141,154 @@ impl FarmDataPath {
     }
 
     /// Writes the table of a new membership, with handover states for the
-    /// buckets that move between live nodes.
+    /// buckets that move between live nodes; `peers` holds what each peer
+    /// announces of its own table.
     pub fn set_members(
         &mut self,
         members: &BTreeMap<String, u32>,
         alive: &dyn Fn(&str) -> bool,
+        peers: &BTreeMap<String, PeerAnnouncement>,
     ) -> anyhow::Result<()> {
+        let now = monotonic_ns();
         if self.handover.table().is_none() {
             // A node joining a running farm takes its buckets from their
             // current owners: the table without it is the one they serve.
             let mut before = members.clone();
             before.remove(self.handover.me());
-            self.handover.retable(BucketTable::compute(&before)?, alive);
+            self.handover
+                .retable(BucketTable::compute(&before)?, alive, now);
         }
         let table = BucketTable::compute(members)?;
-        self.handover.retable(table, alive);
-        self.retabled_at = Some(tokio::time::Instant::now());
-        self.write()
+        self.handover.retable(table, alive, now);
+        let power = members.get(self.handover.me()).copied();
+        let was_zero = self.applied.and_then(|a| a.zero_since);
+        self.applied = Some(Applied {
+            fingerprint: fingerprint(members),
+            zero_since: (power == Some(0)).then(|| was_zero.unwrap_or(now)),
+            at: tokio::time::Instant::now(),
+            wall_ns: 0,
+        });
+        // An old owner that changed first (a graceful leave, a lower power)
+        // already shows this table: its cut is known now, not at the next
+        // settle.
+        let views = self.peer_handovers(peers);
+        self.handover
+            .confirm(&|peer| views.get(peer).copied(), self.patience(), now);
+        self.write()?;
+        // The table is live from the program's flip, at the end of the
+        // write (thousands of map updates): announced earlier, a new owner
+        // would take the flows that began in between, which this node
+        // still took as their owner.
+        if let Some(applied) = &mut self.applied {
+            applied.wall_ns = wall_ns();
+        }
+        Ok(())
     }
 
-    /// Ends the handovers that are over; `still_draining` says whether a
-    /// peer still reports draining buckets.
-    pub fn settle(&mut self, still_draining: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
-        if self.ingress.is_none() {
-            return Ok(());
+    /// What this node announces of its table in its heartbeat: the table's
+    /// fingerprint (0: none) and when it applied it (wall-clock ns).
+    pub fn announcement(&self) -> (u64, u64) {
+        match (&self.ingress, &self.applied) {
+            (Some(_), Some(applied)) => (applied.fingerprint, applied.wall_ns),
+            _ => (0, 0),
         }
+    }
+
+    /// The peers' handovers, from what they announce.
+    fn peer_handovers(
+        &self,
+        peers: &BTreeMap<String, PeerAnnouncement>,
+    ) -> BTreeMap<String, PeerHandover> {
+        let (mono, wall) = (monotonic_ns(), wall_ns());
+        peers
+            .iter()
+            .map(|(name, peer)| {
+                let table = match &self.applied {
+                    _ if peer.fingerprint == 0 => PeerTable::Unknown,
+                    Some(mine) if mine.fingerprint == peer.fingerprint => {
+                        let ago = wall.saturating_sub(peer.applied_wall_ns);
+                        PeerTable::Same {
+                            applied_at: mono.saturating_sub(ago.saturating_add(CUT_MARGIN_NS)),
+                        }
+                    }
+                    _ => PeerTable::Other,
+                };
+                let handover = PeerHandover {
+                    table,
+                    draining: peer.draining,
+                };
+                (name.clone(), handover)
+            })
+            .collect()
+    }
+
+    fn patience(&self) -> Patience {
+        let waited = |limit| self.applied.is_none_or(|a| a.at.elapsed() >= limit);
+        Patience {
+            agreement_waited: waited(AGREEMENT_WAIT),
+            unknown_waited: waited(INCOMING_GRACE),
+        }
+    }
+
+    /// Whether some bucket waits for its old owner (settle on its news).
+    pub fn incoming(&self) -> bool {
+        self.handover.incoming()
+    }
+
+    /// Ends the handovers that are over; `peers` holds what each peer
+    /// announces. Returns how many draining buckets this node gave up with
+    /// flows still open (power 0, `drain_timeout`).
+    pub fn settle(&mut self, peers: &BTreeMap<String, PeerAnnouncement>) -> anyhow::Result<usize> {
+        if self.ingress.is_none() {
+            return Ok(0);
+        }
+        let now = monotonic_ns();
+        let views = self.peer_handovers(peers);
+        let mut changed =
+            self.handover
+                .confirm(&|peer| views.get(peer).copied(), self.patience(), now);
+        let mut cut_short = 0;
+        if self.handover.draining() {
+            let busy = self.busy_buckets(now)?;
+            // A node of power 0 stays UP but is given no flow: the flows it
+            // still serves leave it at `drain_timeout`, as at a graceful
+            // leave, instead of holding it (and the new owners' buckets
+            // Incoming) for as long as a client keeps them.
+            let limit = self
+                .applied
+                .and_then(|a| a.zero_since)
+                .map(|from| (from, self.module.drain_timeout.as_nanos() as u64));
+            let (short, drained) = self.handover.drain(&busy, limit, now);
+            cut_short = short;
+            changed |= drained;
+        }
+        if changed {
+            self.write()?;
+        }
+        Ok(cut_short)
+    }
+
+    /// The buckets with a TCP connection or a fresh UDP flow this node
+    /// serves.
+    fn busy_buckets(&self, now: u64) -> anyhow::Result<std::collections::BTreeSet<u32>> {
         let tables = [
             std::fs::read_to_string("/proc/net/tcp").unwrap_or_default(),
             std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default(),
         ];
-        let busy = super::handover::busy_tcp_buckets(
+        let mut busy = super::handover::busy_tcp_buckets(
             &[&tables[0], &tables[1]],
             &self.module.vips,
             &self.rules,
         );
-        let young = self
-            .retabled_at
-            .is_some_and(|at| at.elapsed() < INCOMING_GRACE);
-        let still_draining = |peer: &str| young || still_draining(peer);
-        if self.handover.settle(&busy, &still_draining) {
-            self.write()?;
+        if let Some(ingress) = &self.ingress {
+            // As long as the program keeps them (common::farm::udp_decision).
+            let within = (self.module.udp_idle.as_nanos() as u64).saturating_add(UDP_REFRESH_NS);
+            let flows = ingress
+                .udp_flows_served(now, within)
+                .context("reading the UDP flow table")?;
+            busy.extend(super::handover::busy_udp_buckets(&flows, &self.rules));
         }
-        Ok(())
+        Ok(busy)
     }
 
     /// Whether this node still drains buckets it handed over.
@@ -176,11 +327,42 @@ impl FarmDataPath {
     }
 
     fn write(&mut self) -> anyhow::Result<()> {
+        let states = self.handover.states();
+        let count = |state| states.iter().filter(|s| **s == state).count();
+        tracing::info!(
+            module = %self.module.name,
+            owned = count(BucketState::Owned),
+            incoming = count(BucketState::Incoming),
+            draining = count(BucketState::Draining),
+            table = self.applied.map_or(0, |a| a.fingerprint),
+            "bucket states written"
+        );
         if let Some(ingress) = &mut self.ingress {
-            ingress.set_buckets(&self.handover.states())?;
+            ingress.set_buckets_with_cuts(&self.handover.states(), &self.handover.udp_cuts())?;
         }
         Ok(())
     }
+}
+
+/// A membership's fingerprint, the same on every node that computes its
+/// table from the same members and powers; never 0 (which announces no
+/// table).
+pub fn fingerprint(members: &BTreeMap<String, u32>) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    for (name, power) in members {
+        hasher.update(&(name.len() as u64).to_be_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update(&power.to_be_bytes());
+    }
+    let digest = hasher.finalize();
+    let bytes: [u8; 8] = digest.as_bytes()[..8].try_into().expect("8 bytes");
+    u64::from_be_bytes(bytes) | 1
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Where the VIPs are bound: on `lo`, as LVS direct routing does, for

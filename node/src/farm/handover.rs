@@ -1,22 +1,34 @@
-//! The farm module's data path on this node: the VIPs on the interface, the
-//! ingress program attached to it, and the bucket table it filters with,
-//! including the handover states that keep established connections on
-//! their node across a planned rebalance.
+//! The handover states of the buckets that move between live nodes, and
+//! when they end (pure: the kernel's sockets and flows, the peers' reports
+//! and the time are inputs).
 //!
 //! A bucket that moves from node A to node B while both are alive goes
 //! `Draining` on A and `Incoming` on B (common::farm::BucketState). A keeps
-//! the flows it has sockets or recent UDP entries for; B takes new TCP
-//! connections. A bucket leaves `Draining` when this node's kernel has no
-//! more connection in it (read from `/proc/net/tcp{,6}`) and no fresh UDP
-//! flow; B's `Incoming` becomes `Owned` when A no longer reports draining,
-//! or is gone. A bucket whose owner died moves to its new owner at once.
+//! the TCP connections it has sockets for and the UDP flows it served; B
+//! takes new TCP connections and the UDP flows A does not serve. A bucket
+//! leaves `Draining` when this node's kernel has no more connection in it
+//! (read from `/proc/net/tcp{,6}`) and no fresh UDP flow it serves, or,
+//! on a node of power 0, when `drain_timeout` runs out. B's `Incoming`
+//! becomes `Owned` once A applies the same table as B (so A has stopped
+//! taking new flows in the bucket) and no longer reports draining, or is
+//! gone. A bucket whose owner died moves to its new owner at once.
+//!
+//! UDP has no handshake to tell a new flow from an old one, so B judges a
+//! datagram by its own flow table, which records every flow it sees
+//! (common::farm::UdpFlow): a fresh flow B does not serve and first saw
+//! before A stopped taking new flows in the bucket (its *cut*) is A's;
+//! every other flow is B's. B learns the cut from A's heartbeat (the time
+//! A applied its table); until then it takes no UDP flow in the bucket
+//! but its own, as A may still own the bucket outright.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
-use halo_common::farm::{bucket_of, filter, BucketState, FarmRule, VipKey, BUCKETS};
+use halo_common::farm::{
+    bucket_of, filter, BucketState, FarmRule, UdpFlowKey, VipKey, BUCKETS, UDP_CUT_UNKNOWN,
+};
 
 use super::buckets::BucketTable;
 
@@ -25,13 +37,16 @@ use super::buckets::BucketTable;
 pub enum Slot {
     NotMine,
     Owned,
-    /// Was ours; `to` takes new flows.
+    /// Was ours until `since` (CLOCK_MONOTONIC ns); `to` takes new flows.
     Draining {
         to: String,
+        since: u64,
     },
-    /// Ours; `from` still serves its old flows.
+    /// Ours; `from` still serves its old flows. `cut`: when `from` stopped
+    /// taking new UDP flows here (CLOCK_MONOTONIC ns), once known.
     Incoming {
         from: String,
+        cut: Option<u64>,
     },
 }
 
@@ -45,6 +60,48 @@ impl Slot {
             Slot::Incoming { .. } => BucketState::Incoming,
         }
     }
+
+    /// The bucket's UDP cut the ingress program reads.
+    pub fn udp_cut(&self) -> u64 {
+        match self {
+            Slot::Incoming { cut: Some(cut), .. } => *cut,
+            _ => UDP_CUT_UNKNOWN,
+        }
+    }
+}
+
+/// What this node knows of a peer's handovers, from its heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerHandover {
+    /// Which table the peer applies.
+    pub table: PeerTable,
+    /// The peer still drains buckets it handed over.
+    pub draining: bool,
+}
+
+/// A peer's table, compared with this node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerTable {
+    /// The same as this node's, applied at this time (CLOCK_MONOTONIC ns
+    /// of this node, as far as the clocks agree).
+    Same { applied_at: u64 },
+    /// Another one: the peer has not read the change yet (or this node
+    /// has not read the peer's).
+    Other,
+    /// The peer announces none (it applies no table, or its daemon is too
+    /// old to announce it).
+    Unknown,
+}
+
+/// When the handovers of a [`Handover::confirm`] may end without the old
+/// owner's word: `agreement_waited` after a table change whose old owners
+/// do not show the same table (they may never, e.g. behind a partial
+/// partition), `unknown_waited` for an old owner that announces no table
+/// (the heartbeat that would say it is draining comes within it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patience {
+    pub agreement_waited: bool,
+    pub unknown_waited: bool,
 }
 
 /// This node's view of every bucket.
@@ -52,6 +109,11 @@ impl Slot {
 pub struct Handover {
     me: String,
     slots: Vec<Slot>,
+    /// Per bucket, whatever its owner: the live nodes that handed it over
+    /// and may still serve flows in it. A bucket can move again before its
+    /// first handover ends (a join, then a new power), and then its new
+    /// owner must wait for every earlier owner, not only the last.
+    drainers: Vec<BTreeSet<String>>,
     table: Option<BucketTable>,
 }
 
@@ -61,6 +123,7 @@ impl Handover {
         Handover {
             me: me.to_owned(),
             slots: vec![Slot::NotMine; BUCKETS as usize],
+            drainers: vec![BTreeSet::new(); BUCKETS as usize],
             table: None,
         }
     }
@@ -80,6 +143,11 @@ impl Handover {
         self.slots.iter().map(Slot::state).collect()
     }
 
+    /// The UDP cuts the ingress program reads, in bucket order.
+    pub fn udp_cuts(&self) -> Vec<u64> {
+        self.slots.iter().map(Slot::udp_cut).collect()
+    }
+
     /// The current table.
     pub fn table(&self) -> Option<&BucketTable> {
         self.table.as_ref()
@@ -92,10 +160,28 @@ impl Handover {
             .any(|s| matches!(s, Slot::Draining { .. }))
     }
 
-    /// Moves to the table of a new membership. `alive` tells whether a peer
-    /// is still running the farm (a planned handover) or is gone (its
-    /// buckets move at once).
-    pub fn retable(&mut self, next: BucketTable, alive: &dyn Fn(&str) -> bool) {
+    /// Whether some bucket is still incoming here.
+    pub fn incoming(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Incoming { .. }))
+    }
+
+    /// Moves to the table of a new membership at `now`. `alive` tells
+    /// whether a peer is still running the farm (a planned handover) or is
+    /// gone (its buckets move at once).
+    pub fn retable(&mut self, next: BucketTable, alive: &dyn Fn(&str) -> bool, now: u64) {
+        // Who serves each bucket this node keeps while its peers do not
+        // count it yet: the owner of the table without it. This node's own
+        // previous table may not say so, when it was made from a partial
+        // view of the members (a node that starts with its peers).
+        let others: BTreeMap<String, u32> = next
+            .shares()
+            .iter()
+            .filter(|share| share.node != self.me)
+            .map(|share| (share.node.to_owned(), share.power))
+            .collect();
+        let without_me = BucketTable::compute(&others).ok();
         for bucket in 0..BUCKETS as usize {
             let new_owner = next.owner(bucket as u16);
             let old_owner = self
@@ -103,46 +189,142 @@ impl Handover {
                 .as_ref()
                 .and_then(|t| t.owner(bucket as u16))
                 .map(str::to_owned);
+            let drainers = &mut self.drainers[bucket];
+            drainers.retain(|node| alive(node) && Some(node.as_str()) != new_owner);
+            if let (Some(old), Some(new)) = (&old_owner, new_owner) {
+                if old != new && alive(old) && (alive(new) || new == self.me) {
+                    drainers.insert(old.clone());
+                }
+            }
+            let kept = matches!(self.slots[bucket], Slot::Owned | Slot::Incoming { .. });
+            if kept && new_owner == Some(self.me.as_str()) {
+                let serving = without_me.as_ref().and_then(|t| t.owner(bucket as u16));
+                if let Some(serving) = serving.filter(|n| alive(n)) {
+                    drainers.insert(serving.to_owned());
+                }
+            }
+            drainers.remove(&self.me);
             let slot = std::mem::replace(&mut self.slots[bucket], Slot::NotMine);
             self.slots[bucket] = match (new_owner, slot) {
                 (Some(n), slot) if n == self.me => match slot {
                     Slot::Owned => Slot::Owned,
-                    Slot::Incoming { from } if alive(&from) => Slot::Incoming { from },
+                    Slot::Incoming { from, cut } if alive(&from) => Slot::Incoming { from, cut },
                     Slot::Incoming { .. } | Slot::Draining { .. } => Slot::Owned,
                     Slot::NotMine => match old_owner {
-                        Some(from) if from != self.me && alive(&from) => Slot::Incoming { from },
+                        Some(from) if from != self.me && alive(&from) => {
+                            Slot::Incoming { from, cut: None }
+                        }
                         _ => Slot::Owned,
                     },
                 },
-                (Some(n), Slot::Owned | Slot::Incoming { .. }) if alive(n) => {
-                    Slot::Draining { to: n.to_owned() }
-                }
-                (Some(n), Slot::Draining { .. }) if alive(n) => Slot::Draining { to: n.to_owned() },
+                (Some(n), Slot::Owned | Slot::Incoming { .. }) if alive(n) => Slot::Draining {
+                    to: n.to_owned(),
+                    since: now,
+                },
+                (Some(n), Slot::Draining { since, .. }) if alive(n) => Slot::Draining {
+                    to: n.to_owned(),
+                    since,
+                },
                 _ => Slot::NotMine,
             };
         }
         self.table = Some(next);
     }
 
-    /// Ends handovers that are over: draining buckets with no flow left
-    /// here (`busy` holds the buckets that still have one), and incoming
-    /// buckets whose old owner stopped draining or is gone. Returns whether
-    /// anything changed.
-    pub fn settle(&mut self, busy: &BTreeSet<u32>, still_draining: &dyn Fn(&str) -> bool) -> bool {
+    /// Advances the incoming buckets at `now` by what the peers report
+    /// (`None`: no report, the peer is gone): an old owner that applies
+    /// this node's table gives the bucket's UDP cut (the time it applied
+    /// it); the bucket is this node's outright once, besides, no node that
+    /// handed it over (that one or an earlier owner) still drains. Returns
+    /// whether anything changed.
+    pub fn confirm(
+        &mut self,
+        peer: &dyn Fn(&str) -> Option<PeerHandover>,
+        patience: Patience,
+        now: u64,
+    ) -> bool {
+        // When a peer applies this node's table, or is waited for no more.
+        let applied = |name: &str| match peer(name) {
+            None => Some(now),
+            Some(PeerHandover { table, .. }) => match table {
+                PeerTable::Same { applied_at } => Some(applied_at.min(now)),
+                PeerTable::Other if patience.agreement_waited => Some(now),
+                PeerTable::Unknown if patience.unknown_waited => Some(now),
+                PeerTable::Other | PeerTable::Unknown => None,
+            },
+        };
+        // A node drains nothing of this node's table: it applies the table
+        // and reports no draining bucket (or is gone).
+        let done = |name: &str| applied(name).is_some() && peer(name).is_none_or(|p| !p.draining);
         let mut changed = false;
-        for (bucket, slot) in self.slots.iter_mut().enumerate() {
-            let next = match slot {
-                Slot::Draining { .. } if !busy.contains(&(bucket as u32)) => Some(Slot::NotMine),
-                Slot::Incoming { from } if !still_draining(from) => Some(Slot::Owned),
-                _ => None,
+        for (slot, drainers) in self.slots.iter_mut().zip(self.drainers.iter_mut()) {
+            drainers.retain(|node| !done(node));
+            let Slot::Incoming { from, cut } = slot else {
+                continue;
             };
-            if let Some(next) = next {
-                *slot = next;
+            // The cut is the latest change among the nodes that may have
+            // served the bucket: until then one of them took its new flows.
+            let mut latest = applied(from);
+            for node in drainers.iter() {
+                latest = latest.zip(applied(node)).map(|(a, b)| a.max(b));
+            }
+            let Some(applied_at) = latest else {
+                continue;
+            };
+            if drainers.is_empty() && done(from) {
+                *slot = Slot::Owned;
+                changed = true;
+            } else if cut.is_none() {
+                *cut = Some(applied_at);
                 changed = true;
             }
         }
         changed
     }
+
+    /// Ends the draining buckets with no flow left here (`busy` holds the
+    /// buckets that still have one), and, when `limit` is given as
+    /// `(from, duration)`, those that drained for `duration` by `now`,
+    /// counted from `from` for a bucket that drained already (a drain
+    /// before `from` had no limit). Returns how many ended with flows still
+    /// open (cut short by `limit`) and whether anything changed.
+    pub fn drain(
+        &mut self,
+        busy: &BTreeSet<u32>,
+        limit: Option<(u64, u64)>,
+        now: u64,
+    ) -> (usize, bool) {
+        let (mut cut_short, mut changed) = (0, false);
+        for (bucket, slot) in self.slots.iter_mut().enumerate() {
+            let Slot::Draining { since, .. } = slot else {
+                continue;
+            };
+            let open = busy.contains(&(bucket as u32));
+            let expired = limit
+                .is_some_and(|(from, duration)| now.saturating_sub((*since).max(from)) >= duration);
+            if !open || expired {
+                cut_short += usize::from(open);
+                *slot = Slot::NotMine;
+                changed = true;
+            }
+        }
+        (cut_short, changed)
+    }
+}
+
+/// The buckets of the UDP flows this node serves, from its flow table's
+/// keys, by the first UDP rule naming each flow's VIP port.
+pub fn busy_udp_buckets(flows: &[UdpFlowKey], rules: &[FarmRule]) -> BTreeSet<u32> {
+    flows
+        .iter()
+        .filter_map(|flow| {
+            let rule = rules.iter().find(|r| {
+                r.proto == 17 && r.first_port <= flow.vip_port && flow.vip_port <= r.last_port
+            })?;
+            let port = (rule.filter == filter::SOURCE_PORT).then_some(flow.client_port);
+            Some(bucket_of(&flow.client, port))
+        })
+        .collect()
 }
 
 /// The buckets of this node's open TCP connections to the farm's VIPs, from
@@ -239,13 +421,26 @@ mod tests {
         h.slots().iter().filter(|s| f(s)).count()
     }
 
+    const SECOND: u64 = 1_000_000_000;
+
+    fn patient() -> Patience {
+        Patience {
+            agreement_waited: false,
+            unknown_waited: false,
+        }
+    }
+
+    fn peer(table: PeerTable, draining: bool) -> Option<PeerHandover> {
+        Some(PeerHandover { table, draining })
+    }
+
     #[test]
     fn a_joining_node_takes_buckets_as_incoming_and_the_old_owner_drains() {
         let alive = |_: &str| true;
         let mut a = Handover::new("a");
         let mut c = Handover::new("c");
-        a.retable(table(&[("a", 1), ("b", 1)]), &alive);
-        c.retable(table(&[("a", 1), ("b", 1)]), &alive);
+        a.retable(table(&[("a", 1), ("b", 1)]), &alive, 0);
+        c.retable(table(&[("a", 1), ("b", 1)]), &alive, 0);
         let owned_before = count(&a, |s| *s == Slot::Owned);
         assert!(owned_before > 1900, "a owns about half: {owned_before}");
         assert_eq!(
@@ -254,11 +449,18 @@ mod tests {
             "c is not a member yet"
         );
 
+        // c applies the new table first (it joins), a one heartbeat later.
         let next = table(&[("a", 1), ("b", 1), ("c", 1)]);
-        a.retable(next.clone(), &alive);
-        c.retable(next.clone(), &alive);
-        let draining_to_c = count(&a, |s| matches!(s, Slot::Draining { to } if to == "c"));
-        let incoming_from_a = count(&c, |s| matches!(s, Slot::Incoming { from } if from == "a"));
+        c.retable(next.clone(), &alive, SECOND);
+        // a still shows the old table: c waits, taking no UDP flow.
+        assert!(!c.confirm(&|_| peer(PeerTable::Other, false), patient(), SECOND));
+        assert!(c.udp_cuts().iter().all(|cut| *cut == UDP_CUT_UNKNOWN));
+        a.retable(next.clone(), &alive, 2 * SECOND);
+        let draining_to_c = count(&a, |s| matches!(s, Slot::Draining { to, .. } if to == "c"));
+        let incoming_from_a = count(
+            &c,
+            |s| matches!(s, Slot::Incoming { from, .. } if from == "a"),
+        );
         assert!(
             draining_to_c > 500,
             "a hands about a third of its buckets to c: {draining_to_c}"
@@ -269,19 +471,153 @@ mod tests {
         );
         assert!(a.draining());
 
-        // a has no connections left: its draining buckets end; then c owns
-        // them outright once a stops reporting draining.
-        assert!(a.settle(&BTreeSet::new(), &|_| false));
+        // a shows c's table and drains: c learns when a stopped taking new
+        // UDP flows, and keeps the buckets incoming.
+        let a_applied = PeerTable::Same {
+            applied_at: 2 * SECOND,
+        };
+        assert!(c.confirm(&|_| peer(a_applied, true), patient(), 3 * SECOND));
+        let cuts: Vec<u64> = c
+            .slots()
+            .iter()
+            .filter(|s| matches!(s, Slot::Incoming { .. }))
+            .map(Slot::udp_cut)
+            .collect();
+        assert!(
+            cuts.len() > 500 && cuts.iter().all(|cut| *cut == 2 * SECOND),
+            "{cuts:?}"
+        );
+
+        // a has no flow left: its draining buckets end; then c owns them
+        // outright once a stops reporting draining.
+        let (cut_short, changed) = a.drain(&BTreeSet::new(), None, 3 * SECOND);
+        assert!(changed && cut_short == 0);
         assert!(!a.draining());
-        assert!(c.settle(&BTreeSet::new(), &|peer| peer == "a" && a.draining()));
+        assert!(c.confirm(&|_| peer(a_applied, a.draining()), patient(), 4 * SECOND));
         assert_eq!(count(&c, |s| matches!(s, Slot::Incoming { .. })), 0);
+    }
+
+    /// The flake of `farm::long_lived` under load: a new owner that took
+    /// its buckets as Owned after a fixed grace, before a slow old owner
+    /// had even read the change, accepted (and reset) that owner's
+    /// established connections.
+    #[test]
+    fn an_incoming_bucket_waits_for_its_old_owner_to_show_the_same_table() {
+        let mut c = Handover::new("c");
+        c.retable(table(&[("a", 1)]), &|_| true, 0);
+        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, 0);
+        let incoming = count(&c, |s| matches!(s, Slot::Incoming { .. }));
+        assert!(incoming > 1000, "{incoming}");
+        // a reports no draining, but from the old table: long after any
+        // fixed grace, c still waits.
+        for at in 1..9 {
+            c.confirm(&|_| peer(PeerTable::Other, false), patient(), at * SECOND);
+        }
+        assert_eq!(count(&c, |s| matches!(s, Slot::Incoming { .. })), incoming);
+        // Agreement that never comes (a partial partition) ends the wait.
+        let waited = Patience {
+            agreement_waited: true,
+            unknown_waited: true,
+        };
+        assert!(c.confirm(&|_| peer(PeerTable::Other, false), waited, 10 * SECOND));
+        assert_eq!(count(&c, |s| *s == Slot::Owned), incoming);
+    }
+
+    /// A bucket that moves again before its first handover ended (a join,
+    /// then a new power): its newest owner waits for the first owner too,
+    /// which still serves that bucket's old flows, not only for the owner
+    /// of the table before.
+    #[test]
+    fn a_bucket_moved_twice_waits_for_every_earlier_owner() {
+        let alive = |_: &str| true;
+        let mut b = Handover::new("b");
+        b.retable(table(&[("a", 1), ("b", 1)]), &alive, 0);
+        b.retable(table(&[("a", 1), ("b", 1), ("c", 1)]), &alive, SECOND);
+        let heavy = table(&[("a", 1), ("b", 3), ("c", 1)]);
+        let moved: Vec<u16> = (0..BUCKETS as u16)
+            .filter(|&x| {
+                let join = table(&[("a", 1), ("b", 1), ("c", 1)]);
+                table(&[("a", 1), ("b", 1)]).owner(x) == Some("a")
+                    && join.owner(x) == Some("c")
+                    && heavy.owner(x) == Some("b")
+            })
+            .collect();
+        assert!(!moved.is_empty(), "some bucket goes a -> c -> b");
+        b.retable(heavy, &alive, 2 * SECOND);
+        let same = PeerTable::Same {
+            applied_at: 2 * SECOND,
+        };
+        // c applied the table and drains nothing; a still drains (the
+        // flows it kept since the join).
+        let reports = |draining_a: bool| {
+            move |name: &str| match name {
+                "a" => peer(same, draining_a),
+                _ => peer(same, false),
+            }
+        };
+        b.confirm(&reports(true), patient(), 3 * SECOND);
+        for x in &moved {
+            assert!(
+                matches!(&b.slots()[*x as usize], Slot::Incoming { from, cut: Some(_) } if from == "c"),
+                "bucket {x} stays incoming while a drains: {:?}",
+                b.slots()[*x as usize]
+            );
+        }
+        b.confirm(&reports(false), patient(), 4 * SECOND);
+        assert!(moved.iter().all(|x| b.slots()[*x as usize] == Slot::Owned));
+    }
+
+    #[test]
+    fn an_old_owner_that_announces_no_table_is_waited_for_a_grace() {
+        let mut c = Handover::new("c");
+        c.retable(table(&[("a", 1)]), &|_| true, 0);
+        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, 0);
+        let unknown = |_: &str| peer(PeerTable::Unknown, false);
+        assert!(!c.confirm(&unknown, patient(), SECOND));
+        let grace = Patience {
+            agreement_waited: false,
+            unknown_waited: true,
+        };
+        assert!(c.confirm(&unknown, grace, 2 * SECOND));
+        assert_eq!(count(&c, |s| matches!(s, Slot::Incoming { .. })), 0);
+    }
+
+    #[test]
+    fn an_old_owner_that_left_first_gives_the_cut_at_once() {
+        // a leaves (a graceful stop): it applies the table without itself
+        // and drains; c reads it from a's report and applies the same.
+        let mut c = Handover::new("c");
+        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, 0);
+        c.retable(table(&[("c", 1)]), &|_| true, 5 * SECOND);
+        let applied = PeerTable::Same {
+            applied_at: 4 * SECOND,
+        };
+        assert!(c.confirm(&|_| peer(applied, true), patient(), 5 * SECOND));
+        assert!(c
+            .slots()
+            .iter()
+            .filter(|s| matches!(s, Slot::Incoming { .. }))
+            .all(|s| s.udp_cut() == 4 * SECOND));
+        // The cut is never later than now, whatever the clocks say.
+        let mut d = Handover::new("d");
+        d.retable(table(&[("a", 1), ("d", 1)]), &|_| true, 0);
+        d.retable(table(&[("d", 1)]), &|_| true, 5 * SECOND);
+        let ahead = PeerTable::Same {
+            applied_at: 9 * SECOND,
+        };
+        d.confirm(&|_| peer(ahead, true), patient(), 5 * SECOND);
+        assert!(d
+            .slots()
+            .iter()
+            .filter(|s| matches!(s, Slot::Incoming { .. }))
+            .all(|s| s.udp_cut() == 5 * SECOND));
     }
 
     #[test]
     fn buckets_of_a_dead_node_move_at_once() {
         let mut a = Handover::new("a");
-        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true);
-        a.retable(table(&[("a", 1)]), &|peer| peer != "b");
+        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
+        a.retable(table(&[("a", 1)]), &|peer| peer != "b", 0);
         assert_eq!(
             count(&a, |s| *s == Slot::Owned),
             BUCKETS as usize,
@@ -292,14 +628,237 @@ mod tests {
     #[test]
     fn a_busy_draining_bucket_keeps_draining() {
         let mut a = Handover::new("a");
-        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true);
-        a.retable(table(&[("b", 1)]), &|_| true);
+        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
+        a.retable(table(&[("b", 1)]), &|_| true, 0);
         let draining: Vec<u32> = (0..BUCKETS)
             .filter(|b| matches!(a.slots()[*b as usize], Slot::Draining { .. }))
             .collect();
         let busy = BTreeSet::from([draining[0]]);
-        a.settle(&busy, &|_| false);
+        a.drain(&busy, None, 3600 * SECOND);
         assert_eq!(count(&a, |s| matches!(s, Slot::Draining { .. })), 1);
+    }
+
+    #[test]
+    fn a_node_of_power_0_gives_up_its_busy_buckets_at_the_limit() {
+        let mut a = Handover::new("a");
+        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
+        a.retable(table(&[("a", 0), ("b", 1)]), &|_| true, SECOND);
+        let draining: BTreeSet<u32> = (0..BUCKETS)
+            .filter(|b| matches!(a.slots()[*b as usize], Slot::Draining { .. }))
+            .collect();
+        let limit = Some((SECOND, 30 * SECOND));
+        assert_eq!(a.drain(&draining, limit, 30 * SECOND), (0, false));
+        assert!(a.draining());
+        let (cut_short, changed) = a.drain(&draining, limit, 31 * SECOND);
+        assert!(changed && cut_short == draining.len());
+        assert!(!a.draining());
+        // A later table change does not restart a bucket's drain.
+        let mut b = Handover::new("a");
+        b.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
+        b.retable(table(&[("a", 0), ("b", 1)]), &|_| true, SECOND);
+        b.retable(
+            table(&[("a", 0), ("b", 1), ("c", 0)]),
+            &|_| true,
+            20 * SECOND,
+        );
+        assert_eq!(b.drain(&draining, limit, 31 * SECOND).0, draining.len());
+    }
+
+    /// A bucket that drained without a limit since a join (its flows are
+    /// long-lived) gets the whole `drain_timeout` from the moment its node's
+    /// power goes to 0, not what is left of it counted from the join.
+    #[test]
+    fn the_limit_of_power_0_counts_from_the_power_change() {
+        let mut a = Handover::new("a");
+        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
+        a.retable(table(&[("a", 1), ("b", 1), ("c", 1)]), &|_| true, SECOND);
+        let to_c: BTreeSet<u32> = (0..BUCKETS)
+            .filter(|b| matches!(&a.slots()[*b as usize], Slot::Draining { to, .. } if to == "c"))
+            .collect();
+        assert!(!to_c.is_empty());
+        a.retable(
+            table(&[("a", 0), ("b", 1), ("c", 1)]),
+            &|_| true,
+            100 * SECOND,
+        );
+        let limit = Some((100 * SECOND, 30 * SECOND));
+        let (cut_short, _) = a.drain(&to_c, limit, 101 * SECOND);
+        assert_eq!(cut_short, 0, "the drain since the join is not over");
+        assert_eq!(a.drain(&to_c, limit, 130 * SECOND).0, to_c.len());
+    }
+
+    #[test]
+    fn served_udp_flows_give_their_buckets_by_the_rule_of_their_port() {
+        let rules = [
+            FarmRule {
+                proto: 17,
+                filter: filter::SOURCE_PORT,
+                first_port: 53,
+                last_port: 53,
+                _pad: 0,
+            },
+            FarmRule {
+                proto: 17,
+                filter: filter::SOURCE_ADDR,
+                first_port: 5000,
+                last_port: 5100,
+                _pad: 0,
+            },
+        ];
+        let client = VipKey::v4([10, 0, 0, 7]).addr;
+        let flow = |client_port, vip_port| UdpFlowKey {
+            client,
+            client_port,
+            vip_port,
+            _pad: 0,
+        };
+        let busy = busy_udp_buckets(&[flow(4000, 53), flow(4001, 5050), flow(4002, 9)], &rules);
+        assert_eq!(
+            busy,
+            BTreeSet::from([bucket_of(&client, Some(4000)), bucket_of(&client, None)])
+        );
+    }
+
+    /// One node's flow table as the ingress program keeps it.
+    #[derive(Default)]
+    struct FlowTable(std::collections::HashMap<u32, halo_common::farm::UdpFlow>);
+
+    impl FlowTable {
+        fn datagram(&mut self, flow: u32, state: BucketState, now: u64, cut: u64) -> bool {
+            let entry = self.0.get(&flow).copied();
+            let (keep, write) = udp_decision(state, entry, now, IDLE, cut);
+            if let Some(write) = write {
+                self.0.insert(flow, write);
+            }
+            keep
+        }
+    }
+
+    const MS: u64 = 1_000_000;
+    const IDLE: u64 = 3 * SECOND;
+
+    /// One bucket moving from a to b, as both nodes see it: a's state, b's
+    /// state and b's cut at each time.
+    struct Move {
+        a: Vec<(u64, BucketState)>,
+        b: Vec<(u64, BucketState, u64)>,
+    }
+
+    fn at<T: Copy>(steps: &[(u64, T)], now: u64) -> T {
+        steps.iter().rev().find(|(t, _)| *t <= now).unwrap().1
+    }
+
+    /// Flows start at `starts` (ms) and send a datagram every 50 ms until
+    /// 6 s; returns, per flow, the datagrams taken by a, by b, by both and
+    /// by neither, and the time of the last one neither took.
+    fn replay(m: &Move, starts: &[u64]) -> Vec<(u32, u32, u32, u32, u64)> {
+        let (mut a, mut b) = (FlowTable::default(), FlowTable::default());
+        let mut out = vec![(0, 0, 0, 0, 0); starts.len()];
+        for now in (0..6000).step_by(50).map(|ms| ms * MS) {
+            for (flow, start) in starts.iter().enumerate() {
+                if now < start * MS {
+                    continue;
+                }
+                let a_state = at(&m.a, now);
+                let b_steps: Vec<(u64, (BucketState, u64))> =
+                    m.b.iter().map(|(t, s, c)| (*t, (*s, *c))).collect();
+                let (b_state, cut) = at(&b_steps, now);
+                let by_a = a.datagram(flow as u32, a_state, now, UDP_CUT_UNKNOWN);
+                let by_b = b.datagram(flow as u32, b_state, now, cut);
+                let o = &mut out[flow];
+                match (by_a, by_b) {
+                    (true, false) => o.0 += 1,
+                    (false, true) => o.1 += 1,
+                    (true, true) => o.2 += 1,
+                    (false, false) => {
+                        o.3 += 1;
+                        o.4 = now;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    use halo_common::farm::{udp_decision, BucketState::*};
+
+    #[test]
+    fn udp_flows_keep_their_node_when_the_new_owner_changes_first() {
+        // A join: b applies the table at 1 s, a at 1.2 s; b reads a's
+        // report at 1.4 s (cut 1.2 s, minus the margin).
+        let m = Move {
+            a: vec![(0, Owned), (1200 * MS, Draining)],
+            b: vec![
+                (0, NotMine, UDP_CUT_UNKNOWN),
+                (1000 * MS, Incoming, UDP_CUT_UNKNOWN),
+                (1400 * MS, Incoming, 1198 * MS),
+            ],
+        };
+        let flows = replay(&m, &[0, 1100, 1300, 1500]);
+        let [old, early, between, new] = flows[..] else {
+            unreachable!()
+        };
+        assert_eq!(
+            (old.1, old.2, old.3),
+            (0, 0, 0),
+            "an established flow stays on a: {old:?}"
+        );
+        assert_eq!(
+            (early.1, early.2, early.3),
+            (0, 0, 0),
+            "a took it as owner: {early:?}"
+        );
+        assert_eq!(
+            between.0 + between.2,
+            0,
+            "a never takes a flow begun after its cut: {between:?}"
+        );
+        assert!(
+            between.3 <= 3 && between.4 < 1400 * MS,
+            "a flow begun between a's change and b's news is lost only until b knows the cut: {between:?}"
+        );
+        assert_eq!(
+            (new.0, new.2, new.3),
+            (0, 0, 0),
+            "a new flow is b's: {new:?}"
+        );
+    }
+
+    #[test]
+    fn udp_flows_keep_their_node_when_the_old_owner_changes_first() {
+        // A graceful leave: a applies the table at 1 s, b reads it at
+        // 1.2 s and knows the cut at once.
+        let m = Move {
+            a: vec![(0, Owned), (1000 * MS, Draining)],
+            b: vec![
+                (0, NotMine, UDP_CUT_UNKNOWN),
+                (1200 * MS, Incoming, 998 * MS),
+            ],
+        };
+        let flows = replay(&m, &[0, 1100, 1300]);
+        let [old, between, new] = flows[..] else {
+            unreachable!()
+        };
+        assert_eq!((old.1, old.2, old.3), (0, 0, 0), "{old:?}");
+        assert_eq!(between.0 + between.2, 0, "{between:?}");
+        assert!(between.3 <= 2 && between.4 < 1200 * MS, "{between:?}");
+        assert_eq!((new.0, new.2, new.3), (0, 0, 0), "{new:?}");
+    }
+
+    #[test]
+    fn a_udp_flow_idle_beyond_udp_idle_moves_to_the_new_owner() {
+        let (mut a, mut b) = (FlowTable::default(), FlowTable::default());
+        assert!(a.datagram(1, Owned, 0, UDP_CUT_UNKNOWN));
+        assert!(!b.datagram(1, NotMine, 0, UDP_CUT_UNKNOWN));
+        // Within udp_idle, during the handover: still a's.
+        assert!(a.datagram(1, Draining, 2 * SECOND, UDP_CUT_UNKNOWN));
+        assert!(!b.datagram(1, Incoming, 2 * SECOND, SECOND));
+        // Quiet longer than udp_idle (and the old owner's margin): b's.
+        let later = 2 * SECOND + IDLE + 200 * MS;
+        assert!(!a.datagram(1, Draining, later, UDP_CUT_UNKNOWN));
+        assert!(b.datagram(1, Incoming, later, SECOND));
+        assert!(!a.datagram(1, Draining, later + 50 * MS, UDP_CUT_UNKNOWN));
+        assert!(b.datagram(1, Incoming, later + 50 * MS, SECOND));
     }
 
     #[test]

@@ -17,9 +17,12 @@
 //! - **Partial**: a resynchronisation into this node was interrupted: never
 //!   primary unless forced.
 //!
-//! Every start of serving ALONE raises the generation above both nodes'
-//! (`max(ours, peer's) + 1`), persisted before the VIP is claimed, so the node
-//! left behind is known to be stale. A secondary takes the primary's
+//! Every start of serving ALONE raises the generation above every generation
+//! the node knows of (its own, the peer's, the witness's), to the next number
+//! of its own parity (odd for the node whose name sorts first, even for the
+//! other), persisted before the VIP is claimed: the node left behind is known
+//! to be stale, and two nodes that start serving without seeing each other
+//! never claim the same generation. A secondary takes the primary's
 //! generation (as Copy) only when its resynchronisation completes; the
 //! primary turns Newest into Shared once it sees that. A planned swap keeps
 //! the generation: the old primary becomes its Copy, the new one its writer.
@@ -59,7 +62,20 @@
 //!   must not grant the lease to the other node before `until` plus the time a
 //!   stop takes plus clock drift, so at most one node serves at every instant.
 //!
-//! With the peer in sight no witness is asked (the peer says what it does).
+//! With the peer in sight no witness is asked (the peer says what it does),
+//! except that with the arbiter, serving ALONE always needs a valid lease:
+//! what a node sees of its peer is a pulse old, or one-way, and a peer that
+//! lost it takes the lease once its own runs out. Only a heal where both
+//! serve is settled by the data rather than the lease.
+//!
+//! # Pauses
+//! A node whose process was paused (a frozen VM, SIGSTOP, a CPU-starved
+//! cgroup) longer than the heartbeats allow may wake up believing a past:
+//! its peer may have lost it and taken over meanwhile. The driver feeds
+//! `PeerStale` before anything else after such a pause; the peer's last
+//! report is then no longer trusted until a fresh one arrives. A serving
+//! node meanwhile holds its role (Transient), except with the arbiter when
+//! its lease has run out: it releases the VIP at once and WAITs.
 //!
 //! # Transitions
 //! `step?` marks a step taken only when needed. Scripts wait for `ScriptDone`;
@@ -73,7 +89,7 @@
 //! |---|---|---|---|---|
 //! | STOP | `Start` / `Prim` / `Second` | | prestart | WAIT (then decide) |
 //! | WAIT | peer unknown | | (wait for a heartbeat or `PeerLost`) | WAIT Transient |
-//! | WAIT | peer seen, neither serves | our data ranks higher, or `Prim` | bump generation, ClaimVip, start_prim | ALONE |
+//! | WAIT | peer seen, neither serves | our data ranks higher, or `Prim`; arbiter: lease valid (else ask it, or WAIT) | bump generation, ClaimVip, start_prim | ALONE |
 //! | WAIT | peer seen, neither serves | neither has data, `defaultprim` is us | as above | ALONE |
 //! | WAIT | peer seen, neither serves | otherwise | log "data is stale: run halo prim to force" (or no data, …) | WAIT |
 //! | WAIT | peer serves | | log DivergentData?, SetReadOnly(true), StartReplication(secondary), StartResync … `ResyncDone` | SECOND |
@@ -82,7 +98,10 @@
 //! | ALONE | peer becomes SECOND of our generation | | StartReplication(primary) | PRIM |
 //! | ALONE | peer serves too (split healed) | peer's data ranks higher | log DivergentData, leave, as WAIT → SECOND | SECOND |
 //! | ALONE | lease not renewed by `until` (arbiter, peer not seen) | | ReleaseVip at once, stop_prim | WAIT |
-//! | PRIM | peer stops, waits, or replication breaks | | bump generation, StopReplication | ALONE |
+//! | PRIM | peer stops, waits, or replication breaks | arbiter: lease valid | bump generation, StopReplication | ALONE |
+//! | PRIM | peer stops, waits, or replication breaks | arbiter, no valid lease | ReleaseVip, stop_prim, StopReplication | WAIT |
+//! | PRIM, ALONE | `PeerStale` | arbiter, lease run out | ReleaseVip at once, stop_prim, StopReplication | WAIT |
+//! | PRIM, ALONE | `PeerStale` | otherwise | (hold the role, Transient, until the peer's next report or `PeerLost`) | same |
 //! | PRIM | `PeerLost` | witness none / lease valid | as above | ALONE |
 //! | PRIM, ALONE | `PeerLost` | ping | AskWitness (still serving, Transient); won: as above; lost: leave | ALONE / WAIT |
 //! | PRIM | `PeerLost` | arbiter, no valid lease | ReleaseVip, stop_prim, StopReplication | WAIT |
@@ -289,6 +308,11 @@ pub enum Input {
     /// No heartbeat from the peer on any network for the timeout (also sent when none
     /// arrived within the timeout of the daemon's start).
     PeerLost,
+    /// This node was paused (its heartbeat thread missed its ticks: a frozen
+    /// VM, SIGSTOP, CPU starvation): the peer may have lost it meanwhile and
+    /// taken over, so what it last reported is no longer known to be true
+    /// until its next report (or `PeerLost`).
+    PeerStale,
     /// The ping witness's answer to `AskWitness`.
     WitnessAnswer {
         /// Whether it was reached.
@@ -680,6 +704,21 @@ impl Mirror {
             })
     }
 
+    /// The generation of a new ALONE episode: above every generation this
+    /// node knows of (its own, the peer's, the witness's), and of this
+    /// node's parity (odd for the node whose name sorts first), so that two
+    /// nodes that bump without seeing each other never claim the same
+    /// number: "the newer generation wins" then never meets a tie.
+    fn next_generation(&self) -> Generation {
+        let base = self.stamp.generation.max(self.peer_max_generation).0;
+        let odd = self.cfg.node < self.cfg.peer;
+        let mut next = base.saturating_add(1);
+        if (next % 2 == 1) != odd {
+            next = next.saturating_add(1);
+        }
+        Generation(next)
+    }
+
     fn tie_break_is_ours(&self) -> bool {
         match &self.cfg.defaultprim {
             Some(name) if *name == self.cfg.node => true,
@@ -728,6 +767,13 @@ impl Mirror {
             Input::ScriptDone { kind, ok } => self.script_done(kind, ok, out),
             Input::PeerReport(report) => self.peer_report(report, out),
             Input::PeerLost => self.liveness = Liveness::Lost,
+            Input::PeerStale => {
+                if self.liveness == Liveness::Seen {
+                    self.liveness = Liveness::Unknown;
+                    self.ping = PingState::default();
+                    out.push(Action::Log(Event::PeerStale));
+                }
+            }
             Input::WitnessAnswer { won } => {
                 if self.ping.asked {
                     self.ping.asked = false;
@@ -1015,9 +1061,44 @@ impl Mirror {
         }
         let serving = self.serving();
         match (self.liveness, self.peer) {
-            (Liveness::Seen, Some(report)) => self.decide_with_peer(now, &report, serving),
+            (Liveness::Seen, Some(report)) => {
+                let decision = self.decide_with_peer(now, &report, serving);
+                // Serving alone needs the lease with the arbiter, also with
+                // the peer in sight: what we see of it may be a pulse old
+                // (or one-way), and a peer that lost us takes the lease once
+                // ours runs out. Only a heal where both serve is settled by
+                // the data, not by the lease.
+                let both_serving = serving && matches!(report.state, State::Alone | State::Prim);
+                if decision == Decision::Alone && !both_serving {
+                    self.gate_alone(now)
+                } else {
+                    decision
+                }
+            }
             (Liveness::Unknown, _) if !serving => Decision::Ask(Question::Peer),
+            // Serving, and just back from a pause: wait for the peer's next
+            // report before deciding anything from its old one; with the
+            // arbiter, stop at once unless the lease is still ours.
+            (Liveness::Unknown, _) => match self.cfg.witness {
+                WitnessKind::Arbiter if !self.lease_valid(now) => {
+                    Decision::Wait(WaitReason::NoLease)
+                }
+                _ => Decision::Ask(Question::Peer),
+            },
             _ => self.decide_without_peer(now, serving),
+        }
+    }
+
+    /// A decision to serve alone with the peer in sight, under the arbiter.
+    fn gate_alone(&self, now: Instant) -> Decision {
+        if self.cfg.witness != WitnessKind::Arbiter || self.lease_valid(now) {
+            Decision::Alone
+        } else if self.lease.stale {
+            Decision::Wait(WaitReason::Stale)
+        } else if self.lease.refused {
+            Decision::Wait(WaitReason::NoLease)
+        } else {
+            Decision::Ask(Question::Lease)
         }
     }
 
@@ -1169,11 +1250,13 @@ impl Mirror {
     }
 
     /// About to follow the peer: whether we wrote data that the peer's generation
-    /// cannot contain (both served during a split, or the peer was forced).
+    /// cannot contain (both served during a split, or the peer was forced):
+    /// a generation of ours that nobody copied (Newest), or one at least as
+    /// new as the peer's.
     fn discards_writes(&self) -> bool {
         self.state != State::Second
-            && self.stamp.writer()
-            && self.stamp.generation >= self.peer_generation()
+            && (self.stamp.state == DataState::Newest
+                || (self.stamp.writer() && self.stamp.generation >= self.peer_generation()))
     }
 
     /// Steps that give up the primary role: VIP, application, replication.
@@ -1184,9 +1267,12 @@ impl Mirror {
         if self.held.app {
             steps.push(Step::Script(ScriptCall::Stop(ScriptKind::StopPrim)));
         }
-        if let (Some(ReplRole::Primary), Some(handover), true) =
-            (self.held.repl, handover, self.peer_in_sync())
-        {
+        if let (Some(ReplRole::Primary), Some(handover), true, false) = (
+            self.held.repl,
+            handover,
+            self.peer_in_sync(),
+            self.pair_broken,
+        ) {
             steps.push(Step::Drain(handover));
         }
         if self.held.repl.is_some() {
@@ -1401,13 +1487,7 @@ impl Mirror {
                 self.await_(Awaiting::Resync);
             }
             Step::Bump => {
-                let generation = Generation(
-                    self.stamp
-                        .generation
-                        .max(self.peer_max_generation)
-                        .0
-                        .saturating_add(1),
-                );
+                let generation = self.next_generation();
                 self.persist(
                     DataStamp {
                         generation,
@@ -1877,7 +1957,7 @@ mod tests {
         assert_eq!(
             (sim.state(A), sim.state(B)),
             ((State::Prim, Phase::Ready), (State::Second, Phase::Ready)),
-            "expected one primary after the heal (equal generations: a by name), saw {}",
+            "expected one primary after the heal (a bumped to the higher, odd, generation), saw {}",
             sim.describe()
         );
         assert!(
@@ -2568,8 +2648,8 @@ mod tests {
         assert_eq!(sim.state(B).0, State::Wait, "saw {}", sim.describe());
         assert_eq!(
             sim.machine(A).stamp().generation,
-            gen(2),
-            "expected a to start generation 2"
+            gen(3),
+            "expected a to start generation 3 (odd: a sorts first)"
         );
         sim.run_for(secs(3));
         assert_eq!(
@@ -2721,10 +2801,10 @@ mod tests {
         );
         assert!(
             started.contains(&Action::PersistStamp(DataStamp {
-                generation: gen(4),
+                generation: gen(5),
                 state: DataState::Newest
             })) && m.is_serving(),
-            "expected ALONE on generation 4, saw {started:?}"
+            "expected ALONE on generation 5 (the next odd one: a sorts first), saw {started:?}"
         );
         assert_eq!(
             m.next_deadline(),
@@ -2764,6 +2844,200 @@ mod tests {
         }
     }
 
+    /// A report from b.
+    fn from_b(state: State, generation: u64, data: DataState, following: Option<u64>) -> Input {
+        Input::PeerReport(PeerReport {
+            state,
+            phase: Phase::Ready,
+            stamp: DataStamp {
+                generation: gen(generation),
+                state: data,
+            },
+            following: following.map(gen),
+            handover: None,
+        })
+    }
+
+    /// a PRIM of generation 5 (bumped from 3) with b its SECOND in sync;
+    /// with the arbiter, its lease runs until 2040 ms.
+    fn primary_a(witness: WitnessKind) -> Mirror {
+        let newest = DataStamp {
+            generation: gen(3),
+            state: DataState::Newest,
+        };
+        let mut m = Mirror::new(config(witness), newest);
+        drive(&mut m, t(0), Input::Command(Command::Start));
+        drive(&mut m, t(10), Input::PeerLost);
+        if witness == WitnessKind::Arbiter {
+            drive(&mut m, t(20), granted(t(2020), 3, 0));
+            drive(&mut m, t(30), granted(t(2040), 5, 3));
+        }
+        assert_eq!(m.state(), State::Alone);
+        drive(
+            &mut m,
+            t(40),
+            from_b(State::Second, 3, DataState::Copy, Some(5)),
+        );
+        assert_eq!((m.state(), m.phase()), (State::Prim, Phase::Ready));
+        assert_eq!(m.stamp().generation, gen(5));
+        m
+    }
+
+    fn went_to(actions: &[Action], state: State) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Log(Event::StateChanged { to, .. }) if *to == state))
+    }
+
+    #[test]
+    fn a_primary_back_from_a_pause_past_its_lease_stops_at_once_and_follows_the_peer() {
+        // The chaos campaign's frozen primary: a was stopped 3 s, b took the
+        // lease and went ALONE on generation 6. a wakes: its replication
+        // broke meanwhile and its last report of b says SECOND.
+        let mut m = primary_a(WitnessKind::Arbiter);
+        let woke = drive(&mut m, t(3040), Input::PeerStale);
+        assert_eq!(
+            woke.iter().find(|a| !matches!(a, Action::Log(_))),
+            Some(&Action::ReleaseVip),
+            "expected the VIP released before anything else, saw {woke:?}"
+        );
+        let broke = drive(&mut m, t(3041), Input::ReplicationBroken);
+        let all: Vec<Action> = woke.into_iter().chain(broke).collect();
+        // WAIT, and Transient until b's next report says what b is.
+        assert_eq!((m.state(), m.phase()), (State::Wait, Phase::Transient));
+        assert!(!m.is_serving());
+        assert!(
+            !went_to(&all, State::Alone),
+            "a must not serve alone: {all:?}"
+        );
+        assert!(
+            !all.iter()
+                .any(|a| matches!(a, Action::PersistStamp(s) if s.generation > gen(5))),
+            "a must not start a generation of its own: {all:?}"
+        );
+        assert!(all.iter().any(is_stop_prim), "expected stop_prim: {all:?}");
+        // b's fresh report: a follows it.
+        let fresh = drive(
+            &mut m,
+            t(3100),
+            from_b(State::Alone, 6, DataState::Newest, None),
+        );
+        assert_eq!(m.state(), State::Second, "saw {fresh:?}");
+    }
+
+    #[test]
+    fn a_primary_back_from_a_short_pause_with_its_lease_keeps_serving() {
+        let mut m = primary_a(WitnessKind::Arbiter);
+        let woke = drive(&mut m, t(600), Input::PeerStale);
+        assert!(
+            !woke.contains(&Action::ReleaseVip) && m.state() == State::Prim,
+            "the lease still runs: nobody else may serve, saw {woke:?}"
+        );
+        drive(
+            &mut m,
+            t(700),
+            from_b(State::Second, 5, DataState::Copy, Some(5)),
+        );
+        assert_eq!((m.state(), m.phase()), (State::Prim, Phase::Ready));
+    }
+
+    #[test]
+    fn without_a_witness_a_primary_back_from_a_pause_waits_for_the_peers_next_report() {
+        let mut m = primary_a(WitnessKind::None);
+        drive(&mut m, t(3000), Input::PeerStale);
+        let broke = drive(&mut m, t(3001), Input::ReplicationBroken);
+        assert!(
+            !went_to(&broke, State::Alone)
+                && !broke.iter().any(|a| matches!(a, Action::PersistStamp(_))),
+            "a replication broken during the pause says nothing yet of b: {broke:?}"
+        );
+        assert_eq!(m.state(), State::Prim);
+        // b took over meanwhile (generation 6): a follows, its writes since
+        // the pause being unacknowledged.
+        drive(
+            &mut m,
+            t(3100),
+            from_b(State::Alone, 6, DataState::Newest, None),
+        );
+        assert_eq!(m.state(), State::Second);
+        // Had b still been its secondary, a would have gone on alone.
+        let mut m = primary_a(WitnessKind::None);
+        drive(&mut m, t(3000), Input::PeerStale);
+        drive(&mut m, t(3001), Input::ReplicationBroken);
+        drive(
+            &mut m,
+            t(3100),
+            from_b(State::Wait, 5, DataState::Copy, None),
+        );
+        assert_eq!((m.state(), m.phase()), (State::Alone, Phase::Ready));
+    }
+
+    #[test]
+    fn with_the_arbiter_a_primary_serves_alone_only_while_its_lease_runs() {
+        // Replication breaks while the peer is in sight: with the lease, ALONE.
+        let mut m = primary_a(WitnessKind::Arbiter);
+        drive(&mut m, t(100), Input::ReplicationBroken);
+        assert_eq!((m.state(), m.phase()), (State::Alone, Phase::Ready));
+        // Without it (the witness went away and the lease ran out while the
+        // pair was healthy): the peer in sight may be about to take the
+        // lease (it may not hear us), so WAIT, not ALONE.
+        let mut m = primary_a(WitnessKind::Arbiter);
+        drive(&mut m, t(2100), Input::Timer);
+        assert_eq!(
+            m.state(),
+            State::Prim,
+            "a healthy pair goes on without the witness"
+        );
+        let broke = drive(&mut m, t(2200), Input::ReplicationBroken);
+        assert_eq!(
+            (m.state(), m.phase()),
+            (State::Wait, Phase::Ready),
+            "saw {broke:?}"
+        );
+        assert!(!went_to(&broke, State::Alone), "saw {broke:?}");
+        // The witness is back: the lease is granted and a serves alone.
+        let back = drive(&mut m, t(2300), granted(t(4300), 5, 5));
+        assert_eq!(
+            (m.state(), m.phase()),
+            (State::Alone, Phase::Ready),
+            "saw {back:?}"
+        );
+    }
+
+    #[test]
+    fn two_nodes_that_bump_apart_never_claim_the_same_generation() {
+        let newest = |n| DataStamp {
+            generation: gen(n),
+            state: DataState::Copy,
+        };
+        for base in 1..6 {
+            let mut a = Mirror::new(config(WitnessKind::None), newest(base));
+            let mut b = Mirror::new(MirrorConfig::new("b", "a"), newest(base));
+            b.cfg.witness = WitnessKind::None;
+            for m in [&mut a, &mut b] {
+                m.in_sync_with = Some(gen(base));
+                m.peer = Some(PeerReport {
+                    state: State::Prim,
+                    phase: Phase::Ready,
+                    stamp: newest(base),
+                    following: None,
+                    handover: None,
+                });
+                drive(m, t(0), Input::Command(Command::Start));
+                drive(m, t(10), Input::PeerLost);
+                assert_eq!(m.state(), State::Alone);
+            }
+            let (ga, gb) = (a.stamp().generation.0, b.stamp().generation.0);
+            assert!(ga > base && gb > base && ga <= base + 2 && gb <= base + 2);
+            assert_ne!(ga, gb, "both bumped {base} to the same generation");
+            assert_eq!(
+                (ga % 2, gb % 2),
+                (1, 0),
+                "a (first by name) takes odd numbers"
+            );
+        }
+    }
+
     #[test]
     fn held_writers_go_only_once_the_alone_generation_is_registered_with_the_arbiter() {
         let newest = DataStamp {
@@ -2776,24 +3050,24 @@ mod tests {
         assert!(!m.may_release_unacknowledged(t(10)), "WAIT holds writers");
         let started = drive(&mut m, t(20), granted(t(2010), 3, 0));
         assert_eq!(m.state(), State::Alone);
-        assert_eq!(m.stamp().generation, gen(4));
+        assert_eq!(m.stamp().generation, gen(5));
         assert!(
             started.contains(&Action::AcquireLease {
-                generation: gen(4),
+                generation: gen(5),
                 forced: false
             }),
             "expected a request claiming the new generation at once, saw {started:?}"
         );
         assert!(
             !m.may_release_unacknowledged(t(20)),
-            "the lease was granted to generation 3: the witness does not know 4 yet"
+            "the lease was granted to generation 3: the witness does not know 5 yet"
         );
         drive(&mut m, t(30), granted(t(2030), 3, 0));
         assert!(
             !m.may_release_unacknowledged(t(30)),
             "a late answer for the old claim"
         );
-        drive(&mut m, t(40), granted(t(2040), 4, 3));
+        drive(&mut m, t(40), granted(t(2040), 5, 3));
         assert!(m.may_release_unacknowledged(t(40)));
         assert!(
             !m.may_release_unacknowledged(t(2040)),

@@ -428,6 +428,8 @@ pub enum Event {
     StartFailed(ScriptKind),
     /// The arbiter's lease ran out without renewal.
     LeaseExpired,
+    /// This node was paused: the peer's last report is no longer trusted.
+    PeerStale,
     /// Mirror: this node follows a peer whose generation cannot contain our writes (a split, or a forced primary): they are overwritten.
     DivergentData {
         /// Our generation, discarded.
@@ -463,6 +465,9 @@ impl fmt::Display for Event {
             Event::CheckerStop => f.write_str("checker asked to stop the module"),
             Event::StartFailed(kind) => write!(f, "{kind} failed: stopping the module"),
             Event::LeaseExpired => f.write_str("the arbiter's lease expired without renewal"),
+            Event::PeerStale => f.write_str(
+                "this node was paused longer than the heartbeats allow: waiting for the peer's next report before trusting its role",
+            ),
             Event::DivergentData { ours, theirs } => write!(
                 f,
                 "following the peer's generation {theirs}: our writes of generation {ours} \

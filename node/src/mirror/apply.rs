@@ -215,7 +215,18 @@ impl Applier {
                 first,
                 sums,
             } => {
-                let file = self.writable(&path)?;
+                let file = match self.writable(&path) {
+                    Ok(file) => file,
+                    // Its directory is gone here (a change the walk had not
+                    // seen yet took it): still answered, see below.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Ok(Reply::Send(Message::Need {
+                            path,
+                            blocks: Vec::new(),
+                        }))
+                    }
+                    Err(e) => return Err(e),
+                };
                 let current = file.metadata()?.len();
                 if current != size {
                     file.set_len(size)?;
@@ -651,6 +662,23 @@ mod tests {
         assert_eq!(
             applier.apply(Message::Barrier { seq: 3 }).unwrap(),
             Reply::Send(Message::Ack { seq: 3 })
+        );
+        // Checksums of a file whose directory is gone here are answered
+        // all the same (the primary waits for every answer).
+        assert_eq!(
+            applier
+                .apply(Message::Sums {
+                    path: p("gone/f"),
+                    meta: Meta::default(),
+                    size: 10,
+                    first: 0,
+                    sums: vec![[0; crate::mirror::wire::SUM_LEN]],
+                })
+                .unwrap(),
+            Reply::Send(Message::Need {
+                path: p("gone/f"),
+                blocks: vec![],
+            })
         );
         // A rename whose source never arrived asks for its result.
         assert_eq!(

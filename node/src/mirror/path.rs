@@ -152,6 +152,17 @@ impl RelPath {
                 || (self.bytes.starts_with(&other.bytes)
                     && self.bytes.get(other.bytes.len()) == Some(&b'/')))
     }
+
+    /// Where this path is once `from` is renamed to `to`; `None` unless it
+    /// is `from` or lies below it.
+    pub fn moved(&self, from: &RelPath, to: &RelPath) -> Option<RelPath> {
+        if from.is_root() || !self.starts_with(from) {
+            return None;
+        }
+        let mut bytes = to.bytes.clone();
+        bytes.extend_from_slice(&self.bytes[from.bytes.len()..]);
+        RelPath::new(to.dir, bytes).ok()
+    }
 }
 
 impl std::fmt::Display for RelPath {
@@ -200,6 +211,19 @@ mod tests {
         assert!(p.starts_with(&RelPath::root(0)));
         assert!(!path("ab/c").unwrap().starts_with(&path("a").unwrap()));
         assert!(parent.join(b"..").is_err());
+    }
+
+    #[test]
+    fn paths_follow_a_rename_of_themselves_or_a_directory_above() {
+        let (from, to) = (path("a/b").unwrap(), path("x").unwrap());
+        assert_eq!(path("a/b").unwrap().moved(&from, &to), Some(to.clone()));
+        assert_eq!(
+            path("a/b/c/d").unwrap().moved(&from, &to),
+            Some(path("x/c/d").unwrap())
+        );
+        assert_eq!(path("a/bc").unwrap().moved(&from, &to), None);
+        assert_eq!(path("a").unwrap().moved(&from, &to), None);
+        assert_eq!(path("a").unwrap().moved(&RelPath::root(0), &to), None);
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //! The primary's sender thread is the only one that reads the files and
 //! writes the stream, so a listing or a block is always read after every
 //! change queued before it: the secondary converges to the primary's tree.
+//! Renames need more, because the walk and the checksums' answers span
+//! many changes: a directory the walk has still to visit is visited under
+//! its new name, an entry moved to where the walk has been is compared at
+//! once, and the blocks that answer a file's checksums go to wherever the
+//! changes sent since moved that file (and nowhere once they removed or
+//! replaced it).
 //!
 //! Threads: on the primary, `Tracker` (inotify → ops), `sender` (ops →
 //! stream) and `receiver` (`Need`, `Ack`, `ResyncDone` from the secondary);
@@ -129,8 +135,9 @@ enum Op {
     Blocks(RelPath, Vec<Blocks>),
     /// A new name of an already replicated file.
     Link(RelPath, RelPath),
-    /// Captured byte ranges `[start, end)` of a file.
-    Ranges(RelPath, Vec<(u64, u64)>),
+    /// Captured byte ranges `[start, end)` of a file: its path, its inode
+    /// (device, number) and the ranges.
+    Ranges(RelPath, (u64, u64), Vec<(u64, u64)>),
     /// The role is handed over: say so, then end the session.
     Bye,
     /// Threads paused by a durability call: a barrier, and their release
@@ -322,7 +329,7 @@ pub fn changed_since(setup: &Setup, cutoff: SystemTime) -> Vec<RelPath> {
 /// namespace changes compare whole subtrees).
 fn journal_op(journal: &mut Journal, op: &Op) {
     match op {
-        Op::Ranges(path, ranges) => {
+        Op::Ranges(path, _, ranges) => {
             for (start, end) in ranges {
                 journal.add_range(path, *start, *end);
             }
@@ -462,24 +469,20 @@ fn track(
                 }
                 Change::Renamed { from, to } => {
                     let created: Vec<RelPath> = st.created.drain().collect();
-                    for p in created.into_iter().map(|p| {
-                        if p.starts_with(&from) {
-                            let mut bytes = to.as_bytes().to_vec();
-                            bytes.extend_from_slice(&p.as_bytes()[from.as_bytes().len()..]);
-                            RelPath::new(to.dir, bytes).unwrap_or(p)
-                        } else {
-                            p
-                        }
-                    }) {
-                        st.created.insert(p);
+                    for p in created {
+                        st.created.insert(p.moved(&from, &to).unwrap_or(p));
                     }
                     for p in st.pending.iter_mut().chain(st.deferred.iter_mut()) {
-                        if p.starts_with(&from) {
-                            let mut bytes = to.as_bytes().to_vec();
-                            bytes.extend_from_slice(&p.as_bytes()[from.as_bytes().len()..]);
-                            if let Ok(new) = RelPath::new(to.dir, bytes) {
-                                *p = new;
-                            }
+                        if let Some(new) = p.moved(&from, &to) {
+                            *p = new;
+                        }
+                    }
+                    // Ranges that come without an event name the file by
+                    // the path last seen for it: follow it to its new name.
+                    if let Ok(m) = std::fs::symlink_metadata(setup.absolute(&to)) {
+                        let key = (m.dev(), m.ino());
+                        if st.paths.get(&key) == Some(&from) {
+                            st.paths.insert(key, to.clone());
                         }
                     }
                     match (setup.excluded(&from), setup.excluded(&to)) {
@@ -539,7 +542,7 @@ fn track(
                     st.ranges.remove(&key);
                     ops.push(Op::Entry(path));
                 } else if let Some(ranges) = st.ranges.remove(&key) {
-                    ops.push(Op::Ranges(path, ranges));
+                    ops.push(Op::Ranges(path, key, ranges));
                 }
             } else if !captured || new || !m.is_file() || st.resized.remove(&key) {
                 if m.is_file() {
@@ -552,7 +555,7 @@ fn track(
                 st.graced.remove(&path);
                 st.paths.insert(key, path.clone());
                 st.queued_mtime.insert(key, mtime(&m));
-                ops.push(Op::Ranges(path, ranges));
+                ops.push(Op::Ranges(path, key, ranges));
             } else if st.queued_mtime.get(&key) == Some(&mtime(&m)) {
                 // Nothing new since the last queued change (a close, or a
                 // modify whose ranges already travelled).
@@ -571,7 +574,7 @@ fn track(
         // Ranges of files no event named in this batch (coalesced events).
         for (key, ranges) in std::mem::take(&mut st.ranges) {
             if let Some(path) = st.paths.get(&key) {
-                ops.push(Op::Ranges(path.clone(), ranges));
+                ops.push(Op::Ranges(path.clone(), key, ranges));
             }
         }
         if !st.syncs.is_empty() {
@@ -597,7 +600,7 @@ fn track(
         match target.as_ref() {
             Some(tx) => {
                 for op in ops {
-                    if let Op::Ranges(_, ranges) = &op {
+                    if let Op::Ranges(_, _, ranges) = &op {
                         progress.backlog.fetch_add(span(ranges), Ordering::Relaxed);
                     }
                     let _ = tx.send(op);
@@ -749,7 +752,7 @@ impl PrimarySession {
                         vanished: HashSet::new(),
                         seqs,
                         releases,
-                        outstanding: 0,
+                        awaiting: VecDeque::new(),
                         fresh_peer: generation == 0,
                         end_pending: false,
                         resync_generation: primary_generation,
@@ -913,6 +916,14 @@ impl Plan {
         plan
     }
 
+    /// Another entry took the name `path`: the journaled ranges of what was
+    /// there, or below, do not describe it.
+    fn replaced(&mut self, path: &RelPath) {
+        if !self.ranges.is_empty() {
+            self.ranges.retain(|p, _| !p.starts_with(path));
+        }
+    }
+
     /// Whether `path` or a directory above it must be compared.
     fn forced(&self, path: &RelPath) -> bool {
         if self.forced.is_empty() {
@@ -936,6 +947,47 @@ pub fn detach(tracker: &Tracker) {
     *tracker.target.lock().expect("tracker target") = None;
 }
 
+/// The name of the secondary's entry `now` once it applied `message`;
+/// `None` if the message removed it or put another entry in its place.
+fn name_after(now: RelPath, message: &Message) -> Option<RelPath> {
+    match message {
+        Message::Remove { path } if now.starts_with(path) => None,
+        Message::Link { path, .. }
+        | Message::Symlink { path, .. }
+        | Message::Mkdir { path, .. }
+            if now == *path =>
+        {
+            None
+        }
+        Message::Rename { from, to } if from != to => {
+            if now.starts_with(to) {
+                None
+            } else {
+                Some(now.moved(from, to).unwrap_or(now))
+            }
+        }
+        Message::Listing { dir, names } => match now.split_last() {
+            Some((parent, name)) if parent == *dir && !names.iter().any(|n| n == name) => None,
+            _ => Some(now),
+        },
+        _ => Some(now),
+    }
+}
+
+/// A file whose checksums travelled and whose `Need` has not been served.
+/// The secondary computes the `Need` when it applies the checksums, but the
+/// blocks reach it only after every change sent meanwhile: a rename sent in
+/// between has moved the file it compared, and the blocks must go there.
+struct Awaiting {
+    /// The name the checksums travelled under, which the `Need` repeats.
+    sent_as: RelPath,
+    /// Where the secondary has that file once the changes sent since apply;
+    /// `None` once they removed or replaced it.
+    now: Option<RelPath>,
+    /// The file (device, inode) whose checksums travelled.
+    inode: (u64, u64),
+}
+
 struct Sender {
     setup: Setup,
     writer: MessageWriter<BufWriter<TcpStream>>,
@@ -952,8 +1004,9 @@ struct Sender {
     fresh_peer: bool,
     /// Barrier numbers, shared with the session's owner.
     seqs: Arc<AtomicU64>,
-    /// `Sums` sent whose `Need` has not been served yet.
-    outstanding: u64,
+    /// Files whose `Sums` went and whose `Need` has not been served yet, in
+    /// the order sent (the order the secondary answers in).
+    awaiting: VecDeque<Awaiting>,
     /// The walk is over: `ResyncEnd` goes once nothing is outstanding.
     end_pending: bool,
     /// Paused threads to release at each barrier's acknowledgement.
@@ -966,11 +1019,20 @@ struct Sender {
 
 impl Sender {
     fn send(&mut self, message: &Message) -> io::Result<()> {
+        self.follow(message);
         self.writer.send(message)?;
         self.progress
             .bytes_sent
             .store(self.writer.sent, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Keeps the names of the awaited files in step with what `message`
+    /// does to the secondary's names.
+    fn follow(&mut self, message: &Message) {
+        for awaited in self.awaiting.iter_mut() {
+            awaited.now = awaited.now.take().and_then(|now| name_after(now, message));
+        }
     }
 
     fn run(&mut self, ops: mpsc::Receiver<Op>) -> io::Result<()> {
@@ -1060,11 +1122,12 @@ impl Sender {
                     .collect();
                 for old in moved {
                     self.vanished.remove(&old);
-                    let mut bytes = to.as_bytes().to_vec();
-                    bytes.extend_from_slice(&old.as_bytes()[from.as_bytes().len()..]);
-                    if let Ok(new) = RelPath::new(to.dir, bytes) {
+                    if let Some(new) = old.moved(&from, &to) {
                         self.ship_entry(&new, None)?;
                     }
+                }
+                if !self.walk.is_empty() {
+                    self.walk_renamed(&from, &to)?;
                 }
             }
             Op::Meta(path) => {
@@ -1076,8 +1139,19 @@ impl Sender {
                 }
             }
             Op::Blocks(path, blocks) => {
-                self.outstanding = self.outstanding.saturating_sub(1);
-                self.ship_blocks(&path, &blocks)?;
+                // Answers come in the order the checksums went (one the
+                // secondary could not answer is passed over).
+                if let Some(at) = self.awaiting.iter().position(|a| a.sent_as == path) {
+                    self.awaiting.drain(..at);
+                    if let Some(Awaiting {
+                        now: Some(now),
+                        inode,
+                        ..
+                    }) = self.awaiting.pop_front()
+                    {
+                        self.ship_blocks(&now, inode, &blocks)?;
+                    }
+                }
                 self.maybe_end()?;
             }
             Op::Bye => {
@@ -1085,7 +1159,7 @@ impl Sender {
                 self.writer.flush()?;
                 return Ok(false);
             }
-            Op::Ranges(path, ranges) => self.ship_ranges(&path, ranges)?,
+            Op::Ranges(path, inode, ranges) => self.ship_ranges(&path, inode, ranges)?,
             Op::Link(path, existing) => {
                 let key = |p: &RelPath| {
                     std::fs::symlink_metadata(self.setup.absolute(p))
@@ -1175,6 +1249,43 @@ impl Sender {
         self.vanished.insert(path.clone());
     }
 
+    /// A rename while the resynchronisation walk runs. The directories the
+    /// walk has still to visit it visits under their new names, and the
+    /// journal's ranges for the target's name no longer describe what is
+    /// there. A target where the walk has already been is compared now: an
+    /// entry moved there from where the walk had not been yet would be
+    /// compared by nobody (the secondary's copy, as old as its last
+    /// session, would just take the new name), and the walk may have read
+    /// the target before this rename reached the queue, so that the rename
+    /// now moves the secondary's old copy over what the walk sent.
+    fn walk_renamed(&mut self, from: &RelPath, to: &RelPath) -> io::Result<()> {
+        self.plan.replaced(to);
+        let mut queued = false;
+        for dir in self.walk.iter_mut() {
+            if let Some(moved) = dir.moved(from, to) {
+                *dir = moved;
+                queued = true;
+            }
+        }
+        let to_not_visited = to
+            .split_last()
+            .is_some_and(|(parent, _)| self.walk.iter().any(|dir| parent.starts_with(dir)));
+        if queued || to_not_visited {
+            return Ok(());
+        }
+        match std::fs::symlink_metadata(self.setup.absolute(to)) {
+            Ok(m) if m.is_dir() => {
+                if self.ship_dir(to, true)? {
+                    self.walk.push_back(to.clone());
+                }
+                Ok(())
+            }
+            // Checksums, so that only what differs travels (a file gone
+            // since is followed by the change that took it).
+            _ => self.ship_entry_as(to, None, true),
+        }
+    }
+
     /// One step of the resynchronisation walk: one directory.
     fn walk_step(&mut self) -> io::Result<()> {
         let Some(dir) = self.walk.pop_front() else {
@@ -1233,7 +1344,7 @@ impl Sender {
     /// Ends the resynchronisation once the walk is over and every block the
     /// secondary asked for is sent.
     fn maybe_end(&mut self) -> io::Result<()> {
-        if self.end_pending && self.outstanding == 0 {
+        if self.end_pending && self.awaiting.is_empty() {
             self.end_pending = false;
             self.send(&Message::ResyncEnd {
                 generation: self.resync_generation,
@@ -1258,6 +1369,23 @@ impl Sender {
                 self.vanish(path);
                 None
             }
+        }
+    }
+
+    /// Opens file `inode` at `path` as [`Sender::open_source`] does; another
+    /// file there now counts as gone: a rename that follows in the queue
+    /// took this one away, and another took its place. Reading the other
+    /// would write its bytes into the secondary's copy of this one.
+    fn open_file(&mut self, path: &RelPath, inode: (u64, u64)) -> io::Result<Option<File>> {
+        let Some(file) = self.open_source(path) else {
+            return Ok(None);
+        };
+        let m = file.metadata()?;
+        if (m.dev(), m.ino()) == inode {
+            Ok(Some(file))
+        } else {
+            self.vanish(path);
+            Ok(None)
         }
     }
 
@@ -1411,7 +1539,11 @@ impl Sender {
                 first,
                 sums,
             })?;
-            self.outstanding += 1;
+            self.awaiting.push_back(Awaiting {
+                sent_as: path.clone(),
+                now: Some(path.clone()),
+                inode: (m.dev(), m.ino()),
+            });
             first += count;
         }
         Ok(())
@@ -1437,10 +1569,15 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends the captured ranges of a file, as they read now.
-    fn ship_ranges(&mut self, path: &RelPath, ranges: Vec<(u64, u64)>) -> io::Result<()> {
+    /// Sends the captured ranges of file `inode`, as they read now.
+    fn ship_ranges(
+        &mut self,
+        path: &RelPath,
+        inode: (u64, u64),
+        ranges: Vec<(u64, u64)>,
+    ) -> io::Result<()> {
         let queued = span(&ranges);
-        let result = self.ship_ranges_now(path, ranges);
+        let result = self.ship_ranges_now(path, inode, ranges);
         let _ = self
             .progress
             .backlog
@@ -1450,8 +1587,13 @@ impl Sender {
         result
     }
 
-    fn ship_ranges_now(&mut self, path: &RelPath, mut ranges: Vec<(u64, u64)>) -> io::Result<()> {
-        let Some(file) = self.open_source(path) else {
+    fn ship_ranges_now(
+        &mut self,
+        path: &RelPath,
+        inode: (u64, u64),
+        mut ranges: Vec<(u64, u64)>,
+    ) -> io::Result<()> {
+        let Some(file) = self.open_file(path, inode)? else {
             return Ok(());
         };
         ranges.sort_unstable();
@@ -1491,9 +1633,15 @@ impl Sender {
         })
     }
 
-    /// Sends the blocks the secondary asked for, then the file's metadata.
-    fn ship_blocks(&mut self, path: &RelPath, blocks: &[Blocks]) -> io::Result<()> {
-        let Some(file) = self.open_source(path) else {
+    /// Sends the blocks the secondary asked for of file `inode`, now at
+    /// `path`, then the file's metadata.
+    fn ship_blocks(
+        &mut self,
+        path: &RelPath,
+        inode: (u64, u64),
+        blocks: &[Blocks],
+    ) -> io::Result<()> {
+        let Some(file) = self.open_file(path, inode)? else {
             return Ok(());
         };
         let m = file.metadata()?;
@@ -1660,6 +1808,44 @@ fn describe(message: &Message) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn p(text: &str) -> RelPath {
+        RelPath::new(0, text.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn an_awaited_file_follows_renames_and_is_dropped_once_replaced_or_removed() {
+        let rename = |from: &str, to: &str| Message::Rename {
+            from: p(from),
+            to: p(to),
+        };
+        assert_eq!(name_after(p("a/f"), &rename("a/f", "b/g")), Some(p("b/g")));
+        assert_eq!(name_after(p("a/f"), &rename("a", "c")), Some(p("c/f")));
+        assert_eq!(name_after(p("a/f"), &rename("x", "y")), Some(p("a/f")));
+        // Another file renamed over it, or over a directory above it.
+        assert_eq!(name_after(p("a/f"), &rename("x", "a/f")), None);
+        assert_eq!(name_after(p("a/f"), &rename("x", "a")), None);
+        assert_eq!(
+            name_after(p("a/f"), &Message::Remove { path: p("a") }),
+            None
+        );
+        assert_eq!(
+            name_after(p("a/f"), &Message::Remove { path: p("a/fg") }),
+            Some(p("a/f"))
+        );
+        let link = Message::Link {
+            path: p("a/f"),
+            existing: p("z"),
+        };
+        assert_eq!(name_after(p("a/f"), &link), None);
+        let listing = |names: &[&str]| Message::Listing {
+            dir: p("a"),
+            names: names.iter().map(|n| n.as_bytes().to_vec()).collect(),
+        };
+        assert_eq!(name_after(p("a/f"), &listing(&["f", "g"])), Some(p("a/f")));
+        assert_eq!(name_after(p("a/f"), &listing(&["g"])), None);
+        assert_eq!(name_after(p("b/f"), &listing(&["g"])), Some(p("b/f")));
+    }
 
     #[test]
     fn globs_match_within_and_across_components() {

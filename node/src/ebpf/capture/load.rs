@@ -34,6 +34,22 @@ pub(crate) const SYSCALLS: [(&str, &str); 15] = [
 /// The program attached to every `sys_exit_*` of [`SYSCALLS`].
 pub(crate) const EXIT_PROGRAM: &str = "capture_exit";
 
+/// The calls that may move a directory from below a root to outside or
+/// back (renames) or free its inode number (directory removals), and the
+/// program on each of their tracepoints: each makes the programs' remembered
+/// verdicts stale. They are attached before the programs that remember.
+pub(crate) const NAMESPACE_HOOKS: [(&str, &str); 9] = [
+    ("sys_enter_rename", "capture_namespace"),
+    ("sys_exit_rename", "capture_namespace"),
+    ("sys_enter_renameat", "capture_namespace"),
+    ("sys_exit_renameat", "capture_namespace"),
+    ("sys_enter_renameat2", "capture_namespace"),
+    ("sys_exit_renameat2", "capture_namespace"),
+    ("sys_enter_rmdir", "capture_namespace"),
+    ("sys_exit_rmdir", "capture_namespace"),
+    ("sys_enter_unlinkat", "capture_enter_unlinkat"),
+];
+
 /// The struct member offsets the capture programs need, from BTF.
 pub fn capture_offsets(btf: &Btf) -> anyhow::Result<CaptureOffsets> {
     let at = |strukt: &str, member: &str| {
@@ -55,6 +71,8 @@ pub fn capture_offsets(btf: &Btf) -> anyhow::Result<CaptureOffsets> {
         inode_sb: at("inode", "i_sb")?,
         inode_size: at("inode", "i_size")?,
         sb_dev: at("super_block", "s_dev")?,
+        sb_root: at("super_block", "s_root")?,
+        inode_generation: at("inode", "i_generation")?,
         ready: 1,
         _pad: 0,
     })
@@ -132,7 +150,7 @@ format:
         for (event, field, _) in tracepoint_layout::FIELDS {
             let hooked = SYSCALLS.iter().any(|(syscall, _)| {
                 *event == format!("sys_enter_{syscall}") || *event == format!("sys_exit_{syscall}")
-            });
+            }) || NAMESPACE_HOOKS.iter().any(|(hooked, _)| hooked == event);
             assert!(hooked, "{event}.{field} is read but {event} is not hooked");
         }
     }

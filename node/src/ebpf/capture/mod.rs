@@ -34,7 +34,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use halo_common::capture::{
-    CaptureSettings, FileKey, PausedTask, RootCount, RootPolicy, ROOT_SYNC_PAUSE,
+    CaptureSettings, FileKey, PausedTask, RootCount, RootPolicy, GENERATION_ROOTS, ROOT_SYNC_PAUSE,
 };
 use nix::{
     errno::Errno,
@@ -45,7 +45,7 @@ use nix::{
 
 use self::{
     event::{kernel_dev_to_st_dev, parse_record, st_dev_to_kernel},
-    load::{check_tracepoint_layout, EXIT_PROGRAM, SYSCALLS},
+    load::{check_tracepoint_layout, EXIT_PROGRAM, NAMESPACE_HOOKS, SYSCALLS},
     resolve::{resolve_truncate, Resolution},
 };
 pub use self::{
@@ -104,6 +104,9 @@ pub fn capture_pins(node: &str) -> PathBuf {
 const ROOTS_PIN: &str = "roots";
 /// The pinned name of a capture's map of paused tasks.
 const PAUSED_PIN: &str = "paused";
+/// The pinned name of a capture's change counters, which a change of its
+/// roots must bump (captures pinned before it existed have none).
+const GENERATIONS_PIN: &str = "generations";
 
 /// The pinned capture of a daemon that died: its programs are still
 /// attached and still stop the writers that make data durable under its
@@ -113,6 +116,7 @@ pub struct PreviousCapture {
     dir: PathBuf,
     roots: HashMap<MapData, FileKey, RootPolicy>,
     paused: HashMap<MapData, u32, PausedTask>,
+    generations: Option<Array<MapData, u64>>,
 }
 
 impl PreviousCapture {
@@ -145,9 +149,16 @@ impl PreviousCapture {
             MapData::from_pin(&path)
                 .with_context(|| format!("opening the pinned map {}", path.display()))
         };
+        let generations = match dir.join(GENERATIONS_PIN).exists() {
+            true => Some(Array::try_from(aya::maps::Map::Array(map(
+                GENERATIONS_PIN,
+            )?))?),
+            false => None,
+        };
         Ok(PreviousCapture {
             roots: HashMap::try_from(aya::maps::Map::HashMap(map(ROOTS_PIN)?))?,
             paused: HashMap::try_from(aya::maps::Map::HashMap(map(PAUSED_PIN)?))?,
+            generations,
             dir: dir.to_owned(),
         })
     }
@@ -182,6 +193,11 @@ impl PreviousCapture {
                     )
                 })
             }
+        }
+        if let Some(generations) = &mut self.generations {
+            bump_roots_generation(generations).with_context(|| {
+                format!("updating {}", self.dir.join(GENERATIONS_PIN).display())
+            })?;
         }
         let tasks: Vec<Paused> = self
             .paused_tasks()
@@ -244,6 +260,7 @@ pub enum Release {
 /// resumes every task still paused.
 pub struct WriteCapture {
     roots_map: HashMap<MapData, FileKey, RootPolicy>,
+    generations: Array<MapData, u64>,
     devs: HashMap<MapData, u32, RootCount>,
     totals: Array<MapData, RootCount>,
     paused: HashMap<MapData, u32, PausedTask>,
@@ -291,17 +308,27 @@ impl WriteCapture {
             .map_max_entries("CAPTURE_EVENTS", config.ring_bytes)
             .load(CAPTURE_OBJECT)
             .context("loading the write-capture object")?;
-        let programs = SYSCALLS.iter().map(|(_, program)| *program);
-        for program in programs.chain([EXIT_PROGRAM]) {
+        let mut programs: Vec<&str> = SYSCALLS.iter().map(|(_, program)| *program).collect();
+        programs.push(EXIT_PROGRAM);
+        for (_, program) in NAMESPACE_HOOKS {
+            if !programs.contains(&program) {
+                programs.push(program);
+            }
+        }
+        for program in programs {
             tracepoint(&mut ebpf, program)?
                 .load()
                 .with_context(|| format!("the kernel refused {program}"))?;
         }
         // Exits first: an enter without its exit would leave a stale entry
-        // per call until the LRU evicts it.
+        // per call until the LRU evicts it. Then the renames: a verdict
+        // remembered before they are attached could outlive a rename.
         let exits = SYSCALLS
             .iter()
             .map(|(syscall, _)| (EXIT_PROGRAM, format!("sys_exit_{syscall}")));
+        let namespace = NAMESPACE_HOOKS
+            .iter()
+            .map(|(event, program)| (*program, (*event).to_owned()));
         let enters = SYSCALLS
             .iter()
             .map(|(syscall, program)| (*program, format!("sys_enter_{syscall}")));
@@ -310,7 +337,7 @@ impl WriteCapture {
                 .with_context(|| format!("creating the bpffs directory {}", dir.display()))?;
         }
         let mut links = Vec::new();
-        for (name, event) in exits.chain(enters) {
+        for (name, event) in exits.chain(namespace).chain(enters) {
             let program = tracepoint(&mut ebpf, name)?;
             let link = program.attach("syscalls", &event).with_context(|| {
                 format!("attaching {name} to syscalls:{event} (is tracefs mounted?)")
@@ -331,8 +358,13 @@ impl WriteCapture {
         };
         let roots_map = take("CAPTURE_ROOTS")?;
         let paused_map = take("CAPTURE_PAUSED")?;
+        let generations_map = take("CAPTURE_GENERATIONS")?;
         if let Some(dir) = &config.pin_dir {
-            for (map, name) in [(&roots_map, ROOTS_PIN), (&paused_map, PAUSED_PIN)] {
+            for (map, name) in [
+                (&roots_map, ROOTS_PIN),
+                (&paused_map, PAUSED_PIN),
+                (&generations_map, GENERATIONS_PIN),
+            ] {
                 let path = dir.join(name);
                 map.pin(&path)
                     .with_context(|| format!("pinning a capture map at {}", path.display()))?;
@@ -340,12 +372,14 @@ impl WriteCapture {
         }
         let roots_map = HashMap::try_from(roots_map)?;
         let paused = HashMap::try_from(paused_map)?;
+        let generations = Array::try_from(generations_map)?;
         let devs = HashMap::try_from(take("CAPTURE_DEVS")?)?;
         let totals = Array::try_from(take("CAPTURE_TOTALS")?)?;
         let lost = PerCpuArray::try_from(take("CAPTURE_LOST")?)?;
         let events = RingBuf::try_from(take("CAPTURE_EVENTS")?)?;
         Ok(WriteCapture {
             roots_map,
+            generations,
             devs,
             totals,
             paused,
@@ -410,7 +444,9 @@ impl WriteCapture {
         self.roots.iter().map(|(root, pause)| (*root, *pause))
     }
 
-    /// Writes the per-device and total root counts the programs test first.
+    /// Writes the per-device and total root counts the programs test first,
+    /// and makes the verdicts the programs remembered under the old roots
+    /// stale.
     fn write_counts(&mut self) -> anyhow::Result<()> {
         let (per_dev, totals) = root_counts(&self.roots);
         let stale: Vec<u32> = self
@@ -430,7 +466,7 @@ impl WriteCapture {
         self.totals
             .set(0, totals, 0)
             .context("updating CAPTURE_TOTALS")?;
-        Ok(())
+        bump_roots_generation(&mut self.generations).context("updating CAPTURE_GENERATIONS")
     }
 
     /// The ring buffer's descriptor: readable when records wait, for the
@@ -625,6 +661,14 @@ fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Trac
 /// Whether thread `tid` of `tgid` still exists.
 fn thread_alive(tgid: u32, tid: u32) -> bool {
     Path::new(&format!("/proc/{tgid}/task/{tid}")).exists()
+}
+
+/// Bumps `CAPTURE_GENERATIONS[GENERATION_ROOTS]` once the roots map holds
+/// the change: a verdict the programs found under the old roots no longer
+/// counts. Only the capture's owner writes this slot.
+fn bump_roots_generation(generations: &mut Array<MapData, u64>) -> Result<(), MapError> {
+    let current = generations.get(&GENERATION_ROOTS, 0)?;
+    generations.set(GENERATION_ROOTS, current.wrapping_add(1), 0)
 }
 
 fn root_key(root: RootId) -> FileKey {

@@ -643,3 +643,108 @@ fn a_resume_loop_releases_every_paused_fsync_and_its_cost_is_measured() {
         table.join("\n")
     );
 }
+
+/// Writes to files whose directory's verdict the programs remembered, then
+/// changes what is below a root: the directory moved in and out, an
+/// ancestor moved in, a second name below the root, a root added. Waits
+/// for `/var/lib/app/go` before its last write.
+const MOVING: &str = r#"
+import os, sys, time
+os.chdir("/var/lib/app")
+f = os.open("other/sub/f", os.O_WRONLY)
+os.write(f, b"a")                       # outside: remembered
+os.write(f, b"aa")                      # outside, from the remembered verdict
+os.rename("other/sub", "data/sub")
+os.write(f, b"bbb")                     # moved in with its directory: 3+3
+os.rename("data/sub", "other/sub2")
+os.write(f, b"cccc")                    # moved out: nothing
+g = os.open("other/tree/a/b/g", os.O_WRONLY)
+os.write(g, b"d")                       # outside: remembered for b
+os.rename("other/tree", "data/tree")
+os.write(g, b"ee")                      # an ancestor moved in: 1+2
+os.link("other/linked", "data/linked")
+out = os.open("other/linked", os.O_WRONLY)
+inside = os.open("data/linked", os.O_WRONLY)
+os.write(out, b"fffff")                 # through the name outside: nothing
+os.write(inside, b"gggggg")             # through the name below the root: 0+6
+os.write(out, b"h")                     # outside again: nothing
+late = os.open("other/late/h", os.O_WRONLY)
+os.write(late, b"i")                    # outside: remembered
+open("ready", "w").close()
+deadline = time.monotonic() + 20
+while not os.path.exists("go"):
+    if time.monotonic() > deadline:
+        sys.exit("no go")
+    time.sleep(0.01)
+os.write(late, b"jj")                   # below the root added meanwhile: 1+2
+"#;
+
+/// Regression guard for the remembered verdicts (`CAPTURE_VERDICTS`): a
+/// write outside every root is decided from its directory's verdict, and
+/// every change that could make that verdict wrong must be seen.
+#[test]
+fn remembered_verdicts_follow_renames_second_names_and_new_roots() {
+    let lab = LabBuilder::new("capmove").hosts(&["app"]).build().unwrap();
+    let app = lab.host("app");
+    app.sh(
+        "mkdir -p /var/lib/app/data /var/lib/app/other/sub /var/lib/app/other/tree/a/b \
+         /var/lib/app/other/late && cd /var/lib/app/other && \
+         touch sub/f tree/a/b/g linked late/h",
+    )
+    .unwrap();
+    let f = stat_in(app, "/var/lib/app/other/sub/f").ino;
+    let g = stat_in(app, "/var/lib/app/other/tree/a/b/g").ino;
+    let linked = stat_in(app, "/var/lib/app/other/linked").ino;
+    let h = stat_in(app, "/var/lib/app/other/late/h").ino;
+
+    let mut capture = attach();
+    let data = capture
+        .add_root(&app.outside_path("/var/lib/app/data"), false)
+        .unwrap();
+    let mut writer = app
+        .spawn(
+            "moving",
+            Command::new("/usr/bin/python3").args(["-c", MOVING]),
+        )
+        .unwrap();
+    let pid = writer.pid();
+    let ready = app.outside_path("/var/lib/app/ready");
+    lab::wait_until(WAIT, "the writer's first part", || Ok(ready.exists()))
+        .unwrap_or_else(|error| panic!("{error:#}: {}", writer.log().unwrap()));
+    let late = capture
+        .add_root(&app.outside_path("/var/lib/app/other/late"), false)
+        .unwrap();
+    app.sh("touch /var/lib/app/go").unwrap();
+    let status = writer.wait_timeout(WAIT).unwrap();
+    assert!(status.success(), "writer failed: {}", writer.log().unwrap());
+
+    let write = |ino, root, offset, len| Seen {
+        syscall: WriteKind::Write,
+        ino,
+        root: Some(root),
+        change: Change::Write { offset, len },
+    };
+    let expected = vec![
+        write(f, data, 3, 3),
+        write(g, data, 1, 2),
+        write(linked, data, 0, 6),
+        write(h, late, 1, 2),
+    ];
+    let records = collect_until(&mut capture, Some(pid), "the writes below a root", |r| {
+        r.len() >= expected.len()
+    });
+    assert_eq!(
+        seen(&records),
+        expected,
+        "exactly the writes below a root at the time of the write"
+    );
+    let late_records: Vec<_> = capture
+        .drain()
+        .into_iter()
+        .filter(|r| r.pid == pid)
+        .collect();
+    assert!(
+        late_records.is_empty(),
+        "unexpected records {late_records:#?}"
+    );
+}

@@ -232,7 +232,7 @@ fn fresh(lab: &Lab, vip: IpAddr, n: u32) -> BTreeMap<String, u64> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn diagnostics(cluster: &Cluster, nodes: &[&str]) -> String {
+pub(super) fn diagnostics(cluster: &Cluster, nodes: &[&str]) -> String {
     nodes
         .iter()
         .map(|n| format!("--- {n}:\n{}", cluster.log(n).unwrap_or_default()))
@@ -241,7 +241,7 @@ fn diagnostics(cluster: &Cluster, nodes: &[&str]) -> String {
 }
 
 /// Each node's `halo buckets web --json`.
-fn tables(cluster: &Cluster, nodes: &[&str]) -> BTreeMap<String, serde_json::Value> {
+pub(super) fn tables(cluster: &Cluster, nodes: &[&str]) -> BTreeMap<String, serde_json::Value> {
     nodes
         .iter()
         .map(|n| {
@@ -255,7 +255,7 @@ fn tables(cluster: &Cluster, nodes: &[&str]) -> BTreeMap<String, serde_json::Val
 }
 
 /// `node`'s power and share (percent of the buckets) in `table`.
-fn share(table: &serde_json::Value, node: &str) -> (u64, f64) {
+pub(super) fn share(table: &serde_json::Value, node: &str) -> (u64, f64) {
     let member = table["members"]
         .as_array()
         .unwrap()
@@ -271,7 +271,7 @@ fn share(table: &serde_json::Value, node: &str) -> (u64, f64) {
 /// Gives `node` the farm power `power` in its configuration file and has
 /// its daemon reload it; then waits until every node of `nodes` shows one
 /// and the same table in which `node` has that power, and returns it.
-fn reload_power(
+pub(super) fn reload_power(
     cluster: &Cluster,
     lab: &Lab,
     nodes: &[&str],
@@ -317,7 +317,13 @@ fn reload_power(
     last.into_values().next().unwrap()
 }
 
-fn wait_module(cluster: &Cluster, node: &str, timeout: Duration, what: &str, state: &str) {
+pub(super) fn wait_module(
+    cluster: &Cluster,
+    node: &str,
+    timeout: Duration,
+    what: &str,
+    state: &str,
+) {
     let phase = "ready";
     if let Err(error) =
         cluster.wait_status(node, timeout, what, |s| module_in(s, MODULE, state, phase))

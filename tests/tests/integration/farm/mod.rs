@@ -10,3 +10,4 @@ mod power;
 mod rejoin;
 mod source_addr;
 mod spread;
+mod udp;

@@ -8,5 +8,6 @@ mod disk_full;
 mod failover;
 mod hard_links;
 mod journal;
+mod rename_resync;
 mod replicate;
 mod roles;

@@ -247,3 +247,114 @@ fn a_primary_cut_off_after_serving_alone_keeps_its_acknowledged_writes() {
         "every acknowledged record must be on the new secondary"
     );
 }
+
+/// Polls both nodes' `ready.txt` from the witness host every 20 ms and
+/// prints one line per sample: n1's HTTP status and n2's (`-` when no
+/// answer came within 200 ms, as from a frozen daemon).
+const READY_PROBE: &str = r#"
+import sys, time, urllib.request, urllib.error
+def get(host):
+    url = "http://%s:%s/var/modules/db/ready.txt" % (host, sys.argv[1])
+    try:
+        return str(urllib.request.urlopen(url, timeout=0.2).status)
+    except urllib.error.HTTPError as e:
+        return str(e.code)
+    except Exception:
+        return "-"
+while True:
+    print(" ".join(get(h) for h in sys.argv[2:]), flush=True)
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn a_primary_frozen_past_its_lease_never_serves_beside_the_node_that_took_over() {
+    let lab = LabBuilder::new("mirrorfreeze")
+        .hosts(&["n1", "n2", "w"])
+        .build()
+        .unwrap();
+    let (_witness, mut cluster) = start_with_arbiter(&lab);
+    let probe = lab
+        .host("w")
+        .spawn(
+            "probe",
+            Command::new("/usr/bin/python3").args([
+                "-c",
+                READY_PROBE,
+                &halo_tests::cluster::API_PORT.to_string(),
+                &lab.host("n1").ipv4().to_string(),
+                &lab.host("n2").ipv4().to_string(),
+            ]),
+        )
+        .unwrap();
+    halo_tests::lab::wait_until(Duration::from_secs(10), "the probe's first samples", || {
+        Ok(probe.log()?.lines().any(|l| l == "200 404"))
+    })
+    .unwrap();
+
+    // n1's daemon stops (a paused VM, SIGSTOP) for longer than its lease:
+    // n2 gets the lease, serves alone and acknowledges durable writes.
+    cluster
+        .daemon("n1")
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGSTOP)
+        .unwrap();
+    wait_module(&cluster, "n2", "ALONE", Duration::from_secs(15));
+    let acked = lab
+        .host("n2")
+        .run_timeout(
+            Command::new("/usr/bin/python3").args([
+                "-c",
+                &format!(
+                    "import os\nf = open('{DIR}/acked', 'a')\nfor i in range(50):\n    \
+                     f.write(f'{{i}}\\n'); f.flush(); os.fsync(f.fileno()); print(i, flush=True)\n"
+                ),
+            ]),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert!(acked.status.success(), "n2's durable writes: {acked:?}");
+    let acked: Vec<String> = String::from_utf8_lossy(&acked.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(acked.len(), 50);
+
+    // n1 wakes with a lease long run out and a replication that broke
+    // meanwhile: it must stop serving at once and follow n2, whose
+    // acknowledged writes stay.
+    cluster
+        .daemon("n1")
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGCONT)
+        .unwrap();
+    wait_module(&cluster, "n1", "SECOND", Duration::from_secs(30));
+    wait_module(&cluster, "n2", "PRIM", Duration::from_secs(30));
+    common::wait_identical(&lab, Duration::from_secs(30));
+    assert_eq!(
+        lines(&lab, "n1", "acked"),
+        acked,
+        "n2's acknowledged records must survive n1's return"
+    );
+    let samples = probe.log().unwrap();
+    let both: Vec<&str> = samples.lines().filter(|l| *l == "200 200").collect();
+    assert!(
+        samples.lines().any(|l| l.starts_with('-')) && samples.lines().count() > 10,
+        "too few samples of ready.txt: {samples}"
+    );
+    assert!(
+        both.is_empty(),
+        "both nodes answered ready.txt 200 in {} of {} samples",
+        both.len(),
+        samples.lines().count()
+    );
+    let events: Vec<String> = cluster
+        .module_log("n1", MODULE)
+        .unwrap()
+        .iter()
+        .map(|e| e.text.clone())
+        .collect();
+    assert!(
+        events.iter().any(|e| e.contains("paused")),
+        "n1 should say it was paused: {events:#?}"
+    );
+}

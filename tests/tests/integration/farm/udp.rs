@@ -1,0 +1,603 @@
+//! UDP flows keep their node across planned rebalancing, as TCP
+//! connections do: through a node joining the farm, a node's weight going
+//! up, the same node's weight going to 0 and a node leaving gracefully,
+//! every established flow is answered by one node without a stall, and
+//! flows that begin at any moment of those handovers are answered (by one
+//! node) after a short loss at most. A node of power 0 gives its flows up
+//! at `drain_timeout`; a leaving node stops once its flows are idle for
+//! `udp_idle`.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use halo_tests::{
+    cluster::{module_in, Cluster, Timing},
+    lab::{self, LabBuilder, LabProcess},
+};
+
+use super::{
+    common::{farm_toml, MODULE},
+    long_lived::{diagnostics, reload_power, share, wait_module},
+};
+
+const NODES: [&str; 4] = ["n1", "n2", "n3", "n4"];
+
+/// The UDP port of the farm's second rule, and of the echo servers.
+const PORT: u16 = 5353;
+
+/// Long-lived flows the client holds, one source port each.
+const FLOWS: usize = 24;
+
+/// The farm's drain timeout and UDP idle time in this test.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+const UDP_IDLE: Duration = Duration::from_secs(2);
+
+/// The longest an established flow may go without an answer (its
+/// datagrams go every 50 ms).
+const STALL: Duration = Duration::from_secs(2);
+
+/// The most datagrams a flow that begins during a handover may lose: a
+/// flow that begins after the old owner stopped taking new flows, before
+/// the new owner knows it did (one heartbeat), is answered by nobody for
+/// that long. 20 datagrams are a second.
+const NEW_FLOW_LOSS: u64 = 20;
+
+/// A UDP echo server on the VIP and `PORT`: answers every datagram with
+/// the node's name, a space and the datagram. Bound to the VIP, so that
+/// its answers come from the address the client sent to (`IP_FREEBIND`:
+/// before the daemon binds the VIP).
+const ECHO: &str = r#"
+import socket, sys
+name, vip, port = sys.argv[1].encode(), sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND: the VIP comes with the module
+s.bind((vip, port))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(name + b" " + data, peer)
+"#;
+
+/// Holds `n` long flows to `target:port` (one socket, so one source port,
+/// each) and starts a short flow (40 datagrams, 2 s) every 250 ms; every
+/// flow sends a numbered datagram every 50 ms. Per flow: the nodes that
+/// answered, in order; datagrams sent and answered; answers beyond the
+/// first to one datagram; the longest time without an answer. Writes
+/// `<dir>/ready` once every long flow was answered, `<dir>/snapshot.json`
+/// twice a second; when `<dir>/stop` appears, stops and prints the
+/// result as JSON.
+const CLIENT: &str = r#"
+import socket, select, time, json, sys, os
+target, port, n, ctl = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+family = socket.AF_INET6 if ":" in target else socket.AF_INET
+class Flow:
+    def __init__(self, kind, now, count):
+        self.s = socket.socket(family, socket.SOCK_DGRAM)
+        self.s.setblocking(False)
+        self.s.connect((target, port))
+        self.kind, self.start, self.count = kind, now, count
+        self.sent, self.answers, self.nodes, self.seen = 0, 0, [], set()
+        self.dupes, self.last, self.max_gap = 0, now, 0.0
+    def record(self):
+        return dict(kind=self.kind, port=self.s.getsockname()[1], start=self.start - t0,
+                    nodes=self.nodes, sent=self.sent, answered=len(self.seen),
+                    dupes=self.dupes, max_gap=self.max_gap)
+t0 = time.monotonic()
+flows = [Flow("long", t0, None) for _ in range(n)]
+by_fd = {f.s.fileno(): f for f in flows}
+next_send, next_short, next_snap = t0, t0 + 1.0, t0
+ready = False
+def write(name, text):
+    tmp = os.path.join(ctl, name + ".tmp")
+    with open(tmp, "w") as out:
+        out.write(text)
+    os.rename(tmp, os.path.join(ctl, name))
+while not os.path.exists(os.path.join(ctl, "stop")):
+    now = time.monotonic()
+    if now >= next_send:
+        for f in flows:
+            if f.count is not None and f.sent >= f.count:
+                continue
+            try:
+                f.s.send(b"%d" % f.sent)
+            except OSError:
+                pass
+            f.sent += 1
+        next_send += 0.05
+    if now >= next_short:
+        f = Flow("short", now, 40)
+        flows.append(f)
+        by_fd[f.s.fileno()] = f
+        next_short += 0.25
+    if now >= next_snap:
+        for f in flows:
+            if f.sent and f.count is None or (f.count is not None and f.sent < f.count):
+                f.max_gap = max(f.max_gap, now - f.last)
+        if not ready and all(f.answers > 0 for f in flows if f.kind == "long"):
+            write("ready", "")
+            ready = True
+        write("snapshot.json", json.dumps([f.record() for f in flows]))
+        next_snap = now + 0.5
+    timeout = max(0.0, min(next_send, next_short, next_snap) - time.monotonic())
+    readable, _, _ = select.select(list(by_fd), [], [], timeout)
+    now = time.monotonic()
+    for fd in readable:
+        f = by_fd[fd]
+        while True:
+            try:
+                data = f.s.recv(2048)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            node, _, seq = data.partition(b" ")
+            node = node.decode()
+            if node not in f.nodes:
+                f.nodes.append(node)
+            f.answers += 1
+            if seq in f.seen:
+                f.dupes += 1
+            f.seen.add(seq)
+            f.max_gap = max(f.max_gap, now - f.last)
+            f.last = now
+print(json.dumps([f.record() for f in flows]))
+"#;
+
+/// One flow's record, from the client's JSON.
+#[derive(Debug, Clone)]
+struct Flow {
+    long: bool,
+    port: u64,
+    start: f64,
+    nodes: Vec<String>,
+    sent: u64,
+    answered: u64,
+    dupes: u64,
+    max_gap: Duration,
+}
+
+fn parse(text: &str) -> Vec<Flow> {
+    let json: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("client JSON ({e}): {text}"));
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|f| Flow {
+            long: f["kind"] == "long",
+            port: f["port"].as_u64().unwrap(),
+            start: f["start"].as_f64().unwrap(),
+            nodes: f["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_owned())
+                .collect(),
+            sent: f["sent"].as_u64().unwrap(),
+            answered: f["answered"].as_u64().unwrap(),
+            dupes: f["dupes"].as_u64().unwrap(),
+            max_gap: Duration::from_secs_f64(f["max_gap"].as_f64().unwrap()),
+        })
+        .collect()
+}
+
+fn snapshot(dir: &Path) -> Vec<Flow> {
+    parse(&std::fs::read_to_string(dir.join("snapshot.json")).unwrap())
+}
+
+fn long(flows: &[Flow]) -> Vec<&Flow> {
+    flows.iter().filter(|f| f.long).collect()
+}
+
+/// Long flows per answering node (a flow that moved counts for each).
+fn served_by(flows: &[Flow]) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for f in long(flows) {
+        for n in &f.nodes {
+            *by.entry(n.clone()).or_insert(0) += 1;
+        }
+    }
+    by
+}
+
+/// Every long flow answered by one node without a stall (or, for the
+/// ports in `moved`, first by `from` and then by at most one other), each
+/// datagram once; otherwise what is wrong, with `what` and the records.
+fn long_flows_kept(flows: &[Flow], what: &str, moved: &[u64], from: &str) -> Result<(), String> {
+    for f in long(flows) {
+        // A flow given up at drain_timeout moves once, with a gap.
+        let (nodes_ok, gap_ok) = if moved.contains(&f.port) {
+            (f.nodes.len() <= 2 && f.nodes[0] == from, true)
+        } else {
+            (f.nodes.len() == 1, f.max_gap < STALL)
+        };
+        if !(nodes_ok && gap_ok && f.dupes == 0) {
+            return Err(format!(
+                "{what}: long flow from port {} is not kept by its node: {f:?}\nall: {:#?}",
+                f.port,
+                long(flows)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every short flow that has ended was answered by one node, each
+/// datagram once, losing at most `NEW_FLOW_LOSS` datagrams.
+fn new_flows_answered(flows: &[Flow], what: &str) -> Result<(), String> {
+    for f in flows.iter().filter(|f| !f.long && f.sent == 40) {
+        if !(f.nodes.len() == 1 && f.dupes == 0 && f.sent - f.answered <= NEW_FLOW_LOSS) {
+            return Err(format!(
+                "{what}: a new flow (port {}, begun {:.2} s into the run) is not answered \
+                 by one node: {f:?}",
+                f.port, f.start
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Panics with the daemons' logs unless `check` passed.
+fn ensure(check: Result<(), String>, cluster: &Cluster) {
+    if let Err(error) = check {
+        panic!("{error}\n{}", diagnostics(cluster, &NODES));
+    }
+}
+
+/// The losses of the short flows: how many lost none, and the most one lost.
+fn short_losses(flows: &[Flow]) -> (usize, usize, u64) {
+    let done: Vec<&Flow> = flows.iter().filter(|f| !f.long && f.sent == 40).collect();
+    let whole = done.iter().filter(|f| f.answered == f.sent).count();
+    let worst = done.iter().map(|f| f.sent - f.answered).max().unwrap_or(0);
+    (done.len(), whole, worst)
+}
+
+fn worst_gap(flows: &[Flow]) -> Duration {
+    long(flows)
+        .iter()
+        .map(|f| f.max_gap)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Every long flow (but those from the ports in `except`) got more than
+/// `more` answers since `before`.
+fn assert_flowing(now: &[Flow], before: &[Flow], more: u64, what: &str, except: &[u64]) {
+    for (a, b) in long(now).iter().zip(long(before)) {
+        if except.contains(&a.port) {
+            continue;
+        }
+        assert!(
+            a.answered > b.answered + more,
+            "{what}: long flow from port {} stopped being answered: {a:?} (was {b:?})",
+            a.port
+        );
+    }
+}
+
+#[test]
+fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave() {
+    let hosts: Vec<&str> = NODES.iter().copied().chain(["client"]).collect();
+    let lab = LabBuilder::new("farmudp").hosts(&hosts).build().unwrap();
+    let vip: IpAddr = lab::lab_ipv4(200).into();
+    let _servers: Vec<LabProcess> = NODES
+        .iter()
+        .map(|n| {
+            lab.host(n)
+                .spawn(
+                    "echo",
+                    Command::new("/usr/bin/python3").args([
+                        "-c",
+                        ECHO,
+                        n,
+                        &vip.to_string(),
+                        &PORT.to_string(),
+                    ]),
+                )
+                .unwrap()
+        })
+        .collect();
+    let extra = format!(
+        "drain_timeout = \"{}s\"\nudp_idle = \"{}s\"",
+        DRAIN_TIMEOUT.as_secs(),
+        UDP_IDLE.as_secs()
+    );
+    let modules = format!(
+        "{}\n[[module.rule]]\nproto = \"udp\"\nport = {PORT}\nfilter = \"source_port\"\n",
+        farm_toml(&[vip], "source_port", &extra)
+    );
+    let mut cluster = Cluster::configure(&lab, &NODES, 1, Timing::default(), &modules).unwrap();
+    for node in &NODES[..3] {
+        cluster.start(node).unwrap();
+    }
+    for node in &NODES[..3] {
+        wait_module(&cluster, node, Duration::from_secs(20), "farm UP", "UP");
+    }
+    lab::wait_until(Duration::from_secs(20), "both peers up everywhere", || {
+        Ok(NODES[..3].iter().all(|n| {
+            cluster
+                .status(n)
+                .is_ok_and(|s| s.peers.iter().filter(|p| p.up).count() == 2)
+        }))
+    })
+    .unwrap();
+
+    let client = lab.host("client");
+    let ctl: PathBuf = client.state_dir().join("udp");
+    std::fs::create_dir_all(&ctl).unwrap();
+    let mut holder = client
+        .spawn(
+            "udp",
+            Command::new("/usr/bin/python3").args([
+                "-c",
+                CLIENT,
+                &vip.to_string(),
+                &PORT.to_string(),
+                &FLOWS.to_string(),
+                ctl.to_str().unwrap(),
+            ]),
+        )
+        .unwrap();
+    if let Err(error) = lab::wait_until(Duration::from_secs(30), "every UDP flow answered", || {
+        Ok(ctl.join("ready").exists())
+    }) {
+        panic!(
+            "{error:#}\nclient: {}\n{}",
+            holder.log().unwrap_or_default(),
+            diagnostics(&cluster, &NODES[..3])
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let before = snapshot(&ctl);
+    ensure(
+        long_flows_kept(&before, "before the join", &[], ""),
+        &cluster,
+    );
+    ensure(new_flows_answered(&before, "before the join"), &cluster);
+    eprintln!(
+        "before the join: long flows served by {:?}",
+        served_by(&before)
+    );
+
+    // (a) n4 joins.
+    cluster.start("n4").unwrap();
+    wait_module(&cluster, "n4", Duration::from_secs(20), "n4 UP", "UP");
+    std::thread::sleep(Duration::from_secs(4));
+    let after_join = snapshot(&ctl);
+    ensure(
+        long_flows_kept(&after_join, "after the join", &[], ""),
+        &cluster,
+    );
+    ensure(new_flows_answered(&after_join, "after the join"), &cluster);
+    assert_flowing(&after_join, &before, 40, "after the join", &[]);
+    let new_on_n4 = after_join
+        .iter()
+        .filter(|f| !f.long && f.nodes == ["n4"])
+        .count();
+    assert!(
+        new_on_n4 > 0,
+        "n4 takes some of the flows begun after it joined: {after_join:?}"
+    );
+    eprintln!(
+        "after the join: long flows served by {:?}, {new_on_n4} new flows on n4, \
+         new flows (done, lost none, worst loss) {:?}, worst gap {} ms",
+        served_by(&after_join),
+        short_losses(&after_join),
+        worst_gap(&after_join).as_millis()
+    );
+
+    // (b) n1's weight goes up: it takes buckets, and new flows in them.
+    let table = reload_power(&cluster, &lab, &NODES, "n1", 3);
+    let (_, n1_heavy) = share(&table, "n1");
+    std::thread::sleep(Duration::from_secs(4));
+    let after_heavy = snapshot(&ctl);
+    ensure(
+        long_flows_kept(&after_heavy, "after n1's power went to 3", &[], ""),
+        &cluster,
+    );
+    ensure(
+        new_flows_answered(&after_heavy, "after n1's power went to 3"),
+        &cluster,
+    );
+    assert_flowing(
+        &after_heavy,
+        &after_join,
+        40,
+        "after n1's power went to 3",
+        &[],
+    );
+    eprintln!(
+        "n1 at power 3 ({n1_heavy:.1}% of the buckets): long flows served by {:?}, \
+         new flows {:?}, worst gap {} ms",
+        served_by(&after_heavy),
+        short_losses(&after_heavy),
+        worst_gap(&after_heavy).as_millis()
+    );
+
+    // (c) n1's weight goes to 0: it keeps its flows until drain_timeout,
+    // then gives them to the buckets' new owners.
+    let on_n1: Vec<u64> = long(&after_heavy)
+        .iter()
+        .filter(|f| f.nodes == ["n1"])
+        .map(|f| f.port)
+        .collect();
+    let zero_at = Instant::now();
+    reload_power(&cluster, &lab, &NODES, "n1", 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let zero_kept = snapshot(&ctl);
+    ensure(
+        long_flows_kept(&zero_kept, "while n1 of power 0 drains", &[], ""),
+        &cluster,
+    );
+    ensure(
+        new_flows_answered(&zero_kept, "while n1 of power 0 drains"),
+        &cluster,
+    );
+    let status = cluster.status("n1").unwrap();
+    assert!(
+        module_in(&status, MODULE, "UP", "ready"),
+        "n1 of power 0 stays UP ready: {:?}",
+        status.modules
+    );
+    let n1_log = |cluster: &Cluster| {
+        cluster
+            .module_log("n1", MODULE)
+            .unwrap_or_default()
+            .iter()
+            .any(|e| {
+                e.source == "datapath" && e.text.starts_with("drain_timeout reached at power 0")
+            })
+    };
+    if let Err(error) = lab::wait_until(
+        DRAIN_TIMEOUT + Duration::from_secs(10),
+        "n1 giving its flows up at drain_timeout",
+        || Ok(on_n1.is_empty() || n1_log(&cluster)),
+    ) {
+        panic!(
+            "{error:#}: {:#?}\n{}",
+            long(&snapshot(&ctl)),
+            diagnostics(&cluster, &NODES)
+        );
+    }
+    let gave_up_after = zero_at.elapsed();
+    if !on_n1.is_empty() {
+        assert!(
+            gave_up_after >= DRAIN_TIMEOUT,
+            "n1 of power 0 keeps its flows for drain_timeout ({DRAIN_TIMEOUT:?}), not {gave_up_after:?}"
+        );
+        // The new owner of a bucket takes n1's flows once n1 reports no
+        // draining, unless an earlier owner of that bucket still drains
+        // (README: it cannot tell n1's flows from that owner's).
+        let mut moved = 0;
+        let waited = lab::wait_until(Duration::from_secs(5), "n1's flows moved", || {
+            let now = snapshot(&ctl);
+            moved = long(&now)
+                .iter()
+                .filter(|f| on_n1.contains(&f.port) && f.nodes.len() == 2)
+                .count();
+            Ok(moved == on_n1.len())
+        });
+        eprintln!(
+            "n1 at power 0: gave its {} long flows up {} ms after the reload; {moved} moved to \
+             another node{}",
+            on_n1.len(),
+            gave_up_after.as_millis(),
+            if waited.is_ok() {
+                ""
+            } else {
+                ", the others wait for an earlier owner's drain"
+            }
+        );
+        assert!(
+            moved * 2 >= on_n1.len(),
+            "most of n1's flows move to their buckets' new owners after drain_timeout: \
+             {moved} of {}: {:#?}\n{}",
+            on_n1.len(),
+            long(&snapshot(&ctl)),
+            diagnostics(&cluster, &NODES)
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let after_zero = snapshot(&ctl);
+    ensure(
+        long_flows_kept(&after_zero, "after n1's drain at power 0", &on_n1, "n1"),
+        &cluster,
+    );
+    ensure(
+        new_flows_answered(&after_zero, "after n1's drain at power 0"),
+        &cluster,
+    );
+    assert!(
+        after_zero
+            .iter()
+            .filter(|f| !f.long && f.start > zero_kept.last().unwrap().start)
+            .all(|f| !f.nodes.contains(&"n1".to_owned())),
+        "no new flow goes to n1 of power 0: {after_zero:?}"
+    );
+
+    // (d) The node serving the most long flows leaves gracefully.
+    let by = served_by(&after_zero);
+    let leaver = long(&after_zero)
+        .iter()
+        .map(|f| f.nodes.last().unwrap().clone())
+        .max_by_key(|n| {
+            long(&after_zero)
+                .iter()
+                .filter(|f| f.nodes.last() == Some(n))
+                .count()
+        })
+        .unwrap();
+    let out = cluster.cli(&leaver, &["stop", MODULE]).unwrap();
+    assert!(out.status.success(), "halo stop on {leaver}: {out:?}");
+    let stopped_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let status = cluster.status(&leaver).unwrap();
+    assert!(
+        module_in(&status, MODULE, "UP", "transient"),
+        "{leaver} drains its flows UP transient: {:?}",
+        status.modules
+    );
+    let during = snapshot(&ctl);
+    ensure(
+        long_flows_kept(&during, "while draining", &on_n1, "n1"),
+        &cluster,
+    );
+    ensure(new_flows_answered(&during, "while draining"), &cluster);
+    assert_flowing(&during, &after_zero, 40, "while draining", &on_n1);
+    // The snapshot is at most 0.75 s old when read, `halo stop` takes
+    // effect within a second: later flows are no longer the leaver's.
+    let leave_from = after_zero.last().unwrap().start + 2.0;
+    let new_on_leaver: Vec<&Flow> = during
+        .iter()
+        .filter(|f| !f.long && f.start > leave_from && f.nodes.contains(&leaver))
+        .collect();
+    assert!(
+        new_on_leaver.is_empty(),
+        "no new flow goes to {leaver} while it drains: {new_on_leaver:?}"
+    );
+
+    // The client stops; the leaver stops once its flows are idle.
+    std::fs::write(ctl.join("stop"), "").unwrap();
+    holder.wait_timeout(Duration::from_secs(30)).unwrap();
+    let log = holder.log().unwrap();
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('['))
+        .unwrap_or_else(|| panic!("no result from the client: {log}"));
+    let end = parse(last);
+    wait_module(
+        &cluster,
+        &leaver,
+        DRAIN_TIMEOUT.saturating_sub(stopped_at.elapsed()),
+        "the leaver STOP within the drain timeout",
+        "STOP",
+    );
+    let (done, whole, worst) = short_losses(&end);
+    eprintln!(
+        "{} long flows: served by {by:?} before the leave of {leaver}, worst gap {} ms, \
+         {} datagrams lost of {}; {done} new flows, {whole} lost none, the worst lost {worst}; \
+         {leaver} reached STOP {} ms after halo stop",
+        long(&end).len(),
+        worst_gap(&end).as_millis(),
+        long(&end).iter().map(|f| f.sent - f.answered).sum::<u64>(),
+        long(&end).iter().map(|f| f.sent).sum::<u64>(),
+        stopped_at.elapsed().as_millis()
+    );
+    ensure(long_flows_kept(&end, "at the end", &on_n1, "n1"), &cluster);
+    ensure(new_flows_answered(&end, "at the end"), &cluster);
+    let module_log = cluster.module_log(&leaver, MODULE).unwrap_or_default();
+    assert!(
+        module_log
+            .iter()
+            .any(|e| e.source == "datapath" && e.text.starts_with("drained")),
+        "{leaver} logs the end of its drain (its flows idle, not the timeout): {:?}",
+        module_log
+            .iter()
+            .map(|e| format!("{} {}", e.source, e.text))
+            .collect::<Vec<_>>()
+    );
+}
