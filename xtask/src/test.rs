@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use crate::chaos;
 use crate::cmd;
 use crate::fuzz;
 use crate::setup;
@@ -130,6 +131,17 @@ fn run_steps(steps: &mut Steps, args: &TestArgs) -> Result<()> {
              to see the daemons' output",
         )
     })?;
+
+    // A few minutes of the fault campaign (not when only some lab tests
+    // were asked for).
+    if args.lab_args.is_empty() {
+        steps.run("chaos (short)", || {
+            chaos::short_campaign(&target).hint(
+                "replay it with `cargo xtask chaos --seed <seed>` (the report names the seed); \
+                 HALO_CHAOS_SEED=<n> cargo xtask test draws other faults",
+            )
+        })?;
+    }
 
     Ok(())
 }

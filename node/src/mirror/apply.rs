@@ -167,6 +167,11 @@ impl Applier {
                 let (from_parent, from_name) = self.parent(&existing)?;
                 let cname = cstring(name)?;
                 let cfrom = cstring(from_name)?;
+                // The primary names a file it reads now, which may be ahead
+                // of this stream: without `existing` here, `path` keeps what
+                // it holds (and another of its names stays with it) rather
+                // than lose it to a link that cannot be made.
+                file_type(&from_parent, &cfrom)?;
                 remove_if_present(&parent, &cname)?;
                 // SAFETY: valid C strings and open directory descriptors; flags 0 never follows.
                 let rc = unsafe {
@@ -510,7 +515,7 @@ fn list_dir(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
 mod tests {
     use std::os::unix::{
         ffi::OsStrExt as _,
-        fs::{symlink, PermissionsExt as _},
+        fs::{symlink, MetadataExt as _, PermissionsExt as _},
     };
 
     use super::*;
@@ -614,6 +619,31 @@ mod tests {
             std::fs::read(dirs.outside().join("keep")).unwrap(),
             b"precious"
         );
+    }
+
+    #[test]
+    fn a_link_to_a_name_not_here_yet_keeps_the_file_and_its_other_names() {
+        let dirs = Dirs::new("linkahead");
+        let mut applier = Applier::open(&[&dirs.root()]).unwrap();
+        applier.apply(write("f", b"old")).unwrap();
+        applier
+            .apply(Message::Link {
+                path: p("g"),
+                existing: p("f"),
+            })
+            .unwrap();
+        // The primary names "h", which a change still to come creates.
+        let error = applier
+            .apply(Message::Link {
+                path: p("g"),
+                existing: p("h"),
+            })
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        // What follows for "g" still reaches "f": one file.
+        applier.apply(write("g", b"new")).unwrap();
+        assert_eq!(std::fs::read(dirs.root().join("f")).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(dirs.root().join("g")).unwrap().nlink(), 2);
     }
 
     #[test]

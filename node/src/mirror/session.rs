@@ -974,6 +974,19 @@ fn name_after(now: RelPath, message: &Message) -> Option<RelPath> {
     }
 }
 
+/// Whether `message` can move or take away a name on the secondary.
+fn renames_or_removes(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Remove { .. }
+            | Message::Rename { .. }
+            | Message::Link { .. }
+            | Message::Symlink { .. }
+            | Message::Mkdir { .. }
+            | Message::Listing { .. }
+    )
+}
+
 /// A file whose checksums travelled and whose `Need` has not been served.
 /// The secondary computes the `Need` when it applies the checksums, but the
 /// blocks reach it only after every change sent meanwhile: a rename sent in
@@ -997,7 +1010,9 @@ struct Sender {
     since: Option<SystemTime>,
     /// What the journals say about the resynchronisation's files.
     plan: Plan,
-    /// Hard links seen by the walk: (dev, ino) → first path.
+    /// Files with several names shipped in this session: (dev, ino) → the
+    /// name the secondary has that file under, as of the messages sent
+    /// (kept in step by [`Sender::follow`]), for the next name to link to.
     links: HashMap<(u64, u64), RelPath>,
     /// The secondary joined without data (generation 0): the first copy
     /// sends files whole.
@@ -1032,6 +1047,16 @@ impl Sender {
     fn follow(&mut self, message: &Message) {
         for awaited in self.awaiting.iter_mut() {
             awaited.now = awaited.now.take().and_then(|now| name_after(now, message));
+        }
+        if !self.links.is_empty() && renames_or_removes(message) {
+            self.links
+                .retain(|_, name| match name_after(name.clone(), message) {
+                    Some(now) => {
+                        *name = now;
+                        true
+                    }
+                    None => false,
+                });
         }
     }
 
@@ -1168,6 +1193,17 @@ impl Sender {
                 };
                 match key(&path) {
                     Some(inode) if key(&existing) == Some(inode) => {
+                        // The name this session shipped the file under, if
+                        // any: the secondary may hold another, older copy
+                        // under `existing` (one the resynchronisation walk
+                        // has not reached yet), and one file must not
+                        // become two there.
+                        let existing = self
+                            .links
+                            .get(&inode)
+                            .filter(|first| **first != path)
+                            .cloned()
+                            .unwrap_or(existing);
                         self.links.insert(inode, existing.clone());
                         self.send(&Message::Link { path, existing })?
                     }
@@ -1482,34 +1518,38 @@ impl Sender {
             return Ok(());
         }
         let mut by_sums = by_sums;
-        if m.nlink() > 1 {
+        let linked = m.nlink() > 1;
+        if linked {
             let key = (m.dev(), m.ino());
+            // A name this session shipped the file under, as the secondary
+            // has it now; only then one found in the tree, which the
+            // secondary may not have yet (the walk has not reached it, or
+            // the change that made it is still queued).
             let other = self
                 .links
                 .get(&key)
-                .filter(|first| *first != path && self.inode_of(first) == Some(key))
+                .filter(|first| *first != path)
                 .cloned()
                 .or_else(|| self.other_name(path, key));
-            match other {
-                Some(first) => {
-                    // One inode on the secondary too; then the content, in
-                    // case it changed since that name travelled: only the
-                    // blocks that differ follow.
-                    self.send(&Message::Link {
-                        path: path.clone(),
-                        existing: first.clone(),
-                    })?;
-                    self.links.insert(key, first);
-                    by_sums = true;
-                }
-                None => {
-                    self.links.insert(key, path.clone());
-                }
+            if let Some(first) = other {
+                // One inode on the secondary too; then the content, in case
+                // it changed since that name travelled: only the blocks that
+                // differ follow.
+                self.send(&Message::Link {
+                    path: path.clone(),
+                    existing: first,
+                })?;
+                by_sums = true;
             }
         }
         let Some(file) = self.open_source(path) else {
             return Ok(());
         };
+        if linked {
+            // The secondary has this name once the messages below apply,
+            // whether or not it had the other one: the next name links here.
+            self.links.insert((m.dev(), m.ino()), path.clone());
+        }
         let m = file.metadata()?;
         let size = m.len();
         if size <= SMALL_FILE && !(by_sums && size > 0) {

@@ -6,6 +6,7 @@ mod crash;
 mod daemon_crash;
 mod disk_full;
 mod failover;
+mod hard_link_churn;
 mod hard_links;
 mod journal;
 mod rename_resync;
