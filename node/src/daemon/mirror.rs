@@ -1011,8 +1011,13 @@ impl MirrorDriver {
                 self.close_sessions();
             }
             Action::StopReplication => {
-                if self.in_sync && self.primary.is_some() {
-                    // Flush what is queued, so that the sync point stays true.
+                // Flush what is queued, so that the sync point stays true;
+                // not toward a peer that is lost: that cannot succeed, and
+                // the wait (up to 2 s) would hold up this driver, and with
+                // it the lease's fence, while the peer takes over. The
+                // journal then goes on from the last sync point, as after
+                // any broken stream.
+                if self.in_sync && self.primary.is_some() && self.machine.peer_seen() {
                     let at = SystemTime::now();
                     self.journal.lock().expect("journal").mark(at);
                     let flushed = tokio::task::block_in_place(|| {

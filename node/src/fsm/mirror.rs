@@ -600,6 +600,11 @@ impl Mirror {
         self.failover
     }
 
+    /// Whether the peer's heartbeats are heard now (and not in doubt after a pause).
+    pub fn peer_seen(&self) -> bool {
+        self.liveness == Liveness::Seen
+    }
+
     /// What to put in the next heartbeat to the peer.
     pub fn report(&self) -> PeerReport {
         PeerReport {
