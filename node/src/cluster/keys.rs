@@ -255,6 +255,27 @@ impl MacKey {
         candidates.swap_remove(at).1
     }
 
+    /// The keys a session keyed from this one uses, the peer sealing under
+    /// `peer`: the signing key, and the accepted one unless the peer is
+    /// known to seal with the signing one.
+    pub fn in_use(&self, peer: Option<KeyUsed>) -> MacKey {
+        MacKey {
+            signing: self.signing,
+            accepted: match peer {
+                Some(KeyUsed::Signing) => None,
+                Some(KeyUsed::Accepted) | None => self.accepted,
+            },
+        }
+    }
+
+    /// Whether every key of `keys`, signing and accepted, is one of this
+    /// key's: a replication session using `keys` ([`MacKey::in_use`]) may
+    /// go on under this one.
+    pub fn accepts_all_of(&self, keys: &MacKey) -> bool {
+        let known = |key: &[u8; 32]| *key == self.signing || self.accepted.as_ref() == Some(key);
+        known(&keys.signing) && keys.accepted.as_ref().is_none_or(known)
+    }
+
     /// Whether `tag` is the MAC of `data`, under either key, compared in
     /// constant time.
     pub fn verify(&self, data: &[u8], tag: &[u8; 32]) -> bool {
@@ -359,6 +380,40 @@ mod tests {
         assert_eq!(candidates[0], (KeyUsed::Signing, from_new));
         assert_eq!(candidates[1], (KeyUsed::Accepted, from_old));
         assert_eq!(old.replication_key().candidates().len(), 1);
+    }
+
+    #[test]
+    fn a_session_key_outlives_a_reload_only_while_all_its_secrets_are_accepted() {
+        let old = ClusterSecret::from_bytes(&[1; 32]);
+        let new = ClusterSecret::from_bytes(&[2; 32]);
+        let key = |secret: &ClusterSecret| secret.replication_key();
+        let accepting = key(&old.clone().accepting(&new));
+        let switched = key(&new.clone().accepting(&old));
+        let only_new = key(&new);
+        // Steps 2 and 3 keep every session established before them.
+        assert!(accepting.accepts_all_of(&key(&old)));
+        assert!(switched.accepts_all_of(&key(&old)));
+        assert!(switched.accepts_all_of(&accepting));
+        assert!(accepting.accepts_all_of(&switched));
+        // Dropping the old secret ends those that may use it.
+        assert!(!only_new.accepts_all_of(&key(&old)));
+        assert!(!only_new.accepts_all_of(&switched));
+        assert!(only_new.accepts_all_of(&only_new));
+        assert!(switched.accepts_all_of(&only_new));
+        assert!(
+            !key(&old).accepts_all_of(&only_new),
+            "a rollback to the old secret alone ends sessions under the new one"
+        );
+        // A session keyed while two secrets were held uses the peer's one
+        // beside the signing one: once known, only those two count.
+        assert_eq!(switched.in_use(Some(KeyUsed::Signing)), only_new);
+        assert!(only_new.accepts_all_of(&switched.in_use(Some(KeyUsed::Signing))));
+        assert!(!only_new.accepts_all_of(&switched.in_use(Some(KeyUsed::Accepted))));
+        assert!(
+            !only_new.accepts_all_of(&switched.in_use(None)),
+            "before the peer's first frame, the session may use either secret"
+        );
+        assert_eq!(key(&old).in_use(Some(KeyUsed::Accepted)), key(&old));
     }
 
     #[test]

@@ -40,6 +40,7 @@ use crate::{
     },
     mirror::{
         apply::Applier,
+        channel::SessionKey,
         hub::{CaptureHub, Wake},
         journal::Journal,
         session::{
@@ -138,7 +139,8 @@ pub enum Internal {
         newer: u64,
         ours: u64,
     },
-    SecondaryStarted(u64, Result<SecondarySession, String>),
+    /// A secondary's session, with the key it was keyed from.
+    SecondaryStarted(u64, Result<(SecondarySession, SessionKey), String>),
 }
 
 /// Everything a mirror driver needs.
@@ -194,7 +196,11 @@ pub struct MirrorDriver {
     lease_refusal: Option<String>,
     cluster_id: u64,
     epoch: u64,
-    secret: ClusterSecret,
+    /// The cluster secrets as last reloaded: each new session and witness
+    /// request takes its keys from them.
+    secret: watch::Receiver<ClusterSecret>,
+    /// The key the current session was keyed from.
+    session_key: Option<SessionKey>,
     /// The daemon's write capture, if it loaded, and this module's roots in it.
     hub: Option<Arc<CaptureHub>>,
     roots: Vec<crate::ebpf::capture::RootId>,
@@ -224,7 +230,7 @@ impl MirrorDriver {
     pub fn new(
         module: MirrorModule,
         config: &Config,
-        secret: &ClusterSecret,
+        secret: watch::Receiver<ClusterSecret>,
         epoch: u64,
         status: SharedStatus,
         reports: Arc<Mutex<Vec<ModuleReport>>>,
@@ -300,7 +306,8 @@ impl MirrorDriver {
             dirs,
             excludes: module.dirs.iter().map(|d| d.exclude.clone()).collect(),
             encrypt: module.replication.encrypt,
-            key: secret.replication_key(),
+            // Replaced by a fresh one, of the current secrets, per session.
+            key: SessionKey::new(secret.borrow().replication_key()),
         };
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let serving = Arc::new(AtomicBool::new(false));
@@ -364,7 +371,8 @@ impl MirrorDriver {
             lease_refusal: None,
             cluster_id: crate::cluster::frame::cluster_id(&config.cluster.name),
             epoch,
-            secret: secret.clone(),
+            secret,
+            session_key: None,
         };
         Ok((driver, internal_rx))
     }
@@ -431,6 +439,7 @@ impl MirrorDriver {
                     self.feed(Input::PeerLost, &script_tx);
                 }
                 Some(event) = internal.recv() => self.on_internal(event, &script_tx),
+                Ok(()) = self.secret.changed() => self.follow_secrets(&script_tx),
                 Some(action) = actions.recv() => self.on_action(action, &script_tx),
                 Some(done) = script_done.recv() => self.feed(done, &script_tx),
                 Some(report) = checker_reports.recv() => self.on_checker(report, &script_tx),
@@ -604,13 +613,16 @@ impl MirrorDriver {
             Internal::SecondaryStarted(id, _) | Internal::Session(id, _) if id != self.session_id => {
                 // A session this driver has replaced or closed since.
             }
-            Internal::SecondaryStarted(_, Ok(session)) => {
+            Internal::SecondaryStarted(_, Ok((session, key))) => {
                 self.connecting = false;
                 if self.machine.state() == State::Stop {
                     return;
                 }
                 self.write_log("replication", "connected to the primary");
                 self.secondary = Some(session);
+                self.session_key = Some(key);
+                // The secrets may have been reloaded while it connected.
+                self.end_session_of_dropped_secret(scripts);
             }
             Internal::SecondaryStarted(_, Err(reason)) => {
                 self.connecting = false;
@@ -695,7 +707,8 @@ impl MirrorDriver {
         let Some(tracker) = self.tracker.as_ref() else {
             return;
         };
-        let setup = self.setup.clone();
+        let mut setup = self.setup.clone();
+        setup.key = SessionKey::new(self.secret.borrow().replication_key());
         let hub = self.hub.clone();
         let sync_point = self.files.load_sync_point();
         let sync_point_ns = self.files.load_sync_point_ns();
@@ -728,7 +741,10 @@ impl MirrorDriver {
             )
         });
         match started {
-            Ok(session) => self.primary = Some(session),
+            Ok(session) => {
+                self.primary = Some(session);
+                self.session_key = Some(setup.key);
+            }
             Err(error) => self.write_log(
                 "replication",
                 &format!("a secondary's connection failed: {error}"),
@@ -836,6 +852,38 @@ impl MirrorDriver {
             session::detach(tracker);
         }
         self.in_sync = false;
+    }
+
+    /// The cluster secrets were reloaded: the witness client signs its next
+    /// request with the new witness key, and a session keyed from a secret
+    /// no longer accepted ends; one whose secrets are all still accepted
+    /// goes on untouched (steps 2 and 3 of a rotation break nothing).
+    fn follow_secrets(&mut self, scripts: &mpsc::UnboundedSender<Input>) {
+        let witness_key = self.secret.borrow_and_update().witness_key();
+        if let Some(client) = &self.lease_client {
+            client.set_key(witness_key);
+        }
+        self.end_session_of_dropped_secret(scripts);
+    }
+
+    /// Ends the session, as a broken one ends, if it was keyed from a
+    /// secret the current ones no longer accept: whoever holds that secret
+    /// could read or forge its frames. The secondary then connects again,
+    /// under the current keys.
+    fn end_session_of_dropped_secret(&mut self, scripts: &mpsc::UnboundedSender<Input>) {
+        if self.primary.is_none() && self.secondary.is_none() {
+            return;
+        }
+        let Some(used) = self.session_key.as_ref().map(SessionKey::in_use) else {
+            return;
+        };
+        if self.secret.borrow().replication_key().accepts_all_of(&used) {
+            return;
+        }
+        info!(module = %self.module.name, "the replication session was keyed from a secret no longer accepted: ending it");
+        let reason = "it was keyed from a cluster secret no longer accepted".to_owned();
+        let ended = SessionEvent::Ended { reason };
+        self.on_internal(Internal::Session(self.session_id, ended), scripts);
     }
 
     fn on_action(&mut self, action: ModuleAction, scripts: &mpsc::UnboundedSender<Input>) {
@@ -1094,7 +1142,8 @@ impl MirrorDriver {
         self.session_id += 1;
         self.connecting = true;
         let id = self.session_id;
-        let setup = self.setup.clone();
+        let mut setup = self.setup.clone();
+        let secret = self.secret.clone();
         let applier = Arc::clone(&self.applier);
         let stamp = self.machine.stamp();
         let join = (stamp.generation.0, state_code(stamp.state));
@@ -1109,6 +1158,7 @@ impl MirrorDriver {
                 if attempt > 0 {
                     std::thread::sleep(Duration::from_millis(250));
                 }
+                setup.key = SessionKey::new(secret.borrow().replication_key());
                 match SecondarySession::start(
                     primary,
                     &setup,
@@ -1118,7 +1168,8 @@ impl MirrorDriver {
                     tx.clone(),
                 ) {
                     Ok(session) => {
-                        let _ = internal.send(Internal::SecondaryStarted(id, Ok(session)));
+                        let key = setup.key;
+                        let _ = internal.send(Internal::SecondaryStarted(id, Ok((session, key))));
                         // Forward the session's events until it ends: only
                         // its thread may hold a sender now, or this loop (and
                         // the runtime's shutdown, which waits for it) would
@@ -1162,7 +1213,7 @@ impl MirrorDriver {
         let client = Arc::clone(self.lease_client.get_or_insert_with(|| {
             Arc::new(crate::witness::arbiter::ArbiterClient::new(
                 arbiter.address,
-                self.secret.witness_key(),
+                self.secret.borrow().witness_key(),
                 self.cluster_id,
                 self.epoch,
             ))

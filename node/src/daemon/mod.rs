@@ -74,10 +74,6 @@ struct Started {
     text: String,
 }
 
-/// What a reload compares with the start: the replication and witness keys
-/// of mirror modules stay those the daemon started with.
-struct StartedKeys(crate::cluster::keys::MacKey);
-
 /// `halo witness`: serves leases until SIGTERM or SIGINT; SIGHUP re-reads
 /// the secret files.
 pub fn run_witness(
@@ -184,6 +180,8 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
     let mut module_actions = HashMap::new();
     let tables: crate::farm::SharedTables = Arc::default();
     let mut module_tasks = Vec::new();
+    // The mirror drivers' view of the secrets, which a reload replaces.
+    let (mirror_secrets, secrets) = tokio::sync::watch::channel(secret.clone());
     // One write capture for every mirror module; without it replication
     // still works (inotify and checksums) but cannot hold durable writes.
     let capture_hub = if config
@@ -244,7 +242,7 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
                 let (driver, internal) = mirror::MirrorDriver::new(
                     mirror.clone(),
                     &config,
-                    &secret,
+                    secrets.clone(),
                     epoch,
                     Arc::clone(&status),
                     Arc::clone(&heartbeat.reports),
@@ -293,18 +291,17 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut counters = tokio::time::interval(Duration::from_secs(1));
     let mut running = config.clone();
-    let started_keys = StartedKeys(secret.heartbeat_key());
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
-                let _ = reload(&mut running, &started, &started_keys, &heartbeat, &module_inputs);
+                let _ = reload(&mut running, &started, &heartbeat, &mirror_secrets, &module_inputs);
             }
             Some(answer) = reload_requests.recv() => {
                 info!("reload requested through the API");
-                let _ = answer.send(reload(&mut running, &started, &started_keys, &heartbeat, &module_inputs));
+                let _ = answer.send(reload(&mut running, &started, &heartbeat, &mirror_secrets, &module_inputs));
             }
             Some(event) = events.recv() => {
                 if let ClusterEvent::NewEpoch { peer, epoch } = &event {
@@ -345,8 +342,8 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
 fn reload(
     running: &mut Config,
     started: &Started,
-    started_keys: &StartedKeys,
     heartbeat: &Heartbeat,
+    mirror_secrets: &tokio::sync::watch::Sender<ClusterSecret>,
     modules: &[(String, ModuleSender)],
 ) -> Result<api::ReloadReport, String> {
     let file = started.path.display().to_string();
@@ -375,20 +372,11 @@ fn reload(
             return Err(why);
         }
     };
-    let key = secret.heartbeat_key();
-    let secrets_changed = key != started_keys.0;
-    heartbeat.set_key(key);
-    let mut refused = plan.refused;
-    // The mirror drivers hold the replication and witness keys they were
-    // built with.
-    for module in running.modules.iter().filter(|_| secrets_changed) {
-        if let Module::Mirror(mirror) = module {
-            refused.push(format!(
-                "{file}: module \"{}\": its replication and witness keys stay those of the secrets the daemon started with: needs a restart",
-                mirror.name
-            ));
-        }
-    }
+    heartbeat.set_key(secret.heartbeat_key());
+    // Each mirror driver keys its next sessions and witness requests from
+    // these, and ends a session keyed from a secret they no longer accept.
+    mirror_secrets.send_replace(secret);
+    let refused = plan.refused;
     for (name, power) in reload::power_changes(running, &plan.config) {
         if let Some((_, ModuleSender::Farm(tx))) = modules.iter().find(|(n, _)| *n == name) {
             let _ = tx.send(FarmInput::Power(power));

@@ -19,9 +19,13 @@
 //! During a secret rotation the root key also carries the accepted secret's
 //! key (`cluster::keys`): each end seals with its signing secret's session
 //! keys, and opens the peer's first frame under either secret's, then keeps
-//! to the one that opened it.
+//! to the one that opened it; the session's [`SessionKey`] records which,
+//! for the driver to end the session once a reload drops that secret.
 
-use std::io::{Read, Write};
+use std::{
+    io::{Read, Write},
+    sync::{Arc, OnceLock},
+};
 
 use chacha20poly1305::{
     aead::{Aead as _, KeyInit as _, Payload},
@@ -29,7 +33,7 @@ use chacha20poly1305::{
 };
 
 use crate::cluster::{
-    keys::MacKey,
+    keys::{KeyUsed, MacKey},
     wire::{put_name, Cursor, Malformed},
 };
 
@@ -144,6 +148,44 @@ impl Hello {
     }
 }
 
+/// The root key of one session, and what the session learns of it: which
+/// of the root's secrets the peer seals with, once its first frame opened.
+/// Clones share what is learnt.
+#[derive(Clone, Debug)]
+pub struct SessionKey {
+    root: MacKey,
+    peer: Arc<OnceLock<KeyUsed>>,
+}
+
+impl SessionKey {
+    /// A session's key from the cluster's replication key; nothing learnt yet.
+    pub fn new(root: MacKey) -> Self {
+        SessionKey {
+            root,
+            peer: Arc::default(),
+        }
+    }
+
+    /// The root's keys the session uses: this end seals under the signing
+    /// one, the peer under the one that opened its first frame (until then,
+    /// either).
+    pub fn in_use(&self) -> MacKey {
+        self.root.in_use(self.peer.get().copied())
+    }
+}
+
+impl From<&MacKey> for SessionKey {
+    fn from(root: &MacKey) -> Self {
+        SessionKey::new(root.clone())
+    }
+}
+
+impl From<&SessionKey> for SessionKey {
+    fn from(key: &SessionKey) -> Self {
+        key.clone()
+    }
+}
+
 /// Seals outgoing frames of one direction.
 pub struct Sealer {
     cipher: Option<ChaCha20Poly1305>,
@@ -153,9 +195,11 @@ pub struct Sealer {
 
 /// Opens incoming frames of one direction.
 pub struct Opener {
-    /// The keys the peer may seal with (cipher, key), the signing secret's
-    /// first; down to the one that opened the first frame after it.
-    keys: Vec<(Option<ChaCha20Poly1305>, MacKey)>,
+    /// The keys the peer may seal with (which, cipher, key), the signing
+    /// secret's first; down to the one that opened the first frame after it.
+    keys: Vec<(KeyUsed, Option<ChaCha20Poly1305>, MacKey)>,
+    /// Where the session learns which one that is.
+    peer: Arc<OnceLock<KeyUsed>>,
     counter: u64,
 }
 
@@ -223,8 +267,9 @@ impl Opener {
             keys: key
                 .candidates()
                 .into_iter()
-                .map(|(_, key)| (cipher(&key, encrypt), key))
+                .map(|(used, key)| (used, cipher(&key, encrypt), key))
                 .collect(),
+            peer: Arc::default(),
             counter: 0,
         }
     }
@@ -238,10 +283,11 @@ impl Opener {
             .keys
             .iter()
             .enumerate()
-            .find_map(|(i, (cipher, key))| Some((i, open(cipher, key, self.counter, sealed)?)));
+            .find_map(|(i, (_, cipher, key))| Some((i, open(cipher, key, self.counter, sealed)?)));
         let Some((which, payload)) = opened else {
             return Err(ChannelError::Forged);
         };
+        let _ = self.peer.set(self.keys[which].0);
         if self.keys.len() > 1 {
             // The peer's secret is known now: nothing else may open the
             // rest of the session.
@@ -300,12 +346,14 @@ fn session_keys(root: &MacKey, primary: &Hello, secondary: &Hello) -> (MacKey, M
 }
 
 /// Exchanges hellos on `stream` and returns the sealing ends and the peer's
-/// hello. `root` is the cluster's replication key.
+/// hello. `root` is the cluster's replication key, or a [`SessionKey`] that
+/// learns which secret the peer seals with.
 pub fn handshake<S: Read + Write>(
     stream: &mut S,
     local: &Hello,
-    root: &MacKey,
+    root: impl Into<SessionKey>,
 ) -> Result<(Sealer, Opener, Hello), ChannelError> {
+    let root = root.into();
     let bytes = local.encode();
     let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
     out.extend_from_slice(&bytes);
@@ -340,16 +388,14 @@ pub fn handshake<S: Read + Write>(
         Role::Primary => (local, &peer),
         Role::Secondary => (&peer, local),
     };
-    let (p2s, s2p) = session_keys(root, primary, secondary);
+    let (p2s, s2p) = session_keys(&root.root, primary, secondary);
     let (send, receive) = match local.role {
         Role::Primary => (p2s, s2p),
         Role::Secondary => (s2p, p2s),
     };
-    Ok((
-        Sealer::new(send, local.encrypt),
-        Opener::new(receive, local.encrypt),
-        peer,
-    ))
+    let mut opener = Opener::new(receive, local.encrypt);
+    opener.peer = root.peer;
+    Ok((Sealer::new(send, local.encrypt), opener, peer))
 }
 
 /// Sends messages as sealed frames.
@@ -568,6 +614,42 @@ mod tests {
                     let _ = other.join();
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_session_key_learns_which_secret_the_peer_seals_with() {
+        let old = ClusterSecret::from_bytes(&[1; 32]);
+        let new = ClusterSecret::from_bytes(&[2; 32]);
+        let rotating = new.clone().accepting(&old).replication_key();
+        for (peer, used) in [
+            (new.replication_key(), KeyUsed::Signing),
+            (old.replication_key(), KeyUsed::Accepted),
+        ] {
+            let (mut a, mut b) = UnixStream::pair().unwrap();
+            let other = std::thread::spawn(move || {
+                let hello = Hello::new(Role::Secondary, true, "db", "b");
+                let (sealer, _, _) = handshake(&mut b, &hello, &peer).unwrap();
+                MessageWriter::new(b, sealer)
+                    .send(&Message::Ack { seq: 1 })
+                    .unwrap();
+            });
+            let key = SessionKey::new(rotating.clone());
+            let hello = Hello::new(Role::Primary, true, "db", "a");
+            let (_, opener, _) = handshake(&mut a, &hello, &key).unwrap();
+            assert_eq!(
+                key.in_use(),
+                rotating,
+                "before the peer's first frame, either secret may be its"
+            );
+            let mut reader = MessageReader::new(a, opener);
+            assert_eq!(reader.recv().unwrap(), Some(Message::Ack { seq: 1 }));
+            other.join().unwrap();
+            assert_eq!(
+                key.in_use(),
+                rotating.in_use(Some(used)),
+                "the peer sealed under the {used:?} secret"
+            );
         }
     }
 

@@ -47,13 +47,11 @@ use std::{
 
 use tracing::{debug, info, warn};
 
-use crate::cluster::keys::MacKey;
-
 use crate::ebpf::capture::{Captured, Change as CaptureChange};
 
 use super::{
     apply::{Applier, Reply},
-    channel::{handshake, ChannelError, Hello, MessageReader, MessageWriter, Role},
+    channel::{handshake, ChannelError, Hello, MessageReader, MessageWriter, Role, SessionKey},
     hub::{CaptureHub, Wake},
     journal::{Dirt, Journal},
     path::RelPath,
@@ -85,7 +83,8 @@ pub struct Setup {
     /// Glob patterns per directory, of what is not replicated.
     pub excludes: Vec<Vec<String>>,
     pub encrypt: bool,
-    pub key: MacKey,
+    /// The key of the next handshake (a fresh one per session).
+    pub key: SessionKey,
 }
 
 /// Counters both ends publish (status, metrics).

@@ -12,7 +12,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
     },
     time::Duration,
 };
@@ -317,7 +317,8 @@ pub struct LeaseReply {
 #[derive(Debug)]
 pub struct ArbiterClient {
     witness: SocketAddr,
-    key: MacKey,
+    /// A reload of the cluster secrets replaces it; each request reads it.
+    key: RwLock<MacKey>,
     cluster: u64,
     epoch: u64,
     seq: AtomicU64,
@@ -329,11 +330,18 @@ impl ArbiterClient {
     pub fn new(witness: SocketAddr, key: MacKey, cluster: u64, epoch: u64) -> Self {
         ArbiterClient {
             witness,
-            key,
+            key: RwLock::new(key),
             cluster,
             epoch,
             seq: AtomicU64::new(0),
         }
+    }
+
+    /// Signs every request from now on with `key`, and checks its answer
+    /// under it (a reload of the cluster secrets); the sequence numbers go
+    /// on, so the witness still takes the next request as fresh.
+    pub fn set_key(&self, key: MacKey) {
+        *self.key.write().expect("key lock") = key;
     }
 
     /// Asks for (or renews) `module`'s lease for `node`, whose data is
@@ -360,7 +368,10 @@ impl ArbiterClient {
             generation: claim.generation,
             forced: claim.forced,
         };
-        let bytes = request.encode(&self.key).map_err(ArbiterError::Encode)?;
+        // One key for the request and its answer, whatever a reload does
+        // meanwhile.
+        let key = self.key.read().expect("key lock").clone();
+        let bytes = request.encode(&key).map_err(ArbiterError::Encode)?;
         let io = |action: &'static str| {
             let witness = self.witness;
             move |source| ArbiterError::Io {
@@ -387,7 +398,7 @@ impl ArbiterClient {
             let mut buf = [0u8; MAX_DATAGRAM_LEN + 1];
             loop {
                 let len = socket.recv(&mut buf).await.map_err(io("hear from"))?;
-                match LeaseAnswer::decode(&buf[..len], &self.key) {
+                match LeaseAnswer::decode(&buf[..len], &key) {
                     Ok(answer)
                         if answer.nonce == nonce
                             && answer.cluster == self.cluster
@@ -501,6 +512,43 @@ mod tests {
             Err(ArbiterError::Timeout { .. })
         ));
         assert_eq!(stats.rejected().get("forged"), Some(&1));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_client_follows_a_reload_of_the_secrets_without_losing_its_sequence() {
+        let old = ClusterSecret::from_bytes(&[3; 32]);
+        let new = ClusterSecret::from_bytes(&[5; 32]);
+        let (addr, stats, task) = witness().await;
+        let c = client(addr, 1);
+        let ask = |timeout| c.request_lease("db", "a", LEASE, Claim::default(), timeout);
+        assert!(
+            ask(TIMEOUT).await.is_ok(),
+            "the old secret is the witness's"
+        );
+        // The node switches to the new secret, still accepting the old one:
+        // a witness on the old secret alone cannot check it.
+        c.set_key(new.clone().accepting(&old).witness_key());
+        assert!(matches!(
+            ask(ms(300)).await,
+            Err(ArbiterError::Timeout { .. })
+        ));
+        assert_eq!(stats.rejected().get("forged"), Some(&1));
+        // Back on the old secret, the same client is still fresh to the
+        // witness: its sequence numbers went on growing.
+        c.set_key(old.witness_key());
+        let reply = ask(TIMEOUT).await;
+        assert!(
+            reply.is_ok(),
+            "expected an answer under the old secret, got {reply:?}"
+        );
+        assert_eq!(stats.rejected().get("forged"), Some(&1));
+        assert_eq!(
+            stats.rejected().values().sum::<u64>(),
+            1,
+            "{:?}",
+            stats.rejected()
+        );
         task.abort();
     }
 

@@ -175,7 +175,97 @@ pub fn mirror_trees(world: &World<'_>, bound: Duration) -> Result<()> {
             .collect();
         Ok(last.is_empty())
     });
-    result.map_err(|error| error.context(format!("still different: {last:#?}")))
+    result.map_err(|error| {
+        let details = explain(world, &last).unwrap_or_else(|e| vec![format!("{e:#}")]);
+        error.context(format!(
+            "still different: {last:#?}\n{}",
+            details.join("\n")
+        ))
+    })
+}
+
+/// Per regular file: times, inode, links and the SHA-256 of each 4 KiB
+/// block, for the paths given as arguments.
+const BLOCKS: &str = r#"
+import os, sys, json, hashlib, stat
+root, out = sys.argv[1], {}
+for rel in sys.argv[2:]:
+    path = os.path.join(root, rel)
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        continue
+    out[rel] = {
+        "mtime": st.st_mtime_ns, "ctime": st.st_ctime_ns, "ino": st.st_ino, "nlink": st.st_nlink,
+        "blocks": [hashlib.sha256(data[i:i + 4096]).hexdigest()[:12] for i in range(0, len(data), 4096)],
+    }
+print(json.dumps(out))
+"#;
+
+/// What differs inside the files of `differences` (lines of
+/// [`mirror_trees`]): the 4 KiB blocks that differ and each node's times,
+/// for the report, which must say where to look.
+fn explain(world: &World<'_>, differences: &[String]) -> Result<Vec<String>> {
+    let paths: Vec<&str> = differences
+        .iter()
+        .filter_map(|d| d.split_once(": ").map(|(path, _)| path))
+        .collect();
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut by_node = Vec::new();
+    for node in MIRROR_NODES {
+        let output = world.lab.host(node).run_timeout(
+            Command::new("/usr/bin/python3")
+                .args(["-c", BLOCKS, DIR])
+                .args(&paths),
+            Duration::from_secs(60),
+        )?;
+        let files: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&output.stdout).context("parse the block digest")?;
+        by_node.push((node, files));
+    }
+    let mut lines = Vec::new();
+    for path in paths {
+        let entries: Vec<_> = by_node
+            .iter()
+            .filter_map(|(node, files)| files.get(path).map(|f| (*node, f)))
+            .collect();
+        let [(n1, a), (n2, b)] = entries[..] else {
+            continue;
+        };
+        let blocks = |f: &serde_json::Value| -> Vec<String> {
+            f["blocks"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .map(|b| b.as_str().unwrap_or("").to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (ba, bb) = (blocks(a), blocks(b));
+        let differ: Vec<usize> = (0..ba.len().max(bb.len()))
+            .filter(|i| ba.get(*i) != bb.get(*i))
+            .collect();
+        let times = |f: &serde_json::Value| {
+            format!(
+                "mtime {} ctime {} ino {} nlink {}",
+                f["mtime"], f["ctime"], f["ino"], f["nlink"]
+            )
+        };
+        lines.push(format!(
+            "{path}: 4 KiB blocks differing {differ:?} of {}; {n1}: {}; {n2}: {}",
+            ba.len().max(bb.len()),
+            times(a),
+            times(b)
+        ));
+    }
+    Ok(lines)
 }
 
 /// Every record a writer acknowledged (fsync returned) is in its records

@@ -1,11 +1,12 @@
 //! What the mirror tests share: the module's configuration, a digest of a
-//! host's replicated tree, and waiting for states.
+//! host's replicated tree, waiting for states, a file churn and durable
+//! acknowledged records.
 
 use std::{collections::BTreeMap, net::IpAddr, process::Command, time::Duration};
 
 use halo_tests::{
     cluster::{module_in, Cluster, Timing},
-    lab::{self, Lab},
+    lab::{self, Lab, LabProcess, Signal},
 };
 
 pub const MODULE: &str = "db";
@@ -142,4 +143,164 @@ pub fn wait_module(cluster: &Cluster<'_>, node: &str, state: &str, timeout: Dura
             .collect();
         panic!("{error:#}\n{}", logs.join("\n"));
     }
+}
+
+/// A seeded file churn under `DIR/<dir>` until SIGTERM (exit 0) or 120 s
+/// (exit 1). Arguments: seed, dir, the operations to draw from (one letter
+/// each, repeated to weight them: c create, w overwrite, a append, t
+/// truncate, r rename into another directory, u unlink, h hard link),
+/// subdirectories, most files, largest new file and largest append-grown
+/// file (bytes), probability of an fsync after a write.
+pub const CHURN_PY: &str = r#"
+import os, random, signal, time, sys
+seed, sub, ops, dirs, most, size, grow, fsyncs = sys.argv[1:9]
+root = os.path.join("/var/lib/app", sub)
+rng = random.Random(int(seed))
+dirs, most, size, grow, fsyncs = int(dirs), int(most), int(size), int(grow), float(fsyncs)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+end = time.time() + 120
+def files():
+    out = []
+    for d, _, fs in os.walk(root):
+        out += [os.path.join(d, f) for f in fs]
+    return out
+def new_dir():
+    d = os.path.join(root, "d%d" % rng.randrange(dirs))
+    os.makedirs(d, exist_ok=True)
+    return d
+def sync(f):
+    if rng.random() < fsyncs:
+        f.flush()
+        os.fsync(f.fileno())
+os.makedirs(root, exist_ok=True)
+while not stop and time.time() < end:
+    time.sleep(0.005)
+    try:
+        fs = files()
+        op = rng.choice(ops)
+        if op == "c" or not fs:
+            if len(fs) < most:
+                with open(os.path.join(new_dir(), "f%d" % rng.randrange(10**6)), "wb") as f:
+                    f.write(os.urandom(rng.randrange(1, size)))
+                    sync(f)
+        elif op == "w":
+            with open(rng.choice(fs), "r+b") as f:
+                f.seek(rng.randrange(size))
+                f.write(os.urandom(rng.randrange(1, 8192)))
+                sync(f)
+        elif op == "a":
+            p = rng.choice(fs)
+            if os.path.getsize(p) < grow:
+                with open(p, "ab") as f:
+                    f.write(os.urandom(rng.randrange(1, 16384)))
+                    sync(f)
+        elif op == "t":
+            os.truncate(rng.choice(fs), rng.randrange(8192))
+        elif op == "r":
+            os.rename(rng.choice(fs), os.path.join(new_dir(), "r%d" % rng.randrange(10**6)))
+        elif op == "u":
+            os.unlink(rng.choice(fs))
+        elif op == "h":
+            os.link(rng.choice(fs), os.path.join(new_dir(), "h%d" % rng.randrange(10**6)))
+    except OSError:
+        pass
+sys.exit(0 if stop else 1)
+"#;
+
+/// What `spawn_churn` does.
+pub struct Churn {
+    pub seed: u64,
+    /// The directory under `DIR` it works in.
+    pub dir: &'static str,
+    /// `CHURN_PY`'s operation letters.
+    pub ops: &'static str,
+    pub dirs: u32,
+    pub most_files: u32,
+    pub new_file_bytes: u32,
+    pub grow_to_bytes: u32,
+    pub fsync_probability: f64,
+}
+
+impl Churn {
+    /// `CHURN_PY`'s arguments.
+    pub fn args(&self) -> [String; 8] {
+        [
+            self.seed.to_string(),
+            self.dir.to_owned(),
+            self.ops.to_owned(),
+            self.dirs.to_string(),
+            self.most_files.to_string(),
+            self.new_file_bytes.to_string(),
+            self.grow_to_bytes.to_string(),
+            self.fsync_probability.to_string(),
+        ]
+    }
+}
+
+/// Starts `churn` on `host`; `stop_churn` ends it.
+pub fn spawn_churn(lab: &Lab, host: &str, churn: &Churn) -> LabProcess {
+    let args = churn.args();
+    lab.host(host)
+        .spawn(
+            "churn",
+            Command::new("/usr/bin/python3")
+                .args(["-c", CHURN_PY])
+                .args(&args),
+        )
+        .unwrap()
+}
+
+/// Stops a churn with SIGTERM; it must exit 0 (it ran until then).
+pub fn stop_churn(churn: &mut LabProcess) {
+    churn.signal(Signal::SIGTERM).unwrap();
+    let status = churn.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.success(),
+        "the churn exited {status}, expected 0 (stopped by SIGTERM)"
+    );
+}
+
+/// Waits until `host`'s replicated tree stops changing (names, sizes and
+/// times the same 300 ms apart): the digest cannot read a tree whose
+/// entries the replication still renames and removes.
+pub fn wait_settled(lab: &Lab, host: &str) {
+    let snapshot = || {
+        lab.host(host)
+            .sh(&format!(
+                "find {DIR} -printf '%p %s %T@ %C@\\n' 2>/dev/null | sort | sha256sum"
+            ))
+            .unwrap()
+    };
+    let mut last = snapshot();
+    lab::wait_until(
+        Duration::from_secs(60),
+        &format!("{host}'s tree to settle"),
+        || {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = snapshot();
+            let settled = now == last;
+            last = now;
+            Ok(settled)
+        },
+    )
+    .unwrap();
+}
+
+/// Appends records 0..`count` to `DIR/file` on `host`, each made durable
+/// with fsync before it is printed (acknowledged); returns the process's
+/// output.
+pub fn acknowledged_records(lab: &Lab, host: &str, file: &str, count: u32) -> std::process::Output {
+    lab.host(host)
+        .run_timeout(
+            Command::new("/usr/bin/python3").args([
+                "-c",
+                &format!(
+                    "import os\nf = open('{DIR}/{file}', 'a')\nfor i in range({count}):\n    \
+                     f.write(f'{{i}}\\n'); f.flush(); os.fsync(f.fileno()); print(i, flush=True)\n"
+                ),
+            ]),
+            Duration::from_secs(30),
+        )
+        .unwrap()
 }

@@ -3,12 +3,14 @@
 
 mod common;
 mod crash;
+mod cut_primary;
 mod daemon_crash;
 mod disk_full;
 mod failover;
 mod hard_link_churn;
 mod hard_links;
 mod journal;
+mod primary_crash_churn;
 mod rename_resync;
 mod replicate;
 mod roles;

@@ -66,7 +66,7 @@ fn a_swap_hands_the_primary_role_over_without_losing_a_write() {
 /// Starts `halo witness` on host w and the mirror with the arbiter witness
 /// (n1 primary), and waits until n1 holds the lease (the witness grants
 /// nothing during its start-up quiet period).
-fn start_with_arbiter(lab: &Lab) -> (LabProcess, Cluster<'_>) {
+pub(super) fn start_with_arbiter(lab: &Lab) -> (LabProcess, Cluster<'_>) {
     let witness_at = format!("{}:4810", lab.host("w").ipv4());
     std::fs::create_dir_all(lab.host("w").outside_path("/etc/halo")).unwrap();
     let key = lab.host("w").outside_path("/etc/halo/cluster.key");
@@ -175,19 +175,7 @@ fn a_primary_cut_off_after_serving_alone_keeps_its_acknowledged_writes() {
     // only it has. (With both daemons up, either may win the lease.)
     cluster.kill("n2").unwrap();
     wait_module(&cluster, "n1", "ALONE", Duration::from_secs(15));
-    let acked = lab
-        .host("n1")
-        .run_timeout(
-            Command::new("/usr/bin/python3").args([
-                "-c",
-                &format!(
-                    "import os\nf = open('{DIR}/acked', 'a')\nfor i in range(50):\n    \
-                     f.write(f'{{i}}\\n'); f.flush(); os.fsync(f.fileno()); print(i, flush=True)\n"
-                ),
-            ]),
-            Duration::from_secs(30),
-        )
-        .unwrap();
+    let acked = common::acknowledged_records(&lab, "n1", "acked", 50);
     if !acked.status.success() {
         let log: Vec<String> = cluster
             .module_log("n1", MODULE)
@@ -251,7 +239,7 @@ fn a_primary_cut_off_after_serving_alone_keeps_its_acknowledged_writes() {
 /// Polls both nodes' `ready.txt` from the witness host every 20 ms and
 /// prints one line per sample: n1's HTTP status and n2's (`-` when no
 /// answer came within 200 ms, as from a frozen daemon).
-const READY_PROBE: &str = r#"
+pub(super) const READY_PROBE: &str = r#"
 import sys, time, urllib.request, urllib.error
 def get(host):
     url = "http://%s:%s/var/modules/db/ready.txt" % (host, sys.argv[1])
@@ -299,19 +287,7 @@ fn a_primary_frozen_past_its_lease_never_serves_beside_the_node_that_took_over()
         .signal(nix::sys::signal::Signal::SIGSTOP)
         .unwrap();
     wait_module(&cluster, "n2", "ALONE", Duration::from_secs(15));
-    let acked = lab
-        .host("n2")
-        .run_timeout(
-            Command::new("/usr/bin/python3").args([
-                "-c",
-                &format!(
-                    "import os\nf = open('{DIR}/acked', 'a')\nfor i in range(50):\n    \
-                     f.write(f'{{i}}\\n'); f.flush(); os.fsync(f.fileno()); print(i, flush=True)\n"
-                ),
-            ]),
-            Duration::from_secs(30),
-        )
-        .unwrap();
+    let acked = common::acknowledged_records(&lab, "n2", "acked", 50);
     assert!(acked.status.success(), "n2's durable writes: {acked:?}");
     let acked: Vec<String> = String::from_utf8_lossy(&acked.stdout)
         .lines()
