@@ -78,6 +78,18 @@ fn state_code(state: DataState) -> u8 {
     }
 }
 
+/// The data state a secondary announces in `Join`. A node marks its data
+/// Partial as it starts to follow, but a former primary's files also hold
+/// its own writes since its last sync point (its journal has a base until
+/// its data is a copy again): it must not pass for a copy, whose files the
+/// primary's journaled ranges alone bring up to date.
+fn join_state(state: DataState, written_since_copy: bool) -> u8 {
+    match state {
+        DataState::Partial if written_since_copy => state_code(DataState::Shared),
+        _ => state_code(state),
+    }
+}
+
 fn state_of(code: u8) -> DataState {
     match code & flags::STATE_MASK {
         0 => DataState::Partial,
@@ -759,6 +771,7 @@ impl MirrorDriver {
             return;
         }
         if let Some(session) = self.primary.as_mut() {
+            let _between = self.tracker.as_ref().map(Tracker::between_batches);
             let at = SystemTime::now();
             self.journal.lock().expect("journal").mark(at);
             let seq = session.barrier();
@@ -1065,13 +1078,19 @@ impl MirrorDriver {
                 // it the lease's fence, while the peer takes over. The
                 // journal then goes on from the last sync point, as after
                 // any broken stream.
-                if self.in_sync && self.primary.is_some() && self.machine.peer_seen() {
+                if let (true, true, Some(session)) = (
+                    self.in_sync,
+                    self.machine.peer_seen(),
+                    self.primary.as_mut(),
+                ) {
                     let at = SystemTime::now();
-                    self.journal.lock().expect("journal").mark(at);
+                    let seq = {
+                        let _between = self.tracker.as_ref().map(Tracker::between_batches);
+                        self.journal.lock().expect("journal").mark(at);
+                        session.barrier()
+                    };
                     let flushed = tokio::task::block_in_place(|| {
-                        self.primary
-                            .as_mut()
-                            .is_some_and(|s| s.flush(Duration::from_secs(2)))
+                        session.wait_acked(seq, Duration::from_secs(2))
                     });
                     if flushed {
                         let generation = self.machine.stamp().generation.0;
@@ -1146,7 +1165,8 @@ impl MirrorDriver {
         let secret = self.secret.clone();
         let applier = Arc::clone(&self.applier);
         let stamp = self.machine.stamp();
-        let join = (stamp.generation.0, state_code(stamp.state));
+        let written = self.journal.lock().expect("journal").base().is_some();
+        let join = (stamp.generation.0, join_state(stamp.state, written));
         let primary = self.peer_replication;
         let internal = self.internal_tx.clone();
         let journal = Arc::clone(&self.journal);
@@ -1487,6 +1507,18 @@ fn read_only_bind(dir: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_former_primary_never_joins_as_a_copy() {
+        // A secondary's interrupted resync: still a copy plus the primary's
+        // own changes, which the primary compares.
+        assert_eq!(join_state(DataState::Partial, false), 0);
+        assert_eq!(join_state(DataState::Copy, false), 1);
+        // A former primary starting to follow: its own writes may differ.
+        assert_eq!(join_state(DataState::Partial, true), 2);
+        assert_eq!(join_state(DataState::Shared, true), 2);
+        assert_eq!(join_state(DataState::Newest, true), 3);
+    }
 
     #[test]
     fn reports_cross_the_heartbeat_unchanged() {

@@ -329,7 +329,7 @@ impl FarmDataPath {
     fn write(&mut self) -> anyhow::Result<()> {
         let states = self.handover.states();
         let count = |state| states.iter().filter(|s| **s == state).count();
-        tracing::info!(
+        tracing::debug!(
             module = %self.module.name,
             owned = count(BucketState::Owned),
             incoming = count(BucketState::Incoming),

@@ -233,7 +233,25 @@ pub struct Tracker {
     journal: Arc<Mutex<Journal>>,
 }
 
+/// [`Tracker::between_batches`]: the tracker waits while this lives.
+pub struct BetweenBatches<'a> {
+    _held: std::sync::MutexGuard<'a, Option<mpsc::Sender<Op>>>,
+}
+
 impl Tracker {
+    /// Holds the tracker between two batches. A sync point's mark in the
+    /// journal and its barrier, made while this is held, fall between the
+    /// same two batches: every op the journal holds before the mark reaches
+    /// the session before the barrier. Otherwise a batch journaled before
+    /// the mark but queued after the barrier would be dropped from the
+    /// journal by the barrier's acknowledgement, and lost if the stream
+    /// broke before it travelled.
+    pub fn between_batches(&self) -> BetweenBatches<'_> {
+        BetweenBatches {
+            _held: self.target.lock().expect("tracker target"),
+        }
+    }
+
     /// Starts watching every directory of `setup` (they must exist), with
     /// the capture's records when there is a capture. Its first work is
     /// the journal's last-flush rule (see `mirror::journal`): every entry
@@ -712,13 +730,14 @@ impl PrimarySession {
             let trusted = journal.filter(|(g, at_ns, set)| {
                 since.is_some() && sync_point_ns == Some((*g, *at_ns)) && !set.untrusted
             });
-            Plan::new(trusted.map(|(_, _, set)| set), diverged.as_deref())
+            Plan::new(trusted.map(|(_, _, set)| set), diverged.as_deref(), copy)
         };
         info!(
             module = %setup.module,
             peer = %peer.node,
             generation,
             incremental = since.is_some(),
+            copy,
             journaled = plan.ranges.len(),
             compared = plan.forced.len(),
             "secondary joined"
@@ -836,6 +855,11 @@ impl PrimarySession {
     /// Queues a barrier and waits for its acknowledgement, at most `timeout`.
     pub fn flush(&mut self, timeout: Duration) -> bool {
         let seq = self.barrier();
+        self.wait_acked(seq, timeout)
+    }
+
+    /// Waits for the acknowledgement of barrier `seq`, at most `timeout`.
+    pub fn wait_acked(&self, seq: u64, timeout: Duration) -> bool {
         let (lock, cv) = &*self.acked;
         let deadline = Instant::now() + timeout;
         let mut acked = lock.lock().expect("acks");
@@ -887,12 +911,31 @@ struct Plan {
     forced: HashSet<RelPath>,
     /// Directories whose listing travels.
     relist: HashSet<RelPath>,
+    /// Files whose ranges travel are then compared by checksums too.
+    verify_ranges: bool,
 }
 
 impl Plan {
     /// From the primary's trusted journal and the secondary's divergence.
-    fn new(journal: Option<super::journal::DirtySet>, diverged: Option<&[RelPath]>) -> Plan {
-        let mut plan = Plan::default();
+    /// `copy`: the secondary holds an unmodified copy of the sync point's
+    /// data (it was a secondary then). Only then do the journaled ranges
+    /// describe every byte that differs. A former primary's files may also
+    /// hold its own writes after the sync point, which its divergence names
+    /// only as far as that node could see them (its capture, its journal's
+    /// last flush): so a file whose ranges travel to it is then also
+    /// compared by checksums, once the ranges are applied (only blocks that
+    /// still differ travel). The chaos campaign found a 4 KiB block of a
+    /// former primary's own write left in a file whose journaled ranges
+    /// travelled alone.
+    fn new(
+        journal: Option<super::journal::DirtySet>,
+        diverged: Option<&[RelPath]>,
+        copy: bool,
+    ) -> Plan {
+        let mut plan = Plan {
+            verify_ranges: !copy,
+            ..Plan::default()
+        };
         if let Some(set) = journal {
             plan.forced.extend(set.trees);
             for (path, dirt) in set.files {
@@ -1354,6 +1397,9 @@ impl Sender {
                     // The journal names every byte written since the sync
                     // point: those travel, read now.
                     self.ship_journaled(&child, ranges)?;
+                    if self.plan.verify_ranges {
+                        self.ship_entry_as(&child, Some(&m), true)?;
+                    }
                 } else if changed {
                     // A peer that holds data compares even small files by
                     // checksums; an empty one gets them whole.
@@ -1884,6 +1930,30 @@ mod tests {
         assert_eq!(name_after(p("a/f"), &listing(&["f", "g"])), Some(p("a/f")));
         assert_eq!(name_after(p("a/f"), &listing(&["g"])), None);
         assert_eq!(name_after(p("b/f"), &listing(&["g"])), Some(p("b/f")));
+    }
+
+    #[test]
+    fn journaled_ranges_are_verified_by_checksums_on_a_former_primary() {
+        let mut set = super::super::journal::DirtySet::default();
+        set.files.insert(p("a/f"), Dirt::Ranges(vec![(4096, 8192)]));
+        set.files.insert(p("a/g"), Dirt::Compare);
+        let diverged = [p("b/h")];
+
+        let to_copy = Plan::new(Some(set.clone()), Some(&diverged), true);
+        assert_eq!(to_copy.ranges.get(&p("a/f")), Some(&vec![(4096, 8192)]));
+        assert!(!to_copy.verify_ranges);
+        assert!(!to_copy.forced(&p("a/f")));
+        assert!(to_copy.forced(&p("a/g")) && to_copy.forced(&p("b/h")));
+
+        // A former primary may have written to a/f itself, where the
+        // ranges do not reach: the ranges travel, then the checksums.
+        let to_former_primary = Plan::new(Some(set), Some(&diverged), false);
+        assert_eq!(
+            to_former_primary.ranges.get(&p("a/f")),
+            Some(&vec![(4096, 8192)])
+        );
+        assert!(to_former_primary.verify_ranges);
+        assert!(to_former_primary.forced(&p("a/g")) && to_former_primary.forced(&p("b/h")));
     }
 
     #[test]

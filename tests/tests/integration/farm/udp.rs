@@ -22,7 +22,7 @@ use halo_tests::{
 
 use super::{
     common::{farm_toml, MODULE},
-    long_lived::{diagnostics, reload_power, share, wait_module},
+    long_lived::{diagnostics, reload_power, share, tables, wait_module},
 };
 
 const NODES: [&str; 4] = ["n1", "n2", "n3", "n4"];
@@ -325,6 +325,24 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
     })
     .unwrap();
 
+    // The three started together, each from its own partial view of the
+    // others: until their tables agree, a bucket can have two nodes that
+    // each believe they served it first, and a flow begun then is taken by
+    // both until drain_timeout (a cold start's known limit, README "Farm
+    // nodes"). The flows this test follows begin once the tables agree.
+    lab::wait_until(
+        Duration::from_secs(20),
+        "the same table on n1, n2 and n3",
+        || {
+            let owners: Vec<serde_json::Value> = tables(&cluster, &NODES[..3])
+                .into_values()
+                .map(|t| t["owners"].clone())
+                .collect();
+            Ok(owners.windows(2).all(|w| w[0] == w[1]))
+        },
+    )
+    .unwrap();
+
     let client = lab.host("client");
     let ctl: PathBuf = client.state_dir().join("udp");
     std::fs::create_dir_all(&ctl).unwrap();
@@ -344,8 +362,18 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
     if let Err(error) = lab::wait_until(Duration::from_secs(30), "every UDP flow answered", || {
         Ok(ctl.join("ready").exists())
     }) {
+        // Which flows nobody answered, and how each node sees the buckets.
+        let unanswered: Vec<Flow> = snapshot(&ctl)
+            .into_iter()
+            .filter(|f| f.long && f.answered == 0)
+            .collect();
+        let members: BTreeMap<String, serde_json::Value> = tables(&cluster, &NODES[..3])
+            .into_iter()
+            .map(|(n, t)| (n, t["members"].clone()))
+            .collect();
         panic!(
-            "{error:#}\nclient: {}\n{}",
+            "{error:#}\nunanswered long flows: {unanswered:?}\nmembers as each node sees them: {members:#?}\n\
+             client: {}\n{}",
             holder.log().unwrap_or_default(),
             diagnostics(&cluster, &NODES[..3])
         );

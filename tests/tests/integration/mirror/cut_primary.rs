@@ -25,7 +25,7 @@ fn a_primary_cut_off_while_it_streams_stops_serving_when_its_lease_ends() {
         .hosts(&["n1", "n2", "w"])
         .build()
         .unwrap();
-    let (_witness, cluster) = start_with_arbiter(&lab);
+    let (_witness, cluster) = start_with_arbiter(&lab, "");
     let probe = lab
         .host("w")
         .spawn(

@@ -64,9 +64,9 @@ fn a_swap_hands_the_primary_role_over_without_losing_a_write() {
 }
 
 /// Starts `halo witness` on host w and the mirror with the arbiter witness
-/// (n1 primary), and waits until n1 holds the lease (the witness grants
-/// nothing during its start-up quiet period).
-pub(super) fn start_with_arbiter(lab: &Lab) -> (LabProcess, Cluster<'_>) {
+/// and `extra` module settings (n1 primary), and waits until n1 holds the
+/// lease (the witness grants nothing during its start-up quiet period).
+pub(super) fn start_with_arbiter<'lab>(lab: &'lab Lab, extra: &str) -> (LabProcess, Cluster<'lab>) {
     let witness_at = format!("{}:4810", lab.host("w").ipv4());
     std::fs::create_dir_all(lab.host("w").outside_path("/etc/halo")).unwrap();
     let key = lab.host("w").outside_path("/etc/halo/cluster.key");
@@ -86,7 +86,7 @@ pub(super) fn start_with_arbiter(lab: &Lab) -> (LabProcess, Cluster<'_>) {
         )
         .unwrap();
     let extra = format!(
-        "\n[module.witness]\nkind = \"arbiter\"\naddress = \"{witness_at}\"\nlease = \"1s\"\n"
+        "{extra}\n[module.witness]\nkind = \"arbiter\"\naddress = \"{witness_at}\"\nlease = \"1s\"\n"
     );
     let cluster = common::start(lab, &extra, "n1");
     cluster
@@ -119,7 +119,7 @@ fn with_the_arbiter_a_partial_partition_never_yields_two_serving_nodes() {
         .hosts(&["n1", "n2", "w"])
         .build()
         .unwrap();
-    let (_witness, cluster) = start_with_arbiter(&lab);
+    let (_witness, cluster) = start_with_arbiter(&lab, "");
 
     // Heartbeats between the nodes are lost; both still reach the witness.
     lab.cut_pair("n1", "n2").unwrap();
@@ -168,7 +168,7 @@ fn a_primary_cut_off_after_serving_alone_keeps_its_acknowledged_writes() {
         .hosts(&["n1", "n2", "w"])
         .build()
         .unwrap();
-    let (_witness, mut cluster) = start_with_arbiter(&lab);
+    let (_witness, mut cluster) = start_with_arbiter(&lab, "");
 
     // n2 goes away (its daemon dies), so n1 alone asks for the lease: it
     // serves ALONE on a new generation and acknowledges durable writes
@@ -260,7 +260,7 @@ fn a_primary_frozen_past_its_lease_never_serves_beside_the_node_that_took_over()
         .hosts(&["n1", "n2", "w"])
         .build()
         .unwrap();
-    let (_witness, mut cluster) = start_with_arbiter(&lab);
+    let (_witness, mut cluster) = start_with_arbiter(&lab, "");
     let probe = lab
         .host("w")
         .spawn(
