@@ -22,6 +22,25 @@ pub const STATE_DIR: &str = "/var/lib/halo";
 /// The API port of every daemon (each host has its own network namespace).
 pub const API_PORT: u16 = 9010;
 
+/// `text` without its ANSI escape sequences (`ESC [ … letter`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // The sequence ends with its first letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 /// The `halo` binary under test: `$HALO_BIN`, which `cargo xtask test` sets
 /// after building it. Running the lab tests without it would silently test
 /// whatever stale binary lies around, so it is required.
@@ -132,7 +151,11 @@ impl<'lab> Cluster<'lab> {
         let mut command = Command::new(halo_bin());
         command
             .args(["run", "--config", CONFIG_PATH])
-            .env("HALO_LOG", "info");
+            // HALO_TEST_LOG raises the daemons' log level to debug a test.
+            .env(
+                "HALO_LOG",
+                std::env::var("HALO_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            );
         adjust(&mut command);
         let process = host.spawn("halo", &mut command)?;
         self.daemons.insert(node.to_owned(), process);
@@ -241,6 +264,34 @@ impl<'lab> Cluster<'lab> {
         let state_dir = self.lab.host(node).outside_path(STATE_DIR);
         halo::daemon::module_log::read(&state_dir, module)
             .with_context(|| format!("reading the log of module {module} on {node}"))
+    }
+}
+
+/// How many lines of each daemon's log a failing test prints.
+const LOG_TAIL_ON_FAILURE: usize = 120;
+
+impl Drop for Cluster<'_> {
+    /// A test that fails prints the end of every daemon's log: a lab
+    /// failure in CI is then told by what the daemons did, not only by the
+    /// assertion.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (node, daemon) in &self.daemons {
+            let Ok(log) = daemon.log() else { continue };
+            let log = strip_ansi(&log);
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(LOG_TAIL_ON_FAILURE);
+            eprintln!(
+                "---- halo log of {node} (last {} of {} lines) ----",
+                lines.len() - from,
+                lines.len()
+            );
+            for line in &lines[from..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

@@ -125,8 +125,25 @@ impl ModuleAction {
     }
 }
 
+/// An administrator's action for a module, and where the module answers
+/// whether its machine took it: `Err` with why it refused (a swap on a
+/// node that is not the primary, a `prim` while the peer serves…).
+#[derive(Debug)]
+pub struct ActionRequest {
+    pub action: ModuleAction,
+    pub verdict: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+impl ActionRequest {
+    /// A request, and where its verdict arrives.
+    pub fn new(action: ModuleAction) -> (Self, tokio::sync::oneshot::Receiver<Result<(), String>>) {
+        let (verdict, answer) = tokio::sync::oneshot::channel();
+        (ActionRequest { action, verdict }, answer)
+    }
+}
+
 /// Where module actions go: each running module's input, by name.
-pub type ModuleActions = Arc<HashMap<String, UnboundedSender<ModuleAction>>>;
+pub type ModuleActions = Arc<HashMap<String, UnboundedSender<ActionRequest>>>;
 
 /// How the API asks the daemon to reload its configuration file: the
 /// answer comes back on the enclosed channel, `Err` with why nothing

@@ -131,7 +131,7 @@ fn response(code: u16, body: Body) -> Value {
         401 => "Missing or wrong bearer token",
         404 => "No such module, node or resource",
         405 => "Method not allowed",
-        409 => "The module is not running on this node",
+        409 => "The module is not running on this node, or its state machine refused the action (the error says why)",
         503 => "The module is shutting down",
         _ => "",
     };

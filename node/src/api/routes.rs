@@ -251,7 +251,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             move || {
                 post(
                     move |State(api): State<ApiState>, Path(module): Path<String>| async move {
-                        act(&api, &module, action)
+                        act(&api, &module, action).await
                     },
                 )
             },
@@ -803,7 +803,13 @@ pub struct ActionAccepted {
     pub action: ModuleAction,
 }
 
-fn act(api: &ApiState, module: &str, action: ModuleAction) -> Response {
+/// How long an action waits for the module's verdict before it is
+/// answered as accepted (the module's driver may be busy with a flush).
+const VERDICT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands `action` to `module`'s driver: `202` once its machine took it,
+/// `409` with the reason when it refused.
+async fn act(api: &ApiState, module: &str, action: ModuleAction) -> Response {
     let Some(module_tx) = api.actions.get(module) else {
         return match find_module(api, module) {
             Ok(_) => error(
@@ -813,10 +819,17 @@ fn act(api: &ApiState, module: &str, action: ModuleAction) -> Response {
             Err(response) => *response,
         };
     };
-    if module_tx.send(action).is_err() {
+    let (request, verdict) = super::ActionRequest::new(action);
+    if module_tx.send(request).is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the module is shutting down",
+        );
+    }
+    if let Ok(Ok(Err(reason))) = tokio::time::timeout(VERDICT_WAIT, verdict).await {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{module}: {} refused: {reason}", action.path()),
         );
     }
     (
@@ -865,7 +878,7 @@ async fn switch(
         return *response;
     }
     match parse_switch(&body) {
-        Ok(Switch { enabled }) => act(&api, &module, if enabled { on } else { off }),
+        Ok(Switch { enabled }) => act(&api, &module, if enabled { on } else { off }).await,
         Err(why) => error(StatusCode::BAD_REQUEST, why),
     }
 }

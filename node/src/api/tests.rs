@@ -28,7 +28,7 @@ fn serve(open_read: bool) -> String {
         }],
         ..NodeStatus::default()
     };
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<super::ActionRequest>();
     let mut actions = HashMap::new();
     actions.insert("web".to_owned(), tx);
     let app = super::router(ApiContext {
@@ -50,8 +50,16 @@ fn serve(open_read: bool) -> String {
             .unwrap();
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            // The receiver of `web`'s actions must outlive the server.
-            let _rx = _rx;
+            // `web` is a farm: its machine refuses a swap, takes the rest.
+            tokio::spawn(async move {
+                while let Some(request) = rx.recv().await {
+                    let verdict = match request.action {
+                        super::ModuleAction::Swap => Err("a farm module has no primary".to_owned()),
+                        _ => Ok(()),
+                    };
+                    let _ = request.verdict.send(verdict);
+                }
+            });
             axum::serve(listener, app).await.unwrap();
         });
     });
@@ -151,4 +159,14 @@ fn unknown_modules_routes_and_methods_get_json_errors() {
     assert!(error.is_some());
     let (status, _) = call(&addr, "post", "/api/v1/modules/web/stop", Some(TOKEN));
     assert_eq!(status, 202);
+}
+
+#[test]
+fn an_action_the_module_refuses_is_answered_409_with_its_reason() {
+    let addr = serve(true);
+    let (status, error) = call(&addr, "post", "/api/v1/modules/web/swap", Some(TOKEN));
+    assert_eq!(
+        (status, error.as_deref()),
+        (409, Some("web: swap refused: a farm module has no primary"))
+    );
 }

@@ -23,7 +23,7 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
-    api::{ModuleAction, SharedStatus},
+    api::{ActionRequest, ModuleAction, SharedStatus},
     app::{self, checker::CheckerReport, LogSink},
     cluster::frame::ModuleReport,
     config::FarmModule,
@@ -205,7 +205,7 @@ impl FarmDriver {
     pub async fn run(
         mut self,
         mut inputs: mpsc::UnboundedReceiver<FarmInput>,
-        mut actions: mpsc::UnboundedReceiver<ModuleAction>,
+        mut actions: mpsc::UnboundedReceiver<ActionRequest>,
         mut log_lines: mpsc::UnboundedReceiver<app::LogLine>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -294,7 +294,9 @@ impl FarmDriver {
     }
 
     /// An administrator's action, from the API.
-    fn on_action(&mut self, action: ModuleAction, scripts: &mpsc::UnboundedSender<Input>) {
+    fn on_action(&mut self, request: ActionRequest, scripts: &mpsc::UnboundedSender<Input>) {
+        let ActionRequest { action, verdict } = request;
+        self.core.new_action();
         self.write_log("admin", action.path());
         if matches!(
             action,
@@ -315,17 +317,18 @@ impl FarmDriver {
                 self.checkers_on
                     .send_replace(action == ModuleAction::CheckersOn);
                 self.publish();
+                self.core.answer(verdict);
                 return;
             }
             ModuleAction::FailoverOn | ModuleAction::FailoverOff => {
-                self.write_log(
-                    "admin",
-                    "failover applies to mirror modules: nothing to change on a farm",
-                );
+                let why = "failover applies to mirror modules: nothing to change on a farm";
+                self.write_log("admin", why);
+                let _ = verdict.send(Err(why.to_owned()));
                 return;
             }
         };
         self.feed(Input::Command(command), scripts);
+        self.core.answer(verdict);
     }
 
     fn on_input(&mut self, input: FarmInput, scripts: &mpsc::UnboundedSender<Input>) {

@@ -26,7 +26,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    api::{progress::ReplicationProgress, ModuleAction, SharedStatus},
+    api::{progress::ReplicationProgress, ActionRequest, ModuleAction, SharedStatus},
     app::{self, checker::CheckerReport, LogSink},
     cluster::{frame::ModuleReport, keys::ClusterSecret},
     config::{self, Config, MirrorModule, Witness},
@@ -398,7 +398,7 @@ impl MirrorDriver {
         mut self,
         mut internal: mpsc::UnboundedReceiver<Internal>,
         mut inputs: mpsc::UnboundedReceiver<ModuleInput>,
-        mut actions: mpsc::UnboundedReceiver<ModuleAction>,
+        mut actions: mpsc::UnboundedReceiver<ActionRequest>,
         mut log_lines: mpsc::UnboundedReceiver<app::LogLine>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -675,7 +675,7 @@ impl MirrorDriver {
                         self.feed(Input::ReplicationDrained, scripts);
                     }
                     if let Some((barrier, at, sent)) = self.sync_barrier {
-                        if seq >= barrier {
+                        if seq == barrier {
                             self.sync_barrier = None;
                             self.lag = sent.elapsed();
                             let generation = self.machine.stamp().generation.0;
@@ -899,7 +899,9 @@ impl MirrorDriver {
         self.on_internal(Internal::Session(self.session_id, ended), scripts);
     }
 
-    fn on_action(&mut self, action: ModuleAction, scripts: &mpsc::UnboundedSender<Input>) {
+    fn on_action(&mut self, request: ActionRequest, scripts: &mpsc::UnboundedSender<Input>) {
+        let ActionRequest { action, verdict } = request;
+        self.core.new_action();
         self.write_log("admin", action.path());
         let command = match action {
             ModuleAction::Start => Command::Start,
@@ -912,6 +914,7 @@ impl MirrorDriver {
                 self.checkers_on
                     .send_replace(action == ModuleAction::CheckersOn);
                 self.publish();
+                self.core.answer(verdict);
                 return;
             }
             ModuleAction::FailoverOn | ModuleAction::FailoverOff => {
@@ -919,10 +922,12 @@ impl MirrorDriver {
                     Input::SetFailover(action == ModuleAction::FailoverOn),
                     scripts,
                 );
+                self.core.answer(verdict);
                 return;
             }
         };
         self.feed(Input::Command(command), scripts);
+        self.core.answer(verdict);
     }
 
     fn on_checker(&mut self, report: CheckerReport, scripts: &mpsc::UnboundedSender<Input>) {
@@ -1100,7 +1105,10 @@ impl MirrorDriver {
                 self.close_sessions();
             }
             Action::DrainReplication => match self.primary.as_mut() {
-                Some(session) => self.drain_barrier = Some(session.barrier()),
+                Some(session) => {
+                    let seq = session.barrier_after_writes(self.tracker.as_ref());
+                    self.drain_barrier = Some(seq);
+                }
                 None => return Some(Input::ReplicationBroken),
             },
             Action::StartResync => {
@@ -1382,8 +1390,9 @@ impl MirrorDriver {
 }
 
 /// What this node may have changed in `generation` that its peer lacks:
-/// everything its journal names since the sync point of that generation,
-/// and every entry changed since the journal's last durable batch; `None`
+/// everything its journal names since the sync point of that generation
+/// (every name of a file it marks `linked`), and every entry changed since
+/// the journal's last durable batch; `None`
 /// when the journal cannot tell (see `mirror::journal`).
 fn divergence(
     setup: &Setup,
@@ -1395,8 +1404,10 @@ fn divergence(
     if base != generation || generation == 0 || set.untrusted {
         return None;
     }
+    // A file marked `linked` is named by every name it has now.
+    let changed = session::changed_since(setup, journal.cutoff(), &set.linked);
     let mut paths: Vec<_> = set.files.into_keys().chain(set.trees).collect();
-    paths.extend(session::changed_since(setup, journal.cutoff()));
+    paths.extend(changed);
     paths.sort();
     paths.dedup();
     (paths.len() <= crate::mirror::wire::MAX_DIVERGED).then_some(paths)

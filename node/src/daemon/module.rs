@@ -46,6 +46,8 @@ pub(super) struct ModuleCore {
     log: ModuleLog,
     /// The last result of each checker, to tell a recovery from a pass.
     checker_states: HashMap<String, bool>,
+    /// Why the machine refused the last command, until taken.
+    refused: Option<String>,
 }
 
 impl ModuleCore {
@@ -63,6 +65,7 @@ impl ModuleCore {
             sink,
             log,
             checker_states: HashMap::new(),
+            refused: None,
         }
     }
 
@@ -116,6 +119,9 @@ impl ModuleCore {
     pub fn event(&mut self, event: &fsm::Event) -> Option<(State, State)> {
         info!(module = %self.name, %event, "module event");
         self.write_log("fsm", &event.to_string());
+        if let fsm::Event::CommandRejected { reason, .. } = event {
+            self.refused = Some((*reason).to_owned());
+        }
         let fsm::Event::StateChanged { from, to, .. } = *event else {
             return None;
         };
@@ -123,6 +129,17 @@ impl ModuleCore {
             self.update(|m| m.counters.record_transition(from.as_str(), to.as_str()));
         }
         Some((from, to))
+    }
+
+    /// Before an administrator's action reaches the machine.
+    pub fn new_action(&mut self) {
+        self.refused = None;
+    }
+
+    /// Answers an administrator's action: refused if the machine refused
+    /// the command since [`ModuleCore::new_action`].
+    pub fn answer(&mut self, verdict: tokio::sync::oneshot::Sender<Result<(), String>>) {
+        let _ = verdict.send(self.refused.take().map_or(Ok(()), Err));
     }
 
     /// Runs a script of the machine on its own task; its end reaches the

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::programs::xdp::XdpMode;
-use halo_common::farm::{filter, BucketState, FarmRule, UDP_REFRESH_NS};
+use halo_common::farm::{filter, BucketState, FarmRule, UDP_CUT_UNKNOWN, UDP_REFRESH_NS};
 
 use super::{
     buckets::BucketTable,
@@ -334,6 +334,8 @@ impl FarmDataPath {
             owned = count(BucketState::Owned),
             incoming = count(BucketState::Incoming),
             draining = count(BucketState::Draining),
+            cuts = self.handover.udp_cuts().iter().filter(|c| **c != UDP_CUT_UNKNOWN).count(),
+            now = monotonic_ns(),
             table = self.applied.map_or(0, |a| a.fingerprint),
             "bucket states written"
         );

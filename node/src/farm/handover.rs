@@ -19,7 +19,10 @@
 //! before A stopped taking new flows in the bucket (its *cut*) is A's;
 //! every other flow is B's. B learns the cut from A's heartbeat (the time
 //! A applied its table); until then it takes no UDP flow in the bucket
-//! but its own, as A may still own the bucket outright.
+//! but its own, as A may still own the bucket outright. When the bucket
+//! moved before and an earlier owner still drains it, the cut is also no
+//! earlier than when that owner stopped taking new flows there (when it
+//! applied the table that took the bucket from it).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -112,8 +115,11 @@ pub struct Handover {
     /// Per bucket, whatever its owner: the live nodes that handed it over
     /// and may still serve flows in it. A bucket can move again before its
     /// first handover ends (a join, then a new power), and then its new
-    /// owner must wait for every earlier owner, not only the last.
-    drainers: Vec<BTreeSet<String>>,
+    /// owner must wait for every earlier owner, not only the last. With
+    /// each, when it is known to have stopped taking new flows in the
+    /// bucket (CLOCK_MONOTONIC ns): the time it applied a table of this
+    /// node's that gave the bucket to another.
+    drainers: Vec<BTreeMap<String, Option<u64>>>,
     table: Option<BucketTable>,
 }
 
@@ -123,7 +129,7 @@ impl Handover {
         Handover {
             me: me.to_owned(),
             slots: vec![Slot::NotMine; BUCKETS as usize],
-            drainers: vec![BTreeSet::new(); BUCKETS as usize],
+            drainers: vec![BTreeMap::new(); BUCKETS as usize],
             table: None,
         }
     }
@@ -190,17 +196,21 @@ impl Handover {
                 .and_then(|t| t.owner(bucket as u16))
                 .map(str::to_owned);
             let drainers = &mut self.drainers[bucket];
-            drainers.retain(|node| alive(node) && Some(node.as_str()) != new_owner);
+            drainers.retain(|node, _| alive(node) && Some(node.as_str()) != new_owner);
             if let (Some(old), Some(new)) = (&old_owner, new_owner) {
                 if old != new && alive(old) && (alive(new) || new == self.me) {
-                    drainers.insert(old.clone());
+                    // It owned the bucket until now: it takes new flows in
+                    // it until it applies this table.
+                    drainers.insert(old.clone(), None);
                 }
             }
             let kept = matches!(self.slots[bucket], Slot::Owned | Slot::Incoming { .. });
             if kept && new_owner == Some(self.me.as_str()) {
                 let serving = without_me.as_ref().and_then(|t| t.owner(bucket as u16));
                 if let Some(serving) = serving.filter(|n| alive(n)) {
-                    drainers.insert(serving.to_owned());
+                    // In the view without this node it owns the bucket
+                    // now, and takes its new flows.
+                    drainers.insert(serving.to_owned(), None);
                 }
             }
             drainers.remove(&self.me);
@@ -258,15 +268,23 @@ impl Handover {
         let done = |name: &str| applied(name).is_some() && peer(name).is_none_or(|p| !p.draining);
         let mut changed = false;
         for (slot, drainers) in self.slots.iter_mut().zip(self.drainers.iter_mut()) {
-            drainers.retain(|node| !done(node));
+            drainers.retain(|node, _| !done(node));
+            for (node, stopped) in drainers.iter_mut() {
+                if stopped.is_none() {
+                    *stopped = applied(node);
+                }
+            }
             let Slot::Incoming { from, cut } = slot else {
                 continue;
             };
-            // The cut is the latest change among the nodes that may have
-            // served the bucket: until then one of them took its new flows.
+            // The cut is the latest moment one of the nodes that served
+            // the bucket stopped taking its new flows. An earlier owner
+            // stopped when it applied the table that took the bucket from
+            // it, not when it applies this one: waiting for that, new
+            // flows begun in between would belong to nobody.
             let mut latest = applied(from);
-            for node in drainers.iter() {
-                latest = latest.zip(applied(node)).map(|(a, b)| a.max(b));
+            for stopped in drainers.values() {
+                latest = latest.zip(*stopped).map(|(a, b)| a.max(b));
             }
             let Some(applied_at) = latest else {
                 continue;
@@ -565,6 +583,53 @@ mod tests {
         }
         b.confirm(&reports(false), patient(), 4 * SECOND);
         assert!(moved.iter().all(|x| b.slots()[*x as usize] == Slot::Owned));
+    }
+
+    #[test]
+    fn an_earlier_owner_still_draining_gives_the_cut_from_when_it_stopped_taking_new_flows() {
+        let alive = |_: &str| true;
+        let mut b = Handover::new("b");
+        let join = table(&[("a", 1), ("b", 1), ("c", 1)]);
+        let heavy = table(&[("a", 1), ("b", 3), ("c", 1)]);
+        let moved: Vec<u16> = (0..BUCKETS as u16)
+            .filter(|&x| {
+                table(&[("a", 1), ("b", 1)]).owner(x) == Some("a")
+                    && join.owner(x) == Some("c")
+                    && heavy.owner(x) == Some("b")
+            })
+            .collect();
+        assert!(!moved.is_empty(), "some bucket goes a -> c -> b");
+        b.retable(table(&[("a", 1), ("b", 1)]), &alive, 0);
+        b.retable(join, &alive, SECOND);
+        // a applies the join's table at 1.5 s (it stops taking new flows
+        // in the buckets c gets) and keeps draining their old flows.
+        let joined = PeerTable::Same {
+            applied_at: SECOND + SECOND / 2,
+        };
+        b.confirm(&|_| peer(joined, true), patient(), 2 * SECOND);
+
+        // Then b's power goes up: those buckets move from c to b. c applies
+        // the new table at 3 s; a, slower, has not read it yet.
+        b.retable(heavy, &alive, 3 * SECOND);
+        let heavy_at = |at| PeerTable::Same { applied_at: at };
+        let reports = |name: &str| match name {
+            "c" => peer(heavy_at(3 * SECOND), false),
+            _ => peer(PeerTable::Other, true),
+        };
+        b.confirm(&reports, patient(), 3 * SECOND + 1);
+        for x in &moved {
+            // The cut is when c stopped: a stopped taking new flows there
+            // at 1.5 s already. Waiting for a to apply this table, b would
+            // refuse the flows begun meanwhile, which nobody serves.
+            assert_eq!(
+                b.slots()[*x as usize],
+                Slot::Incoming {
+                    from: "c".to_owned(),
+                    cut: Some(3 * SECOND)
+                },
+                "bucket {x}"
+            );
+        }
     }
 
     #[test]

@@ -193,7 +193,8 @@ impl Applier {
             Message::Rename { from, to } => {
                 self.open.clear();
                 return match self.rename(&from, &to) {
-                    Ok(()) => Ok(Reply::None),
+                    Ok(None) => Ok(Reply::None),
+                    Ok(Some(missing)) => Ok(Reply::Send(Message::Missing { path: missing })),
                     // The source never arrived (created and renamed before
                     // the primary shipped it): ask for the result.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -266,11 +267,29 @@ impl Applier {
     }
 
     /// Renames `from` to `to`, replacing what `to` names.
-    fn rename(&mut self, from: &RelPath, to: &RelPath) -> io::Result<()> {
+    /// Renames `from` to `to`; `Some(path)`: what `path` holds here may
+    /// not be the primary's, ask for it.
+    fn rename(&mut self, from: &RelPath, to: &RelPath) -> io::Result<Option<RelPath>> {
         let (from_parent, from_name) = self.parent(from)?;
         let (to_parent, to_name) = self.parent(to)?;
         let cfrom = cstring(from_name)?;
         let cto = cstring(to_name)?;
+        // Two names of one file: rename(2) does nothing and succeeds, but
+        // the primary's rename left only `to`. This node's names can link
+        // files the primary's do not (a link whose other name had not come
+        // yet keeps the file it held). A source name left here for good,
+        // growing with its file, is what a chaos campaign found (seed
+        // 20261126), most likely this way.
+        // What `to` holds here is that file's content, not necessarily the
+        // source's on the primary: ask for it.
+        if from != to {
+            if let (Ok(a), Ok(b)) = (inode(&from_parent, &cfrom), inode(&to_parent, &cto)) {
+                if a == b {
+                    remove_entry(&from_parent, &cfrom)?;
+                    return Ok(Some(to.clone()));
+                }
+            }
+        }
         // SAFETY: valid C strings and open directory descriptors.
         let rc = unsafe {
             libc::renameat(
@@ -300,7 +319,7 @@ impl Applier {
                 _ => return Err(e),
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Flushes every written file and the file systems to disk.
@@ -427,8 +446,13 @@ fn mkdirat(parent: &OwnedFd, name: &CString, mode: u32) -> io::Result<()> {
     check(unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode) })
 }
 
-/// The `S_IFMT` bits of the entry `name` (not followed).
-fn file_type(parent: &OwnedFd, name: &CString) -> io::Result<u32> {
+/// The (device, inode) of entry `name` of `parent`, not following a symlink.
+fn inode(parent: &OwnedFd, name: &CString) -> io::Result<(u64, u64)> {
+    let st = stat_at(parent, name)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn stat_at(parent: &OwnedFd, name: &CString) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid C string, descriptor and output buffer.
     check(unsafe {
@@ -440,7 +464,12 @@ fn file_type(parent: &OwnedFd, name: &CString) -> io::Result<u32> {
         )
     })?;
     // SAFETY: fstatat succeeded and filled it.
-    Ok(unsafe { st.assume_init() }.st_mode & libc::S_IFMT)
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The `S_IFMT` bits of the entry `name` (not followed).
+fn file_type(parent: &OwnedFd, name: &CString) -> io::Result<u32> {
+    Ok(stat_at(parent, name)?.st_mode & libc::S_IFMT)
 }
 
 fn readlink(parent: &OwnedFd, name: &CString) -> io::Result<Vec<u8>> {
@@ -644,6 +673,43 @@ mod tests {
         applier.apply(write("g", b"new")).unwrap();
         assert_eq!(std::fs::read(dirs.root().join("f")).unwrap(), b"new");
         assert_eq!(std::fs::metadata(dirs.root().join("g")).unwrap().nlink(), 2);
+    }
+
+    #[test]
+    fn a_rename_between_two_names_of_one_file_here_leaves_only_the_target() {
+        let dirs = Dirs::new("renamelinked");
+        let mut applier = Applier::open(&[&dirs.root()]).unwrap();
+        applier.apply(write("f", b"data")).unwrap();
+        // Here "g" became a second name of "f" (a link whose name had not
+        // come yet keeps the file it held); on the primary they are two
+        // files, and "g" replaces "f".
+        applier
+            .apply(Message::Link {
+                path: p("g"),
+                existing: p("f"),
+            })
+            .unwrap();
+        // The source name goes, and the target's content, which here is
+        // that of another file, is asked for.
+        assert_eq!(
+            applier
+                .apply(Message::Rename {
+                    from: p("g"),
+                    to: p("f"),
+                })
+                .unwrap(),
+            Reply::Send(Message::Missing { path: p("f") })
+        );
+        assert!(!dirs.root().join("g").exists(), "the source name is gone");
+        assert_eq!(std::fs::metadata(dirs.root().join("f")).unwrap().nlink(), 1);
+        // A rename onto itself changes nothing.
+        applier
+            .apply(Message::Rename {
+                from: p("f"),
+                to: p("f"),
+            })
+            .unwrap();
+        assert_eq!(std::fs::read(dirs.root().join("f")).unwrap(), b"data");
     }
 
     #[test]

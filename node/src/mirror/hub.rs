@@ -334,6 +334,13 @@ impl CaptureHub {
         pids
     }
 
+    /// Routes what the capture's ring holds now, before returning: every
+    /// write that returned before this call is then in its tracker's
+    /// channel (a record enters the ring before its syscall returns).
+    pub fn forward_now(&self) {
+        forward(&mut self.inner.lock().expect("capture hub"));
+    }
+
     /// Lets the thread `tid` go on (its durability call is acknowledged).
     pub fn release(&self, tid: u32) {
         let mut inner = self.inner.lock().expect("capture hub");
@@ -441,43 +448,7 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
         let ready = unsafe { libc::poll(poll.as_mut_ptr(), 1, 100) };
         let mut inner = inner.lock().expect("capture hub");
         if ready > 0 {
-            let records = inner.capture.drain();
-            let mut woken: Vec<Arc<Wake>> = Vec::new();
-            for record in records {
-                let targets: Vec<RootId> = match (&record.change, record.root) {
-                    (_, Some(root)) => vec![root],
-                    // Every-root syncs go to every root (of the device).
-                    (Change::Sync { scope, .. }, None) => inner
-                        .routes
-                        .keys()
-                        .filter(|r| *scope == SyncScope::AllRoots || r.st_dev == record.st_dev)
-                        .copied()
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                let paused = matches!(record.change, Change::Sync { paused: true, .. });
-                let mut taken = false;
-                for root in targets {
-                    if let Some(Route {
-                        tx: Some(tx),
-                        wake: Some(wake),
-                    }) = inner.routes.get(&root)
-                    {
-                        if tx.send(record.clone()).is_ok() {
-                            taken = true;
-                            if !woken.iter().any(|w| Arc::ptr_eq(w, wake)) {
-                                woken.push(Arc::clone(wake));
-                            }
-                        }
-                    }
-                }
-                if paused && !taken {
-                    inner.release_unacknowledged(record.tid, record.root);
-                }
-            }
-            for wake in woken {
-                wake.ring();
-            }
+            forward(&mut inner);
         }
         if let Ok(lost) = inner.capture.lost() {
             if lost > last_lost {
@@ -498,5 +469,46 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
         if ready < 0 {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// Routes every record the capture's ring holds to its tracker.
+fn forward(inner: &mut Inner) {
+    let records = inner.capture.drain();
+    let mut woken: Vec<Arc<Wake>> = Vec::new();
+    for record in records {
+        let targets: Vec<RootId> = match (&record.change, record.root) {
+            (_, Some(root)) => vec![root],
+            // Every-root syncs go to every root (of the device).
+            (Change::Sync { scope, .. }, None) => inner
+                .routes
+                .keys()
+                .filter(|r| *scope == SyncScope::AllRoots || r.st_dev == record.st_dev)
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let paused = matches!(record.change, Change::Sync { paused: true, .. });
+        let mut taken = false;
+        for root in targets {
+            if let Some(Route {
+                tx: Some(tx),
+                wake: Some(wake),
+            }) = inner.routes.get(&root)
+            {
+                if tx.send(record.clone()).is_ok() {
+                    taken = true;
+                    if !woken.iter().any(|w| Arc::ptr_eq(w, wake)) {
+                        woken.push(Arc::clone(wake));
+                    }
+                }
+            }
+        }
+        if paused && !taken {
+            inner.release_unacknowledged(record.tid, record.root);
+        }
+    }
+    for wake in woken {
+        wake.ring();
     }
 }

@@ -13,6 +13,12 @@
 //! file the peer holds under the old name, so they do not travel with it).
 //! The directories' listings are not journaled: the resynchronisation
 //! still lists every directory whose ctime is after the sync point.
+//! Ranges are journaled under the name the write came through; a file
+//! with several names may lose that one and live on under another, so the
+//! inode of a file written while it had several names (or whose name was
+//! gone by the time its ranges were journaled) is journaled too
+//! (`Linked`), and every name it has at the resynchronisation is compared
+//! by checksums.
 //!
 //! # On disk
 //! `journal.log` in the module's state directory: an append-only log of
@@ -51,6 +57,11 @@ use super::path::RelPath;
 pub const MAX_RANGES: usize = 256;
 /// More files than this: the journal gives up (untrusted) to bound memory.
 pub const MAX_FILES: usize = 100_000;
+/// The most files [`DirtySet::linked`] holds before the set gives up. A
+/// file written and removed within one tracker batch counts too (its name
+/// is gone when the batch is journaled), so it is larger than
+/// [`MAX_FILES`]: 16 bytes each in memory, 29 in the log.
+pub const MAX_LINKED: usize = 1_000_000;
 /// How long appended records may wait before they are made durable.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// How many records may wait before they are made durable.
@@ -77,6 +88,12 @@ pub struct DirtySet {
     pub files: BTreeMap<RelPath, Dirt>,
     /// Paths whose whole subtree compares by checksums.
     pub trees: BTreeSet<RelPath>,
+    /// Inode numbers of files written while they had several names (or
+    /// whose name was gone by the time the write was journaled): a write
+    /// is journaled under the name it came through, and that name may go
+    /// while another keeps the file, so every name such an inode has at
+    /// the resynchronisation compares by checksums.
+    pub linked: BTreeSet<(u64, u64)>,
     /// Something was lost: the set does not describe every change.
     pub untrusted: bool,
 }
@@ -123,10 +140,23 @@ impl DirtySet {
         self.trees.insert(path.clone());
     }
 
+    /// Marks file `(dev, ino)`: see [`DirtySet::linked`].
+    pub fn linked(&mut self, file: (u64, u64)) {
+        if self.untrusted || self.linked.contains(&file) {
+            return;
+        }
+        if self.linked.len() >= MAX_LINKED {
+            self.untrust();
+            return;
+        }
+        self.linked.insert(file);
+    }
+
     /// Gives up: the set no longer describes every change (its entries go).
     pub fn untrust(&mut self) {
         self.files.clear();
         self.trees.clear();
+        self.linked.clear();
         self.untrusted = true;
     }
 
@@ -145,6 +175,9 @@ impl DirtySet {
         }
         for tree in &other.trees {
             self.compare_tree(tree);
+        }
+        for file in &other.linked {
+            self.linked(*file);
         }
         for (path, dirt) in &other.files {
             match dirt {
@@ -171,6 +204,11 @@ impl DirtySet {
             out.push(Record::Untrusted);
         }
         out.extend(self.trees.iter().cloned().map(Record::Tree));
+        out.extend(
+            self.linked
+                .iter()
+                .map(|&(dev, ino)| Record::Linked { dev, ino }),
+        );
         for (path, dirt) in &self.files {
             match dirt {
                 Dirt::Compare => out.push(Record::Compare(path.clone())),
@@ -190,6 +228,7 @@ impl DirtySet {
             Record::Compare(path) => self.compare(path),
             Record::Tree(path) => self.compare_tree(path),
             Record::Untrusted => self.untrust(),
+            Record::Linked { dev, ino } => self.linked((*dev, *ino)),
             Record::Base { .. } | Record::Flush { .. } => {}
         }
     }
@@ -220,6 +259,11 @@ pub enum Record {
     Compare(RelPath),
     Tree(RelPath),
     Untrusted,
+    /// A file written while it had several names.
+    Linked {
+        dev: u64,
+        ino: u64,
+    },
     /// Every record before is durable; written at `at_ns`.
     Flush {
         at_ns: u64,
@@ -233,6 +277,7 @@ mod tag {
     pub const TREE: u8 = 4;
     pub const UNTRUSTED: u8 = 5;
     pub const FLUSH: u8 = 6;
+    pub const LINKED: u8 = 7;
 }
 
 /// Appends `record`, framed and checksummed, to `out`.
@@ -264,6 +309,11 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             path(&mut body, p);
         }
         Record::Untrusted => body.push(tag::UNTRUSTED),
+        Record::Linked { dev, ino } => {
+            body.push(tag::LINKED);
+            body.extend_from_slice(&dev.to_le_bytes());
+            body.extend_from_slice(&ino.to_le_bytes());
+        }
         Record::Flush { at_ns } => {
             body.push(tag::FLUSH);
             body.extend_from_slice(&at_ns.to_le_bytes());
@@ -322,6 +372,10 @@ fn decode_one(bytes: &[u8]) -> Option<(Record, usize)> {
         },
         tag::FLUSH => Record::Flush { at_ns: u64_()? },
         tag::UNTRUSTED => Record::Untrusted,
+        tag::LINKED => Record::Linked {
+            dev: u64_()?,
+            ino: u64_()?,
+        },
         t @ (tag::RANGE | tag::COMPARE | tag::TREE) => {
             let (p, used) = path(&body[1..])?;
             let rest = &body[1 + used..];
@@ -447,6 +501,19 @@ impl Journal {
 
     pub fn untrust(&mut self) {
         self.push(Record::Untrusted);
+    }
+
+    /// File `(dev, ino)` was written while it had several names (or
+    /// under a name already gone): once per segment.
+    pub fn linked(&mut self, file: (u64, u64)) {
+        let segment = &self.segments.last().expect("a segment").1;
+        if segment.linked.contains(&file) || segment.untrusted {
+            return;
+        }
+        self.push(Record::Linked {
+            dev: file.0,
+            ino: file.1,
+        });
     }
 
     /// Starts a new segment at `at` (a sync point's barrier is being sent).
@@ -632,6 +699,7 @@ mod tests {
             Record::Compare(p("c")),
             Record::Tree(RelPath::new(1, b"d".to_vec()).unwrap()),
             Record::Untrusted,
+            Record::Linked { dev: 3, ino: 99 },
             Record::Flush { at_ns: 456 },
         ];
         let mut bytes = Vec::new();
@@ -642,7 +710,7 @@ mod tests {
         // A torn tail: the records before it survive.
         let (kept, damaged) = decode(&bytes[..bytes.len() - 3]);
         assert!(damaged);
-        assert_eq!(kept, records[..5]);
+        assert_eq!(kept, records[..6]);
         // A flipped byte in the middle: nothing from there on is read.
         let mut bad = bytes.clone();
         let second = 4 + 17 + 8;
@@ -661,6 +729,8 @@ mod tests {
         journal.rebase(3, t0).unwrap();
         journal.add_range(&p("f"), 0, 100);
         journal.compare(&p("n"));
+        journal.linked((1, 77));
+        journal.linked((1, 77));
         journal.flush(true).unwrap();
         // Unflushed records are lost in a crash: simulate it by forgetting them.
         journal.add_range(&p("late"), 0, 1);
@@ -673,6 +743,7 @@ mod tests {
         assert_eq!((generation, at_ns), (3, ns_of(t0)));
         assert_eq!(set.files[&p("f")], Dirt::Ranges(vec![(0, 100)]));
         assert!(set.must_compare(&p("n")));
+        assert_eq!(set.linked, BTreeSet::from([(1, 77)]));
         assert!(!set.files.contains_key(&p("late")));
         assert_eq!(ns_of(journal.cutoff()), flushed - MARGIN.as_nanos() as u64);
 
@@ -680,14 +751,25 @@ mod tests {
         let t1 = SystemTime::now();
         journal.mark(t1);
         journal.add_range(&p("g"), 5, 6);
+        journal.linked((1, 78));
         journal.rebase(3, t1).unwrap();
         let (_, at_ns, set) = journal.snapshot().unwrap();
         assert_eq!(at_ns, ns_of(t1));
         assert!(!set.files.contains_key(&p("f")));
         assert_eq!(set.files[&p("g")], Dirt::Ranges(vec![(5, 6)]));
+        assert_eq!(
+            set.linked,
+            BTreeSet::from([(1, 78)]),
+            "marked with its segment"
+        );
         drop(journal);
         let (_, _, set) = Journal::open(&dir).unwrap().snapshot().unwrap();
         assert_eq!(set.files[&p("g")], Dirt::Ranges(vec![(5, 6)]));
+        assert_eq!(
+            set.linked,
+            BTreeSet::from([(1, 78)]),
+            "kept by the compacted log"
+        );
 
         // A damaged tail keeps what verified before it.
         let log = dir.join(FILE_NAME);

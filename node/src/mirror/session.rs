@@ -65,6 +65,9 @@ const SMALL_FILE: u64 = 256 * 1024;
 /// How a secondary's session ends when its primary handed the role over.
 pub const HANDED_OVER: &str = "the primary handed its role over";
 
+/// How many acknowledged barrier numbers a session remembers for
+/// [`PrimarySession::wait_acked`].
+const MAX_ACKS_KEPT: usize = 1024;
 /// How many vanished paths the sender remembers.
 const MAX_VANISHED: usize = 10_000;
 /// How long the tracker waits for more events before shipping a batch.
@@ -231,6 +234,10 @@ pub struct Tracker {
     /// Where the tracker's ops go while a session runs.
     target: Arc<Mutex<Option<mpsc::Sender<Op>>>>,
     journal: Arc<Mutex<Journal>>,
+    /// Barriers to queue behind every write made before they were asked
+    /// for ([`Tracker::barrier_after_writes`]), and the tracker's wake-up.
+    flushes: Arc<Mutex<Vec<u64>>>,
+    flush_wake: Arc<Wake>,
 }
 
 /// [`Tracker::between_batches`]: the tracker waits while this lives.
@@ -252,6 +259,20 @@ impl Tracker {
         }
     }
 
+    /// Queues barrier `seq` to the session behind everything written to
+    /// the directories before this call: the tracker's next batch reads
+    /// the capture's ring and inotify to their ends, ships what they name
+    /// (a file whose ranges are not there is compared by checksums rather
+    /// than given a batch of grace), then the barrier. A handover drains
+    /// with it: the application is stopped, so the barrier's
+    /// acknowledgement means the secondary holds every byte it wrote. A
+    /// barrier sent straight to the session could overtake the tracker's
+    /// last batches, and the new primary would start without them.
+    pub fn barrier_after_writes(&self, seq: u64) {
+        self.flushes.lock().expect("tracker flushes").push(seq);
+        self.flush_wake.ring();
+    }
+
     /// Starts watching every directory of `setup` (they must exist), with
     /// the capture's records when there is a capture. Its first work is
     /// the journal's last-flush rule (see `mirror::journal`): every entry
@@ -268,17 +289,22 @@ impl Tracker {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let target: Arc<Mutex<Option<mpsc::Sender<Op>>>> = Arc::default();
+        let flushes: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let flush_wake = Wake::new()?;
         let thread = {
             let stop = Arc::clone(&stop);
             let target = Arc::clone(&target);
             let journal = Arc::clone(&journal);
+            let flushes = Arc::clone(&flushes);
+            let flush_wake = Arc::clone(&flush_wake);
             std::thread::Builder::new()
                 .name(format!("halo-track-{}", setup.module))
                 .spawn(move || {
                     {
                         let mut journal = journal.lock().expect("journal");
                         if journal.base().is_some() {
-                            for path in changed_since(&setup, journal.cutoff()) {
+                            let none = std::collections::BTreeSet::new();
+                            for path in changed_since(&setup, journal.cutoff(), &none) {
                                 journal.compare(&path);
                             }
                             if let Err(error) = journal.flush(true) {
@@ -290,6 +316,8 @@ impl Tracker {
                     let sinks = Sinks {
                         target: &target,
                         journal: &journal,
+                        flushes: &flushes,
+                        flush_wake: &flush_wake,
                     };
                     track(setup, watcher, feed, &stop, sinks, &mut state, &progress)
                 })?
@@ -299,6 +327,8 @@ impl Tracker {
             thread: Some(thread),
             target,
             journal,
+            flushes,
+            flush_wake,
         })
     }
 }
@@ -314,7 +344,13 @@ impl Drop for Tracker {
 
 /// Every entry below `setup`'s directories (not excluded) whose ctime is
 /// at or after `cutoff`.
-pub fn changed_since(setup: &Setup, cutoff: SystemTime) -> Vec<RelPath> {
+/// The entries of the replicated directories changed (ctime) at or after
+/// `cutoff`, and the names of the files in `linked` (`DirtySet::linked`).
+pub fn changed_since(
+    setup: &Setup,
+    cutoff: SystemTime,
+    linked: &std::collections::BTreeSet<(u64, u64)>,
+) -> Vec<RelPath> {
     let mut out = Vec::new();
     let mut dirs: Vec<RelPath> = (0..setup.dirs.len())
         .map(|d| RelPath::root(d as u8))
@@ -331,7 +367,7 @@ pub fn changed_since(setup: &Setup, cutoff: SystemTime) -> Vec<RelPath> {
                 continue;
             }
             let Ok(m) = entry.metadata() else { continue };
-            if ctime_of(&m) >= cutoff {
+            if ctime_of(&m) >= cutoff || (m.is_file() && linked.contains(&(m.dev(), m.ino()))) {
                 out.push(child.clone());
             }
             if m.is_dir() {
@@ -362,9 +398,68 @@ fn journal_op(journal: &mut Journal, op: &Op) {
     }
 }
 
+/// Takes the capture's records queued for this tracker into `st`; whether
+/// one is a paused durability call (its writer waits for this batch).
+fn take_records(feed: &CaptureFeed, st: &mut TrackState) -> bool {
+    let mut paused = false;
+    while let Ok(record) = feed.records.try_recv() {
+        let key = (record.st_dev, record.ino);
+        match record.change {
+            CaptureChange::Write { offset, len } => st
+                .ranges
+                .entry(key)
+                .or_default()
+                .push((offset, offset + len)),
+            CaptureChange::Truncate { .. } | CaptureChange::Fallocate { .. } => {
+                st.resized.insert(key);
+            }
+            CaptureChange::Sync { paused: true, .. } => {
+                paused = true;
+                if !st.syncs.contains(&record.tid) {
+                    st.syncs.push(record.tid);
+                }
+            }
+            CaptureChange::Sync { .. } | CaptureChange::TruncatePath { .. } => {}
+        }
+    }
+    paused
+}
+
+/// What a path is now: `(dev, ino, nlink, regular file)`, `None` if gone.
+type StatNow<'a> = &'a dyn Fn(&RelPath) -> Option<(u64, u64, u64, bool)>;
+
+/// The files the journal marks for `ops` (`DirtySet::linked`): its entries
+/// are per name, so a file changed while it had other names must be
+/// compared under every name it has at the resynchronisation. Marked: a
+/// file written while it had several names, or through a name gone or
+/// replaced since (which may have been one of several), and a file of
+/// several names to be compared whole (mmap stores, a resize).
+fn several_names(ops: &[Op], stat: StatNow<'_>) -> Vec<(u64, u64)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Ranges(path, key, _) => match stat(path) {
+                Some((dev, ino, 1, _)) if (dev, ino) == *key => None,
+                _ => Some(*key),
+            },
+            Op::Entry(path) => match stat(path) {
+                Some((dev, ino, nlink, true)) if nlink > 1 => Some((dev, ino)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many batches the ranges of a file no path is known for wait for the
+/// event that names it.
+const UNNAMED_BATCHES: u32 = 20;
+
 /// Where a tracker's ops go.
 struct Sinks<'a> {
     target: &'a Mutex<Option<mpsc::Sender<Op>>>,
+    /// Barriers asked for, and the wake-up that says so.
+    flushes: &'a Mutex<Vec<u64>>,
+    flush_wake: &'a Wake,
     journal: &'a Mutex<Journal>,
 }
 
@@ -380,6 +475,8 @@ struct TrackState {
     graced: HashSet<RelPath>,
     /// Captured ranges per file, not yet shipped.
     ranges: HashMap<(u64, u64), Vec<(u64, u64)>>,
+    /// Files with captured ranges and no known path: for how many batches.
+    unnamed: HashMap<(u64, u64), u32>,
     /// Files whose size changed (truncate, fallocate): they travel whole.
     resized: HashSet<(u64, u64)>,
     /// The path last seen for each captured file.
@@ -406,11 +503,18 @@ fn track(
 ) {
     let captured = feed.is_some();
     while !stop.load(Ordering::Relaxed) {
-        let mut fds = vec![libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&watcher)),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds = vec![
+            libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&watcher)),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sinks.flush_wake.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         if let Some(feed) = &feed {
             fds.push(libc::pollfd {
                 fd: feed.wake.raw(),
@@ -424,41 +528,43 @@ fn track(
         if ready < 0 {
             continue;
         }
-        // Let a burst of events arrive, so that a write and the rename
+        // Barriers asked for before this batch's reads follow every write
+        // made before they were asked for: the ring is routed now, and
+        // inotify queued its events when the writes happened.
+        sinks.flush_wake.clear();
+        let flushing = std::mem::take(&mut *sinks.flushes.lock().expect("tracker flushes"));
+        if let (false, Some(feed)) = (flushing.is_empty(), &feed) {
+            feed.hub.forward_now();
+        }
+        // A durability call waits for this batch: it goes at once. Else
+        // let a burst of events arrive, so that a write and the rename
         // that follows it travel as one batch.
-        std::thread::sleep(BATCH_WAIT);
+        let mut urgent = !flushing.is_empty();
+        if let Some(feed) = &feed {
+            feed.wake.clear();
+            urgent |= take_records(feed, st);
+        }
+        if !urgent {
+            std::thread::sleep(BATCH_WAIT);
+            if let Some(feed) = &feed {
+                feed.wake.clear();
+                take_records(feed, st);
+            }
+        }
+        let mut overflow = feed.as_ref().is_some_and(|feed| feed.wake.overflowed());
+        // Read after the records: the events of the writes they hold are
+        // queued (inotify queues an event when its change happens).
         let changes = match watcher.read() {
             Ok(changes) => changes,
             Err(error) => {
                 warn!(module = %setup.module, %error, "reading inotify failed");
+                // The barriers wait for the next batch that reads it.
+                let mut flushes = sinks.flushes.lock().expect("tracker flushes");
+                flushes.splice(0..0, flushing);
                 continue;
             }
         };
         let mut ops = Vec::new();
-        let mut overflow = false;
-        if let Some(feed) = &feed {
-            feed.wake.clear();
-            overflow |= feed.wake.overflowed();
-            while let Ok(record) = feed.records.try_recv() {
-                let key = (record.st_dev, record.ino);
-                match record.change {
-                    CaptureChange::Write { offset, len } => st
-                        .ranges
-                        .entry(key)
-                        .or_default()
-                        .push((offset, offset + len)),
-                    CaptureChange::Truncate { .. } | CaptureChange::Fallocate { .. } => {
-                        st.resized.insert(key);
-                    }
-                    CaptureChange::Sync { paused: true, .. } => {
-                        if !st.syncs.contains(&record.tid) {
-                            st.syncs.push(record.tid);
-                        }
-                    }
-                    CaptureChange::Sync { .. } | CaptureChange::TruncatePath { .. } => {}
-                }
-            }
-        }
         for change in changes {
             match change {
                 Change::Created { path, dir } => {
@@ -576,7 +682,7 @@ fn track(
             } else if st.queued_mtime.get(&key) == Some(&mtime(&m)) {
                 // Nothing new since the last queued change (a close, or a
                 // modify whose ranges already travelled).
-            } else if st.graced.remove(&path) || !st.syncs.is_empty() {
+            } else if st.graced.remove(&path) || !st.syncs.is_empty() || !flushing.is_empty() {
                 // No range came (mmap stores, io_uring, a lost record):
                 // compare the file by checksums.
                 st.queued_mtime.insert(key, mtime(&m));
@@ -589,19 +695,41 @@ fn track(
         }
         st.created.clear();
         // Ranges of files no event named in this batch (coalesced events).
+        // Those of a file no path is known for yet were captured before the
+        // event that names it (a tracker just started, a late inotify
+        // read): kept for that event, or ranges that come with it would
+        // travel without them.
+        let mut unnamed = HashMap::new();
         for (key, ranges) in std::mem::take(&mut st.ranges) {
             if let Some(path) = st.paths.get(&key) {
+                st.unnamed.remove(&key);
                 ops.push(Op::Ranges(path.clone(), key, ranges));
+                continue;
+            }
+            let batches = st.unnamed.entry(key).or_insert(0);
+            *batches += 1;
+            if *batches <= UNNAMED_BATCHES {
+                unnamed.insert(key, ranges);
+            } else {
+                st.unnamed.remove(&key);
             }
         }
+        st.ranges = unnamed;
         if !st.syncs.is_empty() {
             ops.push(Op::Release(std::mem::take(&mut st.syncs)));
         }
         if st.paths.len() > 100_000 {
             st.paths.clear();
+            st.unnamed.clear();
             st.graced.clear();
             st.queued_mtime.clear();
         }
+        // Read before the locks.
+        let marks = several_names(&ops, &|path| {
+            std::fs::symlink_metadata(setup.absolute(path))
+                .ok()
+                .map(|m| (m.dev(), m.ino(), m.nlink(), m.is_file()))
+        });
         // The journal and the session see every op in the same critical
         // section: an op is either in the journal's segment that a sync
         // point's barrier follows, or in a later one.
@@ -609,6 +737,9 @@ fn track(
         let mut journal = sinks.journal.lock().expect("journal");
         for op in &ops {
             journal_op(&mut journal, op);
+        }
+        for file in marks {
+            journal.linked(file);
         }
         if let Err(error) = journal.flush(false) {
             warn!(module = %setup.module, %error, "cannot write the dirty-range journal");
@@ -621,6 +752,9 @@ fn track(
                         progress.backlog.fetch_add(span(ranges), Ordering::Relaxed);
                     }
                     let _ = tx.send(op);
+                }
+                for seq in flushing {
+                    let _ = tx.send(Op::Barrier(seq));
                 }
             }
             None => {
@@ -655,7 +789,9 @@ pub struct PrimaryData {
 /// The primary's end of a session.
 pub struct PrimarySession {
     ops: mpsc::Sender<Op>,
-    acked: Arc<(Mutex<u64>, Condvar)>,
+    /// The barriers acknowledged lately (each is acknowledged once; they
+    /// need not come back in the order numbered: see `Tracker::barrier_after_writes`).
+    acked: Arc<(Mutex<VecDeque<u64>>, Condvar)>,
     seqs: Arc<AtomicU64>,
     stream: TcpStream,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -740,9 +876,10 @@ impl PrimarySession {
             copy,
             journaled = plan.ranges.len(),
             compared = plan.forced.len(),
+            linked = plan.linked.len(),
             "secondary joined"
         );
-        let acked = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let acked = Arc::new((Mutex::new(VecDeque::new()), Condvar::new()));
         let seqs = Arc::new(AtomicU64::new(1));
         let releases: Releases = Arc::default();
         let writer = MessageWriter::new(
@@ -771,6 +908,7 @@ impl PrimarySession {
                         seqs,
                         releases,
                         awaiting: VecDeque::new(),
+                        held: VecDeque::new(),
                         fresh_peer: generation == 0,
                         end_pending: false,
                         resync_generation: primary_generation,
@@ -804,7 +942,12 @@ impl PrimarySession {
                             Ok(Some(Message::Ack { seq })) => {
                                 release_upto(&releases, hub.as_deref(), seq, true);
                                 let (lock, cv) = &*acked;
-                                *lock.lock().expect("acks") = seq;
+                                let mut acked = lock.lock().expect("acks");
+                                if acked.len() >= MAX_ACKS_KEPT {
+                                    acked.pop_front();
+                                }
+                                acked.push_back(seq);
+                                drop(acked);
                                 cv.notify_all();
                                 let _ = events.send(SessionEvent::Drained { seq });
                             }
@@ -852,6 +995,20 @@ impl PrimarySession {
         seq
     }
 
+    /// Queues a barrier behind every write made before this call, through
+    /// `tracker` ([`Tracker::barrier_after_writes`]); straight to the
+    /// session when there is no tracker.
+    pub fn barrier_after_writes(&mut self, tracker: Option<&Tracker>) -> u64 {
+        match tracker {
+            Some(tracker) => {
+                let seq = self.seqs.fetch_add(1, Ordering::Relaxed);
+                tracker.barrier_after_writes(seq);
+                seq
+            }
+            None => self.barrier(),
+        }
+    }
+
     /// Queues a barrier and waits for its acknowledgement, at most `timeout`.
     pub fn flush(&mut self, timeout: Duration) -> bool {
         let seq = self.barrier();
@@ -863,13 +1020,13 @@ impl PrimarySession {
         let (lock, cv) = &*self.acked;
         let deadline = Instant::now() + timeout;
         let mut acked = lock.lock().expect("acks");
-        while *acked < seq {
+        while !acked.contains(&seq) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
             acked = cv.wait_timeout(acked, left).expect("acks").0;
-            if self.threads.iter().any(|t| t.is_finished()) && *acked < seq {
+            if self.threads.iter().any(|t| t.is_finished()) && !acked.contains(&seq) {
                 return false;
             }
         }
@@ -913,6 +1070,8 @@ struct Plan {
     relist: HashSet<RelPath>,
     /// Files whose ranges travel are then compared by checksums too.
     verify_ranges: bool,
+    /// Files whose every name compares by checksums (DirtySet::linked).
+    linked: HashSet<(u64, u64)>,
 }
 
 impl Plan {
@@ -938,6 +1097,7 @@ impl Plan {
         };
         if let Some(set) = journal {
             plan.forced.extend(set.trees);
+            plan.linked.extend(set.linked);
             for (path, dirt) in set.files {
                 match dirt {
                     Dirt::Ranges(ranges) => {
@@ -1066,6 +1226,12 @@ struct Sender {
     awaiting: VecDeque<Awaiting>,
     /// The walk is over: `ResyncEnd` goes once nothing is outstanding.
     end_pending: bool,
+    /// Barriers waiting, in order, for the walk to end and every `Need` to
+    /// be served: their acknowledgement must mean that the secondary holds
+    /// everything changed before them, and the blocks a comparison asks
+    /// for travel after the barrier that follows the checksums. (A paused
+    /// writer's release does not wait: see docs/mirror-durability.md.)
+    held: VecDeque<u64>,
     /// Paused threads to release at each barrier's acknowledgement.
     releases: Releases,
     /// Paths that were gone when their change was shipped: a rename that
@@ -1116,6 +1282,7 @@ impl Sender {
                     Ok(op) => op,
                     Err(mpsc::TryRecvError::Empty) => {
                         self.walk_step()?;
+                        self.send_held()?;
                         continue;
                     }
                     Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
@@ -1125,7 +1292,25 @@ impl Sender {
                 self.writer.flush()?;
                 return Ok(());
             }
+            self.send_held()?;
         }
+    }
+
+    /// Whether everything queued so far has gone whole: no walk under way,
+    /// no comparison waiting for its blocks.
+    fn settled(&self) -> bool {
+        self.walk.is_empty() && self.awaiting.is_empty()
+    }
+
+    /// Sends the barriers held until the sender settled.
+    fn send_held(&mut self) -> io::Result<()> {
+        if self.held.is_empty() || !self.settled() {
+            return Ok(());
+        }
+        while let Some(seq) = self.held.pop_front() {
+            self.send(&Message::Barrier { seq })?;
+        }
+        self.writer.flush()
     }
 
     fn handle(&mut self, op: Op) -> io::Result<bool> {
@@ -1152,6 +1337,17 @@ impl Sender {
                 }
             }
             Op::Barrier(seq) => {
+                if self.held.is_empty() && self.settled() {
+                    self.send(&Message::Barrier { seq })?;
+                    self.writer.flush()?;
+                } else {
+                    self.held.push_back(seq);
+                }
+            }
+            Op::Release(tids) => {
+                // Numbered now: its acknowledgement lets the threads go on.
+                let seq = self.seqs.fetch_add(1, Ordering::Relaxed);
+                self.releases.lock().expect("releases").push((seq, tids));
                 self.send(&Message::Barrier { seq })?;
                 self.writer.flush()?;
             }
@@ -1253,12 +1449,6 @@ impl Sender {
                     // the file travels under this name.
                     _ => self.ship_entry(&path, None)?,
                 }
-            }
-            Op::Release(tids) => {
-                let seq = self.seqs.fetch_add(1, Ordering::Relaxed);
-                self.releases.lock().expect("releases").push((seq, tids));
-                self.send(&Message::Barrier { seq })?;
-                self.writer.flush()?;
             }
         }
         Ok(true)
@@ -1373,7 +1563,8 @@ impl Sender {
             let Ok(m) = std::fs::symlink_metadata(self.setup.absolute(&child)) else {
                 continue;
             };
-            let forced = self.plan.forced(&child);
+            let forced = self.plan.forced(&child)
+                || (!is_dir && self.plan.linked.contains(&(m.dev(), m.ino())));
             let changed = forced || self.since.is_none_or(|since| ctime_of(&m) >= since);
             self.progress.files_total.fetch_add(1, Ordering::Relaxed);
             if is_dir {
@@ -1899,6 +2090,56 @@ mod tests {
     }
 
     #[test]
+    fn a_barrier_asked_for_after_writes_reaches_the_session_behind_their_changes() {
+        // A handover drains with such a barrier: a barrier that overtook
+        // the tracker's last batch let the new primary start without them.
+        let dir = std::env::temp_dir().join(format!("halo-flush-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(dir.join("journal")).unwrap();
+        let journal = Journal::open(&dir.join("journal")).unwrap();
+        let secret = crate::cluster::keys::ClusterSecret::from_bytes(&[7; 32]);
+        let setup = Setup {
+            module: "db".into(),
+            node: "n1".into(),
+            dirs: vec![data.clone()],
+            excludes: vec![Vec::new()],
+            encrypt: false,
+            key: SessionKey::new(secret.replication_key()),
+        };
+        let tracker =
+            Tracker::start(setup, None, Arc::default(), Arc::new(Mutex::new(journal))).unwrap();
+        let (tx, rx) = mpsc::channel();
+        *tracker.target.lock().unwrap() = Some(tx);
+        for round in 0..50u64 {
+            let name = format!("f{round}");
+            std::fs::write(data.join(&name), b"record").unwrap();
+            tracker.barrier_after_writes(round);
+            let mut named = false;
+            loop {
+                match rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the barrier")
+                {
+                    Op::Barrier(seq) => {
+                        assert_eq!(seq, round);
+                        break;
+                    }
+                    Op::Entry(path) | Op::Ranges(path, ..) => named |= path == p(&name),
+                    _ => {}
+                }
+            }
+            assert!(
+                named,
+                "round {round}: the barrier came before {name}'s change"
+            );
+        }
+        drop(tracker);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn an_awaited_file_follows_renames_and_is_dropped_once_replaced_or_removed() {
         let rename = |from: &str, to: &str| Message::Rename {
             from: p(from),
@@ -1954,6 +2195,54 @@ mod tests {
         );
         assert!(to_former_primary.verify_ranges);
         assert!(to_former_primary.forced(&p("a/g")) && to_former_primary.forced(&p("b/h")));
+    }
+
+    #[test]
+    fn a_file_changed_while_it_had_several_names_compares_under_every_name() {
+        // Now: "a/one" has one name; "a/linked" two; "a/gone" is gone; "a/other"
+        // is another file than the one written; "a/mapped" has two names and
+        // was changed by mmap stores.
+        let stat = |path: &RelPath| match path.as_bytes() {
+            b"a/one" => Some((1, 5, 1, true)),
+            b"a/linked" => Some((1, 6, 2, true)),
+            b"a/other" => Some((1, 99, 1, true)),
+            b"a/mapped" => Some((1, 9, 2, true)),
+            b"a/dir" => Some((1, 10, 3, false)),
+            _ => None,
+        };
+        let ranges = |path: &str, ino| Op::Ranges(p(path), (1, ino), vec![(0, 10)]);
+        let ops = [
+            ranges("a/one", 5),
+            ranges("a/linked", 6),
+            ranges("a/gone", 7),
+            ranges("a/other", 8),
+            Op::Entry(p("a/mapped")),
+            Op::Entry(p("a/dir")),
+        ];
+        let marks = several_names(&ops, &stat);
+        assert_eq!(marks, vec![(1, 6), (1, 7), (1, 8), (1, 9)]);
+        assert!(several_names(&[Op::Entry(p("a/one"))], &stat).is_empty());
+
+        let dir = std::env::temp_dir().join(format!("halo-linked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut journal = Journal::open(&dir).unwrap();
+        journal
+            .rebase(1, SystemTime::UNIX_EPOCH + Duration::from_secs(1))
+            .unwrap();
+        for op in &ops {
+            journal_op(&mut journal, op);
+        }
+        for file in marks {
+            journal.linked(file);
+        }
+        let (_, _, set) = journal.snapshot().unwrap();
+        // The files keep their ranges; the walk compares every name of a
+        // marked file by checksums, whatever name its ranges came under.
+        let plan = Plan::new(Some(set), None, true);
+        assert!(plan.ranges.contains_key(&p("a/one")) && plan.ranges.contains_key(&p("a/linked")));
+        assert!(plan.linked.contains(&(1, 6)) && !plan.linked.contains(&(1, 5)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use halo_tests::cluster::strip_ansi;
+
 /// What the heartbeat thread logs when every network lost a peer.
 pub const PEER_DOWN: &str = "peer down on every heartbeat network";
 /// What the heartbeat thread logs when its own tick came late.
@@ -55,25 +57,6 @@ impl LogLine {
 /// Every event of `log`, in order.
 pub fn events(log: &str) -> impl Iterator<Item = LogLine> + '_ {
     log.lines().filter_map(LogLine::parse)
-}
-
-/// `text` without its ANSI escape sequences (`ESC [ … letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // The sequence ends with its first letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, the form tracing's default

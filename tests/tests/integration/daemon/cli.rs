@@ -233,15 +233,33 @@ fn every_command_against_three_daemons_merged_with_h_all() {
         "checkers web on",
         cluster.cli("a", &["checkers", "web", "on"]).unwrap(),
     );
-    // A farm takes mirror actions and says in its log why it does nothing.
-    for action in [
-        &["prim", "web"][..],
-        &["second", "web"],
-        &["swap", "web"],
-        &["failover", "web", "off"],
-        &["failover", "web", "on"],
+    // A farm refuses mirror actions: the CLI fails with the machine's
+    // reason, which the module's log keeps too.
+    for (action, why) in [
+        (
+            &["prim", "web"][..],
+            "prim refused: a farm module has no primary",
+        ),
+        (
+            &["second", "web"],
+            "second refused: a farm module has no primary",
+        ),
+        (
+            &["swap", "web"],
+            "swap refused: a farm module has no primary",
+        ),
+        (
+            &["failover", "web", "off"],
+            "failover-off refused: failover applies to mirror modules",
+        ),
     ] {
-        ok(&action.join(" "), cluster.cli("c", action).unwrap());
+        let refused = cluster.cli("c", action).unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            refused.status.code() == Some(1) && said.contains("answered 409") && said.contains(why),
+            "halo {}: {refused:?}",
+            action.join(" ")
+        );
     }
     cluster
         .wait_status("b", WAIT, "b UP after its restart", |s| {

@@ -295,25 +295,6 @@ fn transitions_between(before: &NodeStatus, after: &NodeStatus) -> Vec<String> {
     out
 }
 
-/// A daemon log line without its terminal colour sequences.
-fn without_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC '[' parameters, ended by a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// How many replication sessions the secondary n2 has started.
 fn sessions_of_n2(cluster: &Cluster) -> usize {
     cluster
@@ -410,7 +391,7 @@ fn a_mirror_follows_the_rotation_with_reloads_and_rekeys_only_when_the_old_secre
     let rejoined = log
         .lines()
         .rev()
-        .map(without_colours)
+        .map(halo_tests::cluster::strip_ansi)
         .find(|l| l.contains("secondary joined"));
     assert!(
         rejoined

@@ -82,10 +82,11 @@ class Flow:
         self.kind, self.start, self.count = kind, now, count
         self.sent, self.answers, self.nodes, self.seen = 0, 0, [], set()
         self.dupes, self.last, self.max_gap = 0, now, 0.0
+        self.changes, self.last_node = [], None
     def record(self):
         return dict(kind=self.kind, port=self.s.getsockname()[1], start=self.start - t0,
                     nodes=self.nodes, sent=self.sent, answered=len(self.seen),
-                    dupes=self.dupes, max_gap=self.max_gap)
+                    dupes=self.dupes, max_gap=self.max_gap, changes=self.changes)
 t0 = time.monotonic()
 flows = [Flow("long", t0, None) for _ in range(n)]
 by_fd = {f.s.fileno(): f for f in flows}
@@ -139,6 +140,11 @@ while not os.path.exists(os.path.join(ctl, "stop")):
             if node not in f.nodes:
                 f.nodes.append(node)
             f.answers += 1
+            # When (CLOCK_MONOTONIC, as the daemons log it) another node
+            # answered, or one answered twice: to match with their logs.
+            if (node != f.last_node or seq in f.seen) and len(f.changes) < 20:
+                f.changes.append([round(now, 4), seq.decode(), node])
+            f.last_node = node
             if seq in f.seen:
                 f.dupes += 1
             f.seen.add(seq)
@@ -158,6 +164,9 @@ struct Flow {
     answered: u64,
     dupes: u64,
     max_gap: Duration,
+    /// `[monotonic s, datagram, node]` when the answering node changed or
+    /// answered twice.
+    changes: serde_json::Value,
 }
 
 fn parse(text: &str) -> Vec<Flow> {
@@ -180,6 +189,7 @@ fn parse(text: &str) -> Vec<Flow> {
             answered: f["answered"].as_u64().unwrap(),
             dupes: f["dupes"].as_u64().unwrap(),
             max_gap: Duration::from_secs_f64(f["max_gap"].as_f64().unwrap()),
+            changes: f["changes"].clone(),
         })
         .collect()
 }
@@ -232,8 +242,8 @@ fn new_flows_answered(flows: &[Flow], what: &str) -> Result<(), String> {
         if !(f.nodes.len() == 1 && f.dupes == 0 && f.sent - f.answered <= NEW_FLOW_LOSS) {
             return Err(format!(
                 "{what}: a new flow (port {}, begun {:.2} s into the run) is not answered \
-                 by one node: {f:?}",
-                f.port, f.start
+                 by one node: {f:?}\nanswerer changes (monotonic s, datagram, node): {}",
+                f.port, f.start, f.changes
             ));
         }
     }

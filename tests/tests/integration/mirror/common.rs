@@ -116,6 +116,32 @@ pub fn start<'lab>(lab: &'lab Lab, extra: &str, primary: &str) -> Cluster<'lab> 
     cluster
 }
 
+/// `halo swap` on `node`, again while it answers that the secondary is not
+/// in sync: right after the secondary's resynchronisation the primary may
+/// not have its report yet (one heartbeat). Any other answer than success
+/// fails the test.
+pub fn swap(cluster: &Cluster<'_>, node: &str) {
+    let mut last = None;
+    let waited = halo_tests::lab::wait_until(
+        Duration::from_secs(10),
+        &format!("{node} to accept halo swap"),
+        || {
+            let out = cluster.cli(node, &["swap", MODULE])?;
+            let said = String::from_utf8_lossy(&out.stderr).into_owned();
+            let done = out.status.success();
+            anyhow::ensure!(
+                done || said.contains("the secondary is not in sync"),
+                "halo swap on {node}: {out:?}"
+            );
+            last = Some(out);
+            Ok(done)
+        },
+    );
+    if let Err(error) = waited {
+        panic!("{error:#}; last answer: {last:?}");
+    }
+}
+
 /// Waits until `node`'s module is `state`, ready; on timeout shows both logs.
 pub fn wait_module(cluster: &Cluster<'_>, node: &str, state: &str, timeout: Duration) {
     let what = format!("{node}'s {MODULE} {state} ready");

@@ -6,13 +6,13 @@
 //! blocked up to 2 s flushing the stream toward the lost peer, which held
 //! back the lease's end, and the peer had already taken over.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use halo_tests::lab::{self, LabBuilder};
+use halo_tests::lab::LabBuilder;
 
 use super::{
     common::{self, wait_module, Churn},
-    roles::{start_with_arbiter, READY_PROBE},
+    roles::{spawn_ready_probe, start_with_arbiter},
 };
 
 /// Longer than the heartbeat timeout plus the lease (0.5 s + 1 s), so that
@@ -26,23 +26,7 @@ fn a_primary_cut_off_while_it_streams_stops_serving_when_its_lease_ends() {
         .build()
         .unwrap();
     let (_witness, cluster) = start_with_arbiter(&lab, "");
-    let probe = lab
-        .host("w")
-        .spawn(
-            "probe",
-            Command::new("/usr/bin/python3").args([
-                "-c",
-                READY_PROBE,
-                &halo_tests::cluster::API_PORT.to_string(),
-                &lab.host("n1").ipv4().to_string(),
-                &lab.host("n2").ipv4().to_string(),
-            ]),
-        )
-        .unwrap();
-    lab::wait_until(Duration::from_secs(10), "the probe's first samples", || {
-        Ok(probe.log()?.lines().any(|l| l == "200 404"))
-    })
-    .unwrap();
+    let probe = spawn_ready_probe(&lab);
     // Large appends, so the stream to n2 always has data in flight: once
     // n1 is cut its socket's buffer fills and a write to it blocks.
     let mut churn = common::spawn_churn(

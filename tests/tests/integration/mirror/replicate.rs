@@ -29,6 +29,13 @@ const WORKLOAD: &str = r#"
 import os, mmap, random
 os.chdir("/var/lib/app")
 random.seed(7)
+with open("huge.bin", "wb") as f:                 # a 1 GiB file, streamed
+    for i in range(1024):
+        f.write(os.urandom(1 << 20))
+with open("huge.bin", "r+b") as f:                # then overwritten here and there
+    for _ in range(20):
+        f.seek(random.randrange(0, (1 << 30) - 100000))
+        f.write(os.urandom(random.randrange(1, 100000)))
 with open("big.bin", "r+b") as f:                 # random overwrites
     for _ in range(50):
         f.seek(random.randrange(0, 5000000))
@@ -110,12 +117,16 @@ fn the_secondary_holds_an_identical_tree_after_the_initial_copy_and_a_mixed_work
     // A mixed workload on the primary reaches the secondary.
     let output = lab
         .host("n1")
-        .run(std::process::Command::new("/usr/bin/python3").args(["-c", WORKLOAD]))
+        .run_timeout(
+            std::process::Command::new("/usr/bin/python3").args(["-c", WORKLOAD]),
+            Duration::from_secs(300),
+        )
         .unwrap();
     assert!(output.status.success(), "workload: {output:?}");
-    common::wait_identical(&lab, Duration::from_secs(60));
+    common::wait_identical(&lab, Duration::from_secs(180));
     let secondary = common::digest(&lab, "n2");
     assert!(!secondary.contains_key("also.skip"));
+    assert_eq!(secondary["huge.bin"][4], 1u64 << 30, "the 1 GiB file whole");
     assert!(secondary.contains_key("deep-moved/er/mid.bin"));
     assert!(!secondary.contains_key("docs/deep"));
 

@@ -34,11 +34,11 @@ fn a_swap_hands_the_primary_role_over_without_losing_a_write() {
             "for i in $(seq 0 1999); do echo $i >> {DIR}/journal; done"
         ))
         .unwrap();
-    let swap = cluster.cli("n1", &["swap", MODULE]).unwrap();
-    assert!(swap.status.success(), "halo swap: {swap:?}");
-    // `halo wait` (SafeKit's waitstate) returns once the new primary serves…
+    common::swap(&cluster, "n1");
+    // `halo wait` (SafeKit's waitstate) returns once the new primary serves
+    // (within the lab's run timeout, so that it says why if it does not)…
     let waited = cluster
-        .cli("n2", &["wait", MODULE, "PRIM", "--timeout", "30s"])
+        .cli("n2", &["wait", MODULE, "PRIM", "--timeout", "25s"])
         .unwrap();
     assert!(waited.status.success(), "halo wait: {waited:?}");
     // …and gives up with exit 1 and the reason on a state that does not come.
@@ -254,13 +254,9 @@ while True:
     time.sleep(0.02)
 "#;
 
-#[test]
-fn a_primary_frozen_past_its_lease_never_serves_beside_the_node_that_took_over() {
-    let lab = LabBuilder::new("mirrorfreeze")
-        .hosts(&["n1", "n2", "w"])
-        .build()
-        .unwrap();
-    let (_witness, mut cluster) = start_with_arbiter(&lab, "");
+/// Starts [`READY_PROBE`] on the witness host and waits for its first
+/// sample of n1 serving and n2 not.
+pub(super) fn spawn_ready_probe(lab: &Lab) -> LabProcess {
     let probe = lab
         .host("w")
         .spawn(
@@ -278,6 +274,17 @@ fn a_primary_frozen_past_its_lease_never_serves_beside_the_node_that_took_over()
         Ok(probe.log()?.lines().any(|l| l == "200 404"))
     })
     .unwrap();
+    probe
+}
+
+#[test]
+fn a_primary_frozen_past_its_lease_never_serves_beside_the_node_that_took_over() {
+    let lab = LabBuilder::new("mirrorfreeze")
+        .hosts(&["n1", "n2", "w"])
+        .build()
+        .unwrap();
+    let (_witness, mut cluster) = start_with_arbiter(&lab, "");
+    let probe = spawn_ready_probe(&lab);
 
     // n1's daemon stops (a paused VM, SIGSTOP) for longer than its lease:
     // n2 gets the lease, serves alone and acknowledges durable writes.
