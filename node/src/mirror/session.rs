@@ -45,7 +45,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::ebpf::capture::{Captured, Change as CaptureChange};
 
@@ -130,7 +130,14 @@ pub type Events = tokio::sync::mpsc::UnboundedSender<SessionEvent>;
 #[derive(Debug)]
 enum Op {
     Tree(RelPath),
+    /// An entry as it is now: a small file whole, a larger one compared by
+    /// checksums.
     Entry(RelPath),
+    /// A file that appeared in the tracker's batch: the secondary has
+    /// nothing of it, so it travels whole whatever its size (checksums
+    /// would cost a round trip, and a durability call right after must not
+    /// be acknowledged before the bytes).
+    New(RelPath),
     Remove(RelPath),
     Rename(RelPath, RelPath),
     Meta(RelPath),
@@ -387,7 +394,9 @@ fn journal_op(journal: &mut Journal, op: &Op) {
                 journal.add_range(path, *start, *end);
             }
         }
-        Op::Entry(path) | Op::Meta(path) | Op::Link(path, _) => journal.compare(path),
+        Op::Entry(path) | Op::New(path) | Op::Meta(path) | Op::Link(path, _) => {
+            journal.compare(path)
+        }
         Op::Tree(path) | Op::Remove(path) => journal.compare_tree(path),
         Op::Rename(from, to) => {
             journal.compare_tree(from);
@@ -395,6 +404,40 @@ fn journal_op(journal: &mut Journal, op: &Op) {
         }
         Op::Resync { .. } => journal.untrust(),
         Op::Blocks(..) | Op::Bye | Op::Release(_) | Op::Barrier(_) | Op::Stop => {}
+    }
+}
+
+/// Lets a burst of events arrive for up to [`BATCH_WAIT`], taking the
+/// capture's records as they come; a paused durability call ends the wait
+/// (its writer waits for this batch, and its records follow every write
+/// it made: the bench's 4 KiB write + fsync woke the tracker with its write
+/// and then waited out the rest of the 2 ms).
+fn gather(feed: Option<&CaptureFeed>, st: &mut TrackState) {
+    let Some(feed) = feed else {
+        std::thread::sleep(BATCH_WAIT);
+        return;
+    };
+    let deadline = Instant::now() + BATCH_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut fds = [libc::pollfd {
+            fd: feed.wake.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let timeout = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos().into(),
+        };
+        // SAFETY: one valid pollfd, a valid timeout, no signal mask.
+        unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &timeout, std::ptr::null()) };
+        feed.wake.clear();
+        if take_records(feed, st) {
+            return;
+        }
     }
 }
 
@@ -441,7 +484,7 @@ fn several_names(ops: &[Op], stat: StatNow<'_>) -> Vec<(u64, u64)> {
                 Some((dev, ino, 1, _)) if (dev, ino) == *key => None,
                 _ => Some(*key),
             },
-            Op::Entry(path) => match stat(path) {
+            Op::Entry(path) | Op::New(path) => match stat(path) {
                 Some((dev, ino, nlink, true)) if nlink > 1 => Some((dev, ino)),
                 _ => None,
             },
@@ -486,6 +529,45 @@ struct TrackState {
     queued_mtime: HashMap<(u64, u64), i128>,
     /// Threads paused by a durability call, to release after the next barrier.
     syncs: Vec<u32>,
+}
+
+impl TrackState {
+    /// Follows the rename of `from` to `to` in what the tracker remembers;
+    /// `at_to`: what is at `to` now (its inode, whether a directory), `None`
+    /// if it is gone again (renamed once more, removed).
+    ///
+    /// Ranges that come without an event name their file by the path last
+    /// seen for it, which must follow every rename: a stale one reads
+    /// nothing (the file is not there) and those bytes never travel. So a
+    /// file found at `to` takes that name whatever name it had; a directory
+    /// moves the names below it; and an entry gone again (two renames in
+    /// one batch) moves every name below `from`, so that the next rename's
+    /// event finds it under `to`.
+    fn follow_rename(&mut self, from: &RelPath, to: &RelPath, at_to: Option<((u64, u64), bool)>) {
+        let created: Vec<RelPath> = self.created.drain().collect();
+        for p in created {
+            self.created.insert(p.moved(from, to).unwrap_or(p));
+        }
+        for p in self.pending.iter_mut().chain(self.deferred.iter_mut()) {
+            if let Some(new) = p.moved(from, to) {
+                *p = new;
+            }
+        }
+        match at_to {
+            Some((key, false)) => {
+                if let Some(path) = self.paths.get_mut(&key) {
+                    *path = to.clone();
+                }
+            }
+            Some((_, true)) | None => {
+                for path in self.paths.values_mut() {
+                    if let Some(new) = path.moved(from, to) {
+                        *path = new;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn mtime(m: &std::fs::Metadata) -> i128 {
@@ -545,11 +627,7 @@ fn track(
             urgent |= take_records(feed, st);
         }
         if !urgent {
-            std::thread::sleep(BATCH_WAIT);
-            if let Some(feed) = &feed {
-                feed.wake.clear();
-                take_records(feed, st);
-            }
+            gather(feed.as_ref(), st);
         }
         let mut overflow = feed.as_ref().is_some_and(|feed| feed.wake.overflowed());
         // Read after the records: the events of the writes they hold are
@@ -591,23 +669,10 @@ fn track(
                     }
                 }
                 Change::Renamed { from, to } => {
-                    let created: Vec<RelPath> = st.created.drain().collect();
-                    for p in created {
-                        st.created.insert(p.moved(&from, &to).unwrap_or(p));
-                    }
-                    for p in st.pending.iter_mut().chain(st.deferred.iter_mut()) {
-                        if let Some(new) = p.moved(&from, &to) {
-                            *p = new;
-                        }
-                    }
-                    // Ranges that come without an event name the file by
-                    // the path last seen for it: follow it to its new name.
-                    if let Ok(m) = std::fs::symlink_metadata(setup.absolute(&to)) {
-                        let key = (m.dev(), m.ino());
-                        if st.paths.get(&key) == Some(&from) {
-                            st.paths.insert(key, to.clone());
-                        }
-                    }
+                    let at_to = std::fs::symlink_metadata(setup.absolute(&to))
+                        .ok()
+                        .map(|m| ((m.dev(), m.ino()), m.is_dir()));
+                    st.follow_rename(&from, &to, at_to);
                     match (setup.excluded(&from), setup.excluded(&to)) {
                         (false, false) => ops.push(Op::Rename(from, to)),
                         (false, true) => ops.push(Op::Remove(from)),
@@ -643,6 +708,8 @@ fn track(
                 pending.push(p);
             }
         }
+        // What each pending path is now, for `several_names` too.
+        let mut seen = HashMap::new();
         for path in pending {
             let Ok(m) = std::fs::symlink_metadata(setup.absolute(&path)) else {
                 // Gone: the sender tracks where it went.
@@ -650,6 +717,7 @@ fn track(
                 continue;
             };
             let key = (m.dev(), m.ino());
+            seen.insert(path.clone(), (m.dev(), m.ino(), m.nlink(), m.is_file()));
             let new = st.created.contains(&path);
             let linked = st
                 .paths
@@ -673,7 +741,11 @@ fn track(
                 }
                 st.ranges.remove(&key);
                 st.queued_mtime.insert(key, mtime(&m));
-                ops.push(Op::Entry(path));
+                ops.push(if new && m.is_file() {
+                    Op::New(path)
+                } else {
+                    Op::Entry(path)
+                });
             } else if let Some(ranges) = st.ranges.remove(&key) {
                 st.graced.remove(&path);
                 st.paths.insert(key, path.clone());
@@ -685,6 +757,7 @@ fn track(
             } else if st.graced.remove(&path) || !st.syncs.is_empty() || !flushing.is_empty() {
                 // No range came (mmap stores, io_uring, a lost record):
                 // compare the file by checksums.
+                st.paths.insert(key, path.clone());
                 st.queued_mtime.insert(key, mtime(&m));
                 ops.push(Op::Entry(path));
             } else {
@@ -724,11 +797,12 @@ fn track(
             st.graced.clear();
             st.queued_mtime.clear();
         }
-        // Read before the locks.
-        let marks = several_names(&ops, &|path| {
-            std::fs::symlink_metadata(setup.absolute(path))
+        // Read before the locks; a path the loop above read is not read again.
+        let marks = several_names(&ops, &|path| match seen.get(path) {
+            Some(known) => Some(*known),
+            None => std::fs::symlink_metadata(setup.absolute(path))
                 .ok()
-                .map(|m| (m.dev(), m.ino(), m.nlink(), m.is_file()))
+                .map(|m| (m.dev(), m.ino(), m.nlink(), m.is_file())),
         });
         // The journal and the session see every op in the same critical
         // section: an op is either in the journal's segment that a sync
@@ -908,8 +982,13 @@ impl PrimarySession {
                         seqs,
                         releases,
                         awaiting: VecDeque::new(),
+                        compared: 0,
+                        live_awaiting: VecDeque::new(),
+                        walking: false,
                         held: VecDeque::new(),
+                        held_releases: VecDeque::new(),
                         fresh_peer: generation == 0,
+                        walked: false,
                         end_pending: false,
                         resync_generation: primary_generation,
                     };
@@ -1189,6 +1268,17 @@ fn renames_or_removes(message: &Message) -> bool {
     )
 }
 
+/// How [`Sender::ship_entry_as`] sends a file's content.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ship {
+    /// Whole up to [`SMALL_FILE`], by checksums above.
+    SmallWhole,
+    /// Whole at any size: the secondary has nothing of it.
+    Whole,
+    /// By block checksums at any size (empty files whole).
+    Sums,
+}
+
 /// A file whose checksums travelled and whose `Need` has not been served.
 /// The secondary computes the `Need` when it applies the checksums, but the
 /// blocks reach it only after every change sent meanwhile: a rename sent in
@@ -1201,6 +1291,8 @@ struct Awaiting {
     now: Option<RelPath>,
     /// The file (device, inode) whose checksums travelled.
     inode: (u64, u64),
+    /// Its place among every comparison of the session ([`Sender::compared`]).
+    number: u64,
 }
 
 struct Sender {
@@ -1217,21 +1309,37 @@ struct Sender {
     /// (kept in step by [`Sender::follow`]), for the next name to link to.
     links: HashMap<(u64, u64), RelPath>,
     /// The secondary joined without data (generation 0): the first copy
-    /// sends files whole.
+    /// sends files whole. A later walk of the session (an overflow's full
+    /// comparison) compares, since the peer holds data by then.
     fresh_peer: bool,
+    /// A resynchronisation walk has started in this session.
+    walked: bool,
     /// Barrier numbers, shared with the session's owner.
     seqs: Arc<AtomicU64>,
     /// Files whose `Sums` went and whose `Need` has not been served yet, in
     /// the order sent (the order the secondary answers in).
     awaiting: VecDeque<Awaiting>,
+    /// How many comparisons the session has sent (`Awaiting::number`).
+    compared: u64,
+    /// The numbers of the awaited comparisons that a live change sent (not
+    /// the resynchronisation walk), in order.
+    live_awaiting: VecDeque<u64>,
+    /// The resynchronisation walk is sending: its comparisons are not live.
+    walking: bool,
     /// The walk is over: `ResyncEnd` goes once nothing is outstanding.
     end_pending: bool,
     /// Barriers waiting, in order, for the walk to end and every `Need` to
     /// be served: their acknowledgement must mean that the secondary holds
     /// everything changed before them, and the blocks a comparison asks
     /// for travel after the barrier that follows the checksums. (A paused
-    /// writer's release does not wait: see docs/mirror-durability.md.)
+    /// writer's release waits only for live comparisons: `held_releases`.)
     held: VecDeque<u64>,
+    /// Paused writers' releases waiting for the live comparisons sent
+    /// before them ([`Sender::compared`] then): a change that travelled as
+    /// checksums (an mmap store, a resize) is on the secondary only once
+    /// its differing blocks are. The walk's comparisons do not hold them:
+    /// a writer is not paused for a whole resynchronisation.
+    held_releases: VecDeque<(Vec<u32>, u64)>,
     /// Paused threads to release at each barrier's acknowledgement.
     releases: Releases,
     /// Paths that were gone when their change was shipped: a rename that
@@ -1242,6 +1350,7 @@ struct Sender {
 
 impl Sender {
     fn send(&mut self, message: &Message) -> io::Result<()> {
+        trace!(module = %self.setup.module, message = %describe(message), "sending");
         self.follow(message);
         self.writer.send(message)?;
         self.progress
@@ -1281,7 +1390,7 @@ impl Sender {
                 match ops.try_recv() {
                     Ok(op) => op,
                     Err(mpsc::TryRecvError::Empty) => {
-                        self.walk_step()?;
+                        self.walking(Sender::walk_step)?;
                         self.send_held()?;
                         continue;
                     }
@@ -1302,21 +1411,60 @@ impl Sender {
         self.walk.is_empty() && self.awaiting.is_empty()
     }
 
-    /// Sends the barriers held until the sender settled.
+    /// Whether a release queued when `compared` comparisons had been sent
+    /// may go: every live one among them is served.
+    fn release_ready(&self, compared: u64) -> bool {
+        self.live_awaiting.front().is_none_or(|n| *n >= compared)
+    }
+
+    /// Sends a release's barrier, numbered now: its acknowledgement lets
+    /// the threads go on. (Numbered when sent, so that a release's number
+    /// is above every barrier's sent before it: `release_upto` relies on it.)
+    fn send_release(&mut self, tids: Vec<u32>) -> io::Result<()> {
+        let seq = self.seqs.fetch_add(1, Ordering::Relaxed);
+        self.releases.lock().expect("releases").push((seq, tids));
+        self.send(&Message::Barrier { seq })
+    }
+
+    /// Sends the releases whose comparisons are served, and the barriers
+    /// held until the sender settled.
     fn send_held(&mut self) -> io::Result<()> {
-        if self.held.is_empty() || !self.settled() {
-            return Ok(());
+        let mut sent = false;
+        while let Some((_, compared)) = self.held_releases.front() {
+            if !self.release_ready(*compared) {
+                break;
+            }
+            let (tids, _) = self.held_releases.pop_front().expect("a held release");
+            self.send_release(tids)?;
+            sent = true;
         }
-        while let Some(seq) = self.held.pop_front() {
-            self.send(&Message::Barrier { seq })?;
+        if !self.held.is_empty() && self.settled() {
+            while let Some(seq) = self.held.pop_front() {
+                self.send(&Message::Barrier { seq })?;
+            }
+            sent = true;
         }
-        self.writer.flush()
+        if sent {
+            self.writer.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Runs `step` as part of the resynchronisation walk.
+    fn walking<T>(&mut self, step: impl FnOnce(&mut Self) -> io::Result<T>) -> io::Result<T> {
+        self.walking = true;
+        let result = step(self);
+        self.walking = false;
+        result
     }
 
     fn handle(&mut self, op: Op) -> io::Result<bool> {
+        trace!(module = %self.setup.module, ?op, "sender op");
         match op {
             Op::Stop => return Ok(false),
             Op::Resync { full, since } => {
+                self.fresh_peer &= !self.walked;
+                self.walked = true;
                 self.progress.walk_complete.store(false, Ordering::Relaxed);
                 for counter in [
                     &self.progress.files_done,
@@ -1345,11 +1493,12 @@ impl Sender {
                 }
             }
             Op::Release(tids) => {
-                // Numbered now: its acknowledgement lets the threads go on.
-                let seq = self.seqs.fetch_add(1, Ordering::Relaxed);
-                self.releases.lock().expect("releases").push((seq, tids));
-                self.send(&Message::Barrier { seq })?;
-                self.writer.flush()?;
+                if self.held_releases.is_empty() && self.release_ready(self.compared) {
+                    self.send_release(tids)?;
+                    self.writer.flush()?;
+                } else {
+                    self.held_releases.push_back((tids, self.compared));
+                }
             }
             Op::Tree(path) => {
                 // A new (or moved-in) directory: everything in it, now.
@@ -1368,6 +1517,7 @@ impl Sender {
                 }
             }
             Op::Entry(path) => self.ship_entry(&path, None)?,
+            Op::New(path) => self.ship_entry_as(&path, None, Ship::Whole)?,
             Op::Remove(path) => {
                 self.vanished.retain(|v| !v.starts_with(&path));
                 self.send(&Message::Remove { path })?;
@@ -1390,7 +1540,7 @@ impl Sender {
                     }
                 }
                 if !self.walk.is_empty() {
-                    self.walk_renamed(&from, &to)?;
+                    self.walking(|sender| sender.walk_renamed(&from, &to))?;
                 }
             }
             Op::Meta(path) => {
@@ -1406,13 +1556,19 @@ impl Sender {
                 // secondary could not answer is passed over).
                 if let Some(at) = self.awaiting.iter().position(|a| a.sent_as == path) {
                     self.awaiting.drain(..at);
-                    if let Some(Awaiting {
-                        now: Some(now),
-                        inode,
-                        ..
-                    }) = self.awaiting.pop_front()
-                    {
-                        self.ship_blocks(&now, inode, &blocks)?;
+                    if let Some(awaited) = self.awaiting.pop_front() {
+                        if let Some(now) = &awaited.now {
+                            self.ship_blocks(now, awaited.inode, &blocks)?;
+                        }
+                        // Served (or passed over): the blocks are in the
+                        // stream before any release sent from now on.
+                        while self
+                            .live_awaiting
+                            .front()
+                            .is_some_and(|n| *n <= awaited.number)
+                        {
+                            self.live_awaiting.pop_front();
+                        }
                     }
                 }
                 self.maybe_end()?;
@@ -1550,7 +1706,7 @@ impl Sender {
             }
             // Checksums, so that only what differs travels (a file gone
             // since is followed by the change that took it).
-            _ => self.ship_entry_as(to, None, true),
+            _ => self.ship_entry_as(to, None, Ship::Sums),
         }
     }
 
@@ -1589,13 +1745,17 @@ impl Sender {
                     // point: those travel, read now.
                     self.ship_journaled(&child, ranges)?;
                     if self.plan.verify_ranges {
-                        self.ship_entry_as(&child, Some(&m), true)?;
+                        self.ship_entry_as(&child, Some(&m), Ship::Sums)?;
                     }
                 } else if changed {
                     // A peer that holds data compares even small files by
-                    // checksums; an empty one gets them whole.
-                    let by_sums = !self.fresh_peer;
-                    self.ship_entry_as(&child, Some(&m), by_sums)?;
+                    // checksums; an empty one gets every file whole.
+                    let how = if self.fresh_peer {
+                        Ship::Whole
+                    } else {
+                        Ship::Sums
+                    };
+                    self.ship_entry_as(&child, Some(&m), how)?;
                 }
                 if m.is_file() {
                     self.progress
@@ -1706,16 +1866,17 @@ impl Sender {
     /// Sends a non-directory entry as it is now: file, symlink, hard link;
     /// a small file whole.
     fn ship_entry(&mut self, path: &RelPath, known: Option<&std::fs::Metadata>) -> io::Result<()> {
-        self.ship_entry_as(path, known, false)
+        self.ship_entry_as(path, known, Ship::SmallWhole)
     }
 
-    /// As [`Sender::ship_entry`]; with `by_sums`, a file of any size travels
-    /// as block checksums (only the blocks the secondary lacks follow).
+    /// As [`Sender::ship_entry`], a file's content as `how` says. A file
+    /// linked to a name the secondary has travels by checksums whatever
+    /// `how` (only what changed since that name travelled differs).
     fn ship_entry_as(
         &mut self,
         path: &RelPath,
         known: Option<&std::fs::Metadata>,
-        by_sums: bool,
+        how: Ship,
     ) -> io::Result<()> {
         let absolute = self.setup.absolute(path);
         let m = match known {
@@ -1753,7 +1914,7 @@ impl Sender {
             debug!(module = %self.setup.module, %path, "not replicating a special file");
             return Ok(());
         }
-        let mut by_sums = by_sums;
+        let mut how = how;
         let linked = m.nlink() > 1;
         if linked {
             let key = (m.dev(), m.ino());
@@ -1775,7 +1936,7 @@ impl Sender {
                     path: path.clone(),
                     existing: first,
                 })?;
-                by_sums = true;
+                how = Ship::Sums;
             }
         }
         let Some(file) = self.open_source(path) else {
@@ -1788,12 +1949,29 @@ impl Sender {
         }
         let m = file.metadata()?;
         let size = m.len();
-        if size <= SMALL_FILE && !(by_sums && size > 0) {
+        let whole = match how {
+            Ship::Whole => true,
+            Ship::SmallWhole => size <= SMALL_FILE,
+            Ship::Sums => size == 0,
+        };
+        if whole {
             self.send(&Message::File {
                 path: path.clone(),
                 meta: meta_of(&m),
             })?;
-            self.send_range(path, &file, 0, size)?;
+            if how == Ship::Whole {
+                // Its data only: the holes of a sparse file stay holes
+                // (emptied first, the size set last makes them).
+                self.send(&Message::SetSize {
+                    path: path.clone(),
+                    size: 0,
+                })?;
+                for (start, end) in data_segments(&file, size) {
+                    self.send_range(path, &file, start, end)?;
+                }
+            } else {
+                self.send_range(path, &file, 0, size)?;
+            }
             self.send(&Message::SetSize {
                 path: path.clone(),
                 size,
@@ -1815,10 +1993,16 @@ impl Sender {
                 first,
                 sums,
             })?;
+            let number = self.compared;
+            self.compared += 1;
+            if !self.walking {
+                self.live_awaiting.push_back(number);
+            }
             self.awaiting.push_back(Awaiting {
                 sent_as: path.clone(),
                 now: Some(path.clone()),
                 inode: (m.dev(), m.ino()),
+                number,
             });
             first += count;
         }
@@ -1937,6 +2121,39 @@ impl Sender {
     }
 }
 
+/// The parts of `file`'s first `size` bytes that hold data, by
+/// `SEEK_DATA` / `SEEK_HOLE`; all of it where the file system cannot say.
+fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd as _;
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < size {
+        // SAFETY: lseek on an open descriptor; only the offset changes, and
+        // reads use explicit offsets.
+        let data = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                // No data after `at`: the rest is a hole.
+                break;
+            }
+            return vec![(0, size)];
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return vec![(0, size)];
+        }
+        let (start, end) = (data as u64, (hole as u64).min(size));
+        if start >= end {
+            break;
+        }
+        out.push((start, end));
+        at = end;
+    }
+    out
+}
+
 /// Bytes covered by captured ranges (overlaps counted twice: an estimate).
 fn span(ranges: &[(u64, u64)]) -> u64 {
     ranges.iter().map(|(s, e)| e.saturating_sub(*s)).sum()
@@ -2013,9 +2230,11 @@ impl SecondarySession {
                     };
                     let shown = describe(&message);
                     let result = applier.lock().expect("applier").apply(message);
+                    trace!(module = %module, change = %shown, "applied");
                     match result {
                         Ok(Reply::None) => {}
                         Ok(Reply::Send(reply)) => {
+                            trace!(module = %module, ?reply, "answering");
                             let done = match &reply {
                                 Message::ResyncDone { generation } => Some(*generation),
                                 _ => None,
@@ -2126,7 +2345,9 @@ mod tests {
                         assert_eq!(seq, round);
                         break;
                     }
-                    Op::Entry(path) | Op::Ranges(path, ..) => named |= path == p(&name),
+                    Op::Entry(path) | Op::New(path) | Op::Ranges(path, ..) => {
+                        named |= path == p(&name)
+                    }
                     _ => {}
                 }
             }
@@ -2137,6 +2358,60 @@ mod tests {
         }
         drop(tracker);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_sparse_file_travels_as_its_data_segments() {
+        let path = std::env::temp_dir().join(format!("halo-sparse-{}", std::process::id()));
+        let file = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mb = 1 << 20;
+        file.write_all_at(b"head", 0).unwrap();
+        file.write_all_at(b"middle", 5 * mb).unwrap();
+        file.set_len(9 * mb).unwrap();
+        let segments = data_segments(&file, 9 * mb);
+        std::fs::remove_file(&path).unwrap();
+        // Block-sized at least; the holes between are not sent.
+        assert_eq!(segments.len(), 2, "{segments:?}");
+        assert!(segments[0].0 == 0 && segments[0].1 >= 4 && segments[0].1 < mb);
+        assert!(segments[1].0 <= 5 * mb && segments[1].1 >= 5 * mb + 6);
+        assert!(segments[1].1 < 6 * mb, "{segments:?}");
+        // Nothing asked, nothing sent.
+        assert_eq!(data_segments(&file, 0), vec![]);
+    }
+
+    #[test]
+    fn a_captured_file_keeps_its_name_through_renames_read_in_one_batch() {
+        // Ranges that come without an event are shipped under the path
+        // last seen for their file; a stale one reads nothing, and those
+        // bytes never reach the secondary.
+        let key = (1, 42);
+        let mut st = TrackState::default();
+        st.paths.insert(key, p("d1/a"));
+        // a -> b -> c read in one batch: `b` is gone when the first is read.
+        st.follow_rename(&p("d1/a"), &p("d1/b"), None);
+        st.follow_rename(&p("d1/b"), &p("d2/c"), Some((key, false)));
+        assert_eq!(st.paths[&key], p("d2/c"));
+        // A directory's rename moves the names below it, not others.
+        st.paths.insert((1, 43), p("d3/x"));
+        st.follow_rename(&p("d2"), &p("d4"), Some(((1, 7), true)));
+        assert_eq!(st.paths[&key], p("d4/c"));
+        assert_eq!(st.paths[&(1, 43)], p("d3/x"));
+        // A second name of a file (a hard link) renamed: either name reads it.
+        st.follow_rename(&p("d5/link"), &p("d5/moved"), Some((key, false)));
+        assert_eq!(st.paths[&key], p("d5/moved"));
+        // Pending and created paths follow too.
+        st.pending.push(p("d3/x"));
+        st.created.insert(p("d3/x"));
+        st.follow_rename(&p("d3"), &p("d6"), None);
+        assert_eq!(st.pending, vec![p("d6/x")]);
+        assert!(st.created.contains(&p("d6/x")));
+        assert_eq!(st.paths[&(1, 43)], p("d6/x"));
     }
 
     #[test]

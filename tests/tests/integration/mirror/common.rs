@@ -330,3 +330,39 @@ pub fn acknowledged_records(lab: &Lab, host: &str, file: &str, count: u32) -> st
         )
         .unwrap()
 }
+
+/// A `start_prim` script: runs the shell line `first` (`:` for none), then starts
+/// `command` in its own session (so that it outlives the script and its
+/// daemon), its pid in `pid_file`.
+pub fn start_prim_script(first: &str, command: &str, pid_file: &str) -> String {
+    format!(
+        "#!/bin/sh\n\
+         {first}\n\
+         setsid {command} </dev/null >/dev/null 2>&1 &\n\
+         echo $! > {pid_file}\n"
+    )
+}
+
+/// A shell condition, for [`stop_prim_script`]: process `$pid` is gone (or
+/// a zombie: it has exited).
+pub const PROCESS_GONE: &str = "state=$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null); \
+                                [ -z \"$state\" ] || [ \"$state\" = Z ]";
+
+/// A `stop_prim` script: sends `signal` (a name, or a shell expansion
+/// giving one) to the process in `pid_file`, then waits up to 5 s for the
+/// shell condition `done` (see [`PROCESS_GONE`]); exits 1 if it never
+/// holds. Nothing to stop (no pid file) is success.
+pub fn stop_prim_script(pid_file: &str, signal: &str, done: &str) -> String {
+    format!(
+        "#!/bin/sh\n\
+         pid=$(cat {pid_file} 2>/dev/null)\n\
+         [ -n \"$pid\" ] || exit 0\n\
+         echo \"stop_prim force=$HALO_FORCE pid=$pid\" >> /run/halo/stop_prim.log\n\
+         kill -{signal} $pid 2>/dev/null\n\
+         for i in $(seq 50); do\n\
+         \x20 if {done}; then rm -f {pid_file}; exit 0; fi\n\
+         \x20 sleep 0.1\n\
+         done\n\
+         exit 1\n"
+    )
+}

@@ -13,7 +13,9 @@ use halo_tests::{
     lab::{self, LabBuilder},
 };
 
-use super::common::{self, wait_module, DIR, MODULE};
+use super::common::{
+    self, start_prim_script, stop_prim_script, wait_module, DIR, MODULE, PROCESS_GONE,
+};
 
 /// One write made durable, then a line on stdout.
 const ONE_FSYNC: &str = r#"
@@ -46,29 +48,20 @@ const PID: &str = "/run/halo/writer.pid";
 
 /// Starts the writer in its own session, recording its pid.
 fn start_prim() -> String {
-    format!(
-        "#!/bin/sh\n\
-         setsid /usr/bin/python3 {APP}/writer.py {DIR}/records-$HALO_NODE {ACKS} \
-         </dev/null >/dev/null 2>&1 &\n\
-         echo $! > {PID}\n"
+    start_prim_script(
+        ":",
+        &format!("/usr/bin/python3 {APP}/writer.py {DIR}/records-$HALO_NODE {ACKS}"),
+        PID,
     )
 }
 
 /// Stops the writer: SIGTERM, or SIGKILL on the forced call (a writer held
 /// in its fsync is stopped, and a stopped process dies only of SIGKILL).
 fn stop_prim() -> String {
-    format!(
-        "#!/bin/sh\n\
-         pid=$(cat {PID} 2>/dev/null)\n\
-         [ -n \"$pid\" ] || exit 0\n\
-         echo \"stop_prim force=$HALO_FORCE pid=$pid\" >> /run/halo/stop_prim.log\n\
-         if [ \"$HALO_FORCE\" = 1 ]; then kill -KILL $pid; else kill -TERM $pid; fi 2>/dev/null\n\
-         for i in $(seq 30); do\n\
-         \x20 state=$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)\n\
-         \x20 if [ -z \"$state\" ] || [ \"$state\" = Z ]; then rm -f {PID}; exit 0; fi\n\
-         \x20 sleep 0.1\n\
-         done\n\
-         exit 1\n"
+    stop_prim_script(
+        PID,
+        "$([ \"$HALO_FORCE\" = 1 ] && echo KILL || echo TERM)",
+        PROCESS_GONE,
     )
 }
 

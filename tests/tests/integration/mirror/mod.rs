@@ -7,6 +7,7 @@ mod cut_primary;
 mod daemon_crash;
 mod disk_full;
 mod failover;
+mod fsync_barrier;
 mod hard_link_churn;
 mod hard_links;
 mod journal;

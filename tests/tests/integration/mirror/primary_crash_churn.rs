@@ -19,7 +19,9 @@ use halo_tests::{
 };
 
 use super::{
-    common::{self, wait_module, Churn, CHURN_PY},
+    common::{
+        self, start_prim_script, stop_prim_script, wait_module, Churn, CHURN_PY, PROCESS_GONE,
+    },
     roles::start_with_arbiter,
 };
 
@@ -45,24 +47,13 @@ fn churn(seed: u64) -> Churn {
 /// Starts the churn (another seed on each node) in its own session.
 fn start_prim(node: &str) -> String {
     let seed = if node == "n1" { 21 } else { 22 };
-    format!(
-        "#!/bin/sh\n\
-         setsid /usr/bin/python3 {APP}/churn.py {} </dev/null >/dev/null 2>&1 &\n\
-         echo $! > {PID}\n",
-        churn(seed).args().join(" ")
-    )
+    let args = churn(seed).args().join(" ");
+    start_prim_script(":", &format!("/usr/bin/python3 {APP}/churn.py {args}"), PID)
 }
 
 /// Kills the churn and waits until it is gone.
 fn stop_prim() -> String {
-    format!(
-        "#!/bin/sh\n\
-         pid=$(cat {PID} 2>/dev/null)\n\
-         [ -n \"$pid\" ] || exit 0\n\
-         kill -KILL $pid 2>/dev/null\n\
-         for i in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.05; done\n\
-         rm -f {PID}\n"
-    )
+    stop_prim_script(PID, "KILL", PROCESS_GONE)
 }
 
 /// Installs the churn and its scripts on n1 and n2; the module's

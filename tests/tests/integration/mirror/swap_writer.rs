@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use halo_tests::{cluster::install_script, lab::LabBuilder};
 
-use super::common::{self, wait_module, DIR};
+use super::common::{self, start_prim_script, stop_prim_script, wait_module, DIR};
 
 const APP: &str = "/etc/halo/app";
 /// Outside the replicated directory: how many records the writer wrote.
@@ -39,29 +39,18 @@ with open(count_file + ".tmp", "w") as f:
 os.rename(count_file + ".tmp", count_file)
 "#;
 
+/// Starts the writer afresh in its own session.
 fn start_prim() -> String {
-    format!(
-        "#!/bin/sh\n\
-         rm -f {WRITTEN}\n\
-         setsid /usr/bin/python3 {APP}/writer.py {DIR}/stream-$HALO_NODE {WRITTEN} \
-         </dev/null >/dev/null 2>&1 &\n\
-         echo $! > {PID}\n"
+    start_prim_script(
+        &format!("rm -f {WRITTEN}"),
+        &format!("/usr/bin/python3 {APP}/writer.py {DIR}/stream-$HALO_NODE {WRITTEN}"),
+        PID,
     )
 }
 
 /// Stops the writer and waits until it has recorded its count.
 fn stop_prim() -> String {
-    format!(
-        "#!/bin/sh\n\
-         pid=$(cat {PID} 2>/dev/null)\n\
-         [ -n \"$pid\" ] || exit 0\n\
-         kill -TERM $pid 2>/dev/null\n\
-         for i in $(seq 50); do\n\
-         \x20 [ -e {WRITTEN} ] && {{ rm -f {PID}; exit 0; }}\n\
-         \x20 sleep 0.1\n\
-         done\n\
-         exit 1\n"
-    )
+    stop_prim_script(PID, "TERM", &format!("[ -e {WRITTEN} ]"))
 }
 
 #[test]
