@@ -532,6 +532,32 @@ struct TrackState {
 }
 
 impl TrackState {
+    /// Queues the ranges of files no event named in this batch (coalesced
+    /// events) under the path last seen for each. Those of a file no path
+    /// is known for yet were captured before the event that names it (a
+    /// tracker just started, a late inotify read): kept for that event for
+    /// up to [`UNNAMED_BATCHES`] batches, or ranges that come with it would
+    /// travel without them. (Dropped after that: the file's next event has
+    /// it compared by checksums.)
+    fn ship_unnamed_ranges(&mut self, ops: &mut Vec<Op>) {
+        let mut unnamed = HashMap::new();
+        for (key, ranges) in std::mem::take(&mut self.ranges) {
+            if let Some(path) = self.paths.get(&key) {
+                self.unnamed.remove(&key);
+                ops.push(Op::Ranges(path.clone(), key, ranges));
+                continue;
+            }
+            let batches = self.unnamed.entry(key).or_insert(0);
+            *batches += 1;
+            if *batches <= UNNAMED_BATCHES {
+                unnamed.insert(key, ranges);
+            } else {
+                self.unnamed.remove(&key);
+            }
+        }
+        self.ranges = unnamed;
+    }
+
     /// Follows the rename of `from` to `to` in what the tracker remembers;
     /// `at_to`: what is at `to` now (its inode, whether a directory), `None`
     /// if it is gone again (renamed once more, removed).
@@ -767,27 +793,7 @@ fn track(
             }
         }
         st.created.clear();
-        // Ranges of files no event named in this batch (coalesced events).
-        // Those of a file no path is known for yet were captured before the
-        // event that names it (a tracker just started, a late inotify
-        // read): kept for that event, or ranges that come with it would
-        // travel without them.
-        let mut unnamed = HashMap::new();
-        for (key, ranges) in std::mem::take(&mut st.ranges) {
-            if let Some(path) = st.paths.get(&key) {
-                st.unnamed.remove(&key);
-                ops.push(Op::Ranges(path.clone(), key, ranges));
-                continue;
-            }
-            let batches = st.unnamed.entry(key).or_insert(0);
-            *batches += 1;
-            if *batches <= UNNAMED_BATCHES {
-                unnamed.insert(key, ranges);
-            } else {
-                st.unnamed.remove(&key);
-            }
-        }
-        st.ranges = unnamed;
+        st.ship_unnamed_ranges(&mut ops);
         if !st.syncs.is_empty() {
             ops.push(Op::Release(std::mem::take(&mut st.syncs)));
         }
@@ -967,6 +973,7 @@ impl PrimarySession {
             let releases = Arc::clone(&releases);
             let progress = Arc::clone(&progress);
             let shutdown = stream.try_clone()?;
+            let hub = hub.clone();
             std::thread::Builder::new()
                 .name(format!("halo-send-{}", setup.module))
                 .spawn(move || {
@@ -997,6 +1004,16 @@ impl PrimarySession {
                         Err(e) => format!("sending failed: {e}"),
                     };
                     let _ = shutdown.shutdown(Shutdown::Both);
+                    // Releases still waiting for their comparisons: as the
+                    // acknowledgement reader does with those sent, once the
+                    // driver allows it (the hub holds them otherwise).
+                    if let Some(hub) = &hub {
+                        for (tids, _) in sender.held_releases.drain(..) {
+                            for tid in tids {
+                                hub.release_unacknowledged(tid);
+                            }
+                        }
+                    }
                     let _ = events.send(SessionEvent::Ended { reason });
                 })?
         };
@@ -2383,6 +2400,46 @@ mod tests {
         assert!(segments[1].1 < 6 * mb, "{segments:?}");
         // Nothing asked, nothing sent.
         assert_eq!(data_segments(&file, 0), vec![]);
+    }
+
+    #[test]
+    fn ranges_captured_before_the_event_naming_their_file_wait_for_it() {
+        let (named, early) = ((1, 10), (1, 11));
+        let mut st = TrackState::default();
+        st.paths.insert(named, p("d/known"));
+        st.ranges.insert(named, vec![(0, 10)]);
+        st.ranges.insert(early, vec![(100, 200)]);
+        let mut ops = Vec::new();
+        st.ship_unnamed_ranges(&mut ops);
+        // A known file's ranges go under its path; the other's wait.
+        assert!(matches!(&ops[..], [Op::Ranges(path, key, r)]
+            if *path == p("d/known") && *key == named && r == &vec![(0, 10)]));
+        for _ in 1..UNNAMED_BATCHES {
+            ops.clear();
+            st.ship_unnamed_ranges(&mut ops);
+            assert!(ops.is_empty());
+        }
+        assert_eq!(
+            st.ranges[&early],
+            vec![(100, 200)],
+            "kept {UNNAMED_BATCHES} batches"
+        );
+        // The event that names it comes: they travel under its path.
+        st.paths.insert(early, p("d/late"));
+        st.ranges.get_mut(&early).unwrap().push((300, 400));
+        st.ship_unnamed_ranges(&mut ops);
+        assert!(matches!(&ops[..], [Op::Ranges(path, key, r)]
+            if *path == p("d/late") && *key == early && r == &vec![(100, 200), (300, 400)]));
+        assert!(st.unnamed.is_empty() && st.ranges.is_empty());
+        // Never named: dropped after the bound, and forgotten.
+        let orphan = (1, 12);
+        st.ranges.insert(orphan, vec![(0, 1)]);
+        for _ in 0..=UNNAMED_BATCHES {
+            ops.clear();
+            st.ship_unnamed_ranges(&mut ops);
+            assert!(ops.is_empty());
+        }
+        assert!(st.ranges.is_empty() && st.unnamed.is_empty());
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct Options {
 pub struct Transfer {
     pub time: Duration,
     pub bytes_sent: u64,
+    /// rsync only: its time plus a `sync -f` of the copy's file system on
+    /// the receiving node. halo's "in sync" comes after the secondary made
+    /// everything durable (`syncfs`); this is the same for rsync's copy.
+    pub durable: Option<Duration>,
 }
 
 pub struct SyncResult {
@@ -137,7 +141,12 @@ fn rsync(lab: &Lab, from: &str, to: &str) -> Result<Transfer> {
         .find_map(|l| l.strip_prefix("Total bytes sent: "))
         .and_then(|n| n.trim().replace(',', "").parse().ok())
         .with_context(|| format!("no `Total bytes sent` in rsync's output: {out}"))?;
-    Ok(Transfer { time, bytes_sent })
+    lab.host(to).sh(&format!("sync -f {RSYNC_ROOT}/copy"))?;
+    Ok(Transfer {
+        time,
+        bytes_sent,
+        durable: Some(started.elapsed()),
+    })
 }
 
 /// Starts an rsync daemon on `host` serving `copy` (its private
@@ -202,6 +211,7 @@ pub fn run(options: &Options) -> Result<SyncResult> {
     let halo_initial = Transfer {
         time: Duration::from_millis(at.saturating_sub(epoch_ms(started))),
         bytes_sent,
+        durable: None,
     };
     wait_module(&cluster, "n2", "SECOND")?;
 
@@ -228,6 +238,7 @@ pub fn run(options: &Options) -> Result<SyncResult> {
     let halo_resync = Transfer {
         time: Duration::from_millis(at.saturating_sub(epoch_ms(started))),
         bytes_sent,
+        durable: None,
     };
     let mut events: Vec<String> = cluster
         .module_log("n1", MODULE)?
@@ -271,6 +282,7 @@ pub fn run(options: &Options) -> Result<SyncResult> {
     let halo_failover_resync = Transfer {
         time: Duration::from_millis(at.saturating_sub(epoch_ms(started))),
         bytes_sent,
+        durable: None,
     };
     events.extend(
         cluster
