@@ -43,7 +43,8 @@ os.close(fd)
 "#;
 
 const ROUNDS: usize = 8;
-/// Above the size the sender ships whole whatever the reason (256 KiB).
+/// Above 256 KiB, the size up to which the sender always ships a file whole
+/// (smaller files never travelled as checksums).
 const SIZE: usize = 1 << 20;
 
 /// Continues the stopped daemon even when an assertion fails.
