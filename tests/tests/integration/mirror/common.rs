@@ -366,3 +366,25 @@ pub fn stop_prim_script(pid_file: &str, signal: &str, done: &str) -> String {
          exit 1\n"
     )
 }
+
+/// Installs an application on n1 and n2: `program` at `dir/app.py` and the
+/// scripts `start_prim(node)` and `stop_prim` beside it. Returns the
+/// module's `[module.scripts]` section naming them.
+pub fn install_app(
+    lab: &Lab,
+    dir: &str,
+    program: &str,
+    start_prim: impl Fn(&str) -> String,
+    stop_prim: &str,
+) -> String {
+    for node in ["n1", "n2"] {
+        let host = lab.host(node);
+        halo_tests::cluster::install_script(host, &format!("{dir}/app.py"), program).unwrap();
+        halo_tests::cluster::install_script(host, &format!("{dir}/start_prim"), &start_prim(node))
+            .unwrap();
+        halo_tests::cluster::install_script(host, &format!("{dir}/stop_prim"), stop_prim).unwrap();
+    }
+    format!(
+        "[module.scripts]\nstart_prim = \"{dir}/start_prim\"\nstop_prim = \"{dir}/stop_prim\"\n"
+    )
+}

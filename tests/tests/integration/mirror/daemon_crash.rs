@@ -8,10 +8,7 @@
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use halo_tests::{
-    cluster::install_script,
-    lab::{self, LabBuilder},
-};
+use halo_tests::lab::{self, LabBuilder};
 
 use super::common::{
     self, start_prim_script, stop_prim_script, wait_module, DIR, MODULE, PROCESS_GONE,
@@ -50,7 +47,7 @@ const PID: &str = "/run/halo/writer.pid";
 fn start_prim() -> String {
     start_prim_script(
         ":",
-        &format!("/usr/bin/python3 {APP}/writer.py {DIR}/records-$HALO_NODE {ACKS}"),
+        &format!("/usr/bin/python3 {APP}/app.py {DIR}/records-$HALO_NODE {ACKS}"),
         PID,
     )
 }
@@ -91,16 +88,8 @@ fn a_killed_primary_daemon_loses_no_acknowledged_record_and_its_application_is_s
         .hosts(&["n1", "n2"])
         .build()
         .unwrap();
-    for node in ["n1", "n2"] {
-        let host = lab.host(node);
-        install_script(host, &format!("{APP}/writer.py"), WRITER).unwrap();
-        install_script(host, &format!("{APP}/start_prim"), &start_prim()).unwrap();
-        install_script(host, &format!("{APP}/stop_prim"), &stop_prim()).unwrap();
-    }
-    let scripts = format!(
-        "[module.scripts]\nstart_prim = \"{APP}/start_prim\"\nstop_prim = \"{APP}/stop_prim\"\n\
-         nicestoptimeout = \"2s\"\nforcestoptimeout = \"5s\"\n"
-    );
+    let scripts = common::install_app(&lab, APP, WRITER, |_| start_prim(), &stop_prim())
+        + "nicestoptimeout = \"2s\"\nforcestoptimeout = \"5s\"\n";
     let mut cluster = common::start(&lab, &scripts, "n1");
     let n1 = lab.host("n1");
     let acks_of = |node: &str| {

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use halo_tests::{
-    cluster::{install_script, Cluster},
+    cluster::Cluster,
     lab::{self, LabBuilder},
 };
 
@@ -48,7 +48,7 @@ fn churn(seed: u64) -> Churn {
 fn start_prim(node: &str) -> String {
     let seed = if node == "n1" { 21 } else { 22 };
     let args = churn(seed).args().join(" ");
-    start_prim_script(":", &format!("/usr/bin/python3 {APP}/churn.py {args}"), PID)
+    start_prim_script(":", &format!("/usr/bin/python3 {APP}/app.py {args}"), PID)
 }
 
 /// Kills the churn and waits until it is gone.
@@ -59,15 +59,7 @@ fn stop_prim() -> String {
 /// Installs the churn and its scripts on n1 and n2; the module's
 /// `[module.scripts]` section.
 fn install_app(lab: &lab::Lab) -> String {
-    for node in ["n1", "n2"] {
-        let host = lab.host(node);
-        install_script(host, &format!("{APP}/churn.py"), CHURN_PY).unwrap();
-        install_script(host, &format!("{APP}/start_prim"), &start_prim(node)).unwrap();
-        install_script(host, &format!("{APP}/stop_prim"), &stop_prim()).unwrap();
-    }
-    format!(
-        "[module.scripts]\nstart_prim = \"{APP}/start_prim\"\nstop_prim = \"{APP}/stop_prim\"\n"
-    )
+    common::install_app(lab, APP, CHURN_PY, start_prim, &stop_prim())
 }
 
 /// Whether `node`'s churn runs (its pid file is there).

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use halo_tests::{cluster::install_script, lab::LabBuilder};
+use halo_tests::lab::LabBuilder;
 
 use super::common::{self, start_prim_script, stop_prim_script, wait_module, DIR};
 
@@ -43,7 +43,7 @@ os.rename(count_file + ".tmp", count_file)
 fn start_prim() -> String {
     start_prim_script(
         &format!("rm -f {WRITTEN}"),
-        &format!("/usr/bin/python3 {APP}/writer.py {DIR}/stream-$HALO_NODE {WRITTEN}"),
+        &format!("/usr/bin/python3 {APP}/app.py {DIR}/stream-$HALO_NODE {WRITTEN}"),
         PID,
     )
 }
@@ -59,15 +59,7 @@ fn a_swap_while_the_application_writes_hands_over_every_record_it_wrote() {
         .hosts(&["n1", "n2"])
         .build()
         .unwrap();
-    for node in ["n1", "n2"] {
-        let host = lab.host(node);
-        install_script(host, &format!("{APP}/writer.py"), WRITER).unwrap();
-        install_script(host, &format!("{APP}/start_prim"), &start_prim()).unwrap();
-        install_script(host, &format!("{APP}/stop_prim"), &stop_prim()).unwrap();
-    }
-    let scripts = format!(
-        "[module.scripts]\nstart_prim = \"{APP}/start_prim\"\nstop_prim = \"{APP}/stop_prim\"\n"
-    );
+    let scripts = common::install_app(&lab, APP, WRITER, |_| start_prim(), &stop_prim());
     let cluster = common::start(&lab, &scripts, "n1");
     let n1 = lab.host("n1");
     halo_tests::lab::wait_until(
