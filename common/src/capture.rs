@@ -88,6 +88,11 @@ pub const EVENT_UNRESOLVED: u32 = 4;
 /// [`CaptureEvent::flags`]: the record concerns every root (`sync`,
 /// `msync`) or every root on `dev` (`syncfs`), not one file.
 pub const EVENT_ALL_ROOTS: u32 = 8;
+/// [`CaptureEvent::flags`]: the root asked for a pause, but the kernel
+/// refused the stop signal (`bpf_send_signal` failed, e.g. `-EBUSY` while
+/// this CPU's previous signal was still queued): the caller went on at
+/// once. User space must say so; it cannot be made good.
+pub const EVENT_PAUSE_REFUSED: u32 = 16;
 
 /// One record of the capture ring buffer: a successful call that changed,
 /// or asked to make durable, a file under a replicated root.

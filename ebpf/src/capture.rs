@@ -36,8 +36,9 @@ use halo_common::capture::{
     open_flags::{AT_REMOVEDIR, MS_SYNC, O_APPEND, O_DSYNC, RWF_APPEND, RWF_DSYNC, RWF_SYNC},
     tracepoint_layout::{arg, EXIT_RET},
     CaptureEvent, CaptureOffsets, CaptureSettings, FileKey, PathEvent, PausedTask, RootCount,
-    RootPolicy, WriteKind, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_SYNC, EVENT_UNRESOLVED,
-    GENERATIONS, GENERATION_NAMESPACE, GENERATION_ROOTS, MAX_DEPTH, PATH_BYTES, ROOT_SYNC_PAUSE,
+    RootPolicy, WriteKind, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_PAUSE_REFUSED, EVENT_SYNC,
+    EVENT_UNRESOLVED, GENERATIONS, GENERATION_NAMESPACE, GENERATION_ROOTS, MAX_DEPTH, PATH_BYTES,
+    ROOT_SYNC_PAUSE,
 };
 
 /// Struct member offsets, filled in by user space from BTF before loading.
@@ -1053,9 +1054,11 @@ fn sync_record(mut event: CaptureEvent, pause: bool) {
             if unsafe { gen::bpf_send_signal(SIGSTOP) } == 0 {
                 event.flags |= EVENT_PAUSED;
             } else {
-                // Not stoppable (the init process, a kernel thread): report
-                // the sync without the pause.
+                // Not stoppable (the init process, a kernel thread, or the
+                // signal could not be queued now): report the sync without
+                // the pause, saying so.
                 let _ = CAPTURE_PAUSED.remove(event.tid);
+                event.flags |= EVENT_PAUSE_REFUSED;
             }
         }
     }

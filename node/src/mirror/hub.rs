@@ -39,7 +39,7 @@ use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
-use tracing::{info, warn};
+use tracing::{info, trace, warn};
 
 use crate::ebpf::capture::{
     capture_pins, CaptureConfig, Captured, Change, Paused, PreviousCapture, RootId, SyncScope,
@@ -115,10 +115,21 @@ impl Inner {
         }
     }
 
-    /// Releases `tid` without an acknowledgement, unless its root holds it.
-    fn release_unacknowledged(&mut self, tid: u32, root: Option<RootId>) {
+    /// Releases `tid` from the pause of record `seq` without an
+    /// acknowledgement, unless its root holds it.
+    fn release_unacknowledged(&mut self, tid: u32, seq: u64, root: Option<RootId>) {
         if !self.holds(root) {
-            let _ = self.capture.release(tid);
+            self.release(tid, seq, "unacknowledged, allowed");
+        }
+    }
+
+    /// Releases `tid` from the pause of record `seq`, saying why.
+    fn release(&mut self, tid: u32, seq: u64, why: &str) {
+        match self.capture.release(tid, seq) {
+            Ok(done) => trace!(tid, seq, ?done, why, "paused writer released"),
+            Err(error) => {
+                warn!(tid, seq, error = %format!("{error:#}"), "cannot resume a paused writer")
+            }
         }
     }
 }
@@ -126,6 +137,8 @@ impl Inner {
 /// The daemon's write capture and its routing thread.
 pub struct CaptureHub {
     inner: Arc<Mutex<Inner>>,
+    /// The capture's ring buffer, readable when records wait.
+    ring: RawFd,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -199,6 +212,7 @@ impl CaptureHub {
         };
         Ok(Arc::new(CaptureHub {
             inner,
+            ring,
             stop,
             thread: Some(thread),
         }))
@@ -255,12 +269,13 @@ impl CaptureHub {
         }
     }
 
-    /// Lets the thread `tid` go on although no peer acknowledged its sync
-    /// (the session ended): only if its root does not hold it.
-    pub fn release_unacknowledged(&self, tid: u32) {
+    /// Lets the thread `tid` go on from the pause of record `seq` although
+    /// no peer acknowledged its sync (the session ended): only if its root
+    /// does not hold it.
+    pub fn release_unacknowledged(&self, tid: u32, seq: u64) {
         let mut inner = self.inner.lock().expect("capture hub");
         let root = match inner.capture.pending() {
-            Ok(pending) => match pending.iter().find(|p| p.tid == tid) {
+            Ok(pending) => match pending.iter().find(|p| p.tid == tid && p.seq == seq) {
                 Some(paused) => paused.root,
                 None => return,
             },
@@ -269,7 +284,7 @@ impl CaptureHub {
                 return;
             }
         };
-        inner.release_unacknowledged(tid, root);
+        inner.release_unacknowledged(tid, seq, root);
     }
 
     /// Kills the processes still held under `roots` (and those of syncs of
@@ -289,7 +304,7 @@ impl CaptureHub {
                 if kill(Pid::from_raw(paused.pid as i32), Signal::SIGKILL).is_ok() {
                     killed.push(paused.pid);
                 }
-                let _ = inner.capture.release(paused.tid);
+                inner.release(paused.tid, paused.seq, "killed");
             }
         }
         killed.sort_unstable();
@@ -334,6 +349,14 @@ impl CaptureHub {
         pids
     }
 
+    /// The capture's ring buffer, for a tracker's poll: a tracker that
+    /// routes the ring itself ([`CaptureHub::forward_now`]) when it is
+    /// readable takes a durability call's record without waiting for the
+    /// routing thread to wake.
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring
+    }
+
     /// Routes what the capture's ring holds now, before returning: every
     /// write that returned before this call is then in its tracker's
     /// channel (a record enters the ring before its syscall returns).
@@ -341,12 +364,13 @@ impl CaptureHub {
         forward(&mut self.inner.lock().expect("capture hub"));
     }
 
-    /// Lets the thread `tid` go on (its durability call is acknowledged).
-    pub fn release(&self, tid: u32) {
-        let mut inner = self.inner.lock().expect("capture hub");
-        if let Err(error) = inner.capture.release(tid) {
-            warn!(tid, error = %format!("{error:#}"), "cannot resume a paused writer");
-        }
+    /// Lets the thread `tid` go on from the pause of record `seq` (its
+    /// durability call is acknowledged).
+    pub fn release(&self, tid: u32, seq: u64) {
+        self.inner
+            .lock()
+            .expect("capture hub")
+            .release(tid, seq, "acknowledged");
     }
 }
 
@@ -415,7 +439,7 @@ fn release_paused_under(inner: &mut Inner, root: RootId) {
     };
     for paused in pending {
         if paused.root.is_none() || paused.root == Some(root) {
-            let _ = inner.capture.release(paused.tid);
+            inner.release(paused.tid, paused.seq, "not held");
         }
     }
 }
@@ -488,6 +512,13 @@ fn forward(inner: &mut Inner) {
                 .collect(),
             _ => Vec::new(),
         };
+        if record.pause_refused {
+            warn!(
+                pid = record.pid,
+                tid = record.tid,
+                "the kernel refused to stop a durability call (bpf_send_signal failed): its caller went on before the peer had its data"
+            );
+        }
         let paused = matches!(record.change, Change::Sync { paused: true, .. });
         let mut taken = false;
         for root in targets {
@@ -505,7 +536,7 @@ fn forward(inner: &mut Inner) {
             }
         }
         if paused && !taken {
-            inner.release_unacknowledged(record.tid, record.root);
+            inner.release_unacknowledged(record.tid, record.seq, record.root);
         }
     }
     for wake in woken {

@@ -151,7 +151,7 @@ enum Op {
     Bye,
     /// Threads paused by a durability call: a barrier, and their release
     /// once the secondary acknowledges it.
-    Release(Vec<u32>),
+    Release(Vec<Pause>),
     Resync {
         full: bool,
         since: Option<SystemTime>,
@@ -423,17 +423,27 @@ fn gather(feed: Option<&CaptureFeed>, st: &mut TrackState) {
         if left.is_zero() {
             return;
         }
-        let mut fds = [libc::pollfd {
-            fd: feed.wake.raw(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds = [
+            libc::pollfd {
+                fd: feed.wake.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: feed.hub.ring_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         let timeout = libc::timespec {
             tv_sec: left.as_secs() as libc::time_t,
             tv_nsec: left.subsec_nanos().into(),
         };
-        // SAFETY: one valid pollfd, a valid timeout, no signal mask.
-        unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &timeout, std::ptr::null()) };
+        // SAFETY: valid pollfds, a valid timeout, no signal mask.
+        unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &timeout, std::ptr::null()) };
+        if fds[1].revents & libc::POLLIN != 0 {
+            feed.hub.forward_now();
+        }
         feed.wake.clear();
         if take_records(feed, st) {
             return;
@@ -458,9 +468,10 @@ fn take_records(feed: &CaptureFeed, st: &mut TrackState) -> bool {
             }
             CaptureChange::Sync { paused: true, .. } => {
                 paused = true;
-                if !st.syncs.contains(&record.tid) {
-                    st.syncs.push(record.tid);
-                }
+                st.syncs.push(Pause {
+                    tid: record.tid,
+                    seq: record.seq,
+                });
             }
             CaptureChange::Sync { .. } | CaptureChange::TruncatePath { .. } => {}
         }
@@ -528,7 +539,17 @@ struct TrackState {
     /// after writes the capture could not see (mmap) finds a newer one.
     queued_mtime: HashMap<(u64, u64), i128>,
     /// Threads paused by a durability call, to release after the next barrier.
-    syncs: Vec<u32>,
+    syncs: Vec<Pause>,
+}
+
+/// A thread paused by a durability call: its id, and the capture's number
+/// of the sync record that paused it. A release names both, so that a late
+/// one never resumes a later pause of the same thread
+/// ([`crate::ebpf::capture::WriteCapture::release`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pause {
+    pub tid: u32,
+    pub seq: u64,
 }
 
 impl TrackState {
@@ -629,12 +650,24 @@ fn track(
                 events: libc::POLLIN,
                 revents: 0,
             });
+            fds.push(libc::pollfd {
+                fd: feed.hub.ring_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         let timeout = if st.deferred.is_empty() { 100 } else { 5 };
         // SAFETY: valid pollfds.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if ready < 0 {
             continue;
+        }
+        if let (Some(feed), Some(ring)) = (&feed, fds.get(3)) {
+            if ring.revents & libc::POLLIN != 0 {
+                // Routed here rather than by the hub's thread: one thread
+                // less to wake before a paused writer's data travels.
+                feed.hub.forward_now();
+            }
         }
         // Barriers asked for before this batch's reads follow every write
         // made before they were asked for: the ring is routed now, and
@@ -821,10 +854,6 @@ fn track(
         for file in marks {
             journal.linked(file);
         }
-        if let Err(error) = journal.flush(false) {
-            warn!(module = %setup.module, %error, "cannot write the dirty-range journal");
-        }
-        drop(journal);
         match target.as_ref() {
             Some(tx) => {
                 for op in ops {
@@ -841,14 +870,23 @@ fn track(
                 // No session can acknowledge a durability call: let it go
                 // if the driver allows it (the hub holds it otherwise).
                 for op in ops {
-                    if let (Op::Release(tids), Some(feed)) = (op, &feed) {
-                        for tid in tids {
-                            feed.hub.release_unacknowledged(tid);
+                    if let (Op::Release(pauses), Some(feed)) = (op, &feed) {
+                        for pause in pauses {
+                            feed.hub.release_unacknowledged(pause.tid, pause.seq);
                         }
                     }
                 }
             }
         }
+        drop(target);
+        // Written once the session has the batch: the journal's
+        // `fdatasync` (every `FLUSH_EVERY`) does not hold up a paused
+        // writer's data. Still under the journal's lock, so a sync point's
+        // mark comes before or after this batch's records, never between.
+        if let Err(error) = journal.flush(false) {
+            warn!(module = %setup.module, %error, "cannot write the dirty-range journal");
+        }
+        drop(journal);
     }
 }
 
@@ -1008,9 +1046,9 @@ impl PrimarySession {
                     // acknowledgement reader does with those sent, once the
                     // driver allows it (the hub holds them otherwise).
                     if let Some(hub) = &hub {
-                        for (tids, _) in sender.held_releases.drain(..) {
-                            for tid in tids {
-                                hub.release_unacknowledged(tid);
+                        for (pauses, _) in sender.held_releases.drain(..) {
+                            for pause in pauses {
+                                hub.release_unacknowledged(pause.tid, pause.seq);
                             }
                         }
                     }
@@ -1356,7 +1394,7 @@ struct Sender {
     /// checksums (an mmap store, a resize) is on the secondary only once
     /// its differing blocks are. The walk's comparisons do not hold them:
     /// a writer is not paused for a whole resynchronisation.
-    held_releases: VecDeque<(Vec<u32>, u64)>,
+    held_releases: VecDeque<(Vec<Pause>, u64)>,
     /// Paused threads to release at each barrier's acknowledgement.
     releases: Releases,
     /// Paths that were gone when their change was shipped: a rename that
@@ -1398,10 +1436,22 @@ impl Sender {
         loop {
             // Live changes first; the walk advances when none is queued.
             let op = if self.walk.is_empty() {
-                self.writer.flush()?;
-                match ops.recv() {
+                // Flushed only once nothing more is queued: a durable
+                // writer's data and its release's barrier leave in one
+                // write, not two.
+                match ops.try_recv() {
                     Ok(op) => op,
-                    Err(_) => return Ok(()),
+                    Err(mpsc::TryRecvError::Empty) => {
+                        self.writer.flush()?;
+                        match ops.recv() {
+                            Ok(op) => op,
+                            Err(_) => return Ok(()),
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.writer.flush()?;
+                        return Ok(());
+                    }
                 }
             } else {
                 match ops.try_recv() {
@@ -1437,9 +1487,9 @@ impl Sender {
     /// Sends a release's barrier, numbered now: its acknowledgement lets
     /// the threads go on. (Numbered when sent, so that a release's number
     /// is above every barrier's sent before it: `release_upto` relies on it.)
-    fn send_release(&mut self, tids: Vec<u32>) -> io::Result<()> {
+    fn send_release(&mut self, pauses: Vec<Pause>) -> io::Result<()> {
         let seq = self.seqs.fetch_add(1, Ordering::Relaxed);
-        self.releases.lock().expect("releases").push((seq, tids));
+        self.releases.lock().expect("releases").push((seq, pauses));
         self.send(&Message::Barrier { seq })
     }
 
@@ -1451,8 +1501,8 @@ impl Sender {
             if !self.release_ready(*compared) {
                 break;
             }
-            let (tids, _) = self.held_releases.pop_front().expect("a held release");
-            self.send_release(tids)?;
+            let (pauses, _) = self.held_releases.pop_front().expect("a held release");
+            self.send_release(pauses)?;
             sent = true;
         }
         if !self.held.is_empty() && self.settled() {
@@ -1509,12 +1559,12 @@ impl Sender {
                     self.held.push_back(seq);
                 }
             }
-            Op::Release(tids) => {
+            Op::Release(pauses) => {
                 if self.held_releases.is_empty() && self.release_ready(self.compared) {
-                    self.send_release(tids)?;
+                    self.send_release(pauses)?;
                     self.writer.flush()?;
                 } else {
-                    self.held_releases.push_back((tids, self.compared));
+                    self.held_releases.push_back((pauses, self.compared));
                 }
             }
             Op::Tree(path) => {
@@ -2028,18 +2078,21 @@ impl Sender {
 
     /// Sends bytes `[start, end)` of `file` (fewer if it shrank meanwhile).
     fn send_range(&mut self, path: &RelPath, file: &File, start: u64, end: u64) -> io::Result<()> {
-        let mut buf = vec![0u8; MAX_WRITE];
         let mut at = start;
         while at < end {
-            let want = ((end - at) as usize).min(MAX_WRITE);
-            let n = file.read_at(&mut buf[..want], at)?;
+            // Sized to what is read: a durable writer waits behind this,
+            // and zeroing a 1 MiB buffer for a 4 KiB write cost it more
+            // than the network did.
+            let mut data = vec![0u8; ((end - at) as usize).min(MAX_WRITE)];
+            let n = file.read_at(&mut data, at)?;
             if n == 0 {
                 break;
             }
+            data.truncate(n);
             self.send(&Message::Write {
                 path: path.clone(),
                 offset: at,
-                data: buf[..n].to_vec(),
+                data,
             })?;
             at += n as u64;
         }
@@ -2177,23 +2230,23 @@ fn span(ranges: &[(u64, u64)]) -> u64 {
 }
 
 /// Paused threads per barrier number.
-type Releases = Arc<Mutex<Vec<(u64, Vec<u32>)>>>;
+type Releases = Arc<Mutex<Vec<(u64, Vec<Pause>)>>>;
 
 /// Releases the threads of every barrier up to `seq`, `acknowledged` by
 /// the secondary or not.
 fn release_upto(releases: &Releases, hub: Option<&CaptureHub>, seq: u64, acknowledged: bool) {
-    let due: Vec<u32> = {
+    let due: Vec<Pause> = {
         let mut list = releases.lock().expect("releases");
         let (due, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|(s, _)| *s <= seq);
         *list = keep;
-        due.into_iter().flat_map(|(_, tids)| tids).collect()
+        due.into_iter().flat_map(|(_, pauses)| pauses).collect()
     };
     if let Some(hub) = hub {
-        for tid in due {
+        for pause in due {
             if acknowledged {
-                hub.release(tid);
+                hub.release(pause.tid, pause.seq);
             } else {
-                hub.release_unacknowledged(tid);
+                hub.release_unacknowledged(pause.tid, pause.seq);
             }
         }
     }

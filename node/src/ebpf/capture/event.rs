@@ -4,8 +4,8 @@
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _, path::PathBuf};
 
 use halo_common::capture::{
-    CaptureEvent, PathEvent, WriteKind, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_SYNC,
-    EVENT_UNRESOLVED, PATH_BYTES,
+    CaptureEvent, PathEvent, WriteKind, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_PAUSE_REFUSED,
+    EVENT_SYNC, EVENT_UNRESOLVED, PATH_BYTES,
 };
 
 /// A replicated directory, named as `stat(2)` names it.
@@ -70,6 +70,9 @@ pub struct Captured {
     /// The system call.
     pub syscall: WriteKind,
     pub change: Change,
+    /// A sync whose root asked for a pause that the kernel refused: the
+    /// caller did not wait ([`halo_common::capture::EVENT_PAUSE_REFUSED`]).
+    pub pause_refused: bool,
 }
 
 /// A raw record of the ring: the event, and the path of a truncate.
@@ -172,6 +175,7 @@ impl Record {
             seq: e.seq,
             syscall,
             change,
+            pause_refused: e.flags & EVENT_PAUSE_REFUSED != 0,
         })
     }
 }
@@ -229,6 +233,7 @@ mod tests {
                     offset: 4096,
                     len: 7
                 },
+                pause_refused: false,
             }
         );
     }
@@ -261,6 +266,14 @@ mod tests {
                 paused: true
             }
         );
+        assert!(!seen.pause_refused);
+        // A pause the kernel refused: not paused, and said so.
+        let seen = decode(&bytes_of(&event(
+            WriteKind::Fsync,
+            EVENT_SYNC | EVENT_PAUSE_REFUSED,
+        )));
+        assert!(matches!(seen.change, Change::Sync { paused: false, .. }));
+        assert!(seen.pause_refused);
         // A write through O_SYNC: the same kind as the write, as a sync.
         let seen = decode(&bytes_of(&event(WriteKind::Write, EVENT_SYNC)));
         assert_eq!(

@@ -254,6 +254,9 @@ pub enum Release {
     StillHeld { waiting: usize },
     /// The thread was not paused by this capture; nothing was sent.
     NotPaused,
+    /// The thread waits for a later sync (record `paused_by`): this release
+    /// is stale, nothing was sent.
+    Superseded { paused_by: u64 },
 }
 
 /// The loaded and attached capture programs; dropping it detaches them and
@@ -433,7 +436,7 @@ impl WriteCapture {
         self.write_counts()?;
         for task in self.pending()? {
             if task.root == Some(root) {
-                self.release(task.tid)?;
+                self.release(task.tid, task.seq)?;
             }
         }
         Ok(())
@@ -544,10 +547,15 @@ impl WriteCapture {
         Ok(tasks)
     }
 
-    /// Releases thread `tid`, whose sync the peer has acknowledged: its
-    /// process is resumed once none of its threads waits any more (one
-    /// `SIGSTOP` holds them all).
-    pub fn release(&mut self, tid: u32) -> anyhow::Result<Release> {
+    /// Releases thread `tid` from the pause of sync record `seq`, which the
+    /// peer has acknowledged: its process is resumed once none of its
+    /// threads waits any more (one `SIGSTOP` holds them all).
+    ///
+    /// A release names the record because the map is keyed by thread: a
+    /// late one (its thread already let go otherwise, and paused again by a
+    /// later sync) must not resume the later sync, whose data the peer may
+    /// not have.
+    pub fn release(&mut self, tid: u32, seq: u64) -> anyhow::Result<Release> {
         let task = match self.paused.get(&tid, 0) {
             Ok(task) => task,
             Err(MapError::KeyNotFound) => return Ok(Release::NotPaused),
@@ -556,6 +564,11 @@ impl WriteCapture {
                     .with_context(|| format!("looking up thread {tid} in CAPTURE_PAUSED"))
             }
         };
+        if task.seq != seq {
+            return Ok(Release::Superseded {
+                paused_by: task.seq,
+            });
+        }
         self.paused
             .remove(&tid)
             .with_context(|| format!("removing thread {tid} from CAPTURE_PAUSED"))?;

@@ -371,7 +371,26 @@ fn a_sync_pause_root_holds_fsync_until_released() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    assert_eq!(capture.release(fsync.tid).unwrap(), Release::Resumed);
+    // A release naming another sync record (a late one, for a pause this
+    // thread already left) does not resume the pause it is in now.
+    assert_eq!(
+        capture
+            .release(fsync.tid, fsync.seq.wrapping_sub(1))
+            .unwrap(),
+        Release::Superseded {
+            paused_by: fsync.seq
+        }
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        stopped(pid) && !after.exists(),
+        "a stale release resumed the writer"
+    );
+
+    assert_eq!(
+        capture.release(fsync.tid, fsync.seq).unwrap(),
+        Release::Resumed
+    );
     let status = writer.wait_timeout(WAIT).unwrap();
     assert!(
         status.success(),
@@ -379,7 +398,10 @@ fn a_sync_pause_root_holds_fsync_until_released() {
     );
     assert!(after.exists(), "the writer finished its work");
     assert!(capture.pending().unwrap().is_empty());
-    assert_eq!(capture.release(fsync.tid).unwrap(), Release::NotPaused);
+    assert_eq!(
+        capture.release(fsync.tid, fsync.seq).unwrap(),
+        Release::NotPaused
+    );
 }
 
 /// Opens a file below the root with `O_DSYNC` and writes it.
@@ -582,7 +604,10 @@ fn fsync_round_trip(capture: &mut WriteCapture, app: &Host, dir: &str) -> ([f64;
         capture.wait(Duration::from_millis(5)).unwrap();
         for record in capture.drain() {
             if record.pid == pid && matches!(record.change, Change::Sync { paused: true, .. }) {
-                assert_eq!(capture.release(record.tid).unwrap(), Release::Resumed);
+                assert_eq!(
+                    capture.release(record.tid, record.seq).unwrap(),
+                    Release::Resumed
+                );
                 released += 1;
             }
         }
