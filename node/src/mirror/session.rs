@@ -1032,6 +1032,7 @@ impl PrimarySession {
                         walking: false,
                         held: VecDeque::new(),
                         held_releases: VecDeque::new(),
+                        read_buf: Vec::new(),
                         fresh_peer: generation == 0,
                         walked: false,
                         end_pending: false,
@@ -1351,6 +1352,9 @@ struct Awaiting {
 }
 
 struct Sender {
+    /// Where file bytes are read before they are sealed into a frame, kept
+    /// from one range to the next (grown, never zeroed again).
+    read_buf: Vec<u8>,
     setup: Setup,
     writer: MessageWriter<BufWriter<TcpStream>>,
     progress: Arc<Progress>,
@@ -2078,22 +2082,36 @@ impl Sender {
 
     /// Sends bytes `[start, end)` of `file` (fewer if it shrank meanwhile).
     fn send_range(&mut self, path: &RelPath, file: &File, start: u64, end: u64) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let result = self.send_range_with(&mut buf, path, file, start, end);
+        self.read_buf = buf;
+        result
+    }
+
+    fn send_range_with(
+        &mut self,
+        buf: &mut Vec<u8>,
+        path: &RelPath,
+        file: &File,
+        start: u64,
+        end: u64,
+    ) -> io::Result<()> {
         let mut at = start;
         while at < end {
-            // Sized to what is read: a durable writer waits behind this,
-            // and zeroing a 1 MiB buffer for a 4 KiB write cost it more
-            // than the network did.
-            let mut data = vec![0u8; ((end - at) as usize).min(MAX_WRITE)];
-            let n = file.read_at(&mut data, at)?;
+            let want = ((end - at) as usize).min(MAX_WRITE);
+            if buf.len() < want {
+                buf.resize(want, 0);
+            }
+            let n = file.read_at(&mut buf[..want], at)?;
             if n == 0 {
                 break;
             }
-            data.truncate(n);
-            self.send(&Message::Write {
-                path: path.clone(),
-                offset: at,
-                data,
-            })?;
+            trace!(module = %self.setup.module, %path, offset = at, bytes = n, "sending write");
+            // Encoded and sealed straight from the read buffer.
+            self.writer.send_write(path, at, &buf[..n])?;
+            self.progress
+                .bytes_sent
+                .store(self.writer.sent, Ordering::Relaxed);
             at += n as u64;
         }
         Ok(())

@@ -166,6 +166,15 @@ mod tag {
     pub const DIVERGED: u8 = 70;
 }
 
+/// Encodes a [`Message::Write`] from borrowed bytes (the sender's read
+/// buffer): the same bytes as `Message::Write { .. }.encode(out)`.
+pub fn encode_write(out: &mut Vec<u8>, path: &RelPath, offset: u64, data: &[u8]) {
+    out.push(tag::WRITE);
+    put_path(out, path);
+    out.extend_from_slice(&offset.to_be_bytes());
+    put_bytes32(out, data);
+}
+
 impl Message {
     /// The message's bytes, appended to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -180,12 +189,7 @@ impl Message {
                 put_path(out, path);
                 put_meta(out, meta);
             }
-            Message::Write { path, offset, data } => {
-                out.push(tag::WRITE);
-                put_path(out, path);
-                out.extend_from_slice(&offset.to_be_bytes());
-                put_bytes32(out, data);
-            }
+            Message::Write { path, offset, data } => encode_write(out, path, *offset, data),
             Message::SetSize { path, size } => {
                 out.push(tag::SET_SIZE);
                 put_path(out, path);
