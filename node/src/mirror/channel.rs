@@ -41,7 +41,8 @@ use super::{
 
 const MAGIC: &[u8; 8] = b"HALOREPL";
 /// 2: AES-256-GCM (ring) replaced ChaCha20-Poly1305, four times faster
-/// on CPUs with AES instructions; a version-1 peer is refused by name.
+/// on CPUs with AES instructions; a version-1 peer is refused with both
+/// versions named ([`ChannelError::Version`]).
 const VERSION: u8 = 2;
 const TAG_LEN: usize = 16;
 /// The largest sealed frame: a full `Write` or `Sums` and its header, with room.
@@ -295,7 +296,8 @@ impl Opener {
     }
 
     /// Opens the sealed part of a frame where it lies: `sealed` becomes
-    /// its payload. Left as it was when it does not open.
+    /// its payload. When it does not open its bytes are unspecified (ring
+    /// may have decrypted them in place); the session ends then anyway.
     pub fn open_in_place(&mut self, sealed: &mut Vec<u8>) -> Result<(), ChannelError> {
         if sealed.len() < TAG_LEN {
             return Err(ChannelError::Forged);

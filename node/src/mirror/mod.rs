@@ -10,8 +10,10 @@
 //! - [`apply`]: the secondary applying messages beneath its directories.
 //! - [`watch`]: inotify over the primary's directories (namespace changes,
 //!   and the safety net for writes the capture cannot see).
-//! - [`scan`]: walking a replicated directory (resync, new subtrees).
-//! - [`session`]: one replication session, primary and secondary ends.
+//! - [`hub`]: the daemon's one write capture, routed to each module's
+//!   tracker, and the release of writers paused by a durability call.
+//! - [`session`]: the tracker, and one replication session's primary and
+//!   secondary ends (the resynchronisation walk included).
 //! - [`stamp`]: the persisted data stamp and sync point of a module.
 //!
 //! The state machine (`fsm::mirror`) decides; `daemon::mirror` drives.
