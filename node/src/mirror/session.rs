@@ -429,11 +429,7 @@ fn gather(feed: Option<&CaptureFeed>, st: &mut TrackState) {
                 events: libc::POLLIN,
                 revents: 0,
             },
-            libc::pollfd {
-                fd: feed.hub.ring_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            ring_pollfd(feed),
         ];
         let timeout = libc::timespec {
             tv_sec: left.as_secs() as libc::time_t,
@@ -441,13 +437,30 @@ fn gather(feed: Option<&CaptureFeed>, st: &mut TrackState) {
         };
         // SAFETY: valid pollfds, a valid timeout, no signal mask.
         unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &timeout, std::ptr::null()) };
-        if fds[1].revents & libc::POLLIN != 0 {
-            feed.hub.forward_now();
-        }
+        route_ready_ring(feed, &fds[1]);
         feed.wake.clear();
         if take_records(feed, st) {
             return;
         }
+    }
+}
+
+/// A poll entry for the capture's ring: a tracker that finds it readable
+/// routes it itself ([`route_ready_ring`]).
+fn ring_pollfd(feed: &CaptureFeed) -> libc::pollfd {
+    libc::pollfd {
+        fd: feed.hub.ring_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Routes the capture's ring now if `polled` (its entry, after the poll)
+/// found records: one thread less to wake before a paused writer's data
+/// travels than when the hub's thread routes them.
+fn route_ready_ring(feed: &CaptureFeed, polled: &libc::pollfd) {
+    if polled.revents & libc::POLLIN != 0 {
+        feed.hub.forward_now();
     }
 }
 
@@ -650,11 +663,7 @@ fn track(
                 events: libc::POLLIN,
                 revents: 0,
             });
-            fds.push(libc::pollfd {
-                fd: feed.hub.ring_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(ring_pollfd(feed));
         }
         let timeout = if st.deferred.is_empty() { 100 } else { 5 };
         // SAFETY: valid pollfds.
@@ -663,11 +672,7 @@ fn track(
             continue;
         }
         if let (Some(feed), Some(ring)) = (&feed, fds.get(3)) {
-            if ring.revents & libc::POLLIN != 0 {
-                // Routed here rather than by the hub's thread: one thread
-                // less to wake before a paused writer's data travels.
-                feed.hub.forward_now();
-            }
+            route_ready_ring(feed, ring);
         }
         // Barriers asked for before this batch's reads follow every write
         // made before they were asked for: the ring is routed now, and
