@@ -35,7 +35,8 @@ enum Bench {
     /// The mirror (SPEC §10): latency `sync = "fsync"` adds to a 4 KiB
     /// write + fsync (vs halo off, and the lab RTT), streaming write
     /// throughput on vs off, capture cost outside replicated directories,
-    /// client-observed failover, initial copy and resync after 1 % changed
+    /// replication lag with `sync = "async"` vs lsyncd, client-observed
+    /// failover, initial copy and resync after 1 % changed
     /// vs `rsync -a`. One run; the table is printed and saved under
     /// target/bench/.
     Mirror(MirrorArgs),
@@ -56,7 +57,13 @@ struct MirrorArgs {
     /// MiB written by the streaming-write part.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     stream_mib: u32,
-    /// Parts to skip, comma-separated: writes, failover, sync.
+    /// 4 KiB records written per second by the replication-lag part.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    lag_rate: u32,
+    /// Seconds the replication-lag part writes, per replicator.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    lag_seconds: u32,
+    /// Parts to skip, comma-separated: writes, lag, failover, sync.
     #[arg(long)]
     skip: Option<String>,
 }
@@ -137,6 +144,8 @@ fn run_mirror(steps: &mut Steps, args: &MirrorArgs) -> Result<()> {
         ("--data-mib", args.data_mib.to_string()),
         ("--files", args.files.to_string()),
         ("--stream-mib", args.stream_mib.to_string()),
+        ("--lag-rate", args.lag_rate.to_string()),
+        ("--lag-seconds", args.lag_seconds.to_string()),
     ];
     run_reporting(steps, "mirror", args.skip.as_deref(), &options)
 }

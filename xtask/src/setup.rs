@@ -30,6 +30,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // `rsync`: the baseline of `cargo xtask bench mirror`'s resync and
     // initial copy.
     "rsync",
+    // `lsyncd`: the baseline of `cargo xtask bench mirror`'s replication lag.
+    "lsyncd",
     // `promtool`: checking the daemon's `/metrics` exposition in the lab tests.
     "prometheus",
     // Headless Chromium and its WebDriver: the lab test `daemon::console`

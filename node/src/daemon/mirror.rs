@@ -173,6 +173,8 @@ pub struct MirrorDriver {
     journal: Arc<Mutex<Journal>>,
     /// The stamp as last persisted (a secondary taking over sees its copy's).
     persisted: DataStamp,
+    /// Whether the last `PersistStamp` reached the disk.
+    stamp_stored: bool,
     setup: Setup,
     checkers_on: watch::Sender<bool>,
     progress: Arc<Progress>,
@@ -361,6 +363,7 @@ impl MirrorDriver {
             files,
             journal: Arc::new(Mutex::new(journal)),
             persisted: stamp,
+            stamp_stored: true,
             setup,
             checkers_on,
             progress: Arc::default(),
@@ -649,6 +652,9 @@ impl MirrorDriver {
                     "replication",
                     &format!("secondary {peer} joined with generation {generation}"),
                 ),
+                SessionEvent::ResyncSent { generation } => {
+                    self.feed(Input::ResyncSent { generation }, scripts)
+                }
                 SessionEvent::PeerInSync {
                     generation,
                     bytes_sent,
@@ -1128,9 +1134,26 @@ impl MirrorDriver {
                     // so a later resync of it starts here.
                     self.store_sync_point(before.generation.0, SystemTime::now());
                 }
-                if let Err(error) = self.files.store_stamp(&stamp) {
-                    warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot persist the data stamp");
-                    self.write_log("fsm", &format!("cannot persist the data stamp: {error:#}"));
+                self.stamp_stored = match self.files.store_stamp(&stamp) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot persist the data stamp");
+                        self.write_log("fsm", &format!("cannot persist the data stamp: {error:#}"));
+                        false
+                    }
+                };
+            }
+            Action::EndResync(generation) => {
+                if !self.stamp_stored {
+                    // The secondary would count itself a copy that this
+                    // node's stamp does not know of: it stays partial.
+                    warn!(module = %self.module.name, generation, "the resynchronisation is not ended: the data stamp could not be persisted");
+                    self.write_log(
+                        "replication",
+                        "the secondary's resynchronisation is held at its end: the data stamp could not be persisted",
+                    );
+                } else if let Some(session) = &self.primary {
+                    session.end_resync(generation);
                 }
             }
             Action::AskWitness => self.ask_witness(),

@@ -341,6 +341,13 @@ pub enum Input {
     ReplicationDrained,
     /// The resynchronisation asked by `StartResync` completed: the secondary is in sync.
     ResyncDone,
+    /// Primary: a secondary's resynchronisation to `generation` has sent
+    /// everything; its end (after which the secondary counts itself a copy
+    /// and may take over) waits for `EndResync`.
+    ResyncSent {
+        /// The generation the secondary is being brought to.
+        generation: u64,
+    },
     /// Replication (or a resynchronisation, or a drain) broke.
     ReplicationBroken,
     /// The deadline from `next_deadline` passed.
@@ -371,6 +378,9 @@ pub enum Action {
     StartResync,
     /// Write the data stamp durably before the next action.
     PersistStamp(DataStamp),
+    /// Primary: tell the secondary its resynchronisation to `generation`
+    /// is complete (only once the stamp before it is durable).
+    EndResync(u64),
     /// Ping the witness, answer `WitnessAnswer`.
     AskWitness,
     /// Obtain the arbiter's lease and keep it renewed until `ReleaseLease`,
@@ -833,6 +843,7 @@ impl Mirror {
                     }
                 }
             }
+            Input::ResyncSent { generation } => self.resync_sent(generation, out),
             Input::ReplicationBroken => self.replication_broken(now, out),
             Input::Timer => {}
         }
@@ -1651,6 +1662,23 @@ impl Mirror {
             }
             self.wait_logged = reason;
         }
+    }
+
+    /// A secondary counts itself a copy of our generation, and may take
+    /// over, from the moment it has the end of its resynchronisation: from
+    /// then on this node must not restart believing it holds the only copy.
+    /// So the stamp turns `Shared` first, then the end goes.
+    fn resync_sent(&mut self, generation: u64, out: &mut Vec<Action>) {
+        if self.stamp.state == DataState::Newest && self.stamp.generation.0 == generation {
+            self.persist(
+                DataStamp {
+                    generation: self.stamp.generation,
+                    state: DataState::Shared,
+                },
+                out,
+            );
+        }
+        out.push(Action::EndResync(generation));
     }
 
     /// A primary whose secondary is in sync no longer holds the only copy.
@@ -2635,6 +2663,37 @@ mod tests {
             "expected a (primary with a secondary in sync) to wait: b may have taken over, saw {}",
             sim.describe()
         );
+    }
+
+    #[test]
+    fn a_primary_that_dies_as_its_secondary_completes_a_resync_never_serves_beside_it() {
+        let mut sim = pair(WitnessKind::None);
+        // The secondary drops out and rejoins: a resynchronisation.
+        sim.input(A, Input::ReplicationBroken);
+        sim.input(B, Input::ReplicationBroken);
+        sim.run_for(ms(200));
+        assert_eq!(sim.state(B).0, State::Wait, "saw {}", sim.describe());
+        // The primary dies the moment the secondary counts itself in sync,
+        // before any heartbeat could tell the primary so.
+        let deadline = sim.now + secs(5);
+        while sim.state(B) != (State::Second, Phase::Ready) {
+            assert!(sim.now < deadline, "b never resynced: {}", sim.describe());
+            sim.run_for(ms(1));
+        }
+        sim.crash(A);
+        sim.isolate(Endpoint::Node(A));
+        sim.run_for(secs(2));
+        assert!(sim.machine(B).is_serving(), "saw {}", sim.describe());
+        sim.boot(A);
+        sim.command(A, Command::Start);
+        sim.run_for(secs(3));
+        assert_eq!(
+            sim.state(A).0,
+            State::Wait,
+            "a's secondary may have taken over (it did): a must not serve alone, saw {}",
+            sim.describe()
+        );
+        assert!(sim.overlaps.is_empty(), "both served at {:?}", sim.overlaps);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! every `pulse` (when the link is up) and reports `PeerLost` after `timeout`
 //! without one; it runs scripts (they end after `script`, failing when told
 //! to), replication (a drain or a resynchronisation ends after its delay, or
-//! breaks if the link is cut by then), the ping witness (answers whoever
+//! breaks if the link is cut by then; a resynchronisation's end waits for
+//! the primary's `EndResync`), the ping witness (answers whoever
 //! reaches it) and the arbiter (one lease per module, renewed every `renew`,
 //! granted to another node only `grace` after it expired), and a disk that
 //! keeps the data stamp across crashes. After every event it records whether
@@ -99,6 +100,8 @@ enum Ev {
     },
     Pulse,
     Resync(usize),
+    /// The primary let the end of node `i`'s resynchronisation go.
+    ResyncEnd(usize),
     Drain(usize),
     ReplBreak(usize),
     Ping(usize),
@@ -378,10 +381,19 @@ impl Sim {
                 }
                 self.deliver(node, Input::ScriptDone { kind, ok });
             }
-            Ev::Resync(i) | Ev::Drain(i) | Ev::ReplBreak(i) if !self.current(i, incarnation) => {}
+            Ev::Resync(i) | Ev::ResyncEnd(i) | Ev::Drain(i) | Ev::ReplBreak(i)
+                if !self.current(i, incarnation) => {}
+            // Everything is sent: the primary decides when the end goes.
             Ev::Resync(i) => {
-                let ok = self.nodes_connected(i) && self.active(1 - i);
-                let input = if ok {
+                if self.nodes_connected(i) && self.active(1 - i) {
+                    let generation = self.machine(1 - i).stamp().generation.0;
+                    self.deliver(1 - i, Input::ResyncSent { generation });
+                } else {
+                    self.deliver(i, Input::ReplicationBroken);
+                }
+            }
+            Ev::ResyncEnd(i) => {
+                let input = if self.nodes_connected(i) {
                     Input::ResyncDone
                 } else {
                     Input::ReplicationBroken
@@ -543,6 +555,7 @@ impl Sim {
             Action::DrainReplication => self.schedule_for(i, self.t.drain, Ev::Drain(i)),
             Action::StartResync => self.schedule_for(i, self.t.resync, Ev::Resync(i)),
             Action::PersistStamp(stamp) => self.nodes[i].disk = stamp,
+            Action::EndResync(_) => self.schedule_for(1 - i, Duration::ZERO, Ev::ResyncEnd(1 - i)),
             Action::AskWitness => {
                 assert_eq!(
                     self.witness,

@@ -114,6 +114,9 @@ pub enum SessionEvent {
     Joined { peer: String, generation: u64 },
     /// Secondary: the resynchronisation is complete.
     ResyncDone { generation: u64 },
+    /// Primary: the resynchronisation to `generation` has sent everything;
+    /// its end waits for [`PrimarySession::end_resync`].
+    ResyncSent { generation: u64 },
     /// Primary: the secondary finished its resynchronisation; `bytes_sent`
     /// is what the session put on the wire until then.
     PeerInSync { generation: u64, bytes_sent: u64 },
@@ -157,6 +160,9 @@ enum Op {
         since: Option<SystemTime>,
     },
     Barrier(u64),
+    /// The driver made its stamp say that a peer may hold a copy: the
+    /// resynchronisation to this generation may end.
+    EndResync(u64),
     Stop,
 }
 
@@ -403,7 +409,12 @@ fn journal_op(journal: &mut Journal, op: &Op) {
             journal.compare_tree(to);
         }
         Op::Resync { .. } => journal.untrust(),
-        Op::Blocks(..) | Op::Bye | Op::Release(_) | Op::Barrier(_) | Op::Stop => {}
+        Op::Blocks(..)
+        | Op::Bye
+        | Op::Release(_)
+        | Op::Barrier(_)
+        | Op::EndResync(_)
+        | Op::Stop => {}
     }
 }
 
@@ -1041,7 +1052,9 @@ impl PrimarySession {
                         fresh_peer: generation == 0,
                         walked: false,
                         end_pending: false,
+                        end_asked: false,
                         resync_generation: primary_generation,
+                        events: events.clone(),
                     };
                     let reason = match sender.run(rx) {
                         Ok(()) => "stopped".to_owned(),
@@ -1171,6 +1184,13 @@ impl PrimarySession {
             }
         }
         true
+    }
+
+    /// Lets the resynchronisation to `generation` end, once the driver has
+    /// recorded that the secondary may hold a copy (after
+    /// `SessionEvent::ResyncSent`).
+    pub fn end_resync(&self, generation: u64) {
+        let _ = self.ops.send(Op::EndResync(generation));
     }
 
     /// Hands the role over: flushes everything queued, tells the secondary
@@ -1390,8 +1410,11 @@ struct Sender {
     live_awaiting: VecDeque<u64>,
     /// The resynchronisation walk is sending: its comparisons are not live.
     walking: bool,
-    /// The walk is over: `ResyncEnd` goes once nothing is outstanding.
+    /// The walk is over: `ResyncSent` goes to the driver once nothing is
+    /// outstanding.
     end_pending: bool,
+    /// `ResyncSent` went: `ResyncEnd` goes on the driver's `EndResync`.
+    end_asked: bool,
     /// Barriers waiting, in order, for the walk to end and every `Need` to
     /// be served: their acknowledgement must mean that the secondary holds
     /// everything changed before them, and the blocks a comparison asks
@@ -1410,6 +1433,8 @@ struct Sender {
     /// follows in the queue says where they went, and they travel then.
     vanished: HashSet<RelPath>,
     resync_generation: u64,
+    /// Where `ResyncSent` goes.
+    events: Events,
 }
 
 impl Sender {
@@ -1539,6 +1564,8 @@ impl Sender {
         match op {
             Op::Stop => return Ok(false),
             Op::Resync { full, since } => {
+                // An end asked for an earlier walk no longer holds.
+                self.end_asked = false;
                 self.fresh_peer &= !self.walked;
                 self.walked = true;
                 self.progress.walk_complete.store(false, Ordering::Relaxed);
@@ -1648,6 +1675,13 @@ impl Sender {
                     }
                 }
                 self.maybe_end()?;
+            }
+            Op::EndResync(generation) => {
+                if self.end_asked && generation == self.resync_generation {
+                    self.end_asked = false;
+                    self.send(&Message::ResyncEnd { generation })?;
+                    self.writer.flush()?;
+                }
             }
             Op::Bye => {
                 self.send(&Message::Bye)?;
@@ -1849,15 +1883,18 @@ impl Sender {
         Ok(())
     }
 
-    /// Ends the resynchronisation once the walk is over and every block the
-    /// secondary asked for is sent.
+    /// Once the walk is over and every block the secondary asked for is
+    /// sent, asks the driver to let the resynchronisation end: the
+    /// secondary counts itself a copy from its end on, so the primary's
+    /// stamp must say so first (`Op::EndResync` answers).
     fn maybe_end(&mut self) -> io::Result<()> {
         if self.end_pending && self.awaiting.is_empty() {
             self.end_pending = false;
-            self.send(&Message::ResyncEnd {
-                generation: self.resync_generation,
-            })?;
+            self.end_asked = true;
             self.writer.flush()?;
+            let _ = self.events.send(SessionEvent::ResyncSent {
+                generation: self.resync_generation,
+            });
         }
         Ok(())
     }

@@ -35,7 +35,8 @@ enum Bench {
     /// keepalived; tables printed and saved as markdown.
     Farm(FarmArgs),
     /// The mirror: fsync latency added by `sync = "fsync"`, streaming
-    /// write throughput and capture cost with halo on vs off, failover
+    /// write throughput and capture cost with halo on vs off, replication
+    /// lag with `sync = "async"` vs lsyncd, failover
     /// seen by a client, initial copy and resync vs `rsync -a`; tables
     /// printed and saved as markdown.
     Mirror(MirrorArgs),
@@ -48,6 +49,26 @@ enum Bench {
         span: u64,
         #[arg(long)]
         fsync: bool,
+    },
+    /// Writes numbered, time-stamped 4 KiB records at a steady rate (the
+    /// writer of `mirror`'s replication lag).
+    #[command(name = mirror::lag::WRITER_COMMAND, hide = true)]
+    LagWriter {
+        dir: PathBuf,
+        files: u32,
+        rate: u32,
+        seconds: u32,
+    },
+    /// Watches the copy of the lag writer's records and writes each one's
+    /// lag (the observer of `mirror`'s replication lag).
+    #[command(name = mirror::lag::OBSERVER_COMMAND, hide = true)]
+    LagObserver {
+        dir: PathBuf,
+        files: u32,
+        total: u64,
+        seconds: u32,
+        ready: PathBuf,
+        out: PathBuf,
     },
     /// Sends TCP SYNs to the filter-rate lab's VIP until killed (the load
     /// generator of `farm`).
@@ -147,8 +168,17 @@ struct MirrorArgs {
     /// Files of that data set.
     #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(10..))]
     files: u32,
-    /// Parts to skip: writes, failover, sync.
-    #[arg(long, value_delimiter = ',', value_parser = ["writes", "failover", "sync"])]
+    /// Records of 4 KiB written per second in the replication-lag part.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    lag_rate: u32,
+    /// How long the replication-lag part writes, per replicator, in seconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    lag_seconds: u32,
+    /// Files the replication-lag part's records go round-robin into.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    lag_files: u32,
+    /// Parts to skip: writes, lag, failover, sync.
+    #[arg(long, value_delimiter = ',', value_parser = ["writes", "lag", "failover", "sync"])]
     skip: Vec<String>,
     /// Directory the markdown report is written to.
     #[arg(long, default_value = "target/bench")]
@@ -199,6 +229,11 @@ fn main() -> ExitCode {
             stream_mib: args.stream_mib,
             write_ops: args.write_ops,
             kills: args.kills,
+            lag: mirror::lag::Options {
+                rate: args.lag_rate,
+                seconds: args.lag_seconds,
+                files: args.lag_files,
+            },
             sync: mirror::sync::Options {
                 data_mib: args.data_mib,
                 files: args.files,
@@ -212,6 +247,20 @@ fn main() -> ExitCode {
             span,
             fsync,
         } => mirror::io::writer(&path, ops, span, fsync),
+        Bench::LagWriter {
+            dir,
+            files,
+            rate,
+            seconds,
+        } => mirror::lag::writer(&dir, files, rate, seconds),
+        Bench::LagObserver {
+            dir,
+            files,
+            total,
+            seconds,
+            ready,
+            out,
+        } => mirror::lag::observer(&dir, files, total, seconds, &ready, &out),
         Bench::Blast { dst_mac, cpu } => {
             farm::filter_rate::blast(&farm::filter_rate::BlastOptions { dst_mac, cpu })
         }

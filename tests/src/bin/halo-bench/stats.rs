@@ -11,6 +11,7 @@ pub struct Summary {
     pub min: Duration,
     pub p50: Duration,
     pub p90: Duration,
+    pub p99: Duration,
     pub max: Duration,
 }
 
@@ -28,6 +29,7 @@ impl Summary {
             min: *sorted.first()?,
             p50: rank(50),
             p90: rank(90),
+            p99: rank(99),
             max: *sorted.last()?,
         })
     }
@@ -87,21 +89,22 @@ mod tests {
 
     #[test]
     fn percentiles_are_measured_values_by_nearest_rank() {
-        let sample = ms_sample(&(1..=30).rev().collect::<Vec<_>>());
+        let sample = ms_sample(&(1..=200).rev().collect::<Vec<_>>());
         let summary = Summary::of(&sample).unwrap();
-        assert_eq!(summary.count, 30);
+        assert_eq!(summary.count, 200);
         assert_eq!(summary.min, Duration::from_millis(1));
-        assert_eq!(summary.p50, Duration::from_millis(15));
-        assert_eq!(summary.p90, Duration::from_millis(27));
-        assert_eq!(summary.max, Duration::from_millis(30));
+        assert_eq!(summary.p50, Duration::from_millis(100));
+        assert_eq!(summary.p90, Duration::from_millis(180));
+        assert_eq!(summary.p99, Duration::from_millis(198));
+        assert_eq!(summary.max, Duration::from_millis(200));
     }
 
     #[test]
     fn one_value_is_every_percentile_and_none_is_no_summary() {
         let summary = Summary::of(&ms_sample(&[7])).unwrap();
         assert_eq!(
-            (summary.min, summary.p50, summary.max),
-            (summary.p90, summary.p90, summary.p90)
+            (summary.min, summary.p50, summary.p99, summary.max),
+            (summary.p90, summary.p90, summary.p90, summary.p90)
         );
         assert_eq!(Summary::of(&[]), None);
     }

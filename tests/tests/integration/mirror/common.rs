@@ -2,10 +2,16 @@
 //! host's replicated tree, waiting for states, a file churn and durable
 //! acknowledged records.
 
-use std::{collections::BTreeMap, net::IpAddr, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, SystemTime},
+};
 
 use halo_tests::{
-    cluster::{module_in, Cluster, Timing},
+    cluster::{module_in, Cluster, Timing, STATE_DIR},
     lab::{self, Lab, LabProcess, Signal},
 };
 
@@ -96,6 +102,90 @@ pub fn wait_identical(lab: &Lab, timeout: Duration) {
     if let Err(error) = waited {
         panic!("{error:#}\nstill different: {last:#?}");
     }
+}
+
+/// `name` in the module's state directory on `host`, seen from outside.
+pub fn state_file(lab: &Lab, host: &str, name: &str) -> PathBuf {
+    lab.host(host)
+        .outside_path(format!("{STATE_DIR}/mirror/{MODULE}/{name}"))
+}
+
+/// Waits until the primary `host`'s journal no longer names the files
+/// written up to `written`: it starts at a sync point taken more than the
+/// journal's last-flush window (2 s, docs/mirror-durability.md) after
+/// them, plus half a second for the coarse clock of ctimes. Until then a
+/// restart of that node would mark those files for a checksum compare.
+/// (The journal, not `sync-point.json`: the daemon stores the sync point
+/// first and rewrites the journal from it right after.)
+pub fn wait_journal_settled(lab: &Lab, host: &str, written: SystemTime) {
+    let path = state_file(lab, host, "journal.log");
+    let after_ns = (written + Duration::from_millis(2500))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    lab::wait_until(
+        Duration::from_secs(30),
+        &format!("{host}'s journal to start at a later sync point"),
+        || {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let (records, _) = halo::mirror::journal::decode(&bytes);
+            Ok(matches!(
+                records.first(),
+                Some(halo::mirror::journal::Record::Base { at_ns, .. }) if *at_ns > after_ns
+            ))
+        },
+    )
+    .unwrap();
+}
+
+/// The newest ctime under `host`'s [`DIR`].
+fn newest_ctime(lab: &Lab, host: &str) -> SystemTime {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let mut dirs = vec![lab.host(host).outside_path(DIR)];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let m = entry.metadata().unwrap();
+            let ctime =
+                SystemTime::UNIX_EPOCH + Duration::new(m.ctime() as u64, m.ctime_nsec() as u32);
+            newest = newest.max(ctime);
+            if m.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    newest
+}
+
+/// Waits until every file under `host`'s [`DIR`] was last changed more
+/// than the journal's last-flush window (2 s) ago, plus half a second: a
+/// secondary that takes over later does not mark its copy's files for a
+/// checksum compare (the last-flush rule counts them as possibly written
+/// while nothing journaled). This is time passing, not an event: the
+/// wait ends at a deadline computed from the files' ctimes.
+pub fn wait_copy_settled(lab: &Lab, host: &str) {
+    let until = newest_ctime(lab, host) + Duration::from_millis(2500);
+    if let Ok(left) = until.duration_since(SystemTime::now()) {
+        std::thread::sleep(left);
+    }
+}
+
+/// The length of `host`'s dirty-range journal file (0 if none).
+pub fn journal_len(lab: &Lab, host: &str) -> u64 {
+    std::fs::metadata(state_file(lab, host, "journal.log")).map_or(0, |m| m.len())
+}
+
+/// Runs `script` on `host`, then waits until its journal has recorded
+/// something more: the next change falls in a later tracker batch.
+pub fn change_journaled(lab: &Lab, host: &str, script: &str) {
+    let before = journal_len(lab, host);
+    lab.host(host).sh(script).unwrap();
+    lab::wait_until(
+        Duration::from_secs(10),
+        &format!("{host}'s journal to record `{script}`"),
+        || Ok(journal_len(lab, host) > before),
+    )
+    .unwrap();
 }
 
 /// Starts a 2-node mirror with `extra` module settings; waits for

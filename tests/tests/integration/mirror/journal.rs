@@ -2,7 +2,7 @@
 //! the ranges written meanwhile, not the 64 KiB blocks around them; after
 //! a crash of the serving daemon, the trees still end identical.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use halo_tests::{
     cluster::Cluster,
@@ -109,10 +109,13 @@ fn the_old_primary_returns_and_receives_only_the_scattered_ranges_written_meanwh
         .build()
         .unwrap();
     make_files(&lab, "n1");
+    let written = SystemTime::now();
     let mut cluster = common::start(&lab, "", "n1");
     common::wait_identical(&lab, Duration::from_secs(60));
-    // A few sync points, so that the old primary's journal is settled.
-    std::thread::sleep(Duration::from_secs(5));
+    // Neither the old primary's journal nor the secondary taking over may
+    // name the files the copy sent.
+    common::wait_journal_settled(&lab, "n1", written);
+    common::wait_copy_settled(&lab, "n2");
 
     lab.kill_host("n1").unwrap();
     wait_module(&cluster, "n2", "ALONE", Duration::from_secs(10));
@@ -139,9 +142,10 @@ fn a_primary_daemon_killed_while_alone_still_resyncs_its_returning_peer_to_ident
         .build()
         .unwrap();
     make_files(&lab, "n1");
+    let written = SystemTime::now();
     let mut cluster = common::start(&lab, "", "n1");
     common::wait_identical(&lab, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
+    common::wait_journal_settled(&lab, "n1", written);
 
     // The secondary goes away; the primary serves alone and writes.
     cluster.kill("n2").unwrap();
@@ -179,24 +183,32 @@ fn a_file_written_through_a_name_removed_while_its_peer_was_away_reaches_it_whol
             "head -c 1000000 /dev/urandom > {DIR}/first.db && ln {DIR}/first.db {DIR}/second.db"
         ))
         .unwrap();
+    let written = SystemTime::now();
     let mut cluster = common::start(&lab, "", "n1");
     common::wait_identical(&lab, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
+    common::wait_journal_settled(&lab, "n1", written);
 
     cluster.kill("n2").unwrap();
     wait_module(&cluster, "n1", "ALONE", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(2));
-    // Written through both names, in two tracker batches; then the first
-    // name goes. The journal holds each write under the name it came
-    // through: the chaos campaign found the removed name's blocks missing
-    // on the returning secondary, which took the other name's ranges alone.
-    lab.host("n1")
-        .sh(&format!(
-            "dd if=/dev/urandom of={DIR}/first.db bs=4096 count=2 conv=notrunc status=none && \
-             sleep 0.5 && dd if=/dev/urandom of={DIR}/second.db bs=4096 seek=100 count=1 conv=notrunc status=none && \
-             sleep 0.5 && rm {DIR}/first.db"
-        ))
-        .unwrap();
+    // Written through both names, in two tracker batches (each journaled
+    // before the next change); then the first name goes. The journal holds
+    // each write under the name it came through: the chaos campaign found
+    // the removed name's blocks missing on the returning secondary, which
+    // took the other name's ranges alone.
+    common::change_journaled(
+        &lab,
+        "n1",
+        &format!("dd if=/dev/urandom of={DIR}/first.db bs=4096 count=2 conv=notrunc status=none"),
+    );
+    common::change_journaled(
+        &lab,
+        "n1",
+        &format!(
+            "dd if=/dev/urandom of={DIR}/second.db bs=4096 seek=100 count=1 conv=notrunc status=none"
+        ),
+    );
+    lab.host("n1").sh(&format!("rm {DIR}/first.db")).unwrap();
 
     cluster.start("n2").unwrap();
     wait_module(&cluster, "n2", "SECOND", Duration::from_secs(60));

@@ -2,7 +2,8 @@
 //! against a baseline measured in the same run: the latency `sync =
 //! "fsync"` adds to a 4 KiB write + fsync (against the same loop with halo
 //! off, and the lab's RTT), streaming write throughput with replication on
-//! and off, client-observed failover, the initial copy and the resync after
+//! and off, replication lag with `sync = "async"` against lsyncd,
+//! client-observed failover, the initial copy and the resync after
 //! 1 % changed against `rsync -a`, and the cost of the capture on writes
 //! outside replicated directories.
 //!
@@ -10,6 +11,7 @@
 
 pub mod failover;
 pub mod io;
+pub mod lag;
 pub mod sync;
 
 use std::{
@@ -43,12 +45,34 @@ pub fn vip() -> IpAddr {
 /// A mirror of [`DIR`] between n1 and n2, n1 primary on a first start,
 /// `sync = "fsync"` (the default).
 pub fn mirror_toml() -> String {
+    mirror_toml_with("fsync")
+}
+
+/// [`mirror_toml`] with another `sync` setting.
+pub fn mirror_toml_with(sync: &str) -> String {
     format!(
         "[[module]]\nname = \"{MODULE}\"\nkind = \"mirror\"\nnodes = [\"n1\", \"n2\"]\n\
-         interface = \"eth0\"\nvip = \"{}\"\ndefaultprim = \"n1\"\nsync = \"fsync\"\n\n\
+         interface = \"eth0\"\nvip = \"{}\"\ndefaultprim = \"n1\"\nsync = \"{sync}\"\n\n\
          [[module.dir]]\npath = \"{DIR}\"\n",
         vip()
     )
+}
+
+/// Stops both daemons with SIGTERM, the primary first so the secondary has
+/// nothing to wait for; a daemon that does not stop within 30 s is
+/// SIGKILLed, and that is noted.
+pub fn stop_daemons(cluster: &mut Cluster<'_>, notes: &mut Vec<String>) -> Result<()> {
+    for node in ["n1", "n2"] {
+        let daemon = cluster.daemon(node)?;
+        daemon.signal(Signal::SIGTERM)?;
+        if daemon.wait_timeout(Duration::from_secs(30)).is_err() {
+            daemon.kill()?;
+            notes.push(format!(
+                "{node}'s daemon did not stop within 30 s of SIGTERM: SIGKILLed"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Waits until `node`'s module is `state`, ready.
@@ -70,6 +94,7 @@ pub struct Options {
     pub stream_mib: u32,
     pub write_ops: u32,
     pub kills: u32,
+    pub lag: lag::Options,
     pub sync: sync::Options,
     pub skip: Vec<String>,
     pub report_dir: PathBuf,
@@ -126,18 +151,7 @@ fn measure_writes(options: &Options) -> Result<Writes> {
     wait_module(&cluster, "n1", "PRIM")?;
     wait_module(&cluster, "n2", "SECOND")?;
     measure_phase(&lab, options, &mut out, 1)?;
-    // The primary stops first, so the secondary has nothing to wait for;
-    // a daemon that does not stop on SIGTERM is SIGKILLed (noted).
-    for node in ["n1", "n2"] {
-        let daemon = cluster.daemon(node)?;
-        daemon.signal(Signal::SIGTERM)?;
-        if daemon.wait_timeout(Duration::from_secs(30)).is_err() {
-            daemon.kill()?;
-            out.notes.push(format!(
-                "{node}'s daemon did not stop within 30 s of SIGTERM: SIGKILLed"
-            ));
-        }
-    }
+    stop_daemons(&mut cluster, &mut out.notes)?;
     println!("  halo off again …");
     measure_phase(&lab, options, &mut out, 2)?;
     Ok(out)
@@ -216,6 +230,41 @@ fn writes_tables(w: &Writes, options: &Options) -> Vec<Table> {
         capture.note(note.clone());
     }
     vec![fsync, stream, capture]
+}
+
+fn lag_table(r: &lag::LagResult, options: &lag::Options) -> Table {
+    let mut table = Table::new(
+        format!(
+            "replication lag under a steady write load ({} × 4 KiB records/s round-robin into {} \
+             files for {} s, each write opening and closing its file)",
+            options.rate, options.files, options.seconds
+        ),
+        &["", "p50 ms", "p99 ms", "max ms", "records arrived"],
+    );
+    for run in &r.runs {
+        let arrived: Vec<Duration> = run.lags.iter().flatten().copied().collect();
+        let cells = match Summary::of(&arrived) {
+            Some(s) => [ms(s.p50), ms(s.p99), ms(s.max)],
+            None => ["-".to_owned(), "-".to_owned(), "-".to_owned()],
+        };
+        let mut row = vec![run.name.clone()];
+        row.extend(cells);
+        row.push(format!("{} of {}", arrived.len(), run.lags.len()));
+        table.row(row);
+    }
+    table.note(
+        "lag: from the write on n1 to the record read whole on n2 (an inotify watch on the copy; \
+         both stamps from CLOCK_MONOTONIC of the one kernel); target for halo: p99 ≤ 10 ms",
+    );
+    table.note(
+        "lsyncd: the Debian package, `default.rsync` to an rsync daemon on n2; a record still \
+         missing at the end had not arrived 15 s (delay = 1) or 45 s (default) after the writer \
+         stopped",
+    );
+    for note in &r.notes {
+        table.note(note.clone());
+    }
+    table
 }
 
 fn failover_table(r: &failover::FailoverResult) -> Table {
@@ -355,6 +404,17 @@ pub fn run(options: &Options) -> Result<()> {
                 );
             }
             Err(e) => failures.push(format!("writes: {e:#}")),
+        }
+    }
+    if !skip("lag") {
+        println!("replication lag, halo async vs lsyncd …");
+        match lag::run(&options.lag) {
+            Ok(r) => {
+                let t = lag_table(&r, &options.lag);
+                println!("{}", t.text());
+                tables.push(t);
+            }
+            Err(e) => failures.push(format!("lag: {e:#}")),
         }
     }
     if !skip("failover") {

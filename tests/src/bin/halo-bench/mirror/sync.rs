@@ -16,7 +16,9 @@ use halo_tests::{
 use super::{mirror_toml, wait_module, DIR, MODULE};
 
 /// Where the rsync daemon on n2 keeps its copy (private to each host).
-const RSYNC_ROOT: &str = "/var/lib/rsync-copy";
+pub const RSYNC_ROOT: &str = "/var/lib/rsync-copy";
+/// The directory rsync copies the data set into.
+const COPY: &str = "/var/lib/rsync-copy/copy";
 
 /// How long the pair stays in sync before a node goes away: several of the
 /// primary's sync points (one every 2 s), which incremental resyncs need.
@@ -141,7 +143,7 @@ fn rsync(lab: &Lab, from: &str, to: &str) -> Result<Transfer> {
         .find_map(|l| l.strip_prefix("Total bytes sent: "))
         .and_then(|n| n.trim().replace(',', "").parse().ok())
         .with_context(|| format!("no `Total bytes sent` in rsync's output: {out}"))?;
-    lab.host(to).sh(&format!("sync -f {RSYNC_ROOT}/copy"))?;
+    lab.host(to).sh(&format!("sync -f {COPY}"))?;
     Ok(Transfer {
         time,
         bytes_sent,
@@ -149,15 +151,16 @@ fn rsync(lab: &Lab, from: &str, to: &str) -> Result<Transfer> {
     })
 }
 
-/// Starts an rsync daemon on `host` serving `copy` (its private
-/// [`RSYNC_ROOT`]) and waits until it answers.
-fn rsync_daemon(lab: &Lab, host: &str) -> Result<halo_tests::lab::LabProcess> {
+/// Starts an rsync daemon on `host` serving `path` as `copy`, its
+/// configuration in the host's private [`RSYNC_ROOT`], and waits until it
+/// answers.
+pub fn rsync_daemon(lab: &Lab, host: &str, path: &str) -> Result<halo_tests::lab::LabProcess> {
     let h = lab.host(host);
-    std::fs::create_dir_all(h.outside_path(format!("{RSYNC_ROOT}/copy")))?;
+    std::fs::create_dir_all(h.outside_path(path))?;
     std::fs::write(
         h.outside_path(format!("{RSYNC_ROOT}/rsyncd.conf")),
         format!(
-            "use chroot = no\nuid = root\ngid = root\n[copy]\npath = {RSYNC_ROOT}/copy\n\
+            "use chroot = no\nuid = root\ngid = root\n[copy]\npath = {path}\n\
              read only = no\n"
         ),
     )?;
@@ -197,7 +200,7 @@ pub fn run(options: &Options) -> Result<SyncResult> {
         ]),
         Duration::from_secs(600),
     )?;
-    let _rsyncd = rsync_daemon(&lab, "n2")?;
+    let _rsyncd = rsync_daemon(&lab, "n2", COPY)?;
 
     println!("  initial copy: rsync -a …");
     let rsync_initial = rsync(&lab, "n1", "n2")?;
@@ -261,9 +264,8 @@ pub fn run(options: &Options) -> Result<SyncResult> {
     // The primary host dies, 1 % changes on the survivor, the old primary
     // returns as the secondary. rsync's copy on n1: the same old data.
     println!("  resync after a failover and 1 % changed: halo …");
-    lab.host("n1").sh(&format!(
-        "mkdir -p {RSYNC_ROOT}/copy && cp -a {DIR}/. {RSYNC_ROOT}/copy/ && sync"
-    ))?;
+    lab.host("n1")
+        .sh(&format!("mkdir -p {COPY} && cp -a {DIR}/. {COPY}/ && sync"))?;
     std::thread::sleep(SETTLE);
     lab.kill_host("n1")?;
     wait_module(&cluster, "n2", "ALONE")?;
@@ -292,7 +294,7 @@ pub fn run(options: &Options) -> Result<SyncResult> {
             .map(|l| format!("n2: {l}")),
     );
     println!("  resync after a failover and 1 % changed: rsync -a …");
-    let _rsyncd1 = rsync_daemon(&lab, "n1")?;
+    let _rsyncd1 = rsync_daemon(&lab, "n1", COPY)?;
     let rsync_failover_resync = rsync(&lab, "n2", "n1")?;
     Ok(SyncResult {
         data_bytes,
