@@ -16,7 +16,8 @@
 //!   flow it sees, so old and new owner judge a datagram alike); a VIP packet cut short before what its bucket depends on,
 //!   or behind more IPv6 extension headers than are walked, is dropped by
 //!   every node, as is VIP traffic no rule names;
-//! - everything else passes untouched, after one map lookup.
+//! - everything else passes untouched, after one look at the VIP index
+//!   (an array slot picked by the address's low 12 bits).
 
 #![no_std]
 #![no_main]
@@ -34,9 +35,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use halo_common::farm::{
-    bucket_of, filter, udp_decision, BucketState, FarmRule, FarmSettings, PacketClass, UdpFlow,
-    UdpFlowKey, Verdict, VipKey, VipValue, BUCKETS, MAX_IPV6_EXTENSION_HEADERS, MAX_RULES,
-    MAX_VLAN_TAGS, UDP_CUT_UNKNOWN,
+    bucket_of, bucket_of_v4, filter, slot, udp_decision, BucketState, FarmRule, FarmSettings,
+    FarmStats, PacketClass, UdpFlow, UdpFlowKey, Verdict, VipKey, VipSlot, VipValue, BUCKETS,
+    MAX_IPV6_EXTENSION_HEADERS, MAX_RULES, MAX_VLAN_TAGS, UDP_CUT_UNKNOWN, VIP_SLOTS,
 };
 use halo_ebpf::packet::{
     be16, has_bytes, ptr_at, ptr_at_mut, ArpHdr, EthHdr, Ipv4Hdr, Ipv6FragmentHdr, Ipv6Hdr,
@@ -46,13 +47,10 @@ use halo_ebpf::packet::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN,
 };
 
-/// Frames seen per [`PacketClass`], per CPU (no atomics on the hot path).
+/// Frames seen per [`PacketClass`] and per [`Verdict`], per CPU (no
+/// atomics on the hot path), in one entry: one lookup per frame.
 #[map]
-static FARM_CLASS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PacketClass::COUNT, 0);
-
-/// Frames per [`Verdict`], per CPU.
-#[map]
-static FARM_VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+static FARM_STATS: PerCpuArray<FarmStats> = PerCpuArray::with_max_entries(1, 0);
 
 /// Packets accepted per bucket, per CPU.
 #[map]
@@ -62,9 +60,16 @@ static FARM_BUCKET_PACKETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(BUC
 #[map]
 static FARM_SETTINGS: Array<FarmSettings> = Array::with_max_entries(1, 0);
 
-/// The VIPs, IPv4 mapped into IPv6, with their virtual MACs.
+/// The VIPs, IPv4 mapped into IPv6, with their virtual MACs: asked only
+/// for the addresses of a `SHARED` slot of `FARM_VIP_SLOTS`.
 #[map]
 static FARM_VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(64, 0);
+
+/// The VIP index (common::farm::VipSlot): IPv4 slots, then IPv6 ones, each
+/// picked by the low 12 bits of the address. Every frame's destination is
+/// checked here; an array lookup costs a few instructions.
+#[map]
+static FARM_VIP_SLOTS: Array<VipSlot> = Array::with_max_entries(2 * VIP_SLOTS, 0);
 
 /// The rules, `FarmSettings::rule_count` of them in use.
 #[map]
@@ -95,10 +100,11 @@ pub fn farm_ingress(ctx: XdpContext) -> u32 {
     // be for a VIP, what cannot be read of it is dropped instead (see
     // `unreadable`), and it is read completely before any decision to
     // accept it.
-    match try_farm_ingress(&ctx) {
+    let stats = Stats::get();
+    match try_farm_ingress(&ctx, stats) {
         Ok(action) => action,
         Err(Truncated) => {
-            count(&FARM_CLASS_COUNTERS, PacketClass::Malformed as u32);
+            stats.class(PacketClass::Malformed);
             XDP_PASS
         }
     }
@@ -121,10 +127,40 @@ fn count(counters: &PerCpuArray<u64>, index: u32) {
     }
 }
 
-#[inline(always)]
-fn verdict(v: Verdict, action: u32) -> u32 {
-    count(&FARM_VERDICTS, v as u32);
-    action
+/// This CPU's entry of `FARM_STATS`, looked up once per frame and handed
+/// down (a lookup costs about as much as the rest of a frame's parsing).
+#[derive(Clone, Copy)]
+struct Stats(*mut FarmStats);
+
+impl Stats {
+    #[inline(always)]
+    fn get() -> Stats {
+        Stats(FARM_STATS.get_ptr_mut(0).unwrap_or_default())
+    }
+
+    #[inline(always)]
+    fn class(self, class: PacketClass) {
+        if !self.0.is_null() {
+            // SAFETY: this CPU's entry of a per-CPU array; XDP programs run
+            // with preemption disabled, so nothing else writes it meanwhile.
+            unsafe { (*self.0).classes[class as usize] += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn count(self, v: Verdict) {
+        if !self.0.is_null() {
+            // SAFETY: as in `class`.
+            unsafe { (*self.0).verdicts[v as usize] += 1 };
+        }
+    }
+
+    /// Counts `v` and returns `action`.
+    #[inline(always)]
+    fn verdict(self, v: Verdict, action: u32) -> u32 {
+        self.count(v);
+        action
+    }
 }
 
 /// The verdict on a VIP packet cut short before what its bucket depends on
@@ -134,17 +170,17 @@ fn verdict(v: Verdict, action: u32) -> u32 {
 /// drops it, as it drops VIP traffic no rule names. Passing it would hand
 /// it to every node's kernel.
 #[inline(always)]
-fn unreadable(_: Truncated) -> Result<u32, Truncated> {
-    Ok(verdict(Verdict::NoRule, XDP_DROP))
+fn unreadable(stats: Stats, _: Truncated) -> Result<u32, Truncated> {
+    Ok(stats.verdict(Verdict::NoRule, XDP_DROP))
 }
 
-fn try_farm_ingress(ctx: &XdpContext) -> Result<u32, Truncated> {
+fn try_farm_ingress(ctx: &XdpContext, stats: Stats) -> Result<u32, Truncated> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: ptr_at checked that the header lies inside the frame.
     let mut ether_type = be16(unsafe { (*eth).ether_type });
     let mut offset = core::mem::size_of::<EthHdr>();
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        count(&FARM_CLASS_COUNTERS, PacketClass::VlanTagged as u32);
+        stats.class(PacketClass::VlanTagged);
     }
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
@@ -156,11 +192,11 @@ fn try_farm_ingress(ctx: &XdpContext) -> Result<u32, Truncated> {
         offset += core::mem::size_of::<VlanHdr>();
     }
     match ether_type {
-        ETH_P_ARP => on_arp(ctx, offset),
-        ETH_P_IPV4 => on_ipv4(ctx, offset),
-        ETH_P_IPV6 => on_ipv6(ctx, offset),
+        ETH_P_ARP => on_arp(ctx, offset, stats),
+        ETH_P_IPV4 => on_ipv4(ctx, offset, stats),
+        ETH_P_IPV6 => on_ipv6(ctx, offset, stats),
         _ => {
-            count(&FARM_CLASS_COUNTERS, PacketClass::Other as u32);
+            stats.class(PacketClass::Other);
             Ok(XDP_PASS)
         }
     }
@@ -186,33 +222,73 @@ fn mapped_v4(octets: [u8; 4]) -> [u8; 16] {
     VipKey::v4(octets).addr
 }
 
-fn on_arp(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
+/// `a[at..at + 4]` as one word, for comparisons without a call to `bcmp`.
+#[inline(always)]
+fn word(a: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([a[at], a[at + 1], a[at + 2], a[at + 3]])
+}
+
+/// The virtual MAC of `dst` if it is an IPv4 VIP.
+#[inline(always)]
+fn vip_v4(dst: [u8; 4]) -> Option<[u8; 6]> {
+    let index = ((u32::from(dst[2]) & 0x0f) << 8) | u32::from(dst[3]);
+    let entry = FARM_VIP_SLOTS.get(index)?;
+    match entry.state {
+        // The slot is an IPv4 one: its first 12 bytes are the mapped prefix.
+        slot::ONE if word(&entry.addr, 12) == u32::from_ne_bytes(dst) => Some(entry.vmac),
+        // SAFETY: a map lookup; the value is copied out.
+        slot::SHARED => unsafe { FARM_VIPS.get(VipKey::v4(dst)) }.map(|v| v.vmac),
+        _ => None,
+    }
+}
+
+/// The virtual MAC of `dst` if it is an IPv6 VIP.
+#[inline(always)]
+fn vip_v6(dst: &[u8; 16]) -> Option<[u8; 6]> {
+    let index = VIP_SLOTS + (((u32::from(dst[14]) & 0x0f) << 8) | u32::from(dst[15]));
+    let entry = FARM_VIP_SLOTS.get(index)?;
+    match entry.state {
+        slot::ONE
+            if word(&entry.addr, 12) == word(dst, 12)
+                && word(&entry.addr, 8) == word(dst, 8)
+                && word(&entry.addr, 4) == word(dst, 4)
+                && word(&entry.addr, 0) == word(dst, 0) =>
+        {
+            Some(entry.vmac)
+        }
+        // SAFETY: a map lookup; the value is copied out.
+        slot::SHARED => unsafe { FARM_VIPS.get(VipKey { addr: *dst }) }.map(|v| v.vmac),
+        _ => None,
+    }
+}
+
+fn on_arp(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncated> {
     let arp = ptr_at_mut::<ArpHdr>(ctx, offset)?;
     // SAFETY: bounds checked by ptr_at_mut; the frame is ours to rewrite.
     let arp = unsafe { &mut *arp };
     let ethernet_ipv4 =
         be16(arp.htype) == 1 && be16(arp.ptype) == ETH_P_IPV4 && arp.hlen == 6 && arp.plen == 4;
     if !ethernet_ipv4 {
-        count(&FARM_CLASS_COUNTERS, PacketClass::Malformed as u32);
+        stats.class(PacketClass::Malformed);
         return Ok(XDP_PASS);
     }
-    count(&FARM_CLASS_COUNTERS, PacketClass::Arp as u32);
-    let Some(vip) = (unsafe { FARM_VIPS.get(VipKey::v4(arp.tpa)) }) else {
-        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    stats.class(PacketClass::Arp);
+    let Some(vmac) = vip_v4(arp.tpa) else {
+        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
     };
     let Some(settings) = settings() else {
-        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
     };
     // Only requests from others are answered: a gratuitous announcement of
     // the VIP (sender = target) comes from a farm node.
     if be16(arp.oper) != 1 || arp.spa == arp.tpa {
-        return Ok(verdict(Verdict::ArpLeft, XDP_DROP));
+        return Ok(stats.verdict(Verdict::ArpLeft, XDP_DROP));
     }
-    let bucket = bucket_of(&mapped_v4(arp.spa), None);
+    let bucket = bucket_of_v4(arp.spa, None);
     match bucket_state(settings, bucket) {
         BucketState::Owned | BucketState::Incoming => {}
         BucketState::NotMine | BucketState::Draining => {
-            return Ok(verdict(Verdict::ArpLeft, XDP_DROP));
+            return Ok(stats.verdict(Verdict::ArpLeft, XDP_DROP));
         }
     }
     let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
@@ -225,14 +301,14 @@ fn on_arp(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
     // Never the virtual MAC as a source: switches must not learn it.
     eth.src = settings.own_mac;
     arp.oper = [0, 2];
-    arp.sha = vip.vmac;
+    arp.sha = vmac;
     arp.spa = vip_ip;
     arp.tha = requester_mac;
     arp.tpa = requester_ip;
-    Ok(verdict(Verdict::ArpAnswered, XDP_TX))
+    Ok(stats.verdict(Verdict::ArpAnswered, XDP_TX))
 }
 
-fn on_ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
+fn on_ipv4(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncated> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -241,69 +317,67 @@ fn on_ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
         || header_len < core::mem::size_of::<Ipv4Hdr>()
         || !has_bytes(ctx, offset, header_len)
     {
-        count(&FARM_CLASS_COUNTERS, PacketClass::Malformed as u32);
+        stats.class(PacketClass::Malformed);
         return Ok(XDP_PASS);
     }
-    count(&FARM_CLASS_COUNTERS, PacketClass::Ipv4 as u32);
-    if unsafe { FARM_VIPS.get(VipKey::v4(ip.dst)) }.is_none() {
-        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    stats.class(PacketClass::Ipv4);
+    if vip_v4(ip.dst).is_none() {
+        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
     }
     let Some(settings) = settings() else {
-        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
     };
     // Fragments after the first carry no ports: every fragment of a
     // datagram is bucketed by address alone so that they meet on one node.
     let fragmented = be16(ip.frag) & 0x3fff != 0;
     let packet = Packet {
-        client: mapped_v4(ip.src),
-        vip: mapped_v4(ip.dst),
+        addrs: offset + 12,
         proto: ip.proto,
         l4: offset + header_len,
         fragmented,
         is_v4: true,
     };
-    Ok(decide(ctx, settings, &packet))
+    Ok(decide(ctx, settings, &packet, stats))
 }
 
-fn on_ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
+fn on_ipv6(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncated> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, offset)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     if ip.version_class_flow[0] >> 4 != 6 {
-        count(&FARM_CLASS_COUNTERS, PacketClass::Malformed as u32);
+        stats.class(PacketClass::Malformed);
         return Ok(XDP_PASS);
     }
-    count(&FARM_CLASS_COUNTERS, PacketClass::Ipv6 as u32);
+    stats.class(PacketClass::Ipv6);
     let l4 = offset + core::mem::size_of::<Ipv6Hdr>();
     if ip.next_header == IPPROTO_ICMPV6 {
         if let Ok(icmp_type) = ptr_at::<u8>(ctx, l4) {
             // SAFETY: bounds checked by ptr_at.
             if unsafe { *icmp_type } == ICMPV6_NEIGHBOUR_SOLICITATION {
-                if let Some(action) = on_neighbour_solicitation(ctx, offset) {
+                if let Some(action) = on_neighbour_solicitation(ctx, offset, stats) {
                     return Ok(action);
                 }
             }
         }
     }
-    if unsafe { FARM_VIPS.get(VipKey { addr: ip.dst }) }.is_none() {
-        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+    if vip_v6(&ip.dst).is_none() {
+        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
     }
     let Some(settings) = settings() else {
-        return Ok(verdict(Verdict::NotVip, XDP_PASS));
+        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
     };
     let (proto, l4, fragmented) = match ipv6_transport(ctx, ip.next_header, l4) {
         Ok(transport) => transport,
-        Err(cut) => return unreadable(cut),
+        Err(cut) => return unreadable(stats, cut),
     };
     let packet = Packet {
-        client: ip.src,
-        vip: ip.dst,
+        addrs: offset + 8,
         proto,
         l4,
         fragmented,
         is_v4: false,
     };
-    Ok(decide(ctx, settings, &packet))
+    Ok(decide(ctx, settings, &packet, stats))
 }
 
 /// Walks the IPv6 extension headers that start with `next_header` at `at`
@@ -352,10 +426,12 @@ fn ipv6_transport(
     }
 }
 
-/// An IP packet for a VIP, as far as the bucket decision needs it.
+/// An IP packet for a VIP, as far as the bucket decision needs it. Its
+/// addresses stay in the frame until needed: copying them costs more than
+/// most decisions.
 struct Packet {
-    client: [u8; 16],
-    vip: [u8; 16],
+    /// Offset of the source address, which the destination follows.
+    addrs: usize,
     proto: u8,
     /// Offset of the transport header.
     l4: usize,
@@ -391,10 +467,10 @@ fn find_rule(settings: &FarmSettings, proto: u8, port: Option<u16>) -> Option<Fa
 /// itself: returning a `Result` through memory, LLVM left a pointer to the
 /// subprogram's stack in its return register, which the verifier refuses.
 #[inline(never)]
-fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> u32 {
-    match try_decide(ctx, settings, packet) {
+fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet, stats: Stats) -> u32 {
+    match try_decide(ctx, settings, packet, stats) {
         Ok(action) => action,
-        Err(cut) => unreadable(cut).unwrap_or(XDP_DROP),
+        Err(cut) => unreadable(stats, cut).unwrap_or(XDP_DROP),
     }
 }
 
@@ -403,6 +479,7 @@ fn try_decide(
     ctx: &XdpContext,
     settings: &FarmSettings,
     packet: &Packet,
+    stats: Stats,
 ) -> Result<u32, Truncated> {
     let (bucket, state) = match packet.proto {
         IPPROTO_TCP | IPPROTO_UDP if !packet.fragmented => {
@@ -410,16 +487,17 @@ fn try_decide(
             // SAFETY: bounds checked by ptr_at.
             let (sport, dport) = unsafe { (be16((*ports).source), be16((*ports).dest)) };
             let Some(rule) = find_rule(settings, packet.proto, Some(dport)) else {
-                return Ok(verdict(Verdict::NoRule, XDP_DROP));
+                return Ok(stats.verdict(Verdict::NoRule, XDP_DROP));
             };
             let port = (rule.filter == filter::SOURCE_PORT).then_some(sport);
-            let bucket = bucket_of(&packet.client, port);
+            let bucket = client_bucket(ctx, packet, port)?;
             let state = bucket_state(settings, bucket);
             let keep = match state {
                 _ if packet.proto == IPPROTO_UDP => {
-                    let kept = udp_keeps(settings, packet, bucket, sport, dport, state);
+                    let client = client_of(ctx, packet)?;
+                    let kept = udp_keeps(settings, client, bucket, sport, dport, state);
                     if kept && state == BucketState::Draining {
-                        count(&FARM_VERDICTS, Verdict::KeptFlow as u32);
+                        stats.count(Verdict::KeptFlow);
                     }
                     kept
                 }
@@ -435,7 +513,7 @@ fn try_decide(
                     let new_connection = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
                     let kept = !new_connection && has_tcp_socket(ctx, packet, sport, dport);
                     if kept {
-                        count(&FARM_VERDICTS, Verdict::KeptFlow as u32);
+                        stats.count(Verdict::KeptFlow);
                     }
                     kept
                 }
@@ -448,42 +526,42 @@ fn try_decide(
                 }
             };
             if !keep {
-                return Ok(verdict(Verdict::OtherNode, XDP_DROP));
+                return Ok(stats.verdict(Verdict::OtherNode, XDP_DROP));
             }
             (bucket, state)
         }
         IPPROTO_TCP | IPPROTO_UDP => {
             if find_rule(settings, packet.proto, None).is_none() {
-                return Ok(verdict(Verdict::NoRule, XDP_DROP));
+                return Ok(stats.verdict(Verdict::NoRule, XDP_DROP));
             }
-            let bucket = bucket_of(&packet.client, None);
+            let bucket = client_bucket(ctx, packet, None)?;
             (bucket, bucket_state(settings, bucket))
         }
         // ICMP (echo and errors) follows the client's address: a ping to
         // the VIP gets exactly one reply.
         IPPROTO_ICMP if packet.is_v4 => {
-            let bucket = bucket_of(&packet.client, None);
+            let bucket = client_bucket(ctx, packet, None)?;
             (bucket, bucket_state(settings, bucket))
         }
         IPPROTO_ICMPV6 if !packet.is_v4 => {
-            let bucket = bucket_of(&packet.client, None);
+            let bucket = client_bucket(ctx, packet, None)?;
             (bucket, bucket_state(settings, bucket))
         }
-        _ => return Ok(verdict(Verdict::NoRule, XDP_DROP)),
+        _ => return Ok(stats.verdict(Verdict::NoRule, XDP_DROP)),
     };
     match state {
         BucketState::Owned | BucketState::Incoming => {}
         // TCP and UDP in a draining bucket were decided above.
         BucketState::Draining
             if matches!(packet.proto, IPPROTO_TCP | IPPROTO_UDP) && !packet.fragmented => {}
-        _ => return Ok(verdict(Verdict::OtherNode, XDP_DROP)),
+        _ => return Ok(stats.verdict(Verdict::OtherNode, XDP_DROP)),
     }
     let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds checked; the frame was sent to the virtual MAC, which
     // the kernel would not take as its own.
     unsafe { (*eth).dst = settings.own_mac };
     count(&FARM_BUCKET_PACKETS, bucket);
-    Ok(verdict(Verdict::Accepted, XDP_PASS))
+    Ok(stats.verdict(Verdict::Accepted, XDP_PASS))
 }
 
 /// Whether this node's kernel has a live TCP socket (not a listener, not
@@ -496,31 +574,27 @@ fn has_tcp_socket(ctx: &XdpContext, packet: &Packet, sport: u16, dport: u16) -> 
     // SAFETY: an all-zero tuple is valid; the fields are filled below.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size = if packet.is_v4 {
+        let Ok(addrs) = read::<[u8; 8]>(ctx, packet.addrs) else {
+            return false;
+        };
         // SAFETY: writing the IPv4 member of a plain-data union.
         unsafe {
             let t = &mut tuple.__bindgen_anon_1.ipv4;
-            t.saddr = u32::from_ne_bytes([
-                packet.client[12],
-                packet.client[13],
-                packet.client[14],
-                packet.client[15],
-            ]);
-            t.daddr = u32::from_ne_bytes([
-                packet.vip[12],
-                packet.vip[13],
-                packet.vip[14],
-                packet.vip[15],
-            ]);
+            t.saddr = u32::from_ne_bytes([addrs[0], addrs[1], addrs[2], addrs[3]]);
+            t.daddr = u32::from_ne_bytes([addrs[4], addrs[5], addrs[6], addrs[7]]);
             t.sport = sport.to_be();
             t.dport = dport.to_be();
             core::mem::size_of_val(t)
         }
     } else {
+        let Ok(addrs) = read::<[[u8; 16]; 2]>(ctx, packet.addrs) else {
+            return false;
+        };
         // SAFETY: writing the IPv6 member of a plain-data union.
         unsafe {
             let t = &mut tuple.__bindgen_anon_1.ipv6;
-            t.saddr = core::mem::transmute::<[u8; 16], [u32; 4]>(packet.client);
-            t.daddr = core::mem::transmute::<[u8; 16], [u32; 4]>(packet.vip);
+            t.saddr = core::mem::transmute::<[u8; 16], [u32; 4]>(addrs[0]);
+            t.daddr = core::mem::transmute::<[u8; 16], [u32; 4]>(addrs[1]);
             t.sport = sport.to_be();
             t.dport = dport.to_be();
             core::mem::size_of_val(t)
@@ -548,10 +622,38 @@ fn has_tcp_socket(ctx: &XdpContext, packet: &Packet, sport: u16, dport: u16) -> 
     }
 }
 
+/// A copy of the `T` at `offset` of the frame.
 #[inline(always)]
-fn udp_key(packet: &Packet, sport: u16, dport: u16) -> UdpFlowKey {
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Truncated> {
+    let at = ptr_at::<T>(ctx, offset)?;
+    // SAFETY: bounds checked by ptr_at; T is plain bytes.
+    Ok(unsafe { core::ptr::read_unaligned(at) })
+}
+
+/// The client's address, IPv4 mapped into IPv6.
+#[inline(always)]
+fn client_of(ctx: &XdpContext, packet: &Packet) -> Result<[u8; 16], Truncated> {
+    if packet.is_v4 {
+        Ok(mapped_v4(read(ctx, packet.addrs)?))
+    } else {
+        read(ctx, packet.addrs)
+    }
+}
+
+/// The client's bucket, with its `port` for `filter::SOURCE_PORT`.
+#[inline(always)]
+fn client_bucket(ctx: &XdpContext, packet: &Packet, port: Option<u16>) -> Result<u32, Truncated> {
+    if packet.is_v4 {
+        Ok(bucket_of_v4(read(ctx, packet.addrs)?, port))
+    } else {
+        Ok(bucket_of(&read(ctx, packet.addrs)?, port))
+    }
+}
+
+#[inline(always)]
+fn udp_key(client: [u8; 16], sport: u16, dport: u16) -> UdpFlowKey {
     UdpFlowKey {
-        client: packet.client,
+        client,
         client_port: sport,
         vip_port: dport,
         _pad: 0,
@@ -564,13 +666,13 @@ fn udp_key(packet: &Packet, sport: u16, dport: u16) -> UdpFlowKey {
 #[inline(always)]
 fn udp_keeps(
     settings: &FarmSettings,
-    packet: &Packet,
+    client: [u8; 16],
     bucket: u32,
     sport: u16,
     dport: u16,
     state: BucketState,
 ) -> bool {
-    let key = udp_key(packet, sport, dport);
+    let key = udp_key(client, sport, dport);
     let cut = match state {
         BucketState::Incoming => {
             let index = (settings.active_table & 1) * BUCKETS + (bucket % BUCKETS);
@@ -600,14 +702,13 @@ fn udp_flow_decision(key: &UdpFlowKey, state: u8, cut: u64, idle_ns: u64) -> u32
 /// Answers or leaves a neighbour solicitation for a VIP target; `None`
 /// when the frame is too short to be one or its target is no VIP: then it
 /// is an ordinary ICMPv6 packet, bucketed if it is sent to a VIP.
-fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Option<u32> {
+fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize, stats: Stats) -> Option<u32> {
     let l4 = offset + core::mem::size_of::<Ipv6Hdr>();
     let ip = ptr_at_mut::<Ipv6Hdr>(ctx, offset).ok()?;
     let ns = ptr_at_mut::<NeighbourMessage>(ctx, l4).ok()?;
     // SAFETY: both bounds checked; the frame is ours to rewrite.
     let (ip, ns) = unsafe { (&mut *ip, &mut *ns) };
-    // SAFETY: a map lookup; the value is only read.
-    let vip = unsafe { FARM_VIPS.get(VipKey { addr: ns.target }) }?;
+    let vmac = vip_v6(&ns.target)?;
     let settings = settings()?;
     // Answerable: a solicitation with exactly one source link-layer option
     // (32 bytes), from a unicast address (not duplicate address detection).
@@ -617,12 +718,12 @@ fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Option<u32> {
         && ns.option_len == 1
         && ip.src != [0u8; 16];
     if !answerable {
-        return Some(verdict(Verdict::NdLeft, XDP_DROP));
+        return Some(stats.verdict(Verdict::NdLeft, XDP_DROP));
     }
     match bucket_state(settings, bucket_of(&ip.src, None)) {
         BucketState::Owned | BucketState::Incoming => {}
         BucketState::NotMine | BucketState::Draining => {
-            return Some(verdict(Verdict::NdLeft, XDP_DROP));
+            return Some(stats.verdict(Verdict::NdLeft, XDP_DROP));
         }
     }
     let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok()?;
@@ -637,10 +738,10 @@ fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Option<u32> {
     // Solicited and Override.
     ns.flags = [0x60, 0, 0, 0];
     ns.option_type = 2;
-    ns.mac = vip.vmac;
+    ns.mac = vmac;
     ns.checksum = [0, 0];
     ns.checksum = icmpv6_checksum(ip, ns).to_be_bytes();
-    Some(verdict(Verdict::NdAnswered, XDP_TX))
+    Some(stats.verdict(Verdict::NdAnswered, XDP_TX))
 }
 
 /// The ICMPv6 checksum (RFC 4443 §2.3) of a 32-byte neighbour message.

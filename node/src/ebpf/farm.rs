@@ -9,8 +9,8 @@ use aya::{
     Ebpf,
 };
 use halo_common::farm::{
-    BucketState, FarmRule, FarmSettings, PacketClass, UdpFlow, UdpFlowKey, Verdict, VipKey,
-    VipValue, BUCKETS, MAX_RULES, UDP_CUT_UNKNOWN,
+    slot, vip_slot_of, BucketState, FarmRule, FarmSettings, FarmStats, PacketClass, UdpFlow,
+    UdpFlowKey, Verdict, VipKey, VipSlot, VipValue, BUCKETS, MAX_RULES, UDP_CUT_UNKNOWN, VIP_SLOTS,
 };
 
 use super::FARM_OBJECT;
@@ -139,6 +139,19 @@ impl FarmIngress {
                 .insert(vip_key(*vip), value, 0)
                 .with_context(|| format!("adding VIP {vip} to FARM_VIPS"))?;
         }
+        // The index after the map: a shared slot sends the program there.
+        let mut slots: Array<_, VipSlot> = Array::try_from(
+            self.ebpf
+                .map_mut("FARM_VIP_SLOTS")
+                .context("no FARM_VIP_SLOTS map")?,
+        )?;
+        let index = vip_index(vips);
+        for i in 0..2 * VIP_SLOTS {
+            let want = index.get(&i).copied().unwrap_or_default();
+            if slots.get(&i, 0).context("reading FARM_VIP_SLOTS")? != want {
+                slots.set(i, want, 0).context("writing FARM_VIP_SLOTS")?;
+            }
+        }
         let mut settings = self.settings()?;
         settings.own_mac = own_mac;
         settings.rule_count = rules.len() as u32;
@@ -234,15 +247,11 @@ impl FarmIngress {
 
     /// Frames per [`Verdict`], summed over CPUs.
     pub fn verdict_counts(&self) -> anyhow::Result<Vec<(Verdict, u64)>> {
-        let counters = PerCpuArray::<_, u64>::try_from(
-            self.ebpf
-                .map("FARM_VERDICTS")
-                .context("no FARM_VERDICTS map")?,
-        )?;
-        Verdict::ALL
+        let stats = self.stats()?;
+        Ok(Verdict::ALL
             .into_iter()
-            .map(|v| Ok((v, counters.get(&(v as u32), 0)?.iter().sum())))
-            .collect()
+            .map(|v| (v, stats.verdicts[v as usize]))
+            .collect())
     }
 
     /// Packets accepted per bucket, summed over CPUs.
@@ -309,19 +318,33 @@ impl FarmIngress {
 
     /// The per-class frame counters, summed over CPUs.
     pub fn class_counts(&self) -> anyhow::Result<ClassCounts> {
-        let map = self
-            .ebpf
-            .map("FARM_CLASS_COUNTERS")
-            .context("the farm object has no FARM_CLASS_COUNTERS map")?;
-        let counters = PerCpuArray::<_, u64>::try_from(map)?;
+        let stats = self.stats()?;
         let mut counts = ClassCounts::default();
         for class in PacketClass::ALL {
-            let per_cpu = counters
-                .get(&(class as u32), 0)
-                .with_context(|| format!("reading the {} counter", class.name()))?;
-            counts.0[class as usize] = per_cpu.iter().sum();
+            counts.0[class as usize] = stats.classes[class as usize];
         }
         Ok(counts)
+    }
+
+    /// `FARM_STATS` summed over CPUs.
+    fn stats(&self) -> anyhow::Result<FarmStats> {
+        let map = self
+            .ebpf
+            .map("FARM_STATS")
+            .context("the farm object has no FARM_STATS map")?;
+        let per_cpu = PerCpuArray::<_, FarmStats>::try_from(map)?
+            .get(&0, 0)
+            .context("reading FARM_STATS")?;
+        let mut sum = FarmStats::default();
+        for cpu in per_cpu.iter() {
+            for (total, n) in sum.classes.iter_mut().zip(cpu.classes) {
+                *total += n;
+            }
+            for (total, n) in sum.verdicts.iter_mut().zip(cpu.verdicts) {
+                *total += n;
+            }
+        }
+        Ok(sum)
     }
 }
 
@@ -377,9 +400,91 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// The program's key for a VIP: IPv4 mapped into IPv6.
+/// The non-empty slots of the program's VIP index (`FARM_VIP_SLOTS`) for
+/// `vips`: a slot that one VIP falls in holds it, one that several fall in
+/// sends the program to `FARM_VIPS`.
+pub fn vip_index(vips: &[(IpAddr, [u8; 6])]) -> std::collections::BTreeMap<u32, VipSlot> {
+    let mut index = std::collections::BTreeMap::new();
+    for (vip, vmac) in vips {
+        let key = vip_key(*vip);
+        let at = vip_slot_of(&key.addr, vip.is_ipv4());
+        index
+            .entry(at)
+            .and_modify(|s: &mut VipSlot| {
+                if s.addr != key.addr {
+                    *s = VipSlot {
+                        state: slot::SHARED,
+                        ..VipSlot::default()
+                    };
+                }
+            })
+            .or_insert(VipSlot {
+                addr: key.addr,
+                vmac: *vmac,
+                state: slot::ONE,
+                _pad: 0,
+            });
+    }
+    index
+}
+
 pub fn vip_key(vip: IpAddr) -> VipKey {
     match vip {
         IpAddr::V4(v4) => VipKey::v4(v4.octets()),
         IpAddr::V6(v6) => VipKey { addr: v6.octets() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    #[test]
+    fn each_vip_has_its_slot_and_families_never_share_one() {
+        let v4: IpAddr = "10.77.0.200".parse().unwrap();
+        let v6: IpAddr = "fd77::c8".parse().unwrap();
+        let index = vip_index(&[(v4, MAC), (v6, MAC)]);
+        assert_eq!(index.len(), 2);
+        let four = index[&0x0c8];
+        assert_eq!(
+            (four.state, four.addr, four.vmac),
+            (slot::ONE, vip_key(v4).addr, MAC)
+        );
+        let six = index[&(VIP_SLOTS + 0x0c8)];
+        assert_eq!((six.state, six.addr), (slot::ONE, vip_key(v6).addr));
+    }
+
+    #[test]
+    fn vips_ending_alike_send_the_program_to_the_hash_map() {
+        let a: IpAddr = "10.0.1.5".parse().unwrap();
+        let b: IpAddr = "10.9.1.5".parse().unwrap();
+        let c: IpAddr = "10.0.2.5".parse().unwrap();
+        let index = vip_index(&[(a, MAC), (b, MAC), (c, MAC), (a, MAC)]);
+        assert_eq!(index[&0x105].state, slot::SHARED);
+        assert_eq!(index[&0x205].state, slot::ONE, "10.0.2.5 ends otherwise");
+        assert_eq!(index.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use halo_common::farm::{bucket_of, bucket_of_v4, VipKey};
+
+    #[test]
+    fn the_ipv4_hash_is_the_mapped_address_hash() {
+        let mut x: u32 = 0x0a4d_0001;
+        for i in 0..20_000u32 {
+            // A cheap walk over scattered addresses and ports.
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let octets = x.to_be_bytes();
+            let port = (i % 3 != 0).then_some((x >> 7) as u16);
+            assert_eq!(
+                bucket_of_v4(octets, port),
+                bucket_of(&VipKey::v4(octets).addr, port),
+                "{octets:?} port {port:?}"
+            );
+        }
     }
 }

@@ -479,3 +479,93 @@ fn a_solicitation_sent_to_the_vip_for_another_target_is_bucketed_not_passed_by_a
         }
     }
 }
+
+/// The program finds VIPs through an index slot picked by an address's
+/// low 12 bits. Two VIPs that end alike share one (the program then asks
+/// its hash map of VIPs), and an address that ends like a VIP is no VIP.
+#[test]
+fn vips_sharing_an_index_slot_are_both_served_and_their_neighbours_pass() {
+    // 10.0.0.100, 10.1.0.100, 10.2.0.100: the same low 12 bits.
+    let second = Ipv4Addr::new(10, 1, 0, 100);
+    let second_mac: Mac = [0x5a, 0xfe, 10, 1, 0, 100];
+    let neighbour = Ipv4Addr::new(10, 2, 0, 100);
+    // fd00::100 and fd00:1::100 share an IPv6 slot.
+    let second6: Ipv6Addr = "fd00:1::100".parse().unwrap();
+    let mut vips = default_vips();
+    vips.push((second.into(), second_mac));
+    vips.push((second6.into(), VMAC6));
+    for shared in [true, false] {
+        let mut ingress = farm(if shared { &vips } else { &vips[..1] });
+        let client = Ipv4Addr::new(192, 168, 7, 9);
+        let targets: &[Ipv4Addr] = if shared { &[VIP4, second] } else { &[VIP4] };
+        for &vip in targets {
+            for sport in 40_000..40_040u16 {
+                let frame =
+                    frames::ipv4_tcp(VMAC4, CLIENT_MAC, client, vip, sport, 80, frames::TCP_SYN);
+                let expected = if owned(bucket_of(&mapped(client), Some(sport))) {
+                    XDP_PASS
+                } else {
+                    XDP_DROP
+                };
+                assert_eq!(
+                    ingress.test_run(&frame).unwrap(),
+                    expected,
+                    "{vip} port {sport} (shared slot: {shared})"
+                );
+            }
+        }
+        // Not a VIP, in a VIP's slot: passes whatever its bucket, with
+        // its destination MAC untouched.
+        for sport in 40_000..40_040u16 {
+            let frame = frames::ipv4_tcp(
+                VMAC4,
+                CLIENT_MAC,
+                client,
+                neighbour,
+                sport,
+                80,
+                frames::TCP_SYN,
+            );
+            let (verdict, out) = ingress.test_run_output(&frame).unwrap();
+            assert_eq!(
+                verdict, XDP_PASS,
+                "{neighbour} is no VIP (shared slot: {shared})"
+            );
+            assert_eq!(out, frame, "{neighbour}'s frame is untouched");
+        }
+    }
+    // ARP for the second VIP of a shared slot: answered with its own MAC.
+    let mut ingress = farm(&vips);
+    let requester = (1..=100u8)
+        .map(|last| Ipv4Addr::new(192, 168, 50, last))
+        .find(|r| owned(bucket_of(&mapped(*r), None)))
+        .unwrap();
+    let (verdict, reply) = ingress
+        .test_run_output(&frames::arp_request(CLIENT_MAC, requester, second))
+        .unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(reply[22..28], second_mac, "the second VIP's virtual MAC");
+    let (verdict, _) = ingress
+        .test_run_output(&frames::arp_request(CLIENT_MAC, requester, neighbour))
+        .unwrap();
+    assert_eq!(
+        verdict, XDP_PASS,
+        "an ARP request for {neighbour} is not ours"
+    );
+    // The second IPv6 VIP of a shared slot is served too.
+    let requester6: Ipv6Addr = (1..=200u16)
+        .map(|i| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 7, i))
+        .find(|r| owned(bucket_of(&r.octets(), None)))
+        .unwrap();
+    let (verdict, reply) = ingress
+        .test_run_output(&frames::neighbour_solicitation(
+            CLIENT_MAC, requester6, second6,
+        ))
+        .unwrap();
+    assert_eq!(verdict, XDP_TX, "fd00:1::100 is a VIP: its owner answers");
+    assert_eq!(
+        &reply[reply.len() - 6..],
+        &VMAC6,
+        "with the VIP's virtual MAC"
+    );
+}
