@@ -136,7 +136,17 @@ impl FailureDetector {
             }
         }
         self.last_tick = Some(now);
+        events.extend(self.check(now));
+        events
+    }
 
+    /// The silence check alone, for the moment a silence deadline
+    /// ([`FailureDetector::next_silence`]) passes between two ticks: a
+    /// peer is lost `timeout` after its last frame, not at the next tick
+    /// after that (up to a pulse later). The caller reads every frame
+    /// waiting in its sockets first.
+    pub fn check(&mut self, now: Millis) -> Vec<Liveness> {
+        let mut events = Vec::new();
         for (name, peer) in &mut self.peers {
             for (network, heard) in peer.heard.iter().enumerate() {
                 let timeout = self.timeouts[network];
@@ -155,6 +165,22 @@ impl FailureDetector {
             }
         }
         events
+    }
+
+    /// When the first network that still carries a peer goes silent for
+    /// its timeout, if no frame comes before.
+    pub fn next_silence(&self) -> Option<Millis> {
+        self.peers
+            .values()
+            .flat_map(|peer| {
+                peer.heard
+                    .iter()
+                    .zip(&peer.network_up)
+                    .zip(&self.timeouts)
+                    .filter(|((_, up), _)| **up)
+                    .filter_map(|((heard, _), timeout)| heard.map(|at| at + *timeout))
+            })
+            .min()
     }
 
     /// When the next tick is due.
@@ -176,6 +202,45 @@ impl FailureDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_is_lost_its_timeout_after_its_last_frame_not_at_the_next_tick() {
+        let mut d = detector(2);
+        d.tick(ms(0));
+        d.heard("b", 0, ms(50));
+        d.heard("b", 1, ms(70));
+        assert!(d.tick(ms(100)).is_empty());
+        assert_eq!(
+            d.next_silence(),
+            Some(ms(550)),
+            "network 0 goes silent first"
+        );
+        // Ticks every pulse would see the silence only at 600.
+        for t in [200, 300, 400, 500] {
+            assert!(d.tick(ms(t)).is_empty(), "tick at {t}");
+        }
+        assert!(d.check(ms(549)).is_empty());
+        assert_eq!(
+            d.check(ms(550)),
+            [Liveness::NetworkDown {
+                peer: "b".into(),
+                network: 0
+            }]
+        );
+        assert_eq!(d.next_silence(), Some(ms(570)), "network 1 is left");
+        assert_eq!(
+            d.check(ms(570)),
+            [
+                Liveness::NetworkDown {
+                    peer: "b".into(),
+                    network: 1
+                },
+                Liveness::PeerDown { peer: "b".into() }
+            ]
+        );
+        assert_eq!(d.next_silence(), None, "nothing left to lose");
+        assert!(d.tick(ms(600)).is_empty(), "a loss is reported once");
+    }
 
     const PULSE: Duration = Duration::from_millis(100);
     const TIMEOUT: Duration = Duration::from_millis(500);

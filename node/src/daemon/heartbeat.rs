@@ -382,9 +382,26 @@ impl Runner {
                 self.publish(events);
                 next_tick = advance(next_tick, self.tick, now);
             }
-            self.wait_for_frames(next_tick.saturating_duration_since(Instant::now()));
+            // Also wake when a peer's silence reaches its timeout: it is
+            // lost then, not at the next tick (up to a pulse later).
+            let wake = match self.detector.next_silence() {
+                Some(at) => next_tick.min(self.origin + at),
+                None => next_tick,
+            };
+            self.wait_for_frames(wake.saturating_duration_since(Instant::now()));
             self.beat(Instant::now());
             self.receive_waiting();
+            let now = Instant::now();
+            let silence_due = self
+                .detector
+                .next_silence()
+                .is_some_and(|at| self.clock(now) >= at);
+            // A tick due now does the check itself, after forgiving a stall
+            // of this process.
+            if silence_due && now < next_tick {
+                let events = self.detector.check(self.clock(now));
+                self.publish(events);
+            }
         }
     }
 

@@ -1280,6 +1280,18 @@ impl MirrorDriver {
                     .request_lease(&module, &node, arbiter.lease, claim, every)
                     .await;
                 use crate::witness::protocol::Verdict;
+                // A lease held by the peer (or a witness still starting)
+                // frees at a known instant: ask again then, not at the next
+                // regular request, up to a third of a lease later.
+                let frees_in = match &answer {
+                    Ok(reply) => match &reply.verdict {
+                        Verdict::Held { remaining, .. } | Verdict::Starting { remaining } => {
+                            Some(*remaining)
+                        }
+                        _ => None,
+                    },
+                    Err(_) => None,
+                };
                 let message = match answer {
                     Ok(reply) => match reply.verdict {
                         Verdict::Granted {
@@ -1312,7 +1324,11 @@ impl MirrorDriver {
                 if internal.send(message).is_err() {
                     return;
                 }
-                tokio::time::sleep_until(started + every).await;
+                let next = started + every;
+                let next = frees_in.map_or(next, |after| {
+                    next.min(tokio::time::Instant::now() + after + Duration::from_millis(1))
+                });
+                tokio::time::sleep_until(next).await;
             }
         }));
     }

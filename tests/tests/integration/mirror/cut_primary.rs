@@ -15,9 +15,11 @@ use super::{
     roles::{spawn_ready_probe, start_with_arbiter},
 };
 
-/// Longer than the heartbeat timeout plus the lease (0.5 s + 1 s), so that
-/// n2 takes over while n1 is cut; shorter than the old 2 s flush.
-const CUT: Duration = Duration::from_millis(1600);
+/// Longer than it takes n2 to take over (its lease request comes at the
+/// heartbeat timeout, 0.5 s; the witness frees n1's lease, renewed just
+/// before the cut, about 1.6 s after it: 1 s of lease plus its grace, and
+/// n2 asks again the moment it frees); shorter than the old 2 s flush.
+const CUT: Duration = Duration::from_millis(1850);
 
 #[test]
 fn a_primary_cut_off_while_it_streams_stops_serving_when_its_lease_ends() {
