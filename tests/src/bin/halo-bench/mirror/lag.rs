@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use halo::ebpf::farm::monotonic_ns;
 use halo_tests::{
     cluster::{Cluster, Timing},
     lab::{self, Lab, LabBuilder, LabProcess},
@@ -28,7 +29,6 @@ use halo_tests::{
 use nix::{
     poll::{poll, PollFd, PollFlags, PollTimeout},
     sys::inotify::{AddWatchFlags, InitFlags, Inotify},
-    time::{clock_gettime, ClockId},
 };
 
 use super::{mirror_toml_with, stop_daemons, sync, wait_module, DIR};
@@ -66,11 +66,6 @@ pub struct Run {
 pub struct LagResult {
     pub runs: Vec<Run>,
     pub notes: Vec<String>,
-}
-
-fn monotonic_ns() -> Result<u64> {
-    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).context("read CLOCK_MONOTONIC")?;
-    Ok(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
 }
 
 fn file_name(file: u32) -> String {
@@ -114,7 +109,7 @@ pub fn writer(dir: &Path, files: u32, rate: u32, seconds: u32) -> Result<()> {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("open {}", path.display()))?;
-        file.write_all_at(&record(seq, monotonic_ns()?), slot * RECORD as u64)
+        file.write_all_at(&record(seq, monotonic_ns()), slot * RECORD as u64)
             .with_context(|| format!("write {}", path.display()))?;
     }
     println!("{total}");
@@ -156,7 +151,7 @@ impl Copy {
             let Some(stamp) = stamp_of(&bytes, seq) else {
                 return Ok(());
             };
-            *lag = Some(monotonic_ns()?.saturating_sub(stamp));
+            *lag = Some(monotonic_ns().saturating_sub(stamp));
             self.next[file as usize] += 1;
             self.seen += 1;
         }
