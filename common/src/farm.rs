@@ -83,7 +83,7 @@ pub enum BucketState {
     Draining = 2,
     /// Now this node's, while the old owner drains: accept new TCP
     /// connections and flows with a socket here; UDP as the bucket's
-    /// `FARM_UDP_CUTS` entry says ([`UdpFlow`]).
+    /// `FARM_CUTS` entry says ([`UdpFlow`]).
     Incoming = 3,
 }
 
@@ -300,10 +300,10 @@ pub struct UdpFlowKey {
 ///   `mine`: one it served while it owned the bucket;
 /// - the new owner (`Incoming`) leaves to the old owner a fresh flow it
 ///   does not serve itself and first saw before the bucket's cut (the
-///   moment the old owner stopped taking new flows, `FARM_UDP_CUTS`), and
+///   moment the old owner stopped taking new flows, `FARM_CUTS`), and
 ///   takes every other one: new flows, flows first seen after the cut
 ///   (the old owner dropped them), flows idle for `udp_idle`. Until the
-///   new owner knows that moment (the cut is [`UDP_CUT_UNKNOWN`]) the old
+///   new owner knows that moment (the cut is [`CUT_UNKNOWN`]) the old
 ///   owner may still own the bucket outright, so it takes no flow but its
 ///   own.
 ///
@@ -330,9 +330,22 @@ pub struct UdpFlow {
 /// while nothing else about the flow changes.
 pub const UDP_REFRESH_NS: u64 = 100_000_000;
 
-/// A bucket's `FARM_UDP_CUTS` value while the new owner does not know
-/// when the old one stopped taking new UDP flows.
-pub const UDP_CUT_UNKNOWN: u64 = u64::MAX;
+/// A bucket's `FARM_CUTS` value while the new owner does not know
+/// when the old one stopped taking new flows (UDP flows and TCP
+/// connections).
+pub const CUT_UNKNOWN: u64 = u64::MAX;
+
+/// Whether an `Incoming` bucket whose cut is `cut` takes a new TCP
+/// connection (a SYN without ACK). Only once the cut is known: before,
+/// the old owner may still own the bucket outright and answer the same
+/// SYN, and of the two SYN-ACKs the client gets, the node whose answer
+/// came second resets the connection the other accepted (its request
+/// socket refuses the client's ACK). Dropped, the SYN comes again after
+/// the client's retransmission timeout (1 s on Linux), by then to a
+/// bucket whose cut is known.
+pub fn incoming_takes_syn(cut: u64) -> bool {
+    cut != CUT_UNKNOWN
+}
 
 /// The decision on one UDP datagram of a rule in a bucket in `state`, at
 /// `now`, given the flow's entry in this node's table (`None` if it has

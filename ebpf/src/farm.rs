@@ -35,9 +35,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use halo_common::farm::{
-    bucket_of, bucket_of_v4, filter, slot, udp_decision, BucketState, FarmRule, FarmSettings,
-    FarmStats, PacketClass, UdpFlow, UdpFlowKey, Verdict, VipKey, VipSlot, VipValue, BUCKETS,
-    MAX_IPV6_EXTENSION_HEADERS, MAX_RULES, MAX_VLAN_TAGS, UDP_CUT_UNKNOWN, VIP_SLOTS,
+    bucket_of, bucket_of_v4, filter, incoming_takes_syn, slot, udp_decision, BucketState, FarmRule,
+    FarmSettings, FarmStats, PacketClass, UdpFlow, UdpFlowKey, Verdict, VipKey, VipSlot, VipValue,
+    BUCKETS, CUT_UNKNOWN, MAX_IPV6_EXTENSION_HEADERS, MAX_RULES, MAX_VLAN_TAGS, VIP_SLOTS,
 };
 use halo_ebpf::packet::{
     be16, has_bytes, ptr_at, ptr_at_mut, ArpHdr, EthHdr, Ipv4Hdr, Ipv6FragmentHdr, Ipv6Hdr,
@@ -86,11 +86,12 @@ static FARM_BUCKETS: Array<u8> = Array::with_max_entries(2 * BUCKETS, 0);
 static FARM_UDP_FLOWS: LruHashMap<UdpFlowKey, UdpFlow> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Per bucket, in the same two halves as `FARM_BUCKETS`: when the old
-/// owner of an `Incoming` bucket stopped taking new UDP flows
-/// (`bpf_ktime_get_ns` time; `UDP_CUT_UNKNOWN` while this node does not
-/// know). Unused in other states.
+/// owner of an `Incoming` bucket stopped taking new flows
+/// (`bpf_ktime_get_ns` time; `CUT_UNKNOWN` while this node does not
+/// know, and then the bucket takes neither new UDP flows nor new TCP
+/// connections). Unused in other states.
 #[map]
-static FARM_UDP_CUTS: Array<u64> = Array::with_max_entries(2 * BUCKETS, 0);
+static FARM_CUTS: Array<u64> = Array::with_max_entries(2 * BUCKETS, 0);
 
 #[xdp]
 pub fn farm_ingress(ctx: XdpContext) -> u32 {
@@ -522,7 +523,11 @@ fn try_decide(
                     // SAFETY: bounds checked by ptr_at.
                     let flags = unsafe { (*tcp).flags };
                     let new_connection = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
-                    new_connection || has_tcp_socket(ctx, packet, sport, dport)
+                    if new_connection {
+                        incoming_takes_syn(bucket_cut(settings, bucket))
+                    } else {
+                        has_tcp_socket(ctx, packet, sport, dport)
+                    }
                 }
             };
             if !keep {
@@ -674,13 +679,17 @@ fn udp_keeps(
 ) -> bool {
     let key = udp_key(client, sport, dport);
     let cut = match state {
-        BucketState::Incoming => {
-            let index = (settings.active_table & 1) * BUCKETS + (bucket % BUCKETS);
-            FARM_UDP_CUTS.get(index).copied().unwrap_or(UDP_CUT_UNKNOWN)
-        }
-        _ => UDP_CUT_UNKNOWN,
+        BucketState::Incoming => bucket_cut(settings, bucket),
+        _ => CUT_UNKNOWN,
     };
     udp_flow_decision(&key, state as u8, cut, settings.udp_idle_ns) != 0
+}
+
+/// The cut of `bucket` in the active table (`FARM_CUTS`).
+#[inline(always)]
+fn bucket_cut(settings: &FarmSettings, bucket: u32) -> u64 {
+    let index = (settings.active_table & 1) * BUCKETS + (bucket % BUCKETS);
+    FARM_CUTS.get(index).copied().unwrap_or(CUT_UNKNOWN)
 }
 
 /// The flow-table half of [`udp_keeps`], a subprogram of its own: inlined

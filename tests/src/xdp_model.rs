@@ -30,13 +30,14 @@
 //!   for it and SPEC §4 accepts VIP traffic only in the node's own buckets.
 //!
 //! Handover buckets: `Draining` keeps TCP only for connections with a
-//! socket on this node and `Incoming` takes new TCP connections (SYN
-//! without ACK) and those with a socket. UDP: the program records every
-//! flow of a rule it sees, with whether it took its last datagram;
-//! `Draining` keeps the flows it took last, and so does `Incoming` while
-//! the old owner's cut is unknown, which is how the test writes its tables
-//! (a known cut depends on the time of the program's clock, which the model
-//! does not see). The model has no sockets: it predicts for a host where no
+//! socket on this node and `Incoming` takes those with a socket, and new
+//! TCP connections (SYN without ACK) only once the old owner's cut is
+//! known. UDP: the program records every flow of a rule it sees, with
+//! whether it took its last datagram; `Draining` keeps the flows it took
+//! last, and so does `Incoming` while the old owner's cut is unknown. The
+//! test writes its tables with every cut unknown (a known cut depends on
+//! the time of the program's clock, which the model does not see), so an
+//! `Incoming` bucket takes no SYN here. The model has no sockets: it predicts for a host where no
 //! TCP socket matches the frames (the test's VIPs are addresses nobody
 //! holds), and it remembers which UDP flows it took last, as the program's
 //! flow table does, with an idle time longer than any test run.
@@ -398,10 +399,12 @@ impl FarmModel {
                     // No socket on this host: nothing draining is kept.
                     (BucketState::Draining, _) => false,
                     (BucketState::Incoming, _) => {
-                        let Some(&flags) = frame.get(packet.l4 + 13) else {
+                        if frame.get(packet.l4 + 13).is_none() {
                             return Prediction::drop(Reason::Unreadable);
-                        };
-                        flags & 0x02 != 0 && flags & 0x10 == 0
+                        }
+                        // A SYN waits for the cut, which is unknown here,
+                        // and no socket matches anything else.
+                        false
                     }
                 };
                 if packet.proto == UDP {
@@ -552,8 +555,8 @@ mod tests {
         }
         assert_eq!(
             model(BucketState::Incoming).predict(&frame).action,
-            Action::Pass,
-            "a new connection goes to the incoming owner"
+            Action::Drop,
+            "a new connection goes to the incoming owner only once the old owner's cut is known"
         );
         let no_rule = frames::ipv4_tcp(VMAC4, CLIENT_MAC, client(), VIP4, 1, 81, frames::TCP_SYN);
         assert_eq!(

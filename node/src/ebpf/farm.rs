@@ -10,7 +10,7 @@ use aya::{
 };
 use halo_common::farm::{
     slot, vip_slot_of, BucketState, FarmRule, FarmSettings, FarmStats, PacketClass, UdpFlow,
-    UdpFlowKey, Verdict, VipKey, VipSlot, VipValue, BUCKETS, MAX_RULES, UDP_CUT_UNKNOWN, VIP_SLOTS,
+    UdpFlowKey, Verdict, VipKey, VipSlot, VipValue, BUCKETS, CUT_UNKNOWN, MAX_RULES, VIP_SLOTS,
 };
 
 use super::FARM_OBJECT;
@@ -162,15 +162,18 @@ impl FarmIngress {
     /// Replaces the bucket table atomically: the idle half of
     /// `FARM_BUCKETS` is written, then `active_table` flips, so the program
     /// never sees a mix of the old and the new table. Every `Incoming`
-    /// bucket takes no UDP flow but its own ([`UDP_CUT_UNKNOWN`]).
+    /// bucket takes no new flow, UDP or TCP, until its cut is known
+    /// ([`CUT_UNKNOWN`]): only its own UDP flows and the connections it
+    /// has sockets for.
     pub fn set_buckets(&mut self, states: &[BucketState]) -> anyhow::Result<()> {
-        self.set_buckets_with_cuts(states, &vec![UDP_CUT_UNKNOWN; states.len()])
+        self.set_buckets_with_cuts(states, &vec![CUT_UNKNOWN; states.len()])
     }
 
-    /// [`FarmIngress::set_buckets`] with each bucket's UDP cut: for an
-    /// `Incoming` bucket, when its old owner stopped taking new UDP flows
-    /// (CLOCK_MONOTONIC nanoseconds; common::farm::UdpFlow), written to the
-    /// same half as the states.
+    /// [`FarmIngress::set_buckets`] with each bucket's cut: for an
+    /// `Incoming` bucket, when its old owner stopped taking new flows
+    /// (CLOCK_MONOTONIC nanoseconds; common::farm::UdpFlow and
+    /// common::farm::incoming_takes_syn), written to the same half as the
+    /// states.
     pub fn set_buckets_with_cuts(
         &mut self,
         states: &[BucketState],
@@ -184,15 +187,12 @@ impl FarmIngress {
         );
         let mut settings = self.settings()?;
         let idle = (settings.active_table & 1) ^ 1;
-        let mut cut_map: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut("FARM_UDP_CUTS")
-                .context("no FARM_UDP_CUTS map")?,
-        )?;
+        let mut cut_map: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut("FARM_CUTS").context("no FARM_CUTS map")?)?;
         for (bucket, cut) in cuts.iter().enumerate() {
             cut_map
                 .set(idle * BUCKETS + bucket as u32, *cut, 0)
-                .context("writing FARM_UDP_CUTS")?;
+                .context("writing FARM_CUTS")?;
         }
         let mut table: Array<_, u8> = Array::try_from(
             self.ebpf

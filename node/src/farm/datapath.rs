@@ -4,14 +4,14 @@
 //! settled as connections end.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
 use aya::programs::xdp::XdpMode;
-use halo_common::farm::{filter, BucketState, FarmRule, UDP_CUT_UNKNOWN, UDP_REFRESH_NS};
+use halo_common::farm::{filter, BucketState, FarmRule, CUT_UNKNOWN, UDP_REFRESH_NS};
 
 use super::{
     buckets::BucketTable,
@@ -156,10 +156,16 @@ impl FarmDataPath {
             let mut before = members.clone();
             before.remove(self.handover.me());
             self.handover
-                .retable(BucketTable::compute(&before)?, alive, now);
+                .retable(BucketTable::compute(&before)?, alive, &BTreeSet::new(), now);
         }
         let table = BucketTable::compute(members)?;
-        self.handover.retable(table, alive, now);
+        let holders = holders(
+            peers,
+            self.applied.map(|a| a.fingerprint),
+            fingerprint(members),
+            alive,
+        );
+        self.handover.retable(table, alive, &holders, now);
         let power = members.get(self.handover.me()).copied();
         let was_zero = self.applied.and_then(|a| a.zero_since);
         self.applied = Some(Applied {
@@ -182,6 +188,22 @@ impl FarmDataPath {
         if let Some(applied) = &mut self.applied {
             applied.wall_ns = wall_ns();
         }
+        let states = self.handover.states();
+        let count = |state| states.iter().filter(|s| **s == state).count();
+        let members: Vec<String> = members.iter().map(|(n, p)| format!("{n}={p}")).collect();
+        // `holders`: peers whose table this node does not know, or that
+        // drain, so that the buckets this node keeps wait for them too;
+        // `at_ns`: when the table went live (CLOCK_MONOTONIC).
+        tracing::info!(
+            module = %self.module.name,
+            members = %members.join(","),
+            owned = count(BucketState::Owned),
+            incoming = count(BucketState::Incoming),
+            draining = count(BucketState::Draining),
+            holders = ?holders,
+            at_ns = monotonic_ns(),
+            "bucket table applied"
+        );
         Ok(())
     }
 
@@ -334,16 +356,47 @@ impl FarmDataPath {
             owned = count(BucketState::Owned),
             incoming = count(BucketState::Incoming),
             draining = count(BucketState::Draining),
-            cuts = self.handover.udp_cuts().iter().filter(|c| **c != UDP_CUT_UNKNOWN).count(),
+            cuts = self.handover.cuts().iter().filter(|c| **c != CUT_UNKNOWN).count(),
             now = monotonic_ns(),
             table = self.applied.map_or(0, |a| a.fingerprint),
             "bucket states written"
         );
         if let Some(ingress) = &mut self.ingress {
-            ingress.set_buckets_with_cuts(&self.handover.states(), &self.handover.udp_cuts())?;
+            ingress.set_buckets_with_cuts(&self.handover.states(), &self.handover.cuts())?;
         }
         Ok(())
     }
+}
+
+/// The live peers that may serve buckets this node keeps when it moves
+/// from the table `old` (fingerprint; `None`: it had none) to `new`:
+/// those that announce a table that is neither (nodes that went UP each
+/// from its own partial view may own any bucket outright), and those
+/// that apply `new` already and drain (they may have come to it from such
+/// a table; the heartbeat says whether a node drains, not which buckets).
+/// A peer that applied `old` agreed that the buckets this node keeps were
+/// this node's, and what it still drains from before is known here (the
+/// handover's earlier owners); a peer that announces no table applies
+/// none and serves no bucket.
+pub fn holders(
+    peers: &BTreeMap<String, PeerAnnouncement>,
+    old: Option<u64>,
+    new: u64,
+    alive: &dyn Fn(&str) -> bool,
+) -> BTreeSet<String> {
+    peers
+        .iter()
+        .filter(|(name, peer)| {
+            alive(name)
+                && match peer.fingerprint {
+                    0 => false,
+                    f if f == new => peer.draining,
+                    f if Some(f) == old => false,
+                    _ => true,
+                }
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// A membership's fingerprint, the same on every node that computes its
@@ -406,5 +459,47 @@ fn rule(rule: &config::Rule) -> FarmRule {
         first_port,
         last_port,
         _pad: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announcing(fingerprint: u64, draining: bool) -> PeerAnnouncement {
+        PeerAnnouncement {
+            fingerprint,
+            applied_wall_ns: 0,
+            draining,
+        }
+    }
+
+    #[test]
+    fn peers_may_serve_kept_buckets_only_from_an_unknown_table_or_a_drain() {
+        let (old, new, other) = (11, 13, 17);
+        let peers = BTreeMap::from([
+            ("agrees-before".to_owned(), announcing(old, false)),
+            ("drains-from-before".to_owned(), announcing(old, true)),
+            ("agrees-after".to_owned(), announcing(new, false)),
+            ("alone".to_owned(), announcing(other, false)),
+            ("draining".to_owned(), announcing(new, true)),
+            ("no-table".to_owned(), announcing(0, true)),
+            ("dead".to_owned(), announcing(other, true)),
+        ]);
+        let alive = |name: &str| name != "dead";
+        assert_eq!(
+            holders(&peers, Some(old), new, &alive),
+            BTreeSet::from(["alone".to_owned(), "draining".to_owned()])
+        );
+        // A node's first table: any table announced is another's.
+        assert_eq!(
+            holders(&peers, None, new, &alive),
+            BTreeSet::from([
+                "agrees-before".to_owned(),
+                "alone".to_owned(),
+                "draining".to_owned(),
+                "drains-from-before".to_owned()
+            ])
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! A bucket that moves from node A to node B while both are alive goes
 //! `Draining` on A and `Incoming` on B (common::farm::BucketState). A keeps
 //! the TCP connections it has sockets for and the UDP flows it served; B
-//! takes new TCP connections and the UDP flows A does not serve. A bucket
+//! takes new TCP connections and the UDP flows A does not serve, once it
+//! knows that A stopped taking them (the *cut*, below). A bucket
 //! leaves `Draining` when this node's kernel has no more connection in it
 //! (read from `/proc/net/tcp{,6}`) and no fresh UDP flow it serves, or,
 //! on a node of power 0, when `drain_timeout` runs out. B's `Incoming`
@@ -22,7 +23,16 @@
 //! but its own, as A may still own the bucket outright. When the bucket
 //! moved before and an earlier owner still drains it, the cut is also no
 //! earlier than when that owner stopped taking new flows there (when it
-//! applied the table that took the bucket from it).
+//! applied the table that took the bucket from it). TCP needs only to know
+//! that the cut is past: until then B drops SYNs (common::farm::
+//! incoming_takes_syn), which A still answers as the owner.
+//!
+//! A bucket B keeps can have another server too: a peer whose table B
+//! does not know (nodes that start together, each first alone; a partial
+//! view) may own it outright, and a peer that drains may drain it. Such a
+//! bucket also goes `Incoming` on B, from that peer (a *holder*), and ends
+//! like any other: B takes its new flows once the holder shows B's table,
+//! and owns it outright once the holder drains no more.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,7 +40,7 @@ use std::{
 };
 
 use halo_common::farm::{
-    bucket_of, filter, BucketState, FarmRule, UdpFlowKey, VipKey, BUCKETS, UDP_CUT_UNKNOWN,
+    bucket_of, filter, BucketState, FarmRule, UdpFlowKey, VipKey, BUCKETS, CUT_UNKNOWN,
 };
 
 use super::buckets::BucketTable;
@@ -64,11 +74,11 @@ impl Slot {
         }
     }
 
-    /// The bucket's UDP cut the ingress program reads.
-    pub fn udp_cut(&self) -> u64 {
+    /// The bucket's cut the ingress program reads.
+    pub fn cut(&self) -> u64 {
         match self {
             Slot::Incoming { cut: Some(cut), .. } => *cut,
-            _ => UDP_CUT_UNKNOWN,
+            _ => CUT_UNKNOWN,
         }
     }
 }
@@ -149,9 +159,9 @@ impl Handover {
         self.slots.iter().map(Slot::state).collect()
     }
 
-    /// The UDP cuts the ingress program reads, in bucket order.
-    pub fn udp_cuts(&self) -> Vec<u64> {
-        self.slots.iter().map(Slot::udp_cut).collect()
+    /// The cuts the ingress program reads, in bucket order.
+    pub fn cuts(&self) -> Vec<u64> {
+        self.slots.iter().map(Slot::cut).collect()
     }
 
     /// The current table.
@@ -175,19 +185,15 @@ impl Handover {
 
     /// Moves to the table of a new membership at `now`. `alive` tells
     /// whether a peer is still running the farm (a planned handover) or is
-    /// gone (its buckets move at once).
-    pub fn retable(&mut self, next: BucketTable, alive: &dyn Fn(&str) -> bool, now: u64) {
-        // Who serves each bucket this node keeps while its peers do not
-        // count it yet: the owner of the table without it. This node's own
-        // previous table may not say so, when it was made from a partial
-        // view of the members (a node that starts with its peers).
-        let others: BTreeMap<String, u32> = next
-            .shares()
-            .iter()
-            .filter(|share| share.node != self.me)
-            .map(|share| (share.node.to_owned(), share.power))
-            .collect();
-        let without_me = BucketTable::compute(&others).ok();
+    /// gone (its buckets move at once); `holders` are the live peers that
+    /// may serve buckets this node keeps (see the module's documentation).
+    pub fn retable(
+        &mut self,
+        next: BucketTable,
+        alive: &dyn Fn(&str) -> bool,
+        holders: &BTreeSet<String>,
+        now: u64,
+    ) {
         for bucket in 0..BUCKETS as usize {
             let new_owner = next.owner(bucket as u16);
             let old_owner = self
@@ -206,18 +212,21 @@ impl Handover {
             }
             let kept = matches!(self.slots[bucket], Slot::Owned | Slot::Incoming { .. });
             if kept && new_owner == Some(self.me.as_str()) {
-                let serving = without_me.as_ref().and_then(|t| t.owner(bucket as u16));
-                if let Some(serving) = serving.filter(|n| alive(n)) {
-                    // In the view without this node it owns the bucket
-                    // now, and takes its new flows.
-                    drainers.insert(serving.to_owned(), None);
+                for holder in holders.iter().filter(|h| alive(h) && **h != self.me) {
+                    drainers.entry(holder.clone()).or_insert(None);
                 }
             }
             drainers.remove(&self.me);
             let slot = std::mem::replace(&mut self.slots[bucket], Slot::NotMine);
             self.slots[bucket] = match (new_owner, slot) {
                 (Some(n), slot) if n == self.me => match slot {
-                    Slot::Owned => Slot::Owned,
+                    Slot::Owned => match drainers.keys().next() {
+                        Some(holder) => Slot::Incoming {
+                            from: holder.clone(),
+                            cut: None,
+                        },
+                        None => Slot::Owned,
+                    },
                     Slot::Incoming { from, cut } if alive(&from) => Slot::Incoming { from, cut },
                     Slot::Incoming { .. } | Slot::Draining { .. } => Slot::Owned,
                     Slot::NotMine => match old_owner {
@@ -243,7 +252,7 @@ impl Handover {
 
     /// Advances the incoming buckets at `now` by what the peers report
     /// (`None`: no report, the peer is gone): an old owner that applies
-    /// this node's table gives the bucket's UDP cut (the time it applied
+    /// this node's table gives the bucket's cut (the time it applied
     /// it); the bucket is this node's outright once, besides, no node that
     /// handed it over (that one or an earlier owner) still drains. Returns
     /// whether anything changed.
@@ -441,6 +450,10 @@ mod tests {
 
     const SECOND: u64 = 1_000_000_000;
 
+    fn none() -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+
     fn patient() -> Patience {
         Patience {
             agreement_waited: false,
@@ -457,8 +470,8 @@ mod tests {
         let alive = |_: &str| true;
         let mut a = Handover::new("a");
         let mut c = Handover::new("c");
-        a.retable(table(&[("a", 1), ("b", 1)]), &alive, 0);
-        c.retable(table(&[("a", 1), ("b", 1)]), &alive, 0);
+        a.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
+        c.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
         let owned_before = count(&a, |s| *s == Slot::Owned);
         assert!(owned_before > 1900, "a owns about half: {owned_before}");
         assert_eq!(
@@ -469,11 +482,11 @@ mod tests {
 
         // c applies the new table first (it joins), a one heartbeat later.
         let next = table(&[("a", 1), ("b", 1), ("c", 1)]);
-        c.retable(next.clone(), &alive, SECOND);
+        c.retable(next.clone(), &alive, &none(), SECOND);
         // a still shows the old table: c waits, taking no UDP flow.
         assert!(!c.confirm(&|_| peer(PeerTable::Other, false), patient(), SECOND));
-        assert!(c.udp_cuts().iter().all(|cut| *cut == UDP_CUT_UNKNOWN));
-        a.retable(next.clone(), &alive, 2 * SECOND);
+        assert!(c.cuts().iter().all(|cut| *cut == CUT_UNKNOWN));
+        a.retable(next.clone(), &alive, &none(), 2 * SECOND);
         let draining_to_c = count(&a, |s| matches!(s, Slot::Draining { to, .. } if to == "c"));
         let incoming_from_a = count(
             &c,
@@ -499,7 +512,7 @@ mod tests {
             .slots()
             .iter()
             .filter(|s| matches!(s, Slot::Incoming { .. }))
-            .map(Slot::udp_cut)
+            .map(Slot::cut)
             .collect();
         assert!(
             cuts.len() > 500 && cuts.iter().all(|cut| *cut == 2 * SECOND),
@@ -522,8 +535,8 @@ mod tests {
     #[test]
     fn an_incoming_bucket_waits_for_its_old_owner_to_show_the_same_table() {
         let mut c = Handover::new("c");
-        c.retable(table(&[("a", 1)]), &|_| true, 0);
-        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, 0);
+        c.retable(table(&[("a", 1)]), &|_| true, &none(), 0);
+        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, &none(), 0);
         let incoming = count(&c, |s| matches!(s, Slot::Incoming { .. }));
         assert!(incoming > 1000, "{incoming}");
         // a reports no draining, but from the old table: long after any
@@ -549,8 +562,13 @@ mod tests {
     fn a_bucket_moved_twice_waits_for_every_earlier_owner() {
         let alive = |_: &str| true;
         let mut b = Handover::new("b");
-        b.retable(table(&[("a", 1), ("b", 1)]), &alive, 0);
-        b.retable(table(&[("a", 1), ("b", 1), ("c", 1)]), &alive, SECOND);
+        b.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
+        b.retable(
+            table(&[("a", 1), ("b", 1), ("c", 1)]),
+            &alive,
+            &none(),
+            SECOND,
+        );
         let heavy = table(&[("a", 1), ("b", 3), ("c", 1)]);
         let moved: Vec<u16> = (0..BUCKETS as u16)
             .filter(|&x| {
@@ -561,7 +579,7 @@ mod tests {
             })
             .collect();
         assert!(!moved.is_empty(), "some bucket goes a -> c -> b");
-        b.retable(heavy, &alive, 2 * SECOND);
+        b.retable(heavy, &alive, &none(), 2 * SECOND);
         let same = PeerTable::Same {
             applied_at: 2 * SECOND,
         };
@@ -599,8 +617,8 @@ mod tests {
             })
             .collect();
         assert!(!moved.is_empty(), "some bucket goes a -> c -> b");
-        b.retable(table(&[("a", 1), ("b", 1)]), &alive, 0);
-        b.retable(join, &alive, SECOND);
+        b.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
+        b.retable(join, &alive, &none(), SECOND);
         // a applies the join's table at 1.5 s (it stops taking new flows
         // in the buckets c gets) and keeps draining their old flows.
         let joined = PeerTable::Same {
@@ -610,7 +628,7 @@ mod tests {
 
         // Then b's power goes up: those buckets move from c to b. c applies
         // the new table at 3 s; a, slower, has not read it yet.
-        b.retable(heavy, &alive, 3 * SECOND);
+        b.retable(heavy, &alive, &none(), 3 * SECOND);
         let heavy_at = |at| PeerTable::Same { applied_at: at };
         let reports = |name: &str| match name {
             "c" => peer(heavy_at(3 * SECOND), false),
@@ -632,11 +650,80 @@ mod tests {
         }
     }
 
+    /// Nodes that start together, each first alone: each owned every
+    /// bucket outright, so when they see each other, the buckets each
+    /// keeps may still be served by the other (its new connections, its
+    /// UDP flows, what it drains later). Kept as Owned, both took the same
+    /// SYNs and datagrams until their tables agreed, and a connection one
+    /// accepted was reset by the other.
+    #[test]
+    fn nodes_that_started_alone_take_the_buckets_they_keep_only_once_the_other_agrees() {
+        let alive = |_: &str| true;
+        let (mut a, mut b) = (Handover::new("a"), Handover::new("b"));
+        a.retable(table(&[("a", 1)]), &alive, &none(), 0);
+        b.retable(table(&[("b", 1)]), &alive, &none(), 0);
+        assert_eq!(count(&a, |s| *s == Slot::Owned), BUCKETS as usize);
+
+        // a sees b first; b still applies its table of itself alone.
+        let both = table(&[("a", 1), ("b", 1)]);
+        let b_alone = BTreeSet::from(["b".to_owned()]);
+        a.retable(both.clone(), &alive, &b_alone, SECOND);
+        let kept: Vec<usize> = (0..BUCKETS as usize)
+            .filter(|x| both.owner(*x as u16) == Some("a"))
+            .collect();
+        assert!(kept.len() > 1900, "{}", kept.len());
+        for x in &kept {
+            assert_eq!(
+                a.slots()[*x],
+                Slot::Incoming {
+                    from: "b".to_owned(),
+                    cut: None
+                },
+                "bucket {x}: b may own it outright until it shows a's table"
+            );
+        }
+        assert!(a.cuts().iter().all(|c| *c == CUT_UNKNOWN));
+        assert!(!a.confirm(&|_| peer(PeerTable::Other, false), patient(), SECOND));
+
+        // b applies the same table at 1.2 s and drains the buckets it gave
+        // a: a takes new flows in them from then, and owns them outright
+        // once b drains no more.
+        b.retable(both.clone(), &alive, &none(), SECOND + SECOND / 5);
+        assert!(b.draining());
+        let b_applied = PeerTable::Same {
+            applied_at: SECOND + SECOND / 5,
+        };
+        assert!(a.confirm(&|_| peer(b_applied, true), patient(), 2 * SECOND));
+        assert!(kept
+            .iter()
+            .all(|x| a.slots()[*x].cut() == SECOND + SECOND / 5));
+        b.drain(&BTreeSet::new(), None, 3 * SECOND);
+        assert!(a.confirm(&|_| peer(b_applied, b.draining()), patient(), 3 * SECOND));
+        assert!(kept.iter().all(|x| a.slots()[*x] == Slot::Owned));
+    }
+
+    #[test]
+    fn a_node_keeps_its_buckets_owned_when_no_peer_may_serve_them() {
+        let alive = |_: &str| true;
+        let mut a = Handover::new("a");
+        a.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
+        let owned = count(&a, |s| *s == Slot::Owned);
+        a.retable(
+            table(&[("a", 1), ("b", 1), ("c", 1)]),
+            &alive,
+            &none(),
+            SECOND,
+        );
+        let kept = count(&a, |s| *s == Slot::Owned);
+        assert!(kept > owned / 2 && kept < owned, "{kept} of {owned}");
+        assert_eq!(count(&a, |s| matches!(s, Slot::Incoming { .. })), 0);
+    }
+
     #[test]
     fn an_old_owner_that_announces_no_table_is_waited_for_a_grace() {
         let mut c = Handover::new("c");
-        c.retable(table(&[("a", 1)]), &|_| true, 0);
-        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, 0);
+        c.retable(table(&[("a", 1)]), &|_| true, &none(), 0);
+        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, &none(), 0);
         let unknown = |_: &str| peer(PeerTable::Unknown, false);
         assert!(!c.confirm(&unknown, patient(), SECOND));
         let grace = Patience {
@@ -652,8 +739,8 @@ mod tests {
         // a leaves (a graceful stop): it applies the table without itself
         // and drains; c reads it from a's report and applies the same.
         let mut c = Handover::new("c");
-        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, 0);
-        c.retable(table(&[("c", 1)]), &|_| true, 5 * SECOND);
+        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, &none(), 0);
+        c.retable(table(&[("c", 1)]), &|_| true, &none(), 5 * SECOND);
         let applied = PeerTable::Same {
             applied_at: 4 * SECOND,
         };
@@ -662,11 +749,11 @@ mod tests {
             .slots()
             .iter()
             .filter(|s| matches!(s, Slot::Incoming { .. }))
-            .all(|s| s.udp_cut() == 4 * SECOND));
+            .all(|s| s.cut() == 4 * SECOND));
         // The cut is never later than now, whatever the clocks say.
         let mut d = Handover::new("d");
-        d.retable(table(&[("a", 1), ("d", 1)]), &|_| true, 0);
-        d.retable(table(&[("d", 1)]), &|_| true, 5 * SECOND);
+        d.retable(table(&[("a", 1), ("d", 1)]), &|_| true, &none(), 0);
+        d.retable(table(&[("d", 1)]), &|_| true, &none(), 5 * SECOND);
         let ahead = PeerTable::Same {
             applied_at: 9 * SECOND,
         };
@@ -675,14 +762,14 @@ mod tests {
             .slots()
             .iter()
             .filter(|s| matches!(s, Slot::Incoming { .. }))
-            .all(|s| s.udp_cut() == 5 * SECOND));
+            .all(|s| s.cut() == 5 * SECOND));
     }
 
     #[test]
     fn buckets_of_a_dead_node_move_at_once() {
         let mut a = Handover::new("a");
-        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
-        a.retable(table(&[("a", 1)]), &|peer| peer != "b", 0);
+        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, &none(), 0);
+        a.retable(table(&[("a", 1)]), &|peer| peer != "b", &none(), 0);
         assert_eq!(
             count(&a, |s| *s == Slot::Owned),
             BUCKETS as usize,
@@ -693,8 +780,8 @@ mod tests {
     #[test]
     fn a_busy_draining_bucket_keeps_draining() {
         let mut a = Handover::new("a");
-        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
-        a.retable(table(&[("b", 1)]), &|_| true, 0);
+        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, &none(), 0);
+        a.retable(table(&[("b", 1)]), &|_| true, &none(), 0);
         let draining: Vec<u32> = (0..BUCKETS)
             .filter(|b| matches!(a.slots()[*b as usize], Slot::Draining { .. }))
             .collect();
@@ -706,8 +793,8 @@ mod tests {
     #[test]
     fn a_node_of_power_0_gives_up_its_busy_buckets_at_the_limit() {
         let mut a = Handover::new("a");
-        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
-        a.retable(table(&[("a", 0), ("b", 1)]), &|_| true, SECOND);
+        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, &none(), 0);
+        a.retable(table(&[("a", 0), ("b", 1)]), &|_| true, &none(), SECOND);
         let draining: BTreeSet<u32> = (0..BUCKETS)
             .filter(|b| matches!(a.slots()[*b as usize], Slot::Draining { .. }))
             .collect();
@@ -719,11 +806,12 @@ mod tests {
         assert!(!a.draining());
         // A later table change does not restart a bucket's drain.
         let mut b = Handover::new("a");
-        b.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
-        b.retable(table(&[("a", 0), ("b", 1)]), &|_| true, SECOND);
+        b.retable(table(&[("a", 1), ("b", 1)]), &|_| true, &none(), 0);
+        b.retable(table(&[("a", 0), ("b", 1)]), &|_| true, &none(), SECOND);
         b.retable(
             table(&[("a", 0), ("b", 1), ("c", 0)]),
             &|_| true,
+            &none(),
             20 * SECOND,
         );
         assert_eq!(b.drain(&draining, limit, 31 * SECOND).0, draining.len());
@@ -735,8 +823,13 @@ mod tests {
     #[test]
     fn the_limit_of_power_0_counts_from_the_power_change() {
         let mut a = Handover::new("a");
-        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, 0);
-        a.retable(table(&[("a", 1), ("b", 1), ("c", 1)]), &|_| true, SECOND);
+        a.retable(table(&[("a", 1), ("b", 1)]), &|_| true, &none(), 0);
+        a.retable(
+            table(&[("a", 1), ("b", 1), ("c", 1)]),
+            &|_| true,
+            &none(),
+            SECOND,
+        );
         let to_c: BTreeSet<u32> = (0..BUCKETS)
             .filter(|b| matches!(&a.slots()[*b as usize], Slot::Draining { to, .. } if to == "c"))
             .collect();
@@ -744,6 +837,7 @@ mod tests {
         a.retable(
             table(&[("a", 0), ("b", 1), ("c", 1)]),
             &|_| true,
+            &none(),
             100 * SECOND,
         );
         let limit = Some((100 * SECOND, 30 * SECOND));
@@ -828,7 +922,7 @@ mod tests {
                 let b_steps: Vec<(u64, (BucketState, u64))> =
                     m.b.iter().map(|(t, s, c)| (*t, (*s, *c))).collect();
                 let (b_state, cut) = at(&b_steps, now);
-                let by_a = a.datagram(flow as u32, a_state, now, UDP_CUT_UNKNOWN);
+                let by_a = a.datagram(flow as u32, a_state, now, CUT_UNKNOWN);
                 let by_b = b.datagram(flow as u32, b_state, now, cut);
                 let o = &mut out[flow];
                 match (by_a, by_b) {
@@ -854,8 +948,8 @@ mod tests {
         let m = Move {
             a: vec![(0, Owned), (1200 * MS, Draining)],
             b: vec![
-                (0, NotMine, UDP_CUT_UNKNOWN),
-                (1000 * MS, Incoming, UDP_CUT_UNKNOWN),
+                (0, NotMine, CUT_UNKNOWN),
+                (1000 * MS, Incoming, CUT_UNKNOWN),
                 (1400 * MS, Incoming, 1198 * MS),
             ],
         };
@@ -895,10 +989,7 @@ mod tests {
         // 1.2 s and knows the cut at once.
         let m = Move {
             a: vec![(0, Owned), (1000 * MS, Draining)],
-            b: vec![
-                (0, NotMine, UDP_CUT_UNKNOWN),
-                (1200 * MS, Incoming, 998 * MS),
-            ],
+            b: vec![(0, NotMine, CUT_UNKNOWN), (1200 * MS, Incoming, 998 * MS)],
         };
         let flows = replay(&m, &[0, 1100, 1300]);
         let [old, between, new] = flows[..] else {
@@ -913,16 +1004,16 @@ mod tests {
     #[test]
     fn a_udp_flow_idle_beyond_udp_idle_moves_to_the_new_owner() {
         let (mut a, mut b) = (FlowTable::default(), FlowTable::default());
-        assert!(a.datagram(1, Owned, 0, UDP_CUT_UNKNOWN));
-        assert!(!b.datagram(1, NotMine, 0, UDP_CUT_UNKNOWN));
+        assert!(a.datagram(1, Owned, 0, CUT_UNKNOWN));
+        assert!(!b.datagram(1, NotMine, 0, CUT_UNKNOWN));
         // Within udp_idle, during the handover: still a's.
-        assert!(a.datagram(1, Draining, 2 * SECOND, UDP_CUT_UNKNOWN));
+        assert!(a.datagram(1, Draining, 2 * SECOND, CUT_UNKNOWN));
         assert!(!b.datagram(1, Incoming, 2 * SECOND, SECOND));
         // Quiet longer than udp_idle (and the old owner's margin): b's.
         let later = 2 * SECOND + IDLE + 200 * MS;
-        assert!(!a.datagram(1, Draining, later, UDP_CUT_UNKNOWN));
+        assert!(!a.datagram(1, Draining, later, CUT_UNKNOWN));
         assert!(b.datagram(1, Incoming, later, SECOND));
-        assert!(!a.datagram(1, Draining, later + 50 * MS, UDP_CUT_UNKNOWN));
+        assert!(!a.datagram(1, Draining, later + 50 * MS, CUT_UNKNOWN));
         assert!(b.datagram(1, Incoming, later + 50 * MS, SECOND));
     }
 

@@ -11,7 +11,7 @@ use std::{
 };
 
 use halo::ebpf::farm::FarmIngress;
-use halo_common::farm::{bucket_of, filter, BucketState, FarmRule, VipKey, BUCKETS};
+use halo_common::farm::{bucket_of, filter, BucketState, FarmRule, VipKey, BUCKETS, CUT_UNKNOWN};
 use halo_tests::frames::{self, Mac};
 
 const XDP_DROP: u32 = 1;
@@ -333,8 +333,17 @@ fn a_draining_bucket_keeps_connections_this_node_has_a_socket_for() {
     ingress.set_buckets(&table).unwrap();
     assert_eq!(
         ingress.test_run(&syn(other_port)).unwrap(),
+        XDP_DROP,
+        "the old owner may still own the bucket outright: its SYN is not taken twice"
+    );
+    let mut cuts = vec![CUT_UNKNOWN; BUCKETS as usize];
+    cuts[bucket as usize] = 1;
+    cuts[bucket_of(&mapped(vip), Some(other_port)) as usize] = 1;
+    ingress.set_buckets_with_cuts(&table, &cuts).unwrap();
+    assert_eq!(
+        ingress.test_run(&syn(other_port)).unwrap(),
         XDP_PASS,
-        "the new owner takes new connections"
+        "once the old owner stopped taking them, the new owner takes new connections"
     );
     assert_eq!(
         ingress.test_run(&ack(other_port)).unwrap(),

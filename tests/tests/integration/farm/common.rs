@@ -174,7 +174,7 @@ pub struct Farm<'lab> {
 }
 
 /// Starts `node`'s web server.
-fn start_server(lab: &Lab, node: &'static str) -> LabProcess {
+pub fn start_server(lab: &Lab, node: &'static str) -> LabProcess {
     lab.host(node)
         .spawn(
             "web",

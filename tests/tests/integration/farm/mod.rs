@@ -2,6 +2,7 @@
 //! a client host makes real TCP connections to it.
 
 mod checker;
+mod cold_start;
 mod common;
 mod ipv6;
 mod long_lived;
