@@ -217,24 +217,25 @@ impl Handover {
                 }
             }
             drainers.remove(&self.me);
+            // Ours, outright unless a live node may still serve flows in it.
+            let held = || match drainers.keys().next() {
+                Some(from) => Slot::Incoming {
+                    from: from.clone(),
+                    cut: None,
+                },
+                None => Slot::Owned,
+            };
             let slot = std::mem::replace(&mut self.slots[bucket], Slot::NotMine);
             self.slots[bucket] = match (new_owner, slot) {
                 (Some(n), slot) if n == self.me => match slot {
-                    Slot::Owned => match drainers.keys().next() {
-                        Some(holder) => Slot::Incoming {
-                            from: holder.clone(),
-                            cut: None,
-                        },
-                        None => Slot::Owned,
-                    },
                     Slot::Incoming { from, cut } if alive(&from) => Slot::Incoming { from, cut },
-                    Slot::Incoming { .. } | Slot::Draining { .. } => Slot::Owned,
                     Slot::NotMine => match old_owner {
                         Some(from) if from != self.me && alive(&from) => {
                             Slot::Incoming { from, cut: None }
                         }
-                        _ => Slot::Owned,
+                        _ => held(),
                     },
+                    Slot::Owned | Slot::Incoming { .. } | Slot::Draining { .. } => held(),
                 },
                 (Some(n), Slot::Owned | Slot::Incoming { .. }) if alive(n) => Slot::Draining {
                     to: n.to_owned(),
@@ -717,6 +718,37 @@ mod tests {
         let kept = count(&a, |s| *s == Slot::Owned);
         assert!(kept > owned / 2 && kept < owned, "{kept} of {owned}");
         assert_eq!(count(&a, |s| matches!(s, Slot::Incoming { .. })), 0);
+    }
+
+    /// A bucket that comes back while this node still drains it (a power
+    /// raised again, a join undone) may hold the new connections the other
+    /// node took meanwhile: taken as Owned, they were reset here.
+    #[test]
+    fn a_bucket_back_while_it_drains_waits_for_the_node_it_went_to() {
+        let alive = |_: &str| true;
+        let mut a = Handover::new("a");
+        a.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
+        a.retable(table(&[("a", 1), ("b", 3)]), &alive, &none(), SECOND);
+        let went: Vec<usize> = (0..BUCKETS as usize)
+            .filter(|x| matches!(&a.slots()[*x], Slot::Draining { to, .. } if to == "b"))
+            .collect();
+        assert!(!went.is_empty());
+        a.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 2 * SECOND);
+        for x in &went {
+            assert_eq!(
+                a.slots()[*x],
+                Slot::Incoming {
+                    from: "b".to_owned(),
+                    cut: None
+                },
+                "bucket {x}"
+            );
+        }
+        let b_back = PeerTable::Same {
+            applied_at: 2 * SECOND,
+        };
+        assert!(a.confirm(&|_| peer(b_back, false), patient(), 3 * SECOND));
+        assert!(went.iter().all(|x| a.slots()[*x] == Slot::Owned));
     }
 
     #[test]
