@@ -217,11 +217,18 @@ impl Handover {
                 }
             }
             drainers.remove(&self.me);
-            // Ours, outright unless a live node may still serve flows in it.
+            // Ours, outright unless a live node may still serve flows in it;
+            // new flows are ours at once if every such node is known to
+            // have stopped taking them (an earlier owner still draining the
+            // bucket of a node that died).
             let held = || match drainers.keys().next() {
                 Some(from) => Slot::Incoming {
                     from: from.clone(),
-                    cut: None,
+                    cut: drainers
+                        .values()
+                        .copied()
+                        .collect::<Option<Vec<u64>>>()
+                        .and_then(|stopped| stopped.into_iter().max()),
                 },
                 None => Slot::Owned,
             };
@@ -807,6 +814,50 @@ mod tests {
             BUCKETS as usize,
             "the survivor owns every bucket, not incoming"
         );
+    }
+
+    /// A bucket that moved from a to c (a still draining it) when c dies
+    /// and it comes to b: b takes its new flows at once (a stopped taking
+    /// them at the move) and leaves a its old flows until a drains no more.
+    #[test]
+    fn a_dead_nodes_bucket_still_drained_by_an_earlier_owner_takes_new_flows_at_once() {
+        let two = table(&[("a", 1), ("b", 1)]);
+        let join = table(&[("a", 1), ("b", 1), ("c", 1)]);
+        let after = table(&[("a", 1), ("b", 3)]);
+        let moved: Vec<usize> = (0..BUCKETS as usize)
+            .filter(|x| {
+                let x = *x as u16;
+                two.owner(x) == Some("a")
+                    && join.owner(x) == Some("c")
+                    && after.owner(x) == Some("b")
+            })
+            .collect();
+        assert!(!moved.is_empty(), "some bucket goes a -> c -> b");
+        let mut b = Handover::new("b");
+        b.retable(two, &|_| true, &none(), 0);
+        b.retable(join, &|_| true, &none(), SECOND);
+        // a applied the join at 1.5 s and drains what it gave c.
+        let joined = PeerTable::Same {
+            applied_at: SECOND + SECOND / 2,
+        };
+        b.confirm(&|_| peer(joined, true), patient(), 2 * SECOND);
+        // c dies (and b's power goes up).
+        b.retable(after, &|n| n != "c", &none(), 3 * SECOND);
+        for x in &moved {
+            assert_eq!(
+                b.slots()[*x],
+                Slot::Incoming {
+                    from: "a".to_owned(),
+                    cut: Some(SECOND + SECOND / 2)
+                },
+                "bucket {x}: a still drains it, and stopped taking new flows at the join"
+            );
+        }
+        let done = PeerTable::Same {
+            applied_at: 3 * SECOND,
+        };
+        b.confirm(&|_| peer(done, false), patient(), 4 * SECOND);
+        assert!(moved.iter().all(|x| b.slots()[*x] == Slot::Owned));
     }
 
     #[test]
