@@ -211,9 +211,13 @@ impl Handover {
                 }
             }
             let kept = matches!(self.slots[bucket], Slot::Owned | Slot::Incoming { .. });
+            let mut new_holder = false;
             if kept && new_owner == Some(self.me.as_str()) {
                 for holder in holders.iter().filter(|h| alive(h) && **h != self.me) {
-                    drainers.entry(holder.clone()).or_insert(None);
+                    if !drainers.contains_key(holder) {
+                        drainers.insert(holder.clone(), None);
+                        new_holder = true;
+                    }
                 }
             }
             drainers.remove(&self.me);
@@ -235,7 +239,12 @@ impl Handover {
             let slot = std::mem::replace(&mut self.slots[bucket], Slot::NotMine);
             self.slots[bucket] = match (new_owner, slot) {
                 (Some(n), slot) if n == self.me => match slot {
-                    Slot::Incoming { from, cut } if alive(&from) => Slot::Incoming { from, cut },
+                    // A new holder may take new flows here: the cut is
+                    // known again only once it shows this node's table.
+                    Slot::Incoming { from, cut } if alive(&from) => Slot::Incoming {
+                        from,
+                        cut: cut.filter(|_| !new_holder),
+                    },
                     Slot::NotMine => match old_owner {
                         Some(from) if from != self.me && alive(&from) => {
                             Slot::Incoming { from, cut: None }
@@ -708,6 +717,36 @@ mod tests {
         b.drain(&BTreeSet::new(), None, 3 * SECOND);
         assert!(a.confirm(&|_| peer(b_applied, b.draining()), patient(), 3 * SECOND));
         assert!(kept.iter().all(|x| a.slots()[*x] == Slot::Owned));
+    }
+
+    /// A peer that went UP alone appears while a bucket is incoming here
+    /// with its cut known: that peer may take the bucket's new flows too,
+    /// so the bucket takes none until it shows this node's table.
+    #[test]
+    fn a_new_holder_makes_a_known_cut_unknown_again() {
+        let alive = |_: &str| true;
+        let mut c = Handover::new("c");
+        c.retable(table(&[("a", 1)]), &alive, &none(), 0);
+        c.retable(table(&[("a", 1), ("c", 1)]), &alive, &none(), SECOND);
+        let a_applied = PeerTable::Same { applied_at: SECOND };
+        c.confirm(&|_| peer(a_applied, true), patient(), 2 * SECOND);
+        let incoming: Vec<usize> = (0..BUCKETS as usize)
+            .filter(|x| matches!(c.slots()[*x], Slot::Incoming { cut: Some(_), .. }))
+            .collect();
+        assert!(!incoming.is_empty());
+        let d_alone = BTreeSet::from(["d".to_owned()]);
+        c.retable(
+            table(&[("a", 1), ("c", 1), ("d", 1)]),
+            &alive,
+            &d_alone,
+            3 * SECOND,
+        );
+        let still: Vec<&usize> = incoming
+            .iter()
+            .filter(|x| matches!(c.slots()[**x], Slot::Incoming { .. }))
+            .collect();
+        assert!(!still.is_empty());
+        assert!(still.iter().all(|x| c.slots()[**x].cut() == CUT_UNKNOWN));
     }
 
     #[test]
