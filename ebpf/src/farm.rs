@@ -25,10 +25,10 @@
 use aya_ebpf::{
     bindings::{
         bpf_sock_tuple,
-        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+        xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
         BPF_F_CURRENT_NETNS,
     },
-    helpers::{bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -117,6 +117,50 @@ pub fn farm_ingress(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn farm_noop(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// The load generator of `cargo xtask bench farm`'s filter rate, run by
+/// `BPF_PROG_RUN` in live-frame mode on one IPv4 TCP frame without IP
+/// options: it gives each copy a client address drawn among 4096 (the low
+/// 12 bits of the source, checksums kept right) and sends it out of the
+/// interface it runs for (`XDP_TX`), so that the frames reach the peer
+/// veth's XDP program as frames, as a NIC driver hands them over, rather
+/// than as socket buffers. The daemon never loads it.
+#[xdp]
+pub fn farm_blast(ctx: XdpContext) -> u32 {
+    const SRC_LOW: usize = 14 + 14;
+    const IP_CHECK: usize = 14 + 10;
+    const TCP_CHECK: usize = 14 + 20 + 16;
+    let (Ok(src), Ok(ip_check), Ok(tcp_check)) = (
+        ptr_at_mut::<[u8; 2]>(&ctx, SRC_LOW),
+        ptr_at_mut::<[u8; 2]>(&ctx, IP_CHECK),
+        ptr_at_mut::<[u8; 2]>(&ctx, TCP_CHECK),
+    ) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: a helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() } as u16;
+    // SAFETY: each pointer was bounds checked by ptr_at_mut; the frame is
+    // this program's to rewrite.
+    unsafe {
+        let old = be16(*src);
+        let new = (old & 0xf000) | (random & 0x0fff);
+        *src = new.to_be_bytes();
+        // The address is in the IP header's sum and the TCP pseudo-header's.
+        *ip_check = checksum_replace(be16(*ip_check), old, new).to_be_bytes();
+        *tcp_check = checksum_replace(be16(*tcp_check), old, new).to_be_bytes();
+    }
+    XDP_TX
+}
+
+/// An Internet checksum after one 16-bit word of what it covers changed
+/// from `old` to `new` (RFC 1624, eqn. 3).
+#[inline(always)]
+fn checksum_replace(check: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 #[inline(always)]

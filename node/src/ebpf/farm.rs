@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use aya::{
     maps::{Array, HashMap, PerCpuArray},
-    programs::{xdp::XdpMode, TestRun as _, TestRunOptions, Xdp},
+    programs::{xdp::XdpMode, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf,
 };
 use halo_common::farm::{
@@ -316,6 +316,39 @@ impl FarmIngress {
         Ok(())
     }
 
+    /// Sends `repeat` copies of `frame` (an IPv4 TCP frame without IP
+    /// options) out of interface `ifindex` of the calling thread's network
+    /// namespace, each from a client address drawn among 4096, through
+    /// `farm_blast` in `BPF_PROG_RUN`'s live-frame mode, `batch` frames at
+    /// a time: the load generator of `cargo xtask bench farm`. Frames leave
+    /// as XDP frames, which a veth hands to its peer's XDP program without
+    /// building a socket buffer first. Returns when all are sent, or with
+    /// an error when a signal interrupts it.
+    pub fn blast(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+        batch: u32,
+    ) -> anyhow::Result<()> {
+        let blast = bench_program(&mut self.ebpf, "farm_blast")?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex; live frames want data_end = the
+        // frame's length and leave on the ingress interface.
+        let mut context = [0u8; 24];
+        context[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        context[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.ctx_in = Some(&context);
+        options.repeat = repeat;
+        options.attrs = TestRunAttrs::new().xdp_live_frames(batch);
+        blast.test_run(options).with_context(|| {
+            format!("BPF_PROG_RUN of farm_blast in live-frame mode on ifindex {ifindex}")
+        })?;
+        Ok(())
+    }
+
     /// The per-class frame counters, summed over CPUs.
     pub fn class_counts(&self) -> anyhow::Result<ClassCounts> {
         let stats = self.stats()?;
@@ -357,15 +390,23 @@ fn program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
 
 /// `farm_noop`, loaded into the kernel on first use.
 fn noop_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    let noop: &mut Xdp = ebpf
-        .program_mut("farm_noop")
-        .context("the farm object has no farm_noop program")?
+    bench_program(ebpf, "farm_noop")
+}
+
+/// One of the object's bench-only programs (`farm_noop`, `farm_blast`),
+/// loaded into the kernel on first use.
+fn bench_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the farm object has no {name} program"))?
         .try_into()
-        .context("farm_noop is not an XDP program")?;
-    if noop.fd().is_err() {
-        noop.load().context("the kernel refused farm_noop")?;
+        .with_context(|| format!("{name} is not an XDP program"))?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .with_context(|| format!("the kernel refused {name}"))?;
     }
-    Ok(noop)
+    Ok(program)
 }
 
 fn timed_run(

@@ -3,18 +3,22 @@
 //! the buckets this node owns → accept, else drop), under one load
 //! generator, in one lab.
 //!
-//! The lab has two hosts: `gen` blasts TCP SYNs to the VIP from 4096
-//! client addresses through an `AF_PACKET` socket (qdisc bypassed,
-//! `sendmmsg` batches), pinned to CPU 0; `node` filters. The node's `eth0`
-//! always holds an XDP program in driver mode (the farm's, or `farm_noop`
-//! under the nftables policy) and runs threaded NAPI, so everything the
-//! node does with a frame (the veth's poll, the filter, the stack for what
-//! the filter keeps) happens in one kernel thread, pinned to CPU 1, apart
-//! from the generator and the bridge. The figure that does not depend on whether the
-//! generator keeps that thread busy is packets per second of that thread's
-//! CPU time: frames the filter saw / CPU time of the thread. Frames the
-//! filter keeps go to a blackhole route for the VIP (the same cost under
-//! every filter).
+//! The lab has two hosts joined by their own veth pair (`blast0` in
+//! `gen`, `filter0` in `node`). `gen` blasts TCP SYNs to the VIP from 4096
+//! client addresses, pinned to CPU 0: `farm_blast` run by `BPF_PROG_RUN`
+//! in live-frame mode, whose frames reach `filter0` as XDP frames, the way
+//! a NIC driver hands frames to XDP (frames sent from a socket would reach
+//! it as socket buffers, which the veth copies into an XDP buffer first:
+//! a cost no NIC has). `node` filters. `filter0` always holds an XDP
+//! program in driver mode (the farm's, or `farm_noop` under the nftables
+//! policy, whose `XDP_PASS` makes the socket buffer nftables needs) and
+//! runs threaded NAPI, so everything the node does with a frame (the
+//! veth's poll, the filter, the stack for what the filter keeps) happens
+//! in one kernel thread, pinned to CPU 1, apart from the generator. The
+//! figure that does not depend on whether the generator keeps that thread
+//! busy is packets per second of that thread's CPU time: frames the filter
+//! saw / CPU time of the thread. Frames the filter keeps go to a blackhole
+//! route for the VIP (the same cost under every filter).
 
 use std::{
     fs,
@@ -39,13 +43,17 @@ use crate::report::{median, Table};
 pub const BLAST_COMMAND: &str = "blast";
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 200);
-/// Client addresses the generator cycles through: 10.77.128.0 and up.
-const SOURCES: u16 = 4096;
 /// The node owns one bucket in three, as one node of a three-node farm.
 const SHARE: u32 = 3;
 const NFT_TABLE: &str = "halo_bench";
-/// Frames per `sendmmsg`.
-const BATCH: usize = 64;
+/// The generator's end of the lab's direct link, in `gen`.
+const GEN_IFACE: &str = "blast0";
+/// The filtering end, in `node`.
+const NODE_IFACE: &str = "filter0";
+/// Frames per live-frame batch (the kernel's default) and per
+/// `BPF_PROG_RUN` call.
+const BATCH: u32 = 64;
+const PER_CALL: u32 = 1 << 16;
 /// How long the generator runs before the window opens.
 const WARM_UP: Duration = Duration::from_millis(700);
 
@@ -76,7 +84,8 @@ impl Filter {
 /// One window of one filter.
 #[derive(Clone, Copy)]
 pub struct Window {
-    /// Frames the generator sent, per second.
+    /// Frames the generator sent, per second, including those the node's
+    /// full receive ring refused.
     pub offered: f64,
     /// Frames the filter saw, per second.
     pub filtered: f64,
@@ -121,7 +130,25 @@ pub fn run(options: &Options) -> Result<Vec<FilterResult>> {
         .build()
         .context("build the filter-rate lab")?;
     let (gen, node) = (lab.host("gen"), lab.host("node"));
-    let node_mac = node.enter(|| frames::mac_of("eth0"))?;
+    // From here: the hosts' own mount namespaces may not show the named
+    // network namespaces.
+    let linked = Command::new("ip")
+        .args([
+            "-n",
+            gen.netns_name(),
+            "link",
+            "add",
+            GEN_IFACE,
+            "type",
+            "veth",
+        ])
+        .args(["peer", "name", NODE_IFACE, "netns", node.netns_name()])
+        .status()
+        .context("run ip")?;
+    ensure!(linked.success(), "link gen and node directly: ip {linked}");
+    gen.sh(&format!("ip link set {GEN_IFACE} up"))?;
+    node.sh(&format!("ip link set {NODE_IFACE} up"))?;
+    let node_mac = node.enter(|| frames::mac_of(NODE_IFACE))?;
     let before = napi_threads()?;
     node.sh(&format!("ip route add blackhole {VIP}/32"))?;
 
@@ -168,7 +195,7 @@ fn measure(
 ) -> Result<Window> {
     let installed = match filter {
         Filter::XdpDriver => {
-            let mut ingress = node.enter(|| FarmIngress::attach("eth0", XdpMode::Driver))?;
+            let mut ingress = node.enter(|| FarmIngress::attach(NODE_IFACE, XdpMode::Driver))?;
             ingress.configure(
                 node_mac,
                 &[(VIP.into(), [0x02, 0x76, 0x69, 0x70, 0, 1])],
@@ -195,12 +222,10 @@ fn measure(
         }
         Filter::Nftables => {
             // The no-op program gives the veth the same NAPI receive path
-            // (and the same copy into an XDP buffer) as the farm program:
-            // without an XDP program, this kernel's veth hands frames over
-            // in the sender's softirq, where the node's share of the work
-            // cannot be told apart from the generator's.
+            // as the farm program; a veth without an XDP program takes no
+            // XDP frames at all.
             let mut noop = FarmIngress::load()?;
-            node.enter(|| noop.attach_noop("eth0", XdpMode::Driver))?;
+            node.enter(|| noop.attach_noop(NODE_IFACE, XdpMode::Driver))?;
             node.sh(&format!("nft -f - <<'EOF'\n{}EOF\n", nft_policy()))?;
             Installed::Nft(Box::new(noop))
         }
@@ -215,7 +240,10 @@ fn measure(
     // is not threaded until threaded NAPI is turned on again (writing the
     // value it already has does nothing); then take every NAPI thread the
     // lab made.
-    node.sh("echo 0 > /sys/class/net/eth0/threaded && echo 1 > /sys/class/net/eth0/threaded")?;
+    node.sh(&format!(
+        "echo 0 > /sys/class/net/{NODE_IFACE}/threaded && \
+         echo 1 > /sys/class/net/{NODE_IFACE}/threaded"
+    ))?;
     let napi = wait_napi_threads(napi_before)?;
     for &pid in &napi {
         pin(pid, 1)?;
@@ -280,7 +308,7 @@ fn nft_policy() -> String {
         "table netdev {NFT_TABLE} {{\n\
          \tcounter seen {{ }}\n\
          \tchain ingress {{\n\
-         \t\ttype filter hook ingress device \"eth0\" priority -500; policy accept;\n\
+         \t\ttype filter hook ingress device \"{NODE_IFACE}\" priority -500; policy accept;\n\
          \t\tcounter name \"seen\"\n\
          \t\tip daddr {VIP} jhash ip saddr mod {BUCKETS} vmap {{ {} }}\n\
          \t\tip daddr {VIP} drop\n\
@@ -303,11 +331,19 @@ fn nft_seen(node: &Host) -> Result<u64> {
         .with_context(|| format!("packet count {packets:?}"))
 }
 
+/// Frames the generator sent, counting those the node's full receive ring
+/// refused (`tx_dropped`).
 fn tx_packets(gen: &Host) -> Result<u64> {
-    let out = gen.sh("cat /sys/class/net/eth0/statistics/tx_packets")?;
-    out.trim()
-        .parse()
-        .with_context(|| format!("tx_packets {out:?}"))
+    let out = gen.sh(&format!(
+        "cat /sys/class/net/{GEN_IFACE}/statistics/tx_packets \
+         /sys/class/net/{GEN_IFACE}/statistics/tx_dropped"
+    ))?;
+    out.split_whitespace()
+        .map(|n| {
+            n.parse::<u64>()
+                .with_context(|| format!("tx counters {out:?}"))
+        })
+        .sum()
 }
 
 fn start_blaster(gen: &Host, node_mac: Mac) -> Result<LabProcess> {
@@ -328,7 +364,7 @@ fn napi_threads() -> Result<Vec<u32>> {
             continue;
         };
         let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.starts_with("napi/eth0-") {
+        if comm.starts_with(&format!("napi/{NODE_IFACE}-")) {
             pids.push(pid);
         }
     }
@@ -348,8 +384,8 @@ fn wait_napi_threads(before: &[u32]) -> Result<Vec<u32>> {
         }
         ensure!(
             Instant::now() < deadline,
-            "no NAPI thread appeared for the node's eth0 with an XDP program and threaded \
-             NAPI (is /sys/class/net/eth0/threaded writable on this kernel?)"
+            "no NAPI thread appeared for the node's {NODE_IFACE} with an XDP program and \
+             threaded NAPI (is /sys/class/net/{NODE_IFACE}/threaded writable on this kernel?)"
         );
         thread::sleep(Duration::from_millis(50));
     }
@@ -394,100 +430,28 @@ pub struct BlastOptions {
     pub cpu: usize,
 }
 
-/// Sends TCP SYNs to the VIP from [`SOURCES`] client addresses out of
-/// `eth0`, as fast as one core can, until killed.
+/// Sends TCP SYNs to the VIP from 4096 client addresses out of
+/// [`GEN_IFACE`], as fast as one core can, until killed.
 pub fn blast(options: &BlastOptions) -> Result<()> {
     pin(0, options.cpu)?;
-    let src_mac = frames::mac_of("eth0")?;
-    let frames: Vec<Vec<u8>> = (0..SOURCES)
-        .map(|i| {
-            let [hi, lo] = i.to_be_bytes();
-            frames::padded(frames::ipv4_tcp(
-                options.dst_mac,
-                src_mac,
-                Ipv4Addr::new(10, 77, 128 + hi, lo),
-                VIP,
-                40_000 + i % 1000,
-                80,
-                frames::TCP_SYN,
-            ))
-        })
-        .collect();
-    let fd = raw_socket("eth0")?;
-    let mut next = 0usize;
+    let src_mac = frames::mac_of(GEN_IFACE)?;
+    // farm_blast draws the low 12 bits of the source: 10.77.128.0/20.
+    let frame = frames::padded(frames::ipv4_tcp(
+        options.dst_mac,
+        src_mac,
+        Ipv4Addr::new(10, 77, 128, 0),
+        VIP,
+        40_000,
+        80,
+        frames::TCP_SYN,
+    ));
+    let name = std::ffi::CString::new(GEN_IFACE)?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    ensure!(ifindex != 0, "no interface {GEN_IFACE}");
+    let mut generator = FarmIngress::load()?;
     loop {
-        let mut iovecs: Vec<libc::iovec> = (0..BATCH)
-            .map(|k| {
-                let frame = &frames[(next + k) % frames.len()];
-                libc::iovec {
-                    iov_base: frame.as_ptr() as *mut libc::c_void,
-                    iov_len: frame.len(),
-                }
-            })
-            .collect();
-        // SAFETY: a zeroed mmsghdr is valid; each points at one iovec.
-        let mut messages: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .map(|iov| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        // SAFETY: `messages` and the iovecs and frames they point at live
-        // across the call.
-        let sent = unsafe { libc::sendmmsg(fd, messages.as_mut_ptr(), BATCH as u32, 0) };
-        if sent < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::ENOBUFS) {
-                bail!("sendmmsg: {error}");
-            }
-        }
-        next = (next + BATCH) % frames.len();
-    }
-}
-
-/// An `AF_PACKET` socket bound to `iface` that bypasses the qdisc.
-fn raw_socket(iface: &str) -> Result<libc::c_int> {
-    let name = std::ffi::CString::new(iface)?;
-    // SAFETY: plain libc calls with valid arguments.
-    unsafe {
-        let ifindex = libc::if_nametoindex(name.as_ptr());
-        ensure!(ifindex != 0, "no interface {iface}");
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        ensure!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let one: libc::c_int = 1;
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of_val(&one) as libc::socklen_t,
-        );
-        ensure!(
-            rc == 0,
-            "PACKET_QDISC_BYPASS: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
-        let rc = libc::bind(
-            fd,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of_val(&addr) as libc::socklen_t,
-        );
-        ensure!(
-            rc == 0,
-            "bind to {iface}: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(fd)
+        generator.blast(ifindex, &frame, PER_CALL, BATCH)?;
     }
 }
 
@@ -495,8 +459,8 @@ fn raw_socket(iface: &str) -> Result<libc::c_int> {
 pub fn table(results: &[FilterResult], options: &Options) -> Table {
     let mut table = Table::new(
         format!(
-            "packets per second one node filters (lab: gen → bridge → node, veth; median of {} \
-             windows of {:.1} s)",
+            "packets per second one node filters (lab: gen → node, one veth pair; median of \
+             {} windows of {:.1} s)",
             options.rounds,
             options.window.as_secs_f64()
         ),
@@ -526,8 +490,10 @@ pub fn table(results: &[FilterResult], options: &Options) -> Table {
     }
     table.note(
         "the node owns 1 bucket in 3; kept frames end in a blackhole route for the VIP; \
-         generator (AF_PACKET, qdisc bypass, sendmmsg) pinned to CPU 0, the node's \
-         threaded-NAPI thread (veth poll + filter + stack) pinned to CPU 1",
+         generator (farm_blast, BPF_PROG_RUN live frames: frames reach the node as XDP \
+         frames, as from a NIC driver) pinned to CPU 0, the node's threaded-NAPI thread \
+         (veth poll + filter + stack) pinned to CPU 1; offered counts the frames the node's \
+         full receive ring refused",
     );
     table.note(
         "filtered per core-second = frames the filter saw / CPU time of the node's NAPI \
