@@ -60,6 +60,10 @@ use super::{
     wire::{Blocks, Message, Meta, BLOCK_SIZE, MAX_SUMS, MAX_WRITE},
 };
 
+/// Frames a secondary's reader decodes ahead of its applier (each at most
+/// a frame's size, `channel::MAX_FRAME`).
+const RECEIVED_AHEAD: usize = 8;
+
 /// Files up to this size travel whole instead of by checksums.
 const SMALL_FILE: u64 = 256 * 1024;
 /// How a secondary's session ends when its primary handed the role over.
@@ -2348,15 +2352,33 @@ impl SecondarySession {
         );
         let module = setup.module.clone();
         let shutdown = stream.try_clone()?;
+        // Two stages: one thread reads, opens and decodes frames, the other
+        // applies them, in order, and answers. A first copy then decrypts
+        // the next frames while the file system takes the last ones.
+        let (received, to_apply) = mpsc::sync_channel::<Result<Message, String>>(RECEIVED_AHEAD);
+        let receiver = std::thread::Builder::new()
+            .name(format!("halo-read-{module}"))
+            .spawn(move || loop {
+                let item = match reader.recv() {
+                    Ok(Some(Message::Bye)) => Err(HANDED_OVER.to_owned()),
+                    Ok(Some(m)) => Ok(m),
+                    Ok(None) => Err("the primary closed the connection".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let end = item.is_err();
+                // The applier is gone (it refused a change): nothing to do.
+                if received.send(item).is_err() || end {
+                    return;
+                }
+            })?;
         let thread = std::thread::Builder::new()
             .name(format!("halo-recv-{module}"))
             .spawn(move || {
                 let reason = loop {
-                    let message = match reader.recv() {
-                        Ok(Some(Message::Bye)) => break HANDED_OVER.to_owned(),
-                        Ok(Some(m)) => m,
-                        Ok(None) => break "the primary closed the connection".to_owned(),
-                        Err(e) => break e.to_string(),
+                    let message = match to_apply.recv() {
+                        Ok(Ok(m)) => m,
+                        Ok(Err(reason)) => break reason,
+                        Err(_) => break "the session's reader ended".to_owned(),
                     };
                     let shown = describe(&message);
                     let result = applier.lock().expect("applier").apply(message);
@@ -2391,7 +2413,11 @@ impl SecondarySession {
                         }
                     }
                 };
+                // Shut down, the socket ends the reader's read; gone, this
+                // end of the channel ends its wait for room.
                 let _ = shutdown.shutdown(Shutdown::Both);
+                drop(to_apply);
+                let _ = receiver.join();
                 let _ = events.send(SessionEvent::Ended { reason });
             })?;
         Ok(SecondarySession {

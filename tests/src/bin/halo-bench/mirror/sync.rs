@@ -200,6 +200,9 @@ pub fn run(options: &Options) -> Result<SyncResult> {
         ]),
         Duration::from_secs(600),
     )?;
+    // The data set on disk first: a copier's `sync -f` must not pay for
+    // writing the source too (both nodes share the machine's file system).
+    lab.host("n1").sh(&format!("sync -f {DIR}"))?;
     let _rsyncd = rsync_daemon(&lab, "n2", COPY)?;
 
     println!("  initial copy: rsync -a …");
