@@ -1,53 +1,5 @@
 //! The farm ingress program's view of the frames it sees.
 
-/// What the farm ingress program recognised a frame as; the index of its
-/// counter in `FarmStats::classes` (`FARM_STATS`, per CPU).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum PacketClass {
-    /// An ARP frame (request or reply) with a complete Ethernet/IPv4 ARP body.
-    Arp = 0,
-    /// An IPv4 packet whose header is complete and well formed.
-    Ipv4 = 1,
-    /// An IPv6 packet whose fixed header is complete.
-    Ipv6 = 2,
-    /// Any other EtherType (LLDP, STP, …): passed, never inspected further.
-    Other = 3,
-    /// A frame too short for the headers its EtherType announces, or an IPv4
-    /// header with a bad version or length.
-    Malformed = 4,
-    /// Counted in addition to the class above: the frame carried at least one
-    /// 802.1Q/802.1ad tag.
-    VlanTagged = 5,
-}
-
-impl PacketClass {
-    /// Every class, in counter-index order.
-    pub const ALL: [PacketClass; 6] = [
-        PacketClass::Arp,
-        PacketClass::Ipv4,
-        PacketClass::Ipv6,
-        PacketClass::Other,
-        PacketClass::Malformed,
-        PacketClass::VlanTagged,
-    ];
-
-    /// The number of class counters.
-    pub const COUNT: u32 = Self::ALL.len() as u32;
-
-    /// A stable lowercase name, for metrics labels and logs.
-    pub const fn name(self) -> &'static str {
-        match self {
-            PacketClass::Arp => "arp",
-            PacketClass::Ipv4 => "ipv4",
-            PacketClass::Ipv6 => "ipv6",
-            PacketClass::Other => "other",
-            PacketClass::Malformed => "malformed",
-            PacketClass::VlanTagged => "vlan_tagged",
-        }
-    }
-}
-
 /// How many VLAN tags the parser walks through before giving up on a frame
 /// (QinQ is two; more is not a frame a farm interface should see).
 pub const MAX_VLAN_TAGS: usize = 2;
@@ -154,12 +106,11 @@ pub struct VipValue {
     pub _pad: [u8; 2],
 }
 
-/// The farm program's counters on one CPU (`FARM_STATS`).
+/// The farm program's counters on one CPU (`FARM_STATS`). Only frames
+/// for a VIP are counted: the others pass without a look at the counters.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct FarmStats {
-    /// Frames per [`PacketClass`].
-    pub classes: [u64; PacketClass::COUNT as usize],
     /// Frames per [`Verdict`].
     pub verdicts: [u64; Verdict::COUNT as usize],
 }
@@ -240,15 +191,14 @@ pub enum Verdict {
     NdAnswered = 5,
     /// A neighbour solicitation for the VIP left to another node.
     NdLeft = 6,
-    /// A draining bucket's packet kept because this node has its flow.
+    /// A draining bucket's packet kept because this node has its flow
+    /// (also counted as accepted).
     KeptFlow = 7,
-    /// Not for the VIP: passed untouched.
-    NotVip = 8,
 }
 
 impl Verdict {
     /// Every verdict, in counter order.
-    pub const ALL: [Verdict; 9] = [
+    pub const ALL: [Verdict; 8] = [
         Verdict::Accepted,
         Verdict::OtherNode,
         Verdict::NoRule,
@@ -257,7 +207,6 @@ impl Verdict {
         Verdict::NdAnswered,
         Verdict::NdLeft,
         Verdict::KeptFlow,
-        Verdict::NotVip,
     ];
 
     /// The number of verdict counters.
@@ -274,7 +223,6 @@ impl Verdict {
             Verdict::NdAnswered => "nd_answered",
             Verdict::NdLeft => "nd_left",
             Verdict::KeptFlow => "kept_flow",
-            Verdict::NotVip => "not_vip",
         }
     }
 }

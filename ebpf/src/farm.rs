@@ -36,8 +36,8 @@ use aya_ebpf::{
 };
 use halo_common::farm::{
     bucket_of, bucket_of_v4, filter, incoming_takes_syn, slot, udp_decision, BucketState, FarmRule,
-    FarmSettings, FarmStats, PacketClass, UdpFlow, UdpFlowKey, Verdict, VipKey, VipSlot, VipValue,
-    BUCKETS, CUT_UNKNOWN, MAX_IPV6_EXTENSION_HEADERS, MAX_RULES, MAX_VLAN_TAGS, VIP_SLOTS,
+    FarmSettings, FarmStats, UdpFlow, UdpFlowKey, Verdict, VipKey, VipSlot, VipValue, BUCKETS,
+    CUT_UNKNOWN, MAX_IPV6_EXTENSION_HEADERS, MAX_RULES, MAX_VLAN_TAGS, VIP_SLOTS,
 };
 use halo_ebpf::packet::{
     be16, has_bytes, ptr_at, ptr_at_mut, ArpHdr, EthHdr, Ipv4Hdr, Ipv6FragmentHdr, Ipv6Hdr,
@@ -47,8 +47,8 @@ use halo_ebpf::packet::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN,
 };
 
-/// Frames seen per [`PacketClass`] and per [`Verdict`], per CPU (no
-/// atomics on the hot path), in one entry: one lookup per frame.
+/// Frames for a VIP per [`Verdict`], per CPU (no atomics on the hot
+/// path), in one entry.
 #[map]
 static FARM_STATS: PerCpuArray<FarmStats> = PerCpuArray::with_max_entries(1, 0);
 
@@ -101,14 +101,7 @@ pub fn farm_ingress(ctx: XdpContext) -> u32 {
     // be for a VIP, what cannot be read of it is dropped instead (see
     // `unreadable`), and it is read completely before any decision to
     // accept it.
-    let stats = Stats::get();
-    match try_farm_ingress(&ctx, stats) {
-        Ok(action) => action,
-        Err(Truncated) => {
-            stats.class(PacketClass::Malformed);
-            XDP_PASS
-        }
-    }
+    try_farm_ingress(&ctx, Stats).unwrap_or(XDP_PASS)
 }
 
 /// The baseline of `cargo xtask bench farm`: an XDP program that passes
@@ -172,31 +165,20 @@ fn count(counters: &PerCpuArray<u64>, index: u32) {
     }
 }
 
-/// This CPU's entry of `FARM_STATS`, looked up once per frame and handed
-/// down (a lookup costs about as much as the rest of a frame's parsing).
+/// The verdict counters (`FARM_STATS`). Only frames for a VIP are
+/// counted, each once: a frame that is not for one passes without a look
+/// at the counters (the interface's own counters have it), so that the
+/// rest of a host's traffic pays as little as the VIP lookup allows.
 #[derive(Clone, Copy)]
-struct Stats(*mut FarmStats);
+struct Stats;
 
 impl Stats {
     #[inline(always)]
-    fn get() -> Stats {
-        Stats(FARM_STATS.get_ptr_mut(0).unwrap_or_default())
-    }
-
-    #[inline(always)]
-    fn class(self, class: PacketClass) {
-        if !self.0.is_null() {
+    fn count(self, v: Verdict) {
+        if let Some(stats) = FARM_STATS.get_ptr_mut(0) {
             // SAFETY: this CPU's entry of a per-CPU array; XDP programs run
             // with preemption disabled, so nothing else writes it meanwhile.
-            unsafe { (*self.0).classes[class as usize] += 1 };
-        }
-    }
-
-    #[inline(always)]
-    fn count(self, v: Verdict) {
-        if !self.0.is_null() {
-            // SAFETY: as in `class`.
-            unsafe { (*self.0).verdicts[v as usize] += 1 };
+            unsafe { (*stats).verdicts[v as usize] += 1 };
         }
     }
 
@@ -224,9 +206,6 @@ fn try_farm_ingress(ctx: &XdpContext, stats: Stats) -> Result<u32, Truncated> {
     // SAFETY: ptr_at checked that the header lies inside the frame.
     let mut ether_type = be16(unsafe { (*eth).ether_type });
     let mut offset = core::mem::size_of::<EthHdr>();
-    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        stats.class(PacketClass::VlanTagged);
-    }
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
@@ -240,10 +219,7 @@ fn try_farm_ingress(ctx: &XdpContext, stats: Stats) -> Result<u32, Truncated> {
         ETH_P_ARP => on_arp(ctx, offset, stats),
         ETH_P_IPV4 => on_ipv4(ctx, offset, stats),
         ETH_P_IPV6 => on_ipv6(ctx, offset, stats),
-        _ => {
-            stats.class(PacketClass::Other);
-            Ok(XDP_PASS)
-        }
+        _ => Ok(XDP_PASS),
     }
 }
 
@@ -314,15 +290,10 @@ fn on_arp(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncate
     let ethernet_ipv4 =
         be16(arp.htype) == 1 && be16(arp.ptype) == ETH_P_IPV4 && arp.hlen == 6 && arp.plen == 4;
     if !ethernet_ipv4 {
-        stats.class(PacketClass::Malformed);
         return Ok(XDP_PASS);
     }
-    stats.class(PacketClass::Arp);
-    let Some(vmac) = vip_v4(arp.tpa) else {
-        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
-    };
-    let Some(settings) = settings() else {
-        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
+    let (Some(vmac), Some(settings)) = (vip_v4(arp.tpa), settings()) else {
+        return Ok(XDP_PASS);
     };
     // Only requests from others are answered: a gratuitous announcement of
     // the VIP (sender = target) comes from a farm node.
@@ -357,20 +328,19 @@ fn on_ipv4(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncat
     let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
+    // The destination first: most frames are for no VIP and end here.
+    if vip_v4(ip.dst).is_none() {
+        return Ok(XDP_PASS);
+    }
     let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
     if ip.version_ihl >> 4 != 4
         || header_len < core::mem::size_of::<Ipv4Hdr>()
         || !has_bytes(ctx, offset, header_len)
     {
-        stats.class(PacketClass::Malformed);
         return Ok(XDP_PASS);
     }
-    stats.class(PacketClass::Ipv4);
-    if vip_v4(ip.dst).is_none() {
-        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
-    }
     let Some(settings) = settings() else {
-        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
+        return Ok(XDP_PASS);
     };
     // Fragments after the first carry no ports: every fragment of a
     // datagram is bucketed by address alone so that they meet on one node.
@@ -390,10 +360,8 @@ fn on_ipv6(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncat
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     if ip.version_class_flow[0] >> 4 != 6 {
-        stats.class(PacketClass::Malformed);
         return Ok(XDP_PASS);
     }
-    stats.class(PacketClass::Ipv6);
     let l4 = offset + core::mem::size_of::<Ipv6Hdr>();
     if ip.next_header == IPPROTO_ICMPV6 {
         if let Ok(icmp_type) = ptr_at::<u8>(ctx, l4) {
@@ -406,10 +374,10 @@ fn on_ipv6(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncat
         }
     }
     if vip_v6(&ip.dst).is_none() {
-        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
+        return Ok(XDP_PASS);
     }
     let Some(settings) = settings() else {
-        return Ok(stats.verdict(Verdict::NotVip, XDP_PASS));
+        return Ok(XDP_PASS);
     };
     let (proto, l4, fragmented) = match ipv6_transport(ctx, ip.next_header, l4) {
         Ok(transport) => transport,

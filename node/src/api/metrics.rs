@@ -396,7 +396,7 @@ pub fn render(status: &NodeStatus, farms: &HashMap<String, FarmView>) -> String 
     let mut verdicts = Family::new(
         "halo_farm_frames_total",
         "counter",
-        "Frames the farm's XDP filter saw on this node, by verdict.",
+        "Frames for a VIP the farm's XDP filter judged on this node, by verdict.",
     );
     let mut packets = Family::new(
         "halo_farm_bucket_packets_total",

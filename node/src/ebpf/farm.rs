@@ -9,8 +9,8 @@ use aya::{
     Ebpf,
 };
 use halo_common::farm::{
-    slot, vip_slot_of, BucketState, FarmRule, FarmSettings, FarmStats, PacketClass, UdpFlow,
-    UdpFlowKey, Verdict, VipKey, VipSlot, VipValue, BUCKETS, CUT_UNKNOWN, MAX_RULES, VIP_SLOTS,
+    slot, vip_slot_of, BucketState, FarmRule, FarmSettings, FarmStats, UdpFlow, UdpFlowKey,
+    Verdict, VipKey, VipSlot, VipValue, BUCKETS, CUT_UNKNOWN, MAX_RULES, VIP_SLOTS,
 };
 
 use super::FARM_OBJECT;
@@ -20,37 +20,6 @@ use super::FARM_OBJECT;
 pub struct FarmIngress {
     ebpf: Ebpf,
     interface: Option<String>,
-}
-
-/// Frames seen by the ingress program, per [`PacketClass`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ClassCounts([u64; PacketClass::COUNT as usize]);
-
-impl ClassCounts {
-    /// The number of frames of `class`.
-    pub fn get(&self, class: PacketClass) -> u64 {
-        self.0[class as usize]
-    }
-
-    /// The frames counted since `earlier`, class by class.
-    pub fn since(&self, earlier: &ClassCounts) -> ClassCounts {
-        let mut delta = ClassCounts::default();
-        for class in PacketClass::ALL {
-            let i = class as usize;
-            delta.0[i] = self.0[i].saturating_sub(earlier.0[i]);
-        }
-        delta
-    }
-}
-
-impl std::fmt::Display for ClassCounts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, class) in PacketClass::ALL.into_iter().enumerate() {
-            let sep = if i == 0 { "" } else { " " };
-            write!(f, "{sep}{}={}", class.name(), self.get(class))?;
-        }
-        Ok(())
-    }
 }
 
 impl FarmIngress {
@@ -349,16 +318,6 @@ impl FarmIngress {
         Ok(())
     }
 
-    /// The per-class frame counters, summed over CPUs.
-    pub fn class_counts(&self) -> anyhow::Result<ClassCounts> {
-        let stats = self.stats()?;
-        let mut counts = ClassCounts::default();
-        for class in PacketClass::ALL {
-            counts.0[class as usize] = stats.classes[class as usize];
-        }
-        Ok(counts)
-    }
-
     /// `FARM_STATS` summed over CPUs.
     fn stats(&self) -> anyhow::Result<FarmStats> {
         let map = self
@@ -370,9 +329,6 @@ impl FarmIngress {
             .context("reading FARM_STATS")?;
         let mut sum = FarmStats::default();
         for cpu in per_cpu.iter() {
-            for (total, n) in sum.classes.iter_mut().zip(cpu.classes) {
-                *total += n;
-            }
             for (total, n) in sum.verdicts.iter_mut().zip(cpu.verdicts) {
                 *total += n;
             }

@@ -1,17 +1,21 @@
-//! The farm ingress program classifies and counts exactly the frames that
-//! reach it, and passes every one.
+//! The farm ingress program counts exactly the frames for its VIP that
+//! reach it, each under its verdict, and leaves every other frame
+//! uncounted and untouched.
 
 use std::{net::Ipv4Addr, process::Command, time::Duration};
 
 use aya::programs::xdp::XdpMode;
-use halo::ebpf::farm::{ClassCounts, FarmIngress};
-use halo_common::farm::PacketClass;
+use halo::ebpf::farm::FarmIngress;
+use halo_common::farm::{filter, BucketState, FarmRule, Verdict, BUCKETS};
 use halo_tests::{
-    frames,
+    frames::{self, Mac},
     lab::{self, LabBuilder},
 };
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+
+const VMAC: Mac = [0x5a, 0xfe, 0, 0, 0, 0xfa];
 
 /// Silences everything that would otherwise reach `n1` unasked: IPv6 on the
 /// sender and on the switch (router and multicast listener chatter). The
@@ -31,8 +35,46 @@ fn quiet(lab: &lab::Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The program with `vip` as its only VIP, one TCP rule (port 80, by
+/// source port) and every bucket owned.
+fn configure(ingress: &mut FarmIngress, own_mac: Mac, vip: Ipv4Addr) -> anyhow::Result<()> {
+    let rules = [FarmRule {
+        proto: 6,
+        filter: filter::SOURCE_PORT,
+        first_port: 80,
+        last_port: 80,
+        _pad: 0,
+    }];
+    ingress.configure(
+        own_mac,
+        &[(vip.into(), VMAC)],
+        &rules,
+        Duration::from_secs(30),
+    )?;
+    ingress.set_buckets(&vec![BucketState::Owned; BUCKETS as usize])
+}
+
+/// Every verdict counter, in `Verdict::ALL` order.
+fn verdicts(ingress: &FarmIngress) -> Vec<u64> {
+    ingress
+        .verdict_counts()
+        .unwrap()
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect()
+}
+
+/// The counts since `before`, named, for messages.
+fn delta(now: &[u64], before: &[u64]) -> Vec<(&'static str, u64)> {
+    Verdict::ALL
+        .iter()
+        .zip(now.iter().zip(before))
+        .map(|(v, (now, before))| (v.name(), now - before))
+        .collect()
+}
+
 #[test]
-fn xdp_program_counts_the_exact_frames_sent_to_a_host() {
+fn xdp_program_counts_the_exact_vip_frames_sent_to_a_host() {
     let lab = LabBuilder::new("xdpcount")
         .hosts(&["n1", "n2"])
         .build()
@@ -40,22 +82,45 @@ fn xdp_program_counts_the_exact_frames_sent_to_a_host() {
     quiet(&lab).unwrap();
     let n1 = lab.host("n1");
     let n2 = lab.host("n2");
+    // Addresses in the lab's range that no host holds.
+    let vip = lab::lab_ipv4(250);
+    let nobody_v4 = lab::lab_ipv4(251);
+    let nobody_v6 = lab::lab_ipv6(251);
 
     let (ingress, n1_mac) = n1
         .enter(|| {
-            let ingress = FarmIngress::attach(n1.iface(), XdpMode::Driver)?;
-            Ok((ingress, frames::mac_of(n1.iface())?))
+            let mut ingress = FarmIngress::attach(n1.iface(), XdpMode::Driver)?;
+            let mac = frames::mac_of(n1.iface())?;
+            configure(&mut ingress, mac, vip)?;
+            Ok((ingress, mac))
         })
         .unwrap();
-    let before = ingress.class_counts().unwrap();
+    let before = verdicts(&ingress);
 
-    // Addresses in the lab's range that no host holds.
-    let nobody_v4 = lab::lab_ipv4(250);
-    let nobody_v6 = lab::lab_ipv6(250);
     n2.enter(|| {
         let mac = frames::mac_of(n2.iface())?;
         let mut sent = Vec::new();
-        for i in 0..5u8 {
+        // For the VIP: 5 ARP requests (answered: every bucket is n1's),
+        // 7 TCP segments to the rule's port, 3 UDP datagrams no rule names.
+        for _ in 0..5 {
+            sent.push(frames::padded(frames::arp_request(mac, n2.ipv4(), vip)));
+        }
+        for port in 0..7 {
+            sent.push(frames::padded(frames::ipv4_tcp(
+                VMAC,
+                mac,
+                n2.ipv4(),
+                vip,
+                40_000 + port,
+                80,
+                frames::TCP_SYN,
+            )));
+        }
+        for port in 0..3 {
+            sent.push(frames::ipv4_udp(VMAC, mac, n2.ipv4(), vip, 9000 + port));
+        }
+        // Not for the VIP: counted nowhere.
+        for i in 0..4u8 {
             sent.push(frames::padded(frames::arp_request(
                 mac,
                 n2.ipv4(),
@@ -81,9 +146,8 @@ fn xdp_program_counts_the_exact_frames_sent_to_a_host() {
             ));
         }
         // Of the malformed frames only the ARP one crosses the bridge: the
-        // switch's forwarding path drops IPv4 frames with bad headers (seen
-        // here; which check does it is not pinned down), so those are fed
-        // through BPF_PROG_TEST_RUN in the next test.
+        // switch's forwarding path drops IPv4 frames with bad headers, so
+        // those are fed through BPF_PROG_TEST_RUN in the next test.
         sent.extend(frames::malformed(n1_mac, mac).into_iter().skip(3));
         // An LLDP-typed frame: neither ARP nor IP.
         let mut other = n1_mac.to_vec();
@@ -94,32 +158,34 @@ fn xdp_program_counts_the_exact_frames_sent_to_a_host() {
     })
     .unwrap();
 
-    let expected = [
-        (PacketClass::Arp, 5),
-        (PacketClass::Ipv4, 7),
-        (PacketClass::Ipv6, 3),
-        (PacketClass::Other, 1),
-        (PacketClass::Malformed, 1),
-        (PacketClass::VlanTagged, 0),
-    ];
-    let delta = |counts: &ClassCounts| counts.since(&before);
-    let matches = |d: &ClassCounts| expected.iter().all(|&(class, n)| d.get(class) == n);
-    let mut seen = ClassCounts::default();
+    let mut expected = vec![0u64; Verdict::ALL.len()];
+    expected[Verdict::ArpAnswered as usize] = 5;
+    expected[Verdict::Accepted as usize] = 7;
+    expected[Verdict::NoRule as usize] = 3;
+    let matches = |now: &[u64]| {
+        now.iter()
+            .zip(&before)
+            .zip(&expected)
+            .all(|((now, before), want)| now - before == *want)
+    };
+    let mut seen = before.clone();
     let arrived = lab::wait_until(Duration::from_secs(5), "the frames to be counted", || {
-        seen = delta(&ingress.class_counts()?);
+        seen = verdicts(&ingress);
         Ok(matches(&seen))
     });
     assert!(
         arrived.is_ok(),
-        "expected arp=5 ipv4=7 ipv6=3 other=1 malformed=1 vlan_tagged=0, saw {seen}"
+        "expected arp_answered=5 accepted=7 no_rule=3, nothing else; saw {:?}",
+        delta(&seen, &before)
     );
     // Nothing more trickles in afterwards: the counts were exact, not a
     // lower bound that noise happened to reach.
     std::thread::sleep(Duration::from_millis(300));
-    let after = delta(&ingress.class_counts().unwrap());
+    let after = verdicts(&ingress);
     assert!(
         matches(&after),
-        "counts moved after the test's frames: {after}"
+        "counts moved after the test's frames: {:?}",
+        delta(&after, &before)
     );
 }
 
@@ -128,11 +194,14 @@ fn xdp_program_counts_the_exact_frames_sent_to_a_host() {
 /// with VLAN offload do, and drops runts and bad IPv4 headers), so they are
 /// fed to the program directly.
 #[test]
-fn xdp_program_parses_vlan_stacks_and_truncations_through_test_run() {
+fn xdp_program_counts_tagged_vip_frames_and_passes_the_rest_uncounted() {
     let mut ingress = FarmIngress::load().unwrap();
     let (a, b) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-    let (src, dst) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
-    let untagged = frames::ipv4_udp(a, b, src, dst, 80);
+    let vip = Ipv4Addr::new(10, 0, 0, 100);
+    configure(&mut ingress, a, vip).unwrap();
+    let client = Ipv4Addr::new(10, 0, 0, 1);
+    // UDP to the VIP on a port no rule names: dropped by every node.
+    let untagged = frames::ipv4_udp(VMAC, b, client, vip, 9000);
     let tag = |frame: &[u8], vid: u16| {
         let mut tagged = frame[..12].to_vec();
         tagged.extend_from_slice(&[0x81, 0x00]);
@@ -144,63 +213,43 @@ fn xdp_program_parses_vlan_stacks_and_truncations_through_test_run() {
     let two_tags = tag(&one_tag, 20);
     let three_tags = tag(&two_tags, 30);
 
-    let cases: Vec<(&str, Vec<u8>, PacketClass)> = vec![
-        ("one 802.1Q tag", one_tag.clone(), PacketClass::Ipv4),
-        ("QinQ", two_tags, PacketClass::Ipv4),
-        // Past two tags the parser stops looking: the frame is not IP to it.
-        ("three tags", three_tags, PacketClass::Other),
-        (
-            "a tag cut short",
-            one_tag[..16].to_vec(),
-            PacketClass::Malformed,
-        ),
-    ];
-    for (what, frame, class) in cases {
-        let before = ingress.class_counts().unwrap();
-        assert_eq!(
-            ingress.test_run(&frame).unwrap(),
-            XDP_PASS,
-            "{what} must pass"
-        );
-        let delta = ingress.class_counts().unwrap().since(&before);
-        assert_eq!(
-            delta.get(class),
-            1,
-            "{what}: expected one {class:?}, saw {delta}"
-        );
-        assert_eq!(
-            delta.get(PacketClass::VlanTagged),
-            1,
-            "{what}: tagged, saw {delta}"
-        );
-    }
-
+    let mut counted = |frame: &[u8], action: u32, what: &str| -> u64 {
+        let before = verdicts(&ingress);
+        assert_eq!(ingress.test_run(frame).unwrap(), action, "{what}");
+        let now = verdicts(&ingress);
+        let total: u64 = now.iter().zip(&before).map(|(n, b)| n - b).sum();
+        if total > 0 {
+            assert_eq!(
+                now[Verdict::NoRule as usize] - before[Verdict::NoRule as usize],
+                total,
+                "{what}: counted as no_rule only, saw {:?}",
+                delta(&now, &before)
+            );
+        }
+        total
+    };
+    assert_eq!(counted(&untagged, XDP_DROP, "untagged"), 1);
+    assert_eq!(counted(&one_tag, XDP_DROP, "one 802.1Q tag"), 1);
+    assert_eq!(counted(&two_tags, XDP_DROP, "QinQ"), 1);
+    // Past two tags the parser stops looking: the frame is not IP to it.
+    assert_eq!(counted(&three_tags, XDP_PASS, "three tags"), 0);
+    assert_eq!(counted(&one_tag[..16], XDP_PASS, "a tag cut short"), 0);
     for (i, frame) in frames::malformed(a, b).into_iter().enumerate() {
-        let before = ingress.class_counts().unwrap();
-        assert_eq!(ingress.test_run(&frame).unwrap(), XDP_PASS);
-        let delta = ingress.class_counts().unwrap().since(&before);
-        assert_eq!(
-            delta.get(PacketClass::Malformed),
-            1,
-            "malformed frame {i}: saw {delta}"
-        );
+        assert_eq!(counted(&frame, XDP_PASS, &format!("malformed {i}")), 0);
     }
-
-    // An IPv4 frame cut at every length from the bare Ethernet header on:
-    // malformed until the 20-byte IPv4 header is whole, IPv4 after.
-    for len in 14..=untagged.len() {
-        let before = ingress.class_counts().unwrap();
-        assert_eq!(ingress.test_run(&untagged[..len]).unwrap(), XDP_PASS);
-        let delta = ingress.class_counts().unwrap().since(&before);
-        let class = if len < 34 {
-            PacketClass::Malformed
+    // The frame cut at every length: passed uncounted until the IPv4
+    // header is whole, then dropped and counted (its ports are cut off or
+    // name no rule).
+    for len in 14..untagged.len() {
+        let (action, n) = if len < 34 {
+            (XDP_PASS, 0)
         } else {
-            PacketClass::Ipv4
+            (XDP_DROP, 1)
         };
         assert_eq!(
-            delta.get(class),
-            1,
-            "{len} bytes: expected {class:?}, saw {delta}"
+            counted(&untagged[..len], action, &format!("{len} bytes")),
+            n,
+            "{len} bytes"
         );
     }
 }

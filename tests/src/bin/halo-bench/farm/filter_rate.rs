@@ -31,7 +31,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::programs::xdp::XdpMode;
 use halo::ebpf::farm::FarmIngress;
-use halo_common::farm::{filter, BucketState, FarmRule, PacketClass, BUCKETS};
+use halo_common::farm::{filter, BucketState, FarmRule, Verdict, BUCKETS};
 use halo_tests::{
     frames::{self, Mac},
     lab::{Host, LabBuilder, LabProcess},
@@ -232,7 +232,14 @@ fn measure(
     };
     let seen = |installed: &Installed| -> Result<u64> {
         match installed {
-            Installed::Xdp(ingress) => Ok(ingress.class_counts()?.get(PacketClass::Ipv4)),
+            // Every frame is a SYN to the VIP's rule: accepted or another
+            // node's, counted once either way.
+            Installed::Xdp(ingress) => Ok(ingress
+                .verdict_counts()?
+                .into_iter()
+                .filter(|(v, _)| matches!(v, Verdict::Accepted | Verdict::OtherNode))
+                .map(|(_, n)| n)
+                .sum()),
             Installed::Nft(_) => nft_seen(node),
         }
     };
