@@ -203,7 +203,7 @@ fn api_get(lab: &lab::Lab, node: &str, path: &str) -> serde_json::Value {
 /// `node`'s farm counters once they stop moving for the VIP (the driver
 /// refreshes them every second; the last segments of closing connections
 /// may be counted after the client is done) and count at least
-/// `at_least` accepted packets. Heartbeats keep moving the other verdicts.
+/// `at_least` accepted packets.
 fn settled_counters(lab: &lab::Lab, node: &str, at_least: u64) -> serde_json::Value {
     let path = format!("/api/v1/modules/{MODULE}/counters");
     let mut counters = api_get(lab, node, &path);
