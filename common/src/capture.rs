@@ -110,7 +110,8 @@ pub struct CaptureEvent {
     /// The inode number of the root the file was found under; 0 if none
     /// was (see [`EVENT_UNRESOLVED`], [`EVENT_ALL_ROOTS`]).
     pub root: u64,
-    /// Where the range starts, or the new size.
+    /// Where the range starts, or the new size (an `msync`: the address of
+    /// the mapped range it names, `len` its length).
     pub offset: u64,
     /// How long the range is (a write's return value).
     pub len: u64,

@@ -877,7 +877,8 @@ fn fd_dev(off: &CaptureOffsets, fd: u32) -> Result<u32, Skip> {
 ///
 /// `truncate` is reported whatever the path (user space resolves it and
 /// drops what is not under a root: the call is rare); `msync` (`MS_SYNC`
-/// only) and `sync` concern every root, since no file can be resolved.
+/// only, with its address range in `offset` and `len`) and `sync` concern
+/// every root, since no file can be resolved here.
 // Inlined into each entry point: `kind` is then a constant, and so is
 // every record offset read (the verifier takes only constant ones).
 #[inline(always)]
@@ -896,7 +897,10 @@ fn enter_without_file(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Sk
             if ms as u32 & MS_SYNC == 0 {
                 return Err(Skip::Uninteresting);
             }
-            (0, 0, ms as u32, EVENT_ALL_ROOTS)
+            // The mapped range: user space finds the files mapped there
+            // (stores through a mapping reach no tracepoint).
+            let (addr, len) = (field::<u64>(ctx, arg(0)), field::<u64>(ctx, arg(1)));
+            (addr, len, ms as u32, EVENT_ALL_ROOTS)
         }
         _ => (0, 0, 0, EVENT_ALL_ROOTS),
     };

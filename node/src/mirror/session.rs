@@ -491,6 +491,13 @@ fn take_records(feed: &CaptureFeed, st: &mut TrackState) -> bool {
                 .entry(key)
                 .or_default()
                 .push((offset, offset + len)),
+            CaptureChange::Mapped { offset, len, path } => {
+                st.ranges
+                    .entry(key)
+                    .or_default()
+                    .push((offset, offset + len));
+                st.mapped.push((key, path));
+            }
             CaptureChange::Truncate { .. } | CaptureChange::Fallocate { .. } => {
                 st.resized.insert(key);
             }
@@ -559,6 +566,10 @@ struct TrackState {
     ranges: HashMap<(u64, u64), Vec<(u64, u64)>>,
     /// Files with captured ranges and no known path: for how many batches.
     unnamed: HashMap<(u64, u64), u32>,
+    /// Files an msync made durable through a mapping, with the path the
+    /// caller's mapping gives: the name of a file no event named yet
+    /// ([`TrackState::name_mapped`]).
+    mapped: Vec<((u64, u64), PathBuf)>,
     /// Files whose size changed (truncate, fallocate): they travel whole.
     resized: HashSet<(u64, u64)>,
     /// The path last seen for each captured file.
@@ -588,6 +599,31 @@ impl TrackState {
     /// up to [`UNNAMED_BATCHES`] batches, or ranges that come with it would
     /// travel without them. (Dropped after that: the file's next event has
     /// it compared by checksums.)
+    /// Names the files msyncs made durable through mappings that no event
+    /// named yet, from the path of the caller's mapping when it lies below
+    /// one of `dirs` (the caller sees the daemon's mounts) and still names
+    /// the same file; others stay unnamed, as before any msync.
+    fn name_mapped(&mut self, dirs: &[PathBuf]) {
+        for (key, path) in std::mem::take(&mut self.mapped) {
+            if self.paths.contains_key(&key) {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if (meta.dev(), meta.ino()) != key {
+                continue;
+            }
+            let named = dirs
+                .iter()
+                .enumerate()
+                .find_map(|(i, base)| RelPath::below(u8::try_from(i).ok()?, base, &path));
+            if let Some(rel) = named {
+                self.paths.insert(key, rel);
+            }
+        }
+    }
+
     fn ship_unnamed_ranges(&mut self, ops: &mut Vec<Op>) {
         let mut unnamed = HashMap::new();
         for (key, ranges) in std::mem::take(&mut self.ranges) {
@@ -846,6 +882,7 @@ fn track(
             }
         }
         st.created.clear();
+        st.name_mapped(&setup.dirs);
         st.ship_unnamed_ranges(&mut ops);
         if !st.syncs.is_empty() {
             ops.push(Op::Release(std::mem::take(&mut st.syncs)));

@@ -36,6 +36,17 @@ pub enum Change {
     Truncate { size: u64 },
     /// `fallocate(fd, mode, offset, len)`.
     Fallocate { offset: u64, len: u64, mode: u32 },
+    /// `len` bytes at `offset` of a file that an `msync(MS_SYNC)` made
+    /// durable through a shared mapping (found in the caller's
+    /// `/proc/<pid>/maps`: stores through a mapping reach no tracepoint),
+    /// reported just before the msync's own record. `path` is where the
+    /// caller's mapping says the file is, as the caller sees it (its mount
+    /// namespace): a name for a file no event named yet.
+    Mapped {
+        offset: u64,
+        len: u64,
+        path: PathBuf,
+    },
     /// A durability request. With `paused`, the caller's process is stopped
     /// until [`super::WriteCapture::release`] (or `resume`) lets it go; it
     /// must be released once every range reported before this record is

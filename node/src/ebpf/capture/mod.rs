@@ -46,7 +46,7 @@ use nix::{
 use self::{
     event::{kernel_dev_to_st_dev, parse_record, st_dev_to_kernel},
     load::{check_tracepoint_layout, EXIT_PROGRAM, NAMESPACE_HOOKS, SYSCALLS},
-    resolve::{resolve_truncate, Resolution},
+    resolve::{mapped_ranges, resolve_truncate, Resolution},
 };
 pub use self::{
     event::{Captured, Change, RootId, SyncScope},
@@ -503,25 +503,46 @@ impl WriteCapture {
                 records.push(record);
             }
         }
-        records
-            .into_iter()
-            .filter_map(|record| {
-                let mut captured = record.to_captured()?;
-                if let Change::TruncatePath { path, size } = &captured.change {
-                    match resolve_truncate(captured.pid, captured.tid, path, &self.roots) {
-                        Resolution::Under { st_dev, ino, root } => {
-                            captured.st_dev = st_dev;
-                            captured.ino = ino;
-                            captured.root = Some(root);
-                            captured.change = Change::Truncate { size: *size };
-                        }
-                        Resolution::Outside => return None,
-                        Resolution::Unknown => {}
-                    }
+        let mut drained = Vec::with_capacity(records.len());
+        for record in records {
+            let Some(mut captured) = record.to_captured() else {
+                continue;
+            };
+            if captured.syscall == halo_common::capture::WriteKind::Msync {
+                // What the caller stored through its mappings travels
+                // before its msync is released, as written ranges.
+                let (addr, len) = (record.event.offset, record.event.len);
+                for range in mapped_ranges(captured.pid, addr, len, &self.roots) {
+                    drained.push(Captured {
+                        st_dev: range.st_dev,
+                        ino: range.ino,
+                        root: Some(range.root),
+                        unresolved: false,
+                        change: Change::Mapped {
+                            offset: range.offset,
+                            len: range.len,
+                            path: range.path,
+                        },
+                        pause_refused: false,
+                        ..captured.clone()
+                    });
                 }
-                Some(captured)
-            })
-            .collect()
+            }
+            if let Change::TruncatePath { path, size } = &captured.change {
+                match resolve_truncate(captured.pid, captured.tid, path, &self.roots) {
+                    Resolution::Under { st_dev, ino, root } => {
+                        captured.st_dev = st_dev;
+                        captured.ino = ino;
+                        captured.root = Some(root);
+                        captured.change = Change::Truncate { size: *size };
+                    }
+                    Resolution::Outside => continue,
+                    Resolution::Unknown => {}
+                }
+            }
+            drained.push(captured);
+        }
+        drained
     }
 
     /// Records the programs could not report because the ring buffer was

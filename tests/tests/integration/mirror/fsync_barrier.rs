@@ -9,6 +9,13 @@
 //! - A file resized in the batch is still compared by checksums: the
 //!   release now waits until the blocks it asks for are sent.
 //!
+//! - Stores through a shared mapping reach no tracepoint and make no
+//!   inotify event before the file is closed: an `msync(MS_SYNC)` of
+//!   them used to be released with none of them on the secondary. The
+//!   daemon now reads the caller's mappings while it is held and ships
+//!   the range the msync names, for a file it knew and for one no event
+//!   had named (copied at the pair's first resync, never written since).
+//!
 //! To see what the secondary holds when the fsync returns, the writer
 //! stops the primary's daemon (SIGSTOP) at once, before it can send more;
 //! the test compares both copies, then lets the daemon go on. The heartbeat
@@ -26,11 +33,23 @@ use super::common::{mirror_toml, wait_module, DIR};
 /// `new`: writes `size` random bytes to a new file with one write(2);
 /// `resize`: truncates an existing file to `size` + 4 KiB and writes
 /// `size` random bytes at its start. Then fsyncs it, and stops the daemon
-/// `pid` as soon as the fsync returns.
+/// `pid` as soon as the fsync returns. `mmap`: maps an existing file of
+/// at least `size` bytes shared, stores `size` random bytes at its start,
+/// msyncs them (`flush` is `msync(MS_SYNC)`), and stops the daemon as soon
+/// as the msync returns, the file still mapped and open.
 const WRITER: &str = r#"
-import os, signal, sys
+import mmap, os, signal, sys
 mode, path, daemon, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 data = os.urandom(size)
+if mode == "mmap":
+    fd = os.open(path, os.O_RDWR)
+    mapped = mmap.mmap(fd, size)
+    mapped[0:size] = data
+    mapped.flush()
+    os.kill(daemon, signal.SIGSTOP)
+    mapped.close()
+    os.close(fd)
+    sys.exit(0)
 if mode == "new":
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 else:
@@ -87,11 +106,20 @@ fn fsync_round(lab: &Lab, cluster: &mut Cluster<'_>, mode: &str, name: &str) {
 /// A 2-node mirror whose heartbeat timeout outlasts the rounds' pauses,
 /// with the writer installed on n1.
 fn start(lab: &Lab) -> Cluster<'_> {
+    start_with(lab, "true")
+}
+
+/// [`start`], after running `before` on n1 once the replicated directory
+/// exists (before either daemon starts).
+fn start_with<'lab>(lab: &'lab Lab, before: &str) -> Cluster<'lab> {
     let timing = Timing {
         pulse: Duration::from_millis(100),
         timeout: Duration::from_secs(10),
     };
     let mut cluster = Cluster::configure(lab, &["n1", "n2"], 1, timing, &mirror_toml("")).unwrap();
+    lab.host("n1")
+        .sh(&format!("mkdir -p {DIR} && {before}"))
+        .unwrap();
     cluster.start_all().unwrap();
     wait_module(&cluster, "n1", "PRIM", Duration::from_secs(30));
     wait_module(&cluster, "n2", "SECOND", Duration::from_secs(30));
@@ -129,6 +157,24 @@ fn an_fsync_after_resizing_a_file_returns_once_the_secondary_holds_its_bytes() {
         let name = format!("{DIR}/sized{round}.bin");
         fsync_round(&lab, &mut cluster, "new", &name);
         fsync_round(&lab, &mut cluster, "resize", &name);
+    }
+    roles_unchanged(&cluster);
+}
+
+#[test]
+fn an_msync_of_mapped_stores_returns_once_the_secondary_holds_them() {
+    let lab = LabBuilder::new("mirrormsync")
+        .hosts(&["n1", "n2"])
+        .build()
+        .unwrap();
+    // A file only the first resync copies: no event ever names it.
+    let seeded = format!("{DIR}/seeded.bin");
+    let mut cluster = start_with(&lab, &format!("head -c {SIZE} /dev/urandom > {seeded}"));
+    for round in 0..ROUNDS {
+        fsync_round(&lab, &mut cluster, "mmap", &seeded);
+        let name = format!("{DIR}/mapped{round}.bin");
+        fsync_round(&lab, &mut cluster, "new", &name);
+        fsync_round(&lab, &mut cluster, "mmap", &name);
     }
     roles_unchanged(&cluster);
 }
