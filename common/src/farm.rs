@@ -176,7 +176,9 @@ pub struct FarmSettings {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Verdict {
-    /// For the VIP, in a bucket this node serves: passed up.
+    /// For the VIP, in a bucket this node serves: passed up. Counted per
+    /// bucket (`FARM_BUCKET_PACKETS`) only; this verdict's slot stays 0
+    /// and user space sums the buckets.
     Accepted = 0,
     /// For the VIP, in another node's bucket: dropped.
     OtherNode = 1,

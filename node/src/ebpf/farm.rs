@@ -22,6 +22,9 @@ pub struct FarmIngress {
     interface: Option<String>,
 }
 
+/// Frames per verdict, in [`Verdict::ALL`] order.
+pub type VerdictCounts = Vec<(Verdict, u64)>;
+
 impl FarmIngress {
     /// Loads the program into the kernel (the verifier runs here) without
     /// attaching it anywhere.
@@ -215,12 +218,25 @@ impl FarmIngress {
     }
 
     /// Frames per [`Verdict`], summed over CPUs.
-    pub fn verdict_counts(&self) -> anyhow::Result<Vec<(Verdict, u64)>> {
+    pub fn verdict_counts(&self) -> anyhow::Result<VerdictCounts> {
+        Ok(self.counters()?.0)
+    }
+
+    /// Frames per [`Verdict`] and packets accepted per bucket, summed over
+    /// CPUs. The program counts an accepted frame only in its bucket:
+    /// `Accepted` is the buckets' sum.
+    pub fn counters(&self) -> anyhow::Result<(VerdictCounts, Vec<u64>)> {
         let stats = self.stats()?;
-        Ok(Verdict::ALL
+        let buckets = self.bucket_packets()?;
+        let accepted = buckets.iter().sum();
+        let verdicts = Verdict::ALL
             .into_iter()
-            .map(|v| (v, stats.verdicts[v as usize]))
-            .collect())
+            .map(|v| match v {
+                Verdict::Accepted => (v, accepted),
+                _ => (v, stats.verdicts[v as usize]),
+            })
+            .collect();
+        Ok((verdicts, buckets))
     }
 
     /// Packets accepted per bucket, summed over CPUs.

@@ -333,13 +333,12 @@ impl FarmDataPath {
         let Some(ingress) = &self.ingress else {
             return Ok(None);
         };
-        let verdicts = ingress
-            .verdict_counts()?
+        let (verdicts, buckets) = ingress.counters()?;
+        let verdicts = verdicts
             .into_iter()
             .map(|(verdict, n)| (verdict.name().to_owned(), n))
             .collect();
-        let buckets = ingress
-            .bucket_packets()?
+        let buckets = buckets
             .into_iter()
             .enumerate()
             .filter(|(_, n)| *n > 0)
