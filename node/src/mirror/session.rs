@@ -29,7 +29,7 @@
 //! on the secondary, one thread reads, applies and answers.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{hash_map::Entry, HashMap, HashSet, VecDeque},
     fs::File,
     io::{self, BufReader, BufWriter},
     net::{Shutdown, SocketAddr, TcpStream},
@@ -66,6 +66,11 @@ const RECEIVED_AHEAD: usize = 8;
 
 /// Files up to this size travel whole instead of by checksums.
 const SMALL_FILE: u64 = 256 * 1024;
+/// An msync's range of a mapped file up to this length travels as it is;
+/// a longer one (a whole large mapping synced at once) makes the file
+/// compared by checksums, so that only the blocks that differ travel:
+/// which of its pages were stored to cannot be told.
+const MAPPED_SHIPPED: u64 = 8 << 20;
 /// How a secondary's session ends when its primary handed the role over.
 pub const HANDED_OVER: &str = "the primary handed its role over";
 
@@ -492,11 +497,14 @@ fn take_records(feed: &CaptureFeed, st: &mut TrackState) -> bool {
                 .or_default()
                 .push((offset, offset + len)),
             CaptureChange::Mapped { offset, len, path } => {
-                st.ranges
-                    .entry(key)
-                    .or_default()
-                    .push((offset, offset + len));
-                st.mapped.push((key, path));
+                let compare = len > MAPPED_SHIPPED;
+                if !compare {
+                    st.ranges
+                        .entry(key)
+                        .or_default()
+                        .push((offset, offset + len));
+                }
+                st.mapped.push(Mapped { key, path, compare });
             }
             CaptureChange::Truncate { .. } | CaptureChange::Fallocate { .. } => {
                 st.resized.insert(key);
@@ -552,6 +560,16 @@ struct Sinks<'a> {
     journal: &'a Mutex<Journal>,
 }
 
+/// A file range an msync made durable through a mapping
+/// (`CaptureChange::Mapped`), as the tracker keeps it until its batch.
+struct Mapped {
+    key: (u64, u64),
+    /// The file's path in the caller's view.
+    path: PathBuf,
+    /// Too long to ship: the file is compared by checksums instead.
+    compare: bool,
+}
+
 /// What the tracker remembers between batches.
 #[derive(Default)]
 struct TrackState {
@@ -569,7 +587,7 @@ struct TrackState {
     /// Files an msync made durable through a mapping, with the path the
     /// caller's mapping gives: the name of a file no event named yet
     /// ([`TrackState::name_mapped`]).
-    mapped: Vec<((u64, u64), PathBuf)>,
+    mapped: Vec<Mapped>,
     /// Files whose size changed (truncate, fallocate): they travel whole.
     resized: HashSet<(u64, u64)>,
     /// The path last seen for each captured file.
@@ -602,24 +620,36 @@ impl TrackState {
     /// Names the files msyncs made durable through mappings that no event
     /// named yet, from the path of the caller's mapping when it lies below
     /// one of `dirs` (the caller sees the daemon's mounts) and still names
-    /// the same file; others stay unnamed, as before any msync.
+    /// the same file; others stay unnamed, as before any msync. A file
+    /// whose range was too long to ship ([`MAPPED_SHIPPED`]) becomes a
+    /// pending path compared by checksums (as a resized one is); call it
+    /// before the pending paths are read.
     fn name_mapped(&mut self, dirs: &[PathBuf]) {
-        for (key, path) in std::mem::take(&mut self.mapped) {
-            if self.paths.contains_key(&key) {
-                continue;
-            }
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
+        for Mapped { key, path, compare } in std::mem::take(&mut self.mapped) {
+            let name = match self.paths.entry(key) {
+                Entry::Occupied(known) => known.get().clone(),
+                Entry::Vacant(unknown) => {
+                    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                        continue;
+                    };
+                    if (meta.dev(), meta.ino()) != key {
+                        continue;
+                    }
+                    let named = dirs
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, base)| RelPath::below(u8::try_from(i).ok()?, base, &path));
+                    let Some(rel) = named else {
+                        continue;
+                    };
+                    unknown.insert(rel).clone()
+                }
             };
-            if (meta.dev(), meta.ino()) != key {
-                continue;
-            }
-            let named = dirs
-                .iter()
-                .enumerate()
-                .find_map(|(i, base)| RelPath::below(u8::try_from(i).ok()?, base, &path));
-            if let Some(rel) = named {
-                self.paths.insert(key, rel);
+            if compare {
+                self.resized.insert(key);
+                if !self.pending.contains(&name) {
+                    self.pending.push(name);
+                }
             }
         }
     }
@@ -817,6 +847,7 @@ fn track(
         }
         // Data: exact ranges where the capture saw every write, the whole
         // file (or its checksums) otherwise.
+        st.name_mapped(&setup.dirs);
         let mut pending: Vec<RelPath> = st.deferred.drain(..).collect();
         for p in st.pending.drain(..) {
             if !pending.contains(&p) {
@@ -882,7 +913,6 @@ fn track(
             }
         }
         st.created.clear();
-        st.name_mapped(&setup.dirs);
         st.ship_unnamed_ranges(&mut ops);
         if !st.syncs.is_empty() {
             ops.push(Op::Release(std::mem::take(&mut st.syncs)));
@@ -2616,6 +2646,54 @@ mod tests {
             assert!(ops.is_empty());
         }
         assert!(st.ranges.is_empty() && st.unnamed.is_empty());
+    }
+
+    #[test]
+    fn an_msynced_mapping_names_its_file_and_a_long_range_is_compared_instead() {
+        let dir = std::env::temp_dir().join(format!("halo-mapped-name-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let file = dir.join("sub/db");
+        std::fs::write(&file, b"x").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let key = (meta.dev(), meta.ino());
+        let name = RelPath::below(0, &dir, &file).unwrap();
+        let mut st = TrackState::default();
+        // No event named it: the mapping's path does, if it is still the file.
+        st.mapped.push(Mapped {
+            key,
+            path: file.clone(),
+            compare: false,
+        });
+        st.mapped.push(Mapped {
+            key: (key.0, key.1 + 1),
+            path: file.clone(),
+            compare: false,
+        });
+        st.name_mapped(std::slice::from_ref(&dir));
+        assert_eq!(st.paths.get(&key), Some(&name));
+        assert_eq!(st.paths.len(), 1, "another inode at that path is not named");
+        assert!(st.pending.is_empty() && st.resized.is_empty());
+        // Too long a range: the file is compared by checksums, once.
+        for _ in 0..2 {
+            st.mapped.push(Mapped {
+                key,
+                path: file.clone(),
+                compare: true,
+            });
+        }
+        st.name_mapped(std::slice::from_ref(&dir));
+        assert_eq!(st.pending, vec![name]);
+        assert!(st.resized.contains(&key));
+        // Outside every directory: no name.
+        let mut st = TrackState::default();
+        st.mapped.push(Mapped {
+            key,
+            path: file.clone(),
+            compare: true,
+        });
+        st.name_mapped(&[dir.join("elsewhere")]);
+        assert!(st.paths.is_empty() && st.pending.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!   them used to be released with none of them on the secondary. The
 //!   daemon now reads the caller's mappings while it is held and ships
 //!   the range the msync names, for a file it knew and for one no event
-//!   had named (copied at the pair's first resync, never written since).
+//!   had named (copied at the pair's first resync, never written since);
+//!   a range over 8 MiB makes the file compared by checksums instead.
 //!
 //! To see what the secondary holds when the fsync returns, the writer
 //! stops the primary's daemon (SIGSTOP) at once, before it can send more;
@@ -80,11 +81,16 @@ impl Drop for Resume<'_, '_> {
 /// Runs the writer in `mode` on n1's `name`; once it stopped n1's daemon,
 /// asserts that n2 holds the same bytes, then lets the daemon go on.
 fn fsync_round(lab: &Lab, cluster: &mut Cluster<'_>, mode: &str, name: &str) {
+    sized_round(lab, cluster, mode, name, SIZE);
+}
+
+/// [`fsync_round`] with `size` bytes.
+fn sized_round(lab: &Lab, cluster: &mut Cluster<'_>, mode: &str, name: &str, size: usize) {
     let pid = cluster.daemon("n1").unwrap().pid();
     let _resume = Resume(cluster);
     lab.host("n1")
         .sh(&format!(
-            "/usr/bin/python3 /etc/halo/fsync_writer.py {mode} {name} {pid} {SIZE}"
+            "/usr/bin/python3 /etc/halo/fsync_writer.py {mode} {name} {pid} {size}"
         ))
         .unwrap();
     let written = std::fs::read(lab.host("n1").outside_path(name)).unwrap();
@@ -175,6 +181,13 @@ fn an_msync_of_mapped_stores_returns_once_the_secondary_holds_them() {
         let name = format!("{DIR}/mapped{round}.bin");
         fsync_round(&lab, &mut cluster, "new", &name);
         fsync_round(&lab, &mut cluster, "mmap", &name);
+    }
+    // An msync of more than 8 MiB: the file is compared by checksums
+    // rather than its range shipped, and the msync waits for the blocks.
+    let big = format!("{DIR}/big.bin");
+    sized_round(&lab, &mut cluster, "new", &big, 16 * SIZE);
+    for _ in 0..2 {
+        sized_round(&lab, &mut cluster, "mmap", &big, 16 * SIZE);
     }
     roles_unchanged(&cluster);
 }
