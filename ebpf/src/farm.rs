@@ -292,7 +292,11 @@ fn on_arp(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncate
     if !ethernet_ipv4 {
         return Ok(XDP_PASS);
     }
-    let (Some(vmac), Some(settings)) = (vip_v4(arp.tpa), settings()) else {
+    // One after the other: most ARP is for no VIP and needs no settings.
+    let Some(vmac) = vip_v4(arp.tpa) else {
+        return Ok(XDP_PASS);
+    };
+    let Some(settings) = settings() else {
         return Ok(XDP_PASS);
     };
     // Only requests from others are answered: a gratuitous announcement of
