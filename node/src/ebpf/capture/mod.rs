@@ -495,7 +495,9 @@ impl WriteCapture {
     /// The changes reported so far and not yet taken, in ring order (the
     /// order of the calls). Truncates by path are resolved here: those
     /// outside every root are dropped, those that cannot be resolved come
-    /// back as [`Change::TruncatePath`].
+    /// back as [`Change::TruncatePath`]. An `msync(MS_SYNC)` comes after
+    /// a [`Change::Mapped`] for each file under a root that the caller's
+    /// shared mappings give the synced addresses.
     pub fn drain(&mut self) -> Vec<Captured> {
         let mut records = Vec::new();
         while let Some(item) = self.events.next() {
@@ -510,7 +512,7 @@ impl WriteCapture {
             };
             if captured.syscall == halo_common::capture::WriteKind::Msync {
                 // What the caller stored through its mappings travels
-                // before its msync is released, as written ranges.
+                // before its msync is released, like a write's range.
                 let (addr, len) = (record.event.offset, record.event.len);
                 for range in mapped_ranges(captured.pid, addr, len, &self.roots) {
                     drained.push(Captured {
