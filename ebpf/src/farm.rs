@@ -101,7 +101,7 @@ pub fn farm_ingress(ctx: XdpContext) -> u32 {
     // be for a VIP, what cannot be read of it is dropped instead (see
     // `unreadable`), and it is read completely before any decision to
     // accept it.
-    try_farm_ingress(&ctx, Stats).unwrap_or(XDP_PASS)
+    try_farm_ingress(&ctx).unwrap_or(XDP_PASS)
 }
 
 /// The baseline of `cargo xtask bench farm`: an XDP program that passes
@@ -165,29 +165,25 @@ fn count(counters: &PerCpuArray<u64>, index: u32) {
     }
 }
 
-/// The verdict counters (`FARM_STATS`). Only frames for a VIP are
-/// counted, each once: a frame that is not for one passes without a look
-/// at the counters (the interface's own counters have it), so that the
-/// rest of a host's traffic pays as little as the VIP lookup allows.
-#[derive(Clone, Copy)]
-struct Stats;
-
-impl Stats {
-    #[inline(always)]
-    fn count(self, v: Verdict) {
-        if let Some(stats) = FARM_STATS.get_ptr_mut(0) {
-            // SAFETY: this CPU's entry of a per-CPU array; XDP programs run
-            // with preemption disabled, so nothing else writes it meanwhile.
-            unsafe { (*stats).verdicts[v as usize] += 1 };
-        }
+/// Counts `v` in this CPU's `FARM_STATS` entry. Only frames for a VIP
+/// are counted, each once (an accepted one in its bucket instead,
+/// `FARM_BUCKET_PACKETS`): a frame that is not for one passes without a
+/// look at the counters (the interface's own counters have it), so that
+/// the rest of a host's traffic pays as little as the VIP lookup allows.
+#[inline(always)]
+fn count_verdict(v: Verdict) {
+    if let Some(stats) = FARM_STATS.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry of a per-CPU array; XDP programs run
+        // with preemption disabled, so nothing else writes it meanwhile.
+        unsafe { (*stats).verdicts[v as usize] += 1 };
     }
+}
 
-    /// Counts `v` and returns `action`.
-    #[inline(always)]
-    fn verdict(self, v: Verdict, action: u32) -> u32 {
-        self.count(v);
-        action
-    }
+/// Counts `v` and returns `action`.
+#[inline(always)]
+fn verdict(v: Verdict, action: u32) -> u32 {
+    count_verdict(v);
+    action
 }
 
 /// The verdict on a VIP packet cut short before what its bucket depends on
@@ -197,11 +193,11 @@ impl Stats {
 /// drops it, as it drops VIP traffic no rule names. Passing it would hand
 /// it to every node's kernel.
 #[inline(always)]
-fn unreadable(stats: Stats, _: Truncated) -> Result<u32, Truncated> {
-    Ok(stats.verdict(Verdict::NoRule, XDP_DROP))
+fn unreadable(_: Truncated) -> Result<u32, Truncated> {
+    Ok(verdict(Verdict::NoRule, XDP_DROP))
 }
 
-fn try_farm_ingress(ctx: &XdpContext, stats: Stats) -> Result<u32, Truncated> {
+fn try_farm_ingress(ctx: &XdpContext) -> Result<u32, Truncated> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: ptr_at checked that the header lies inside the frame.
     let mut ether_type = be16(unsafe { (*eth).ether_type });
@@ -216,9 +212,9 @@ fn try_farm_ingress(ctx: &XdpContext, stats: Stats) -> Result<u32, Truncated> {
         offset += core::mem::size_of::<VlanHdr>();
     }
     match ether_type {
-        ETH_P_ARP => on_arp(ctx, offset, stats),
-        ETH_P_IPV4 => on_ipv4(ctx, offset, stats),
-        ETH_P_IPV6 => on_ipv6(ctx, offset, stats),
+        ETH_P_ARP => on_arp(ctx, offset),
+        ETH_P_IPV4 => on_ipv4(ctx, offset),
+        ETH_P_IPV6 => on_ipv6(ctx, offset),
         _ => Ok(XDP_PASS),
     }
 }
@@ -283,7 +279,7 @@ fn vip_v6(dst: &[u8; 16]) -> Option<[u8; 6]> {
     }
 }
 
-fn on_arp(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncated> {
+fn on_arp(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
     let arp = ptr_at_mut::<ArpHdr>(ctx, offset)?;
     // SAFETY: bounds checked by ptr_at_mut; the frame is ours to rewrite.
     let arp = unsafe { &mut *arp };
@@ -302,13 +298,13 @@ fn on_arp(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncate
     // Only requests from others are answered: a gratuitous announcement of
     // the VIP (sender = target) comes from a farm node.
     if be16(arp.oper) != 1 || arp.spa == arp.tpa {
-        return Ok(stats.verdict(Verdict::ArpLeft, XDP_DROP));
+        return Ok(verdict(Verdict::ArpLeft, XDP_DROP));
     }
     let bucket = bucket_of_v4(arp.spa, None);
     match bucket_state(settings, bucket) {
         BucketState::Owned | BucketState::Incoming => {}
         BucketState::NotMine | BucketState::Draining => {
-            return Ok(stats.verdict(Verdict::ArpLeft, XDP_DROP));
+            return Ok(verdict(Verdict::ArpLeft, XDP_DROP));
         }
     }
     let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
@@ -325,10 +321,10 @@ fn on_arp(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncate
     vip_ip.store(&mut arp.spa);
     requester_mac.store(&mut arp.tha);
     requester_ip.store(&mut arp.tpa);
-    Ok(stats.verdict(Verdict::ArpAnswered, XDP_TX))
+    Ok(verdict(Verdict::ArpAnswered, XDP_TX))
 }
 
-fn on_ipv4(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncated> {
+fn on_ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -356,10 +352,10 @@ fn on_ipv4(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncat
         fragmented,
         is_v4: true,
     };
-    Ok(decide(ctx, settings, &packet, stats))
+    Ok(decide(ctx, settings, &packet))
 }
 
-fn on_ipv6(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncated> {
+fn on_ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Truncated> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, offset)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -371,7 +367,7 @@ fn on_ipv6(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncat
         if let Ok(icmp_type) = ptr_at::<u8>(ctx, l4) {
             // SAFETY: bounds checked by ptr_at.
             if unsafe { *icmp_type } == ICMPV6_NEIGHBOUR_SOLICITATION {
-                if let Some(action) = on_neighbour_solicitation(ctx, offset, stats) {
+                if let Some(action) = on_neighbour_solicitation(ctx, offset) {
                     return Ok(action);
                 }
             }
@@ -385,7 +381,7 @@ fn on_ipv6(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncat
     };
     let (proto, l4, fragmented) = match ipv6_transport(ctx, ip.next_header, l4) {
         Ok(transport) => transport,
-        Err(cut) => return unreadable(stats, cut),
+        Err(cut) => return unreadable(cut),
     };
     let packet = Packet {
         addrs: offset + 8,
@@ -394,7 +390,7 @@ fn on_ipv6(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Truncat
         fragmented,
         is_v4: false,
     };
-    Ok(decide(ctx, settings, &packet, stats))
+    Ok(decide(ctx, settings, &packet))
 }
 
 /// Walks the IPv6 extension headers that start with `next_header` at `at`
@@ -484,10 +480,10 @@ fn find_rule(settings: &FarmSettings, proto: u8, port: Option<u16>) -> Option<Fa
 /// itself: returning a `Result` through memory, LLVM left a pointer to the
 /// subprogram's stack in its return register, which the verifier refuses.
 #[inline(never)]
-fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet, stats: Stats) -> u32 {
-    match try_decide(ctx, settings, packet, stats) {
+fn decide(ctx: &XdpContext, settings: &FarmSettings, packet: &Packet) -> u32 {
+    match try_decide(ctx, settings, packet) {
         Ok(action) => action,
-        Err(cut) => unreadable(stats, cut).unwrap_or(XDP_DROP),
+        Err(cut) => unreadable(cut).unwrap_or(XDP_DROP),
     }
 }
 
@@ -496,7 +492,6 @@ fn try_decide(
     ctx: &XdpContext,
     settings: &FarmSettings,
     packet: &Packet,
-    stats: Stats,
 ) -> Result<u32, Truncated> {
     let (bucket, state) = match packet.proto {
         IPPROTO_TCP | IPPROTO_UDP if !packet.fragmented => {
@@ -504,7 +499,7 @@ fn try_decide(
             // SAFETY: bounds checked by ptr_at.
             let (sport, dport) = unsafe { (be16((*ports).source), be16((*ports).dest)) };
             let Some(rule) = find_rule(settings, packet.proto, Some(dport)) else {
-                return Ok(stats.verdict(Verdict::NoRule, XDP_DROP));
+                return Ok(verdict(Verdict::NoRule, XDP_DROP));
             };
             let port = (rule.filter == filter::SOURCE_PORT).then_some(sport);
             let bucket = client_bucket(ctx, packet, port)?;
@@ -514,7 +509,7 @@ fn try_decide(
                     let client = client_of(ctx, packet)?;
                     let kept = udp_keeps(settings, client, bucket, sport, dport, state);
                     if kept && state == BucketState::Draining {
-                        stats.count(Verdict::KeptFlow);
+                        count_verdict(Verdict::KeptFlow);
                     }
                     kept
                 }
@@ -530,7 +525,7 @@ fn try_decide(
                     let new_connection = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
                     let kept = !new_connection && has_tcp_socket(ctx, packet, sport, dport);
                     if kept {
-                        stats.count(Verdict::KeptFlow);
+                        count_verdict(Verdict::KeptFlow);
                     }
                     kept
                 }
@@ -547,13 +542,13 @@ fn try_decide(
                 }
             };
             if !keep {
-                return Ok(stats.verdict(Verdict::OtherNode, XDP_DROP));
+                return Ok(verdict(Verdict::OtherNode, XDP_DROP));
             }
             (bucket, state)
         }
         IPPROTO_TCP | IPPROTO_UDP => {
             if find_rule(settings, packet.proto, None).is_none() {
-                return Ok(stats.verdict(Verdict::NoRule, XDP_DROP));
+                return Ok(verdict(Verdict::NoRule, XDP_DROP));
             }
             let bucket = client_bucket(ctx, packet, None)?;
             (bucket, bucket_state(settings, bucket))
@@ -568,14 +563,14 @@ fn try_decide(
             let bucket = client_bucket(ctx, packet, None)?;
             (bucket, bucket_state(settings, bucket))
         }
-        _ => return Ok(stats.verdict(Verdict::NoRule, XDP_DROP)),
+        _ => return Ok(verdict(Verdict::NoRule, XDP_DROP)),
     };
     match state {
         BucketState::Owned | BucketState::Incoming => {}
         // TCP and UDP in a draining bucket were decided above.
         BucketState::Draining
             if matches!(packet.proto, IPPROTO_TCP | IPPROTO_UDP) && !packet.fragmented => {}
-        _ => return Ok(stats.verdict(Verdict::OtherNode, XDP_DROP)),
+        _ => return Ok(verdict(Verdict::OtherNode, XDP_DROP)),
     }
     let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds checked; the frame was sent to the virtual MAC, which
@@ -729,7 +724,7 @@ fn udp_flow_decision(key: &UdpFlowKey, state: u8, cut: u64, idle_ns: u64) -> u32
 /// Answers or leaves a neighbour solicitation for a VIP target; `None`
 /// when the frame is too short to be one or its target is no VIP: then it
 /// is an ordinary ICMPv6 packet, bucketed if it is sent to a VIP.
-fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize, stats: Stats) -> Option<u32> {
+fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize) -> Option<u32> {
     let l4 = offset + core::mem::size_of::<Ipv6Hdr>();
     let ip = ptr_at_mut::<Ipv6Hdr>(ctx, offset).ok()?;
     let ns = ptr_at_mut::<NeighbourMessage>(ctx, l4).ok()?;
@@ -745,12 +740,12 @@ fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize, stats: Stats) -> O
         && ns.option_len == 1
         && ip.src != [0u8; 16];
     if !answerable {
-        return Some(stats.verdict(Verdict::NdLeft, XDP_DROP));
+        return Some(verdict(Verdict::NdLeft, XDP_DROP));
     }
     match bucket_state(settings, bucket_of(&ip.src, None)) {
         BucketState::Owned | BucketState::Incoming => {}
         BucketState::NotMine | BucketState::Draining => {
-            return Some(stats.verdict(Verdict::NdLeft, XDP_DROP));
+            return Some(verdict(Verdict::NdLeft, XDP_DROP));
         }
     }
     let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok()?;
@@ -768,7 +763,7 @@ fn on_neighbour_solicitation(ctx: &XdpContext, offset: usize, stats: Stats) -> O
     Mac::of(&vmac).store(&mut ns.mac);
     ns.checksum = [0, 0];
     ns.checksum = icmpv6_checksum(ip, ns).to_be_bytes();
-    Some(stats.verdict(Verdict::NdAnswered, XDP_TX))
+    Some(verdict(Verdict::NdAnswered, XDP_TX))
 }
 
 /// A MAC address held as integers, copied with two loads and two stores:

@@ -34,7 +34,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use halo_common::capture::{
-    CaptureSettings, FileKey, PausedTask, RootCount, RootPolicy, GENERATION_ROOTS, ROOT_SYNC_PAUSE,
+    CaptureSettings, FileKey, PausedTask, RootCount, RootPolicy, WriteKind, GENERATION_ROOTS,
+    ROOT_SYNC_PAUSE,
 };
 use nix::{
     errno::Errno,
@@ -510,7 +511,7 @@ impl WriteCapture {
             let Some(mut captured) = record.to_captured() else {
                 continue;
             };
-            if captured.syscall == halo_common::capture::WriteKind::Msync {
+            if captured.syscall == WriteKind::Msync {
                 // What the caller stored through its mappings travels
                 // before its msync is released, like a write's range.
                 let (addr, len) = (record.event.offset, record.event.len);
