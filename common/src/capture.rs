@@ -220,6 +220,9 @@ pub struct CaptureOffsets {
     pub task_files: u32,
     /// `files_struct.fdt`
     pub files_fdt: u32,
+    /// `files_struct.fd_array`: the table of the first 64 descriptors
+    /// while `fdtable.fd` points at it (it has never grown).
+    pub files_fd_array: u32,
     /// `fdtable.fd`
     pub fdtable_fd: u32,
     /// `fdtable.max_fds`

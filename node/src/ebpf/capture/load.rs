@@ -59,6 +59,7 @@ pub fn capture_offsets(btf: &Btf) -> anyhow::Result<CaptureOffsets> {
     Ok(CaptureOffsets {
         task_files: at("task_struct", "files")?,
         files_fdt: at("files_struct", "fdt")?,
+        files_fd_array: at("files_struct", "fd_array")?,
         fdtable_fd: at("fdtable", "fd")?,
         fdtable_max_fds: at("fdtable", "max_fds")?,
         file_inode: at("file", "f_inode")?,

@@ -26,6 +26,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// `data2`; prints its pid last.
 const EVERY_CALL: &str = r#"
 import ctypes, mmap, os, time
+os.closerange(3, 1 << 16)               # a small descriptor table: see DESCRIPTORS
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_uint]
@@ -675,6 +676,7 @@ fn a_resume_loop_releases_every_paused_fsync_and_its_cost_is_measured() {
 /// for `/var/lib/app/go` before its last write.
 const MOVING: &str = r#"
 import os, sys, time
+os.closerange(3, 1 << 16)               # a small descriptor table: see DESCRIPTORS
 os.chdir("/var/lib/app")
 f = os.open("other/sub/f", os.O_WRONLY)
 os.write(f, b"a")                       # outside: remembered
@@ -772,4 +774,70 @@ fn remembered_verdicts_follow_renames_second_names_and_new_roots() {
         late_records.is_empty(),
         "unexpected records {late_records:#?}"
     );
+}
+
+/// Writes through descriptors the programs reach two ways: a descriptor
+/// below 64 in a table that never grew (read directly through the task's
+/// embedded array), one above 63, and one below 64 once the table grew
+/// (read through the helper); below a root and outside. The writes are
+/// made by a child: a process inherits a table as large as its parent's
+/// highest open descriptor at the fork, and keeps it through `exec` (the
+/// writer inherits cargo's jobserver pipe, at 251 here): the parent closes
+/// all but its standard streams first.
+const DESCRIPTORS: &str = r#"
+import os
+os.closerange(3, 1 << 16)
+child = os.fork()
+if child == 0:
+    os.chdir("/var/lib/app")
+    low = os.open("data/f", os.O_WRONLY | os.O_CREAT, 0o644)
+    out = os.open("other/o", os.O_WRONLY | os.O_CREAT, 0o644)
+    assert low < 64 and out < 64, (low, out)
+    os.write(low, b"a" * 3)                 # 0+3, embedded table
+    os.write(out, b"x")                     # outside: nothing
+    high = os.dup2(low, 200)                # the table grows past 64
+    os.write(high, b"b" * 4)                # 3+4 through descriptor 200
+    os.write(low, b"c" * 5)                 # 7+5, grown table
+    os.write(out, b"y")                     # outside: nothing
+    os.write(os.dup2(out, 150), b"z")       # outside, descriptor 150: nothing
+    os._exit(0)
+_, status = os.waitpid(child, 0)
+assert status == 0, status
+"#;
+
+/// Regression guard for the two ways the enter programs find a file: both
+/// must report the same writes, and neither anything outside.
+#[test]
+fn writes_through_low_high_and_grown_descriptor_tables_are_all_reported() {
+    let lab = LabBuilder::new("capfds").hosts(&["app"]).build().unwrap();
+    let app = lab.host("app");
+    app.sh("mkdir -p /var/lib/app/data /var/lib/app/other")
+        .unwrap();
+    let mut capture = attach();
+    let data = capture
+        .add_root(&app.outside_path("/var/lib/app/data"), false)
+        .unwrap();
+    let mut writer = app
+        .spawn(
+            "descriptors",
+            Command::new("/usr/bin/python3").args(["-c", DESCRIPTORS]),
+        )
+        .unwrap();
+    let status = writer.wait_timeout(WAIT).unwrap();
+    assert!(status.success(), "writer failed: {}", writer.log().unwrap());
+    let f = stat_in(app, "/var/lib/app/data/f").ino;
+    let write = |offset, len| Seen {
+        syscall: WriteKind::Write,
+        ino: f,
+        root: Some(data),
+        change: Change::Write { offset, len },
+    };
+    let expected = vec![write(0, 3), write(3, 4), write(7, 5)];
+    // The child is the only writer in this lab.
+    let records = collect_until(&mut capture, None, "the three writes", |r| {
+        r.len() >= expected.len()
+    });
+    assert_eq!(seen(&records), expected);
+    let late = capture.drain();
+    assert!(late.is_empty(), "writes outside were reported: {late:#?}");
 }
