@@ -19,6 +19,11 @@
 //! kernel read.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no `AtomicU64::fetch_add`, but LLVM
+// lowers the intrinsic to the instruction set's atomic add when its result
+// is unused.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 // Links the crate's library, which holds the panic handler.
 use halo_ebpf as _;
@@ -198,6 +203,40 @@ struct InFlight {
 /// and exit cannot fill it up.
 #[map]
 static CAPTURE_IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Slots of [`CAPTURE_THREADS`]; a thread's is its id modulo this.
+const THREAD_SLOTS: u32 = 65_536;
+
+/// How many records in `CAPTURE_IN_FLIGHT` belong to threads of each slot,
+/// so that the exit of a call the enter program found uninteresting (most
+/// of them) costs one array read instead of a hash lookup. Only atomic adds
+/// change a count, each enter's +1 matched by the −1 of the exit that takes
+/// its record: a count is never 0 while a record of its slot waits. A
+/// record that is never taken (its thread killed in the call, an LRU
+/// eviction) leaves its slot on the slower path, which stays correct.
+#[map]
+static CAPTURE_THREADS: Array<u64> = Array::with_max_entries(THREAD_SLOTS, 0);
+
+/// Adds `delta` (wrapping) to the count of `pid_tgid`'s slot.
+#[inline(always)]
+fn count_in_flight(pid_tgid: u64, delta: u64) {
+    if let Some(slot) = CAPTURE_THREADS.get_ptr_mut(pid_tgid as u32 % THREAD_SLOTS) {
+        // SAFETY: an aligned u64 slot of an array map; the add is atomic.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                slot, delta,
+            )
+        };
+    }
+}
+
+/// Keeps `call` until its exit, and counts it in its thread's slot.
+#[inline(always)]
+fn remember(pid_tgid: u64, call: InFlight) -> Result<(), Skip> {
+    CAPTURE_IN_FLIGHT.insert(pid_tgid, call, 0)?;
+    count_in_flight(pid_tgid, 1);
+    Ok(())
+}
 
 // Every entry point ignores its inner function's error: a tracepoint
 // program's return value means nothing to the kernel, and a call the
@@ -498,8 +537,8 @@ fn generation(index: u32) -> u64 {
 
 /// Makes every verdict remembered so far stale.
 ///
-/// The programs have no atomic add, so the namespace generation is the
-/// time of the latest change rather than a count: a plain store that
+/// The namespace generation is the time of the latest change rather than
+/// a count: a plain store that
 /// races another CPU's may leave the older time, but never the value a walk
 /// read before this change (that value was stored earlier than this time
 /// was taken), which is all that staleness needs.
@@ -853,8 +892,7 @@ fn enter_fd_write(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> 
         event_flags: target.event_flags,
         mode: 0,
     };
-    CAPTURE_IN_FLIGHT.insert(pid_tgid, call, 0)?;
-    Ok(())
+    remember(pid_tgid, call)
 }
 
 /// A call on the file `fd` (argument 0) that is not a write: a truncate,
@@ -910,8 +948,7 @@ fn enter_fd_call(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
         event_flags,
         mode,
     };
-    CAPTURE_IN_FLIGHT.insert(pid_tgid, call, 0)?;
-    Ok(())
+    remember(pid_tgid, call)
 }
 
 /// `syncfs(fd)` makes every file of `fd`'s filesystem durable: it concerns
@@ -1008,17 +1045,23 @@ fn enter_without_file(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Sk
         event_flags,
         mode,
     };
-    CAPTURE_IN_FLIGHT.insert(pid_tgid, call, 0)?;
-    Ok(())
+    remember(pid_tgid, call)
 }
 
 fn on_exit(ctx: &TracePointContext) -> Result<(), Skip> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    match CAPTURE_THREADS.get(pid_tgid as u32 % THREAD_SLOTS) {
+        // No record of this slot's threads is waiting.
+        Some(0) => return Err(Skip::Uninteresting),
+        Some(_) => {}
+        None => return Err(Skip::Fault),
+    }
     // SAFETY: the value is copied out before the entry is removed.
     let Some(call) = (unsafe { CAPTURE_IN_FLIGHT.get(pid_tgid) }).copied() else {
         return Err(Skip::Uninteresting);
     };
     let _ = CAPTURE_IN_FLIGHT.remove(pid_tgid);
+    count_in_flight(pid_tgid, u64::MAX);
     let ret: i64 = field(ctx, EXIT_RET);
     if ret < 0 {
         return Err(Skip::Uninteresting);

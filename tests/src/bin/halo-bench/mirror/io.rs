@@ -27,6 +27,7 @@ const BLOCK: usize = 4096;
 /// its latency printed in ns, one per line; without, one line with the
 /// mean ns per write.
 pub fn writer(path: &Path, ops: u32, span: u64, fsync: bool) -> Result<()> {
+    small_descriptor_table()?;
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -58,6 +59,40 @@ pub fn writer(path: &Path, ops: u32, span: u64, fsync: bool) -> Result<()> {
         println!("{}", started.elapsed().as_nanos() / u128::from(ops));
     }
     Ok(())
+}
+
+/// Goes on in a child with the descriptor table an application started by a
+/// shell or a service manager has, and exits with it.
+///
+/// A process inherits a table as large as its parent's highest open
+/// descriptor at the fork and keeps it through `exec`: a shell or a `cargo`
+/// that holds one near 256 (a jobserver pipe) would hand the writer a grown
+/// table, which the capture reads through helper calls, a slower path than
+/// applications take (`fd_file_direct` in `ebpf/src/capture.rs`). A child
+/// forked once the inherited descriptors are closed starts with the small
+/// one. The writer runs single-threaded here, before any thread starts.
+fn small_descriptor_table() -> Result<()> {
+    // SAFETY: closes descriptors this process never uses (the standard
+    // streams stay); a no-op if there are none.
+    unsafe { libc::close_range(3, u32::MAX, 0) };
+    // SAFETY: single-threaded at this point: the child may run anything.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => Ok(()),
+        child => {
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            if unsafe { libc::waitpid(child, &mut status, 0) } != child {
+                bail!("waitpid: {}", std::io::Error::last_os_error());
+            }
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                1
+            };
+            std::process::exit(code)
+        }
+    }
 }
 
 /// Runs the writer in `host`; returns its stdout.
@@ -103,6 +138,64 @@ pub fn write_cost(lab: &Lab, host: &str, path: &str, ops: u32) -> Result<f64> {
     out.trim()
         .parse()
         .with_context(|| format!("the writer printed {out:?}"))
+}
+
+/// The capture programs' own kernel time per write outside replicated
+/// directories, from the kernel's BPF run-time statistics.
+pub struct ProgramTime {
+    /// ns per write of the `capture_enter_*` programs, all daemons summed.
+    pub enter_ns: f64,
+    /// ns per write of `capture_exit`, all daemons summed.
+    pub exit_ns: f64,
+    /// How many sets of capture programs are loaded (one per daemon).
+    pub sets: usize,
+}
+
+/// Runs [`write_cost`]'s writes again with BPF run-time statistics on (the
+/// statistics slow every program down a little, so the wall-clock figure
+/// comes from a run without them) and returns the capture programs' share.
+pub fn capture_program_time(lab: &Lab, host: &str, path: &str, ops: u32) -> Result<ProgramTime> {
+    // Statistics stay on while this descriptor is open, and go off when it
+    // closes, also if the bench dies.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enable the kernel's BPF run-time statistics")?;
+    let before = capture_run_times()?;
+    write_cost(lab, host, path, ops)?;
+    let after = capture_run_times()?;
+    let mut time = ProgramTime {
+        enter_ns: 0.0,
+        exit_ns: 0.0,
+        sets: 0,
+    };
+    for (id, (name, ns, _)) in &after {
+        let spent = ns - before.get(id).map_or(0, |(_, ns, _)| *ns);
+        let per_write = spent as f64 / f64::from(ops);
+        if name == "capture_exit" {
+            time.exit_ns += per_write;
+            time.sets += 1;
+        } else if name.starts_with("capture_enter") {
+            time.enter_ns += per_write;
+        }
+    }
+    if time.sets == 0 {
+        bail!("no capture program is loaded");
+    }
+    Ok(time)
+}
+
+/// Run time (ns) and run count of every loaded capture program, by id, with
+/// its name (the kernel keeps 15 bytes of it).
+fn capture_run_times() -> Result<std::collections::HashMap<u32, (String, u64, u64)>> {
+    let mut programs = std::collections::HashMap::new();
+    for program in aya::programs::loaded_programs() {
+        let program = program.context("read a loaded program's information")?;
+        let name = program.name_as_str().unwrap_or_default().to_owned();
+        if name.starts_with("capture_") {
+            let ns = u64::try_from(program.run_time().as_nanos()).unwrap_or(u64::MAX);
+            programs.insert(program.id(), (name, ns, program.run_count()));
+        }
+    }
+    Ok(programs)
 }
 
 /// Copies `mib` MiB from `source` to `target` in `host` with dd in 1 MiB

@@ -106,6 +106,8 @@ struct Writes {
     fsync: [Vec<Duration>; 3],
     stream: [f64; 3],
     write_ns: [f64; 3],
+    /// The capture programs' own time, measured with halo on.
+    program_time: Option<io::ProgramTime>,
     notes: Vec<String>,
 }
 
@@ -139,6 +141,7 @@ fn measure_writes(options: &Options) -> Result<Writes> {
         fsync: Default::default(),
         stream: [0.0; 3],
         write_ns: [0.0; 3],
+        program_time: None,
         notes: Vec::new(),
     };
     println!("  halo off …");
@@ -151,6 +154,13 @@ fn measure_writes(options: &Options) -> Result<Writes> {
     wait_module(&cluster, "n1", "PRIM")?;
     wait_module(&cluster, "n2", "SECOND")?;
     measure_phase(&lab, options, &mut out, 1)?;
+    let outside = format!("{OUTSIDE}/out.dat");
+    match io::capture_program_time(&lab, "n1", &outside, options.write_ops) {
+        Ok(time) => out.program_time = Some(time),
+        Err(error) => out.notes.push(format!(
+            "the capture programs' own time was not measured: {error:#}"
+        )),
+    }
     stop_daemons(&mut cluster, &mut out.notes)?;
     println!("  halo off again …");
     measure_phase(&lab, options, &mut out, 2)?;
@@ -226,6 +236,15 @@ fn writes_tables(w: &Writes, options: &Options) -> Vec<Table> {
         format!("{:+.1} %", (w.write_ns[1] / off_ns - 1.0) * 100.0),
     ]);
     capture.note("target: ≤ 3 %");
+    if let Some(time) = &w.program_time {
+        capture.note(format!(
+            "the capture programs' own time per write (kernel BPF run-time statistics, a \
+             second run of the same writes with halo on): enter {:.0} ns + exit {:.0} ns, \
+             summed over {} daemons' programs (the lab's nodes share one kernel; a host \
+             runs one daemon's)",
+            time.enter_ns, time.exit_ns, time.sets
+        ));
+    }
     for note in &w.notes {
         capture.note(note.clone());
     }
