@@ -167,8 +167,8 @@ pub fn capture_program_time(lab: &Lab, host: &str, path: &str, ops: u32) -> Resu
         exit_ns: 0.0,
         sets: 0,
     };
-    for (id, (name, ns, _)) in &after {
-        let spent = ns - before.get(id).map_or(0, |(_, ns, _)| *ns);
+    for (id, (name, ns)) in &after {
+        let spent = ns - before.get(id).map_or(0, |(_, ns)| *ns);
         let per_write = spent as f64 / f64::from(ops);
         if name == "capture_exit" {
             time.exit_ns += per_write;
@@ -183,16 +183,16 @@ pub fn capture_program_time(lab: &Lab, host: &str, path: &str, ops: u32) -> Resu
     Ok(time)
 }
 
-/// Run time (ns) and run count of every loaded capture program, by id, with
-/// its name (the kernel keeps 15 bytes of it).
-fn capture_run_times() -> Result<std::collections::HashMap<u32, (String, u64, u64)>> {
+/// The run time (ns) of every loaded capture program, by id, with its name
+/// (the kernel keeps 15 bytes of it).
+fn capture_run_times() -> Result<std::collections::HashMap<u32, (String, u64)>> {
     let mut programs = std::collections::HashMap::new();
     for program in aya::programs::loaded_programs() {
         let program = program.context("read a loaded program's information")?;
         let name = program.name_as_str().unwrap_or_default().to_owned();
         if name.starts_with("capture_") {
             let ns = u64::try_from(program.run_time().as_nanos()).unwrap_or(u64::MAX);
-            programs.insert(program.id(), (name, ns, program.run_count()));
+            programs.insert(program.id(), (name, ns));
         }
     }
     Ok(programs)
