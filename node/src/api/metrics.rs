@@ -233,6 +233,13 @@ pub fn render(status: &NodeStatus, farms: &HashMap<String, FarmView>) -> String 
         "gauge",
         "1 while automatic failover is on.",
     );
+    let mut capture_up = Family::new(
+        "halo_mirror_capture_up",
+        "gauge",
+        "1 while the kernel write capture runs for the mirror module; 0 if it did not load \
+         (replication through inotify and checksums only; sync = \"fsync\" cannot hold \
+         durable writes).",
+    );
     let mut transitions = Family::new(
         "halo_module_transitions_total",
         "counter",
@@ -315,6 +322,9 @@ pub fn render(status: &NodeStatus, farms: &HashMap<String, FarmView>) -> String 
         serving.sample(&[("module", module)], flag(m.serving));
         checkers_on.sample(&[("module", module)], flag(m.checkers));
         failover_on.sample(&[("module", module)], flag(m.failover));
+        if m.kind == "mirror" {
+            capture_up.sample(&[("module", module)], flag(m.capture_error.is_none()));
+        }
         for t in &m.counters.transitions {
             transitions.sample(
                 &[("module", module), ("from", &t.from), ("to", &t.to)],
@@ -367,6 +377,7 @@ pub fn render(status: &NodeStatus, farms: &HashMap<String, FarmView>) -> String 
         serving,
         checkers_on,
         failover_on,
+        capture_up,
         transitions,
         checks,
         checker_up,
@@ -489,6 +500,26 @@ mod tests {
         assert!(
             !text.contains("halo_replication_"),
             "no replication series before a mirror publishes its progress"
+        );
+    }
+
+    #[test]
+    fn a_mirror_without_its_write_capture_says_so() {
+        let mut status = sample_status();
+        let mirror = |name: &str, error: Option<&str>| ModuleStatus {
+            name: name.into(),
+            kind: "mirror".into(),
+            capture_error: error.map(str::to_owned),
+            ..ModuleStatus::default()
+        };
+        status.modules.push(mirror("db", Some("no BTF")));
+        status.modules.push(mirror("files", None));
+        let text = render(&status, &HashMap::new());
+        assert!(text.contains("halo_mirror_capture_up{module=\"db\"} 0\n"));
+        assert!(text.contains("halo_mirror_capture_up{module=\"files\"} 1\n"));
+        assert!(
+            !text.contains("halo_mirror_capture_up{module=\"web\"}"),
+            "a farm has no capture"
         );
     }
 

@@ -245,6 +245,7 @@ fn schemas() -> Value {
             ("checkers", boolean()),
             ("last_event", string()),
             ("progress", nullable(r("ReplicationProgress"))),
+            ("capture_error", nullable(string())),
             ("counters", r("ModuleCounters")),
         ]),
         "ModuleCounters": object(&[

@@ -63,6 +63,13 @@ pub struct ModuleStatus {
     /// Replication progress (mirror), `null` until the module publishes it.
     #[serde(default)]
     pub progress: Option<ReplicationProgress>,
+    /// Mirror: why the kernel write capture is not running (it did not load
+    /// when the daemon started); `null` while it runs, and for a farm.
+    /// Without it the module replicates through inotify and checksums only,
+    /// and `sync = "fsync"` cannot hold durable writes until the peer has
+    /// them.
+    #[serde(default)]
+    pub capture_error: Option<String>,
     /// What happened to the module since the daemon started.
     #[serde(default)]
     pub counters: ModuleCounters,

@@ -61,6 +61,13 @@ pub fn run(json: bool, targets: &Targets) -> anyhow::Result<ExitCode> {
         fanout::print_json(&fanout::to_json(&answers))?;
     } else {
         print!("{}", merged(&answers));
+        for answer in &answers {
+            if let Ok(view) = &answer.result {
+                for line in capture_warnings(&view.status) {
+                    println!("{}: {line}", view.status.node);
+                }
+            }
+        }
     }
     Ok(fanout::outcome(&answers))
 }
@@ -145,6 +152,23 @@ pub fn merged(answers: &[fanout::Answer<StatusView>]) -> Table {
     table
 }
 
+/// One warning per mirror module whose write capture is not running.
+fn capture_warnings(status: &NodeStatus) -> Vec<String> {
+    status
+        .modules
+        .iter()
+        .filter_map(|m| {
+            let error = m.capture_error.as_ref()?;
+            Some(format!(
+                "WARNING: {}: the write capture did not load ({error}): replication runs \
+                 through inotify and checksums only, and durable writes are not held until \
+                 the peer has them",
+                m.name
+            ))
+        })
+        .collect()
+}
+
 fn print_one(view: &StatusView) -> anyhow::Result<()> {
     let status = &view.status;
     let mut out = std::io::stdout().lock();
@@ -155,6 +179,9 @@ fn print_one(view: &StatusView) -> anyhow::Result<()> {
         modules.row(module_row(view, m));
     }
     write!(out, "{modules}")?;
+    for line in capture_warnings(status) {
+        writeln!(out, "{line}")?;
+    }
     writeln!(out)?;
     let mut peers = Table::new(&["PEER", "UP", "NETWORKS"]);
     for p in &status.peers {
@@ -263,6 +290,25 @@ mod tests {
         assert!(
             lines[2].starts_with("c ") && lines[2].contains("UNREACHABLE: cannot reach"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_mirror_whose_write_capture_did_not_load_gets_a_warning() {
+        let mut status = view("a", "UP").status;
+        assert!(capture_warnings(&status).is_empty());
+        status.modules.push(ModuleStatus {
+            name: "db".into(),
+            kind: "mirror".into(),
+            capture_error: Some("reading /sys/kernel/btf/vmlinux: not found".into()),
+            ..Default::default()
+        });
+        let warnings = capture_warnings(&status);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("WARNING: db: the write capture did not load (reading /sys/kernel/btf/vmlinux: not found)")
+                && warnings[0].contains("durable writes are not held"),
+            "{warnings:?}"
         );
     }
 

@@ -201,7 +201,12 @@ async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
         match crate::mirror::hub::CaptureHub::start(&config.node.name, &dirs) {
             Ok(hub) => Some(hub),
             Err(error) => {
-                warn!(error = %format!("{error:#}"), "the write capture did not load: mirror modules replicate through inotify and checksums only, and sync = \"fsync\" cannot hold durable writes");
+                let error = format!("{error:#}");
+                warn!(%error, "the write capture did not load: mirror modules replicate through inotify and checksums only, and sync = \"fsync\" cannot hold durable writes");
+                let mut status = status.write().expect("status lock");
+                for module in status.modules.iter_mut().filter(|m| m.kind == "mirror") {
+                    module.capture_error = Some(error.clone());
+                }
                 None
             }
         }

@@ -316,8 +316,13 @@ impl LabBuilder {
                 "private path {}: must be absolute, below /, without `.` or `..`",
                 path.display()
             );
+            // An empty directory over the kernel's BTF is how a test gets a
+            // kernel without it; the rest of /sys stays as the lab needs it
+            // (the host's sysfs is mounted before the private paths).
+            let hideable = path == Path::new("/sys/kernel/btf");
             let reserved = ["/proc", "/sys", "/dev", LAB_ROOT, NETNS_DIR]
                 .into_iter()
+                .filter(|_| !hideable)
                 .find(|reserved| {
                     path.starts_with(reserved) || Path::new(reserved).starts_with(path)
                 });

@@ -1,7 +1,7 @@
 //! The node daemon, really run: `halo run` processes in lab hosts.
 
 mod actions;
-mod api;
+pub(crate) mod api;
 mod checkers;
 mod cli;
 mod config;

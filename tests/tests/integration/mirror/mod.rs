@@ -11,6 +11,7 @@ mod fsync_barrier;
 mod hard_link_churn;
 mod hard_links;
 mod journal;
+mod no_capture;
 mod ping_witness;
 mod primary_crash_churn;
 mod rename_resync;
