@@ -538,10 +538,10 @@ fn generation(index: u32) -> u64 {
 /// Makes every verdict remembered so far stale.
 ///
 /// The namespace generation is the time of the latest change rather than
-/// a count: a plain store that
-/// races another CPU's may leave the older time, but never the value a walk
-/// read before this change (that value was stored earlier than this time
-/// was taken), which is all that staleness needs.
+/// a count: a plain store that races another CPU's may leave the older
+/// time, but never the value a walk read before this change (that value
+/// was stored earlier than this time was taken), which is all that
+/// staleness needs.
 #[inline(always)]
 fn bump_namespace() {
     if let Some(slot) = CAPTURE_GENERATIONS.get_ptr_mut(GENERATION_NAMESPACE) {
