@@ -610,13 +610,6 @@ pub struct Pause {
 }
 
 impl TrackState {
-    /// Queues the ranges of files no event named in this batch (coalesced
-    /// events) under the path last seen for each. Those of a file no path
-    /// is known for yet were captured before the event that names it (a
-    /// tracker just started, a late inotify read): kept for that event for
-    /// up to [`UNNAMED_BATCHES`] batches, or ranges that come with it would
-    /// travel without them. (Dropped after that: the file's next event has
-    /// it compared by checksums.)
     /// Names the files msyncs made durable through mappings that no event
     /// named yet, from the path of the caller's mapping when it lies below
     /// one of `dirs` (the caller sees the daemon's mounts) and still names
@@ -654,6 +647,13 @@ impl TrackState {
         }
     }
 
+    /// Queues the ranges of files no event named in this batch (coalesced
+    /// events) under the path last seen for each. Those of a file no path
+    /// is known for yet were captured before the event that names it (a
+    /// tracker just started, a late inotify read): kept for that event for
+    /// up to [`UNNAMED_BATCHES`] batches, or ranges that come with it would
+    /// travel without them. (Dropped after that: the file's next event has
+    /// it compared by checksums.)
     fn ship_unnamed_ranges(&mut self, ops: &mut Vec<Op>) {
         let mut unnamed = HashMap::new();
         for (key, ranges) in std::mem::take(&mut self.ranges) {

@@ -16,7 +16,7 @@ use halo::ebpf::{
     capture::{CaptureConfig, Captured, Change, Release, RootId, SyncScope, WriteCapture},
 };
 use halo_common::capture::{WriteKind, MAX_DEPTH};
-use halo_tests::lab::{self, Host, LabBuilder};
+use halo_tests::lab::{self, Host, LabBuilder, LabProcess};
 
 /// How long a test waits for records or for a process to react.
 const WAIT: Duration = Duration::from_secs(10);
@@ -26,7 +26,6 @@ const WAIT: Duration = Duration::from_secs(10);
 /// `data2`; prints its pid last.
 const EVERY_CALL: &str = r#"
 import ctypes, mmap, os, time
-os.closerange(3, 1 << 16)               # a small descriptor table: see DESCRIPTORS
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_uint]
@@ -146,6 +145,45 @@ fn collect_until(
     records
 }
 
+/// Put before a python writer's script: the script runs in a child whose
+/// descriptor table is the small one a process started by a shell or a
+/// service manager has, and which the enter programs read directly
+/// (`fd_file_direct`); the parent waits and exits with the child's status.
+/// A process inherits a table as large as its parent's highest open
+/// descriptor at the fork and keeps it through `exec` (and `closerange`):
+/// this test process holds the capture's many, and cargo's jobserver pipe
+/// (at 251 here) is inherited too, so a writer spawned directly only ever
+/// takes the helper path. The child writes its pid to
+/// `/var/lib/app/writer.pid`, for the records it makes.
+const SMALL_TABLE: &str = r#"
+import os
+os.closerange(3, 1 << 16)
+child = os.fork()
+if child:
+    _, status = os.waitpid(child, 0)
+    os._exit(os.waitstatus_to_exitcode(status))
+with open("/var/lib/app/writer.pid.tmp", "w") as pid:
+    pid.write(str(os.getpid()))
+os.rename("/var/lib/app/writer.pid.tmp", "/var/lib/app/writer.pid")
+"#;
+
+/// Starts `python3 -c` with `args` inside `app`, logged as `log`.
+fn python(app: &Host, log: &str, args: &[&str]) -> LabProcess {
+    app.spawn(log, Command::new("/usr/bin/python3").arg("-c").args(args))
+        .unwrap()
+}
+
+/// Starts `script` behind [`SMALL_TABLE`]; returns the process and the pid
+/// of the child that runs the script.
+fn python_small_table(app: &Host, log: &str, script: &str) -> (LabProcess, u32) {
+    let writer = python(app, log, &[&format!("{SMALL_TABLE}{script}")]);
+    let file = app.outside_path("/var/lib/app/writer.pid");
+    lab::wait_until(WAIT, "the writer's pid", || Ok(file.exists()))
+        .unwrap_or_else(|error| panic!("{error:#}: {}", writer.log().unwrap()));
+    let pid = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    (writer, pid)
+}
+
 fn attach() -> WriteCapture {
     ebpf::ensure_mounted("tracefs", "/sys/kernel/tracing").unwrap();
     WriteCapture::attach(std::process::id()).expect(
@@ -225,13 +263,7 @@ fn every_hooked_syscall_reports_file_range_and_root_below_a_root_and_nothing_els
         at(WriteKind::Truncate, deep, Change::Truncate { size: 5 }),
         write(WriteKind::Write, moved, 0, 4),
     ];
-    let mut writer = app
-        .spawn(
-            "every-call",
-            Command::new("/usr/bin/python3").args(["-c", EVERY_CALL]),
-        )
-        .unwrap();
-    let pid = writer.pid();
+    let (mut writer, pid) = python_small_table(app, "every-call", EVERY_CALL);
     let records = collect_until(&mut capture, Some(pid), "every call's record", |r| {
         r.len() >= expected.len()
     });
@@ -329,12 +361,7 @@ fn a_sync_pause_root_holds_fsync_until_released() {
         .add_root(&app.outside_path("/var/lib/app/data"), true)
         .unwrap();
 
-    let mut writer = app
-        .spawn(
-            "syncer",
-            Command::new("/usr/bin/python3").args(["-c", SYNCER]),
-        )
-        .unwrap();
+    let mut writer = python(app, "syncer", &[SYNCER]);
     let pid = writer.pid();
     let records = collect_until(&mut capture, Some(pid), "the fsync record", |r| {
         r.iter().any(|r| r.syscall == WriteKind::Fsync)
@@ -422,12 +449,7 @@ fn an_o_dsync_write_is_reported_then_paused_and_resume_lets_it_go() {
     capture
         .add_root(&app.outside_path("/var/lib/app/data"), true)
         .unwrap();
-    let mut writer = app
-        .spawn(
-            "dsync",
-            Command::new("/usr/bin/python3").args(["-c", DSYNC_WRITER]),
-        )
-        .unwrap();
+    let mut writer = python(app, "dsync", &[DSYNC_WRITER]);
     let pid = writer.pid();
     let records = collect_until(&mut capture, Some(pid), "the first write's sync", |r| {
         r.len() >= 2
@@ -487,12 +509,7 @@ fn the_excluded_process_is_neither_reported_nor_paused() {
     let lab = LabBuilder::new("capexcl").hosts(&["app"]).build().unwrap();
     let app = lab.host("app");
     app.sh("mkdir -p /var/lib/app/data").unwrap();
-    let mut excluded = app
-        .spawn(
-            "excluded",
-            Command::new("/usr/bin/python3").args(["-c", WAITING_WRITER]),
-        )
-        .unwrap();
+    let mut excluded = python(app, "excluded", &[WAITING_WRITER]);
     ebpf::ensure_mounted("tracefs", "/sys/kernel/tracing").unwrap();
     // The excluded process stands for the daemon, which applies replicated
     // data on the secondary.
@@ -587,17 +604,11 @@ const ROUNDS: u32 = 400;
 /// once; returns (p50, p99, mean) in microseconds and how many pauses it
 /// released.
 fn fsync_round_trip(capture: &mut WriteCapture, app: &Host, dir: &str) -> ([f64; 3], u32) {
-    let mut writer = app
-        .spawn(
-            "fsync-loop",
-            Command::new("/usr/bin/python3").args([
-                "-c",
-                FSYNC_LOOP,
-                &format!("{dir}/f"),
-                &ROUNDS.to_string(),
-            ]),
-        )
-        .unwrap();
+    let mut writer = python(
+        app,
+        "fsync-loop",
+        &[FSYNC_LOOP, &format!("{dir}/f"), &ROUNDS.to_string()],
+    );
     let pid = writer.pid();
     let mut released = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -676,7 +687,6 @@ fn a_resume_loop_releases_every_paused_fsync_and_its_cost_is_measured() {
 /// for `/var/lib/app/go` before its last write.
 const MOVING: &str = r#"
 import os, sys, time
-os.closerange(3, 1 << 16)               # a small descriptor table: see DESCRIPTORS
 os.chdir("/var/lib/app")
 f = os.open("other/sub/f", os.O_WRONLY)
 os.write(f, b"a")                       # outside: remembered
@@ -728,13 +738,7 @@ fn remembered_verdicts_follow_renames_second_names_and_new_roots() {
     let data = capture
         .add_root(&app.outside_path("/var/lib/app/data"), false)
         .unwrap();
-    let mut writer = app
-        .spawn(
-            "moving",
-            Command::new("/usr/bin/python3").args(["-c", MOVING]),
-        )
-        .unwrap();
-    let pid = writer.pid();
+    let (mut writer, pid) = python_small_table(app, "moving", MOVING);
     let ready = app.outside_path("/var/lib/app/ready");
     lab::wait_until(WAIT, "the writer's first part", || Ok(ready.exists()))
         .unwrap_or_else(|error| panic!("{error:#}: {}", writer.log().unwrap()));
@@ -779,30 +783,20 @@ fn remembered_verdicts_follow_renames_second_names_and_new_roots() {
 /// Writes through descriptors the programs reach two ways: a descriptor
 /// below 64 in a table that never grew (read directly through the task's
 /// embedded array), one above 63, and one below 64 once the table grew
-/// (read through the helper); below a root and outside. The writes are
-/// made by a child: a process inherits a table as large as its parent's
-/// highest open descriptor at the fork, and keeps it through `exec` (the
-/// writer inherits cargo's jobserver pipe, at 251 here): the parent closes
-/// all but its standard streams first.
+/// (read through the helper); below a root and outside. Run behind
+/// [`SMALL_TABLE`].
 const DESCRIPTORS: &str = r#"
-import os
-os.closerange(3, 1 << 16)
-child = os.fork()
-if child == 0:
-    os.chdir("/var/lib/app")
-    low = os.open("data/f", os.O_WRONLY | os.O_CREAT, 0o644)
-    out = os.open("other/o", os.O_WRONLY | os.O_CREAT, 0o644)
-    assert low < 64 and out < 64, (low, out)
-    os.write(low, b"a" * 3)                 # 0+3, embedded table
-    os.write(out, b"x")                     # outside: nothing
-    high = os.dup2(low, 200)                # the table grows past 64
-    os.write(high, b"b" * 4)                # 3+4 through descriptor 200
-    os.write(low, b"c" * 5)                 # 7+5, grown table
-    os.write(out, b"y")                     # outside: nothing
-    os.write(os.dup2(out, 150), b"z")       # outside, descriptor 150: nothing
-    os._exit(0)
-_, status = os.waitpid(child, 0)
-assert status == 0, status
+os.chdir("/var/lib/app")
+low = os.open("data/f", os.O_WRONLY | os.O_CREAT, 0o644)
+out = os.open("other/o", os.O_WRONLY | os.O_CREAT, 0o644)
+assert low < 64 and out < 64, (low, out)
+os.write(low, b"a" * 3)                 # 0+3, embedded table
+os.write(out, b"x")                     # outside: nothing
+high = os.dup2(low, 200)                # the table grows past 64
+os.write(high, b"b" * 4)                # 3+4 through descriptor 200
+os.write(low, b"c" * 5)                 # 7+5, grown table
+os.write(out, b"y")                     # outside: nothing
+os.write(os.dup2(out, 150), b"z")       # outside, descriptor 150: nothing
 "#;
 
 /// Regression guard for the two ways the enter programs find a file: both
@@ -817,12 +811,7 @@ fn writes_through_low_high_and_grown_descriptor_tables_are_all_reported() {
     let data = capture
         .add_root(&app.outside_path("/var/lib/app/data"), false)
         .unwrap();
-    let mut writer = app
-        .spawn(
-            "descriptors",
-            Command::new("/usr/bin/python3").args(["-c", DESCRIPTORS]),
-        )
-        .unwrap();
+    let (mut writer, pid) = python_small_table(app, "descriptors", DESCRIPTORS);
     let status = writer.wait_timeout(WAIT).unwrap();
     assert!(status.success(), "writer failed: {}", writer.log().unwrap());
     let f = stat_in(app, "/var/lib/app/data/f").ino;
@@ -833,11 +822,14 @@ fn writes_through_low_high_and_grown_descriptor_tables_are_all_reported() {
         change: Change::Write { offset, len },
     };
     let expected = vec![write(0, 3), write(3, 4), write(7, 5)];
-    // The child is the only writer in this lab.
-    let records = collect_until(&mut capture, None, "the three writes", |r| {
+    let records = collect_until(&mut capture, Some(pid), "the three writes", |r| {
         r.len() >= expected.len()
     });
     assert_eq!(seen(&records), expected);
-    let late = capture.drain();
+    let late: Vec<_> = capture
+        .drain()
+        .into_iter()
+        .filter(|r| r.pid == pid)
+        .collect();
     assert!(late.is_empty(), "writes outside were reported: {late:#?}");
 }
