@@ -21,7 +21,9 @@
 //! ```
 //! A farm module's report carries the power the sender gives itself in
 //! it (`power` of its configuration, or of its last reload), from which
-//! every node computes the bucket table. Integers are big-endian. Decoding checks the size, magic, version and
+//! every node computes the bucket table. A report whose flags have bit
+//! 0x80 carries in `generation followed` an instant of the sender's clock,
+//! as its age when the frame was encoded (`instant::FLAG_INSTANT`). Integers are big-endian. Decoding checks the size, magic, version and
 //! cluster, then the MAC, and only then parses the authenticated body, so a
 //! forged frame costs one hash and reaches no parser.
 

@@ -6,6 +6,7 @@
 
 pub mod detector;
 pub mod frame;
+pub mod instant;
 pub mod keys;
 pub mod replay;
 pub mod wire;

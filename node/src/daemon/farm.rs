@@ -25,10 +25,10 @@ use tracing::warn;
 use crate::{
     api::{ActionRequest, ModuleAction, SharedStatus},
     app::{self, checker::CheckerReport, LogSink},
-    cluster::frame::ModuleReport,
+    cluster::{frame::ModuleReport, instant::FLAG_INSTANT},
     config::FarmModule,
     farm::{
-        datapath::{FarmDataPath, PeerAnnouncement},
+        datapath::{FarmDataPath, PeerAnnouncement, PeerInstant},
         members::{peer_members, PeerFarm},
         SharedTables,
     },
@@ -104,9 +104,14 @@ fn announcements(reports: &HashMap<String, ModuleReport>) -> BTreeMap<String, Pe
     reports
         .iter()
         .map(|(peer, report)| {
+            let applied = if report.flags & FLAG_INSTANT != 0 {
+                PeerInstant::Here(report.following)
+            } else {
+                PeerInstant::Wall(report.following)
+            };
             let announcement = PeerAnnouncement {
                 fingerprint: report.generation,
-                applied_wall_ns: report.following,
+                applied,
                 draining: report.flags & FLAG_DRAINING != 0,
             };
             (peer.clone(), announcement)
@@ -557,25 +562,76 @@ impl FarmDriver {
             }
         }
         // A farm has no data generation: these fields carry the table this
-        // node applies and when (farm::datapath::FarmDataPath::announcement),
-        // which tell a new owner when the old one handed a bucket over.
-        let (table, applied_at) = self.datapath.announcement();
+        // node applies and when it went live on this node's clock
+        // (farm::datapath::FarmDataPath::announcement, sent as its age:
+        // cluster::instant), which tell a new owner when the old one handed
+        // a bucket over.
+        let (table, live_at, instant) = match self.datapath.announcement() {
+            Some((table, live_at)) => (table, live_at, FLAG_INSTANT),
+            None => (0, 0, 0),
+        };
+        let draining = if self.datapath.draining() {
+            FLAG_DRAINING
+        } else {
+            0
+        };
         let report = ModuleReport {
             name: self.module.name.clone(),
             state: state.code(),
             phase: u8::from(phase == Phase::Transient),
-            flags: if self.datapath.draining() {
-                FLAG_DRAINING
-            } else {
-                0
-            },
+            flags: draining | instant,
             generation: table,
-            following: applied_at,
+            following: live_at,
         };
         let mut reports = self.reports.lock().expect("reports lock");
         match reports.iter_mut().find(|r| r.name == report.name) {
             Some(slot) => *slot = report,
             None => reports.push(report),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(flags: u8, following: u64) -> ModuleReport {
+        ModuleReport {
+            name: "web".to_owned(),
+            state: State::Up.code(),
+            phase: 0,
+            flags,
+            generation: 41,
+            following,
+        }
+    }
+
+    #[test]
+    fn a_peers_table_instant_is_read_on_the_clock_its_report_says() {
+        let reports = HashMap::from([
+            (
+                "new".to_owned(),
+                report(FLAG_INSTANT | FLAG_DRAINING, 7_000),
+            ),
+            ("old".to_owned(), report(0, 1_790_000_000_000_000_000)),
+        ]);
+        let seen = announcements(&reports);
+        assert_eq!(
+            seen["new"],
+            PeerAnnouncement {
+                fingerprint: 41,
+                applied: PeerInstant::Here(7_000),
+                draining: true,
+            }
+        );
+        assert_eq!(
+            seen["old"],
+            PeerAnnouncement {
+                fingerprint: 41,
+                applied: PeerInstant::Wall(1_790_000_000_000_000_000),
+                draining: false,
+            },
+            "a daemon from before cluster::instant announces wall-clock time"
+        );
     }
 }

@@ -10,7 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{SocketAddr, UdpSocket},
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, AsRawFd as _},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -19,16 +19,21 @@ use std::{
 };
 
 use anyhow::Context as _;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage},
+};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
 use crate::cluster::{
     detector::{FailureDetector, Liveness},
     frame::{cluster_id, HeartbeatFrame, ModuleReport},
+    instant::{self, Placements},
     keys::{KeyUsed, MacKey},
     replay::ReplayGuard,
 };
+use crate::ebpf::farm::monotonic_ns;
 
 /// One heartbeat network as the thread sees it.
 #[derive(Debug, Clone)]
@@ -249,6 +254,10 @@ impl Heartbeat {
                 )
             })?;
             socket.set_nonblocking(true)?;
+            // The kernel stamps each frame as it arrives: a peer's instant
+            // is placed from then, not from when this thread woke.
+            setsockopt(&socket, sockopt::ReceiveTimestampns, &true)
+                .context("asking for receive timestamps on the heartbeat socket")?;
             sockets.push(socket);
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -285,6 +294,7 @@ impl Heartbeat {
             pauses: Arc::clone(&pauses),
             last_reports: HashMap::new(),
             pending_reports: HashMap::new(),
+            placements: Placements::default(),
             seq: 0,
             origin: Instant::now(),
         };
@@ -364,6 +374,8 @@ struct Runner {
     last_reports: HashMap<String, (Vec<ModuleReport>, BTreeMap<String, u32>)>,
     /// The newest report of each peer in the frames being read.
     pending_reports: HashMap<String, (Vec<ModuleReport>, BTreeMap<String, u32>)>,
+    /// The peers' instants (a farm's table change) on this node's clock.
+    placements: Placements,
     seq: u64,
     origin: Instant,
 }
@@ -431,13 +443,18 @@ impl Runner {
                 continue;
             }
             self.next_send[index] = advance(self.next_send[index], network.pulse, now);
+            // Instants travel as their age, read as late as can be.
+            let clock = monotonic_ns();
             let frame = HeartbeatFrame {
                 network: index as u8,
                 cluster: self.cluster,
                 sender: self.setup.node.clone(),
                 epoch: self.setup.epoch,
                 seq: self.seq,
-                modules: modules.clone(),
+                modules: modules
+                    .iter()
+                    .map(|m| instant::outgoing(m, clock))
+                    .collect(),
                 powers: powers.clone(),
             };
             let bytes = match frame.encode(&key) {
@@ -478,7 +495,7 @@ impl Runner {
         let mut buf = [0u8; 2048];
         for index in 0..self.sockets.len() {
             loop {
-                let (len, from) = match self.sockets[index].recv_from(&mut buf) {
+                let (len, from, arrived) = match receive(&self.sockets[index], &mut buf) {
                     Ok(received) => received,
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(error) => {
@@ -487,7 +504,7 @@ impl Runner {
                     }
                 };
                 let now = self.clock(Instant::now());
-                self.accept(index as u8, &buf[..len], from, now);
+                self.accept(index as u8, &buf[..len], from, now, arrived);
             }
         }
         // Only each peer's newest report goes on: after a pause the sockets
@@ -505,7 +522,9 @@ impl Runner {
         }
     }
 
-    fn accept(&mut self, network: u8, bytes: &[u8], from: SocketAddr, now: Duration) {
+    /// Takes a frame received at `now` (the detector's clock) and `clock`
+    /// (CLOCK_MONOTONIC ns).
+    fn accept(&mut self, network: u8, bytes: &[u8], from: SocketAddr, now: Duration, clock: u64) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let decoded = {
             let key = self.key.lock().expect("key lock");
@@ -559,8 +578,12 @@ impl Runner {
             .accept(frame.epoch, frame.seq, self.tick, link.pulse, key_used);
         let events = self.detector.heard(&frame.sender, network, now);
         self.publish(events);
+        let mut modules = frame.modules;
+        for report in &mut modules {
+            self.placements.incoming(&frame.sender, report, clock);
+        }
         self.pending_reports
-            .insert(frame.sender, (frame.modules, frame.powers));
+            .insert(frame.sender, (modules, frame.powers));
     }
 
     fn publish(&mut self, events: Vec<Liveness>) {
@@ -577,6 +600,7 @@ impl Runner {
                     // its reports did not change meanwhile (a cut link,
                     // not a restart).
                     self.last_reports.remove(peer);
+                    self.placements.forget(peer);
                 }
                 Liveness::PeerUp { peer } => info!(peer, "peer up"),
                 Liveness::NetworkDown { peer, network } => {
@@ -589,6 +613,55 @@ impl Runner {
             let _ = self.events.send(ClusterEvent::Liveness(event));
         }
     }
+}
+
+/// Reads one waiting datagram into `buf`: its length, its sender, and when
+/// it arrived on this node's CLOCK_MONOTONIC (ns): the kernel's receive
+/// timestamp, which is on the wall clock, moved to the monotonic one; now,
+/// if the kernel gave none.
+fn receive(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, u64)> {
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let message = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    let (mono, wall) = (monotonic_ns(), wall_ns());
+    let stamped = message.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|cmsg| match cmsg {
+            ControlMessageOwned::ScmTimestampns(at) => {
+                Some(at.tv_sec() as u64 * 1_000_000_000 + at.tv_nsec() as u64)
+            }
+            _ => None,
+        })
+    });
+    // A stamp from the future (the wall clock stepped back since) says
+    // nothing: the frame arrived now at the latest.
+    let arrived = match stamped {
+        Some(at) if at <= wall => mono.saturating_sub(wall - at),
+        _ => mono,
+    };
+    let from = message
+        .address
+        .and_then(|a: SockaddrStorage| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        })
+        .ok_or_else(|| std::io::Error::other("a datagram without an IP sender"))?;
+    Ok((message.bytes, from, arrived))
+}
+
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Runs the calling thread under SCHED_FIFO so heartbeats keep their pace on
@@ -608,6 +681,34 @@ fn raise_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datagram_is_placed_when_the_kernel_received_it_on_the_monotonic_clock() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        setsockopt(&socket, sockopt::ReceiveTimestampns, &true).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = monotonic_ns();
+        sender
+            .send_to(b"frame", socket.local_addr().unwrap())
+            .unwrap();
+        // Read 30 ms later: the placement is the arrival, not the read.
+        std::thread::sleep(Duration::from_millis(30));
+        let mut buf = [0u8; 64];
+        let (len, from, arrived) = receive(&socket, &mut buf).unwrap();
+        let after = monotonic_ns();
+        assert_eq!(&buf[..len], b"frame");
+        assert_eq!(from, sender.local_addr().unwrap());
+        assert!(
+            before <= arrived && arrived + 20_000_000 < after,
+            "arrived at {arrived} ns, sent at {before}, read by {after}"
+        );
+        let error = receive(&socket, &mut buf).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "nothing more waits"
+        );
+    }
 
     #[test]
     fn a_pause_is_told_once_to_each_driver_and_asks_for_fresh_reports() {

@@ -29,10 +29,9 @@ pub struct FarmDataPath {
     rules: Vec<FarmRule>,
     handover: Handover,
     ingress: Option<FarmIngress>,
-    /// The table this node applies: its fingerprint (announced to peers,
-    /// 0 for none), since when this node's power is 0, and when it was
-    /// applied, on the monotonic clock (for patience) and on the wall clock
-    /// (announced).
+    /// The table this node applies: its fingerprint (announced to peers),
+    /// since when this node's power is 0, and when it was applied (for
+    /// patience) and went live (announced).
     applied: Option<Applied>,
 }
 
@@ -42,10 +41,22 @@ pub struct FarmDataPath {
 pub struct PeerAnnouncement {
     /// Its table's fingerprint (0: none announced).
     pub fingerprint: u64,
-    /// When it applied that table (wall-clock ns).
-    pub applied_wall_ns: u64,
+    /// When that table took effect on it.
+    pub applied: PeerInstant,
     /// It still drains buckets it handed over.
     pub draining: bool,
+}
+
+/// When a peer's table took effect, as its heartbeat tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerInstant {
+    /// On this node's CLOCK_MONOTONIC (ns), placed from the age the
+    /// heartbeat carries (cluster::instant): late by the frame's transit,
+    /// whatever the two hosts' clocks say.
+    Here(u64),
+    /// On the wall clock (ns), as daemons from before cluster::instant
+    /// announce it: as good as the two hosts' wall clocks agree.
+    Wall(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +65,8 @@ struct Applied {
     /// Since when (CLOCK_MONOTONIC ns) this node's power is 0, if it is.
     zero_since: Option<u64>,
     at: tokio::time::Instant,
-    wall_ns: u64,
+    /// When the table went live (CLOCK_MONOTONIC ns), announced.
+    live_ns: u64,
 }
 
 /// How long after a table change an Incoming bucket whose old owner
@@ -72,12 +84,20 @@ const INCOMING_GRACE: Duration = Duration::from_secs(2);
 /// handover can be agreed on anyway.
 const AGREEMENT_WAIT: Duration = Duration::from_secs(10);
 
-/// How much earlier than announced an old owner's table change is taken to
-/// be: the announcement is in wall-clock nanoseconds, converted to this
-/// node's monotonic clock, and clocks disagree a little. A cut too early
-/// makes a UDP flow that began just before it served twice; too late, it
-/// would make one that began just after it served by nobody.
-const CUT_MARGIN_NS: u64 = 2_000_000;
+/// How much earlier than this node places it an old owner's table change
+/// is taken to be. The placement (cluster::instant) is late by the
+/// heartbeat's transit, from the old owner's clock reading to this node's,
+/// and the two filters see a datagram at slightly different moments. A cut
+/// too late would leave a UDP flow that began just after the change served
+/// by nobody (until a faster heartbeat places the change earlier); too
+/// early, it makes a flow that began in the margin before the change
+/// served twice, for as long as the flow lasts. 0.5 ms is several times a
+/// LAN's transit and a SCHED_FIFO thread's wake-up.
+const CUT_MARGIN_NS: u64 = 500_000;
+
+/// [`CUT_MARGIN_NS`] for a peer that announces its change on the wall
+/// clock ([`PeerInstant::Wall`]): the two hosts' wall clocks disagree too.
+const WALL_CUT_MARGIN_NS: u64 = 2_000_000;
 
 impl FarmDataPath {
     pub fn new(module: FarmModule, node: &str) -> Self {
@@ -172,7 +192,7 @@ impl FarmDataPath {
             fingerprint: fingerprint(members),
             zero_since: (power == Some(0)).then(|| was_zero.unwrap_or(now)),
             at: tokio::time::Instant::now(),
-            wall_ns: 0,
+            live_ns: 0,
         });
         // An old owner that changed first (a graceful leave, a lower power)
         // already shows this table: its cut is known now, not at the next
@@ -186,7 +206,7 @@ impl FarmDataPath {
         // would take the flows that began in between, which this node
         // still took as their owner.
         if let Some(applied) = &mut self.applied {
-            applied.wall_ns = wall_ns();
+            applied.live_ns = monotonic_ns();
         }
         let states = self.handover.states();
         let count = |state| states.iter().filter(|s| **s == state).count();
@@ -201,18 +221,18 @@ impl FarmDataPath {
             incoming = count(BucketState::Incoming),
             draining = count(BucketState::Draining),
             holders = ?holders,
-            at_ns = monotonic_ns(),
+            at_ns = self.applied.map_or(0, |a| a.live_ns),
             "bucket table applied"
         );
         Ok(())
     }
 
     /// What this node announces of its table in its heartbeat: the table's
-    /// fingerprint (0: none) and when it applied it (wall-clock ns).
-    pub fn announcement(&self) -> (u64, u64) {
+    /// fingerprint and when it went live (CLOCK_MONOTONIC ns), if it has one.
+    pub fn announcement(&self) -> Option<(u64, u64)> {
         match (&self.ingress, &self.applied) {
-            (Some(_), Some(applied)) => (applied.fingerprint, applied.wall_ns),
-            _ => (0, 0),
+            (Some(_), Some(applied)) => Some((applied.fingerprint, applied.live_ns)),
+            _ => None,
         }
     }
 
@@ -228,10 +248,14 @@ impl FarmDataPath {
                 let table = match &self.applied {
                     _ if peer.fingerprint == 0 => PeerTable::Unknown,
                     Some(mine) if mine.fingerprint == peer.fingerprint => {
-                        let ago = wall.saturating_sub(peer.applied_wall_ns);
-                        PeerTable::Same {
-                            applied_at: mono.saturating_sub(ago.saturating_add(CUT_MARGIN_NS)),
-                        }
+                        let applied_at = match peer.applied {
+                            PeerInstant::Here(at) => at.saturating_sub(CUT_MARGIN_NS),
+                            PeerInstant::Wall(at) => {
+                                let ago = wall.saturating_sub(at);
+                                mono.saturating_sub(ago.saturating_add(WALL_CUT_MARGIN_NS))
+                            }
+                        };
+                        PeerTable::Same { applied_at }
                     }
                     _ => PeerTable::Other,
                 };
@@ -468,7 +492,7 @@ mod tests {
     fn announcing(fingerprint: u64, draining: bool) -> PeerAnnouncement {
         PeerAnnouncement {
             fingerprint,
-            applied_wall_ns: 0,
+            applied: PeerInstant::Here(0),
             draining,
         }
     }
