@@ -197,6 +197,10 @@ pub struct PausedTask {
     pub tgid: u32,
     /// The kernel's `s_dev` of the file or root.
     pub dev: u32,
+    /// When the process started (its leader's `task_struct.start_boottime`,
+    /// ns since boot): user space signals `tgid` only while it is still
+    /// this process, not another that got its pid. 0 if unknown.
+    pub start: u64,
 }
 
 /// Load-time settings of the capture programs (`CAPTURE_SETTINGS`).
@@ -253,6 +257,10 @@ pub struct CaptureOffsets {
     /// `inode.i_generation`: tells a directory from a later one that got
     /// its inode number.
     pub inode_generation: u32,
+    /// `task_struct.group_leader`
+    pub task_group_leader: u32,
+    /// `task_struct.start_boottime`
+    pub task_start_boottime: u32,
     /// Non-zero once user space has filled the offsets in; the programs do
     /// nothing before that.
     pub ready: u32,

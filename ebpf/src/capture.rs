@@ -68,6 +68,8 @@ static CAPTURE_OFFSETS: CaptureOffsets = CaptureOffsets {
     sb_dev: 0,
     sb_root: 0,
     inode_generation: 0,
+    task_group_leader: 0,
+    task_start_boottime: 0,
     ready: 0,
     _pad: 0,
 };
@@ -1160,6 +1162,21 @@ fn emit(event: &CaptureEvent) {
     }
 }
 
+/// When the current process started (its leader's `start_boottime`), as
+/// `/proc/<pid>/stat` derives its start time from; 0 if unreadable.
+#[inline(always)]
+fn process_start() -> u64 {
+    let read = || {
+        let off = offsets()?;
+        // SAFETY: the helper returns the current task; the reads go
+        // through bpf_probe_read_kernel.
+        let task = unsafe { bpf_get_current_task() };
+        let leader: u64 = read_kernel(task, off.task_group_leader)?;
+        read_kernel::<u64>(leader, off.task_start_boottime)
+    };
+    read().unwrap_or(0)
+}
+
 /// Reports a sync, first stopping the caller if its root asks for it.
 ///
 /// The order matters: the task is listed in `CAPTURE_PAUSED` before the
@@ -1176,6 +1193,7 @@ fn sync_record(mut event: CaptureEvent, pause: bool) {
             ino: event.ino,
             tgid: event.tgid,
             dev: event.dev,
+            start: process_start(),
         };
         if CAPTURE_PAUSED
             .insert(event.tid, task, u64::from(BPF_ANY))

@@ -35,15 +35,12 @@ use std::{
     time::Duration,
 };
 
-use nix::{
-    sys::signal::{kill, Signal},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 use tracing::{info, trace, warn};
 
 use crate::ebpf::capture::{
-    capture_pins, CaptureConfig, Captured, Change, Paused, PreviousCapture, RootId, SyncScope,
-    WriteCapture,
+    capture_pins, signal_process, CaptureConfig, Captured, Change, Paused, PreviousCapture, RootId,
+    SyncScope, WriteCapture,
 };
 
 /// Where a root's records go.
@@ -301,7 +298,7 @@ impl CaptureHub {
         for paused in pending {
             let ours = paused.root.is_none_or(|root| roots.contains(&root));
             if ours && inner.holds(paused.root) {
-                if kill(Pid::from_raw(paused.pid as i32), Signal::SIGKILL).is_ok() {
+                if signal_process(paused.pid, paused.start, Signal::SIGKILL) == Ok(true) {
                     killed.push(paused.pid);
                 }
                 inner.release(paused.tid, paused.seq, "killed");
@@ -339,14 +336,9 @@ impl CaptureHub {
             .into_iter()
             .partition(|task| task.root.is_none_or(|root| roots.contains(&root)));
         inner.orphans = keep;
-        let mut pids: Vec<u32> = discard.iter().map(|task| task.pid).collect();
-        pids.sort_unstable();
-        pids.dedup();
-        // Only a process still stopped: a gone one's pid may be reused.
-        pids.retain(|pid| {
-            stopped(*pid) && kill(Pid::from_raw(*pid as i32), Signal::SIGKILL).is_ok()
-        });
-        pids
+        // Only a process still stopped and still the one paused: a gone
+        // one's pid may be reused.
+        signal_each(&discard, Signal::SIGKILL, stopped)
     }
 
     /// The capture's ring buffer, for a tracker's poll: a tracker that
@@ -372,6 +364,22 @@ impl CaptureHub {
             .expect("capture hub")
             .release(tid, seq, "acknowledged");
     }
+}
+
+/// Sends `signal` once to each process of `tasks` for which `first` holds
+/// (each pid and start once), if it is still the process that was paused;
+/// the pids signalled.
+fn signal_each(tasks: &[Paused], signal: Signal, first: impl Fn(u32) -> bool) -> Vec<u32> {
+    let mut processes: Vec<(u32, u64)> = tasks.iter().map(|t| (t.pid, t.start)).collect();
+    processes.sort_unstable();
+    processes.dedup();
+    let mut pids: Vec<u32> = processes
+        .into_iter()
+        .filter(|(pid, start)| first(*pid) && signal_process(*pid, *start, signal) == Ok(true))
+        .map(|(pid, _)| pid)
+        .collect();
+    pids.dedup();
+    pids
 }
 
 /// Whether process `pid` exists and is stopped (`T` in `/proc/<pid>/stat`).
@@ -425,12 +433,8 @@ fn release_orphans(inner: &mut Inner, roots: &[RootId], every_root: bool) -> Vec
             None => every_root,
         });
     inner.orphans = keep;
-    let mut pids: Vec<u32> = release.iter().map(|task| task.pid).collect();
-    pids.sort_unstable();
-    pids.dedup();
-    // A gone process answers ESRCH: nothing to resume.
-    pids.retain(|pid| kill(Pid::from_raw(*pid as i32), Signal::SIGCONT).is_ok());
-    pids
+    // A gone process is not resumed, nor another with its pid.
+    signal_each(&release, Signal::SIGCONT, |_| true)
 }
 
 fn release_paused_under(inner: &mut Inner, root: RootId) {

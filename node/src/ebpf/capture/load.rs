@@ -74,6 +74,8 @@ pub fn capture_offsets(btf: &Btf) -> anyhow::Result<CaptureOffsets> {
         sb_dev: at("super_block", "s_dev")?,
         sb_root: at("super_block", "s_root")?,
         inode_generation: at("inode", "i_generation")?,
+        task_group_leader: at("task_struct", "group_leader")?,
+        task_start_boottime: at("task_struct", "start_boottime")?,
         ready: 1,
         _pad: 0,
     })

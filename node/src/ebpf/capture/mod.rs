@@ -5,13 +5,15 @@
 //!
 //! - `event`: the ring's records decoded into [`Captured`] (pure);
 //! - `load`: BTF offsets and the tracefs layout check;
-//! - `resolve`: `truncate(path)` resolved through `/proc/<tid>/{cwd,root}`.
+//! - `resolve`: `truncate(path)` resolved through `/proc/<tid>/{cwd,root}`;
+//! - `process`: signals only to the very processes that were paused.
 //!
 //! docs/mirror-durability.md explains the pause (`SIGSTOP` at syscall exit,
 //! `SIGCONT` from here) and its measured cost.
 
 mod event;
 mod load;
+mod process;
 mod resolve;
 
 use std::{
@@ -40,8 +42,7 @@ use halo_common::capture::{
 use nix::{
     errno::Errno,
     poll::{PollFd, PollFlags, PollTimeout},
-    sys::signal::{kill, Signal},
-    unistd::Pid,
+    sys::signal::Signal,
 };
 
 use self::{
@@ -52,6 +53,7 @@ use self::{
 pub use self::{
     event::{Captured, Change, RootId, SyncScope},
     load::capture_offsets,
+    process::signal_process,
 };
 use super::{btf::Btf, CAPTURE_OBJECT};
 
@@ -116,8 +118,78 @@ const GENERATIONS_PIN: &str = "generations";
 pub struct PreviousCapture {
     dir: PathBuf,
     roots: HashMap<MapData, FileKey, RootPolicy>,
-    paused: HashMap<MapData, u32, PausedTask>,
+    paused: PinnedPaused,
     generations: Option<Array<MapData, u64>>,
+}
+
+/// A pinned capture's map of paused tasks, in the layout of the daemon
+/// that pinned it.
+enum PinnedPaused {
+    Current(HashMap<MapData, u32, PausedTask>),
+    /// Pinned before the entries carried their process's start.
+    WithoutStart(HashMap<MapData, u32, PausedTaskWithoutStart>),
+}
+
+/// [`PausedTask`] without `start`, as captures pinned before it list
+/// their tasks.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+struct PausedTaskWithoutStart {
+    seq: u64,
+    root: u64,
+    ino: u64,
+    tgid: u32,
+    dev: u32,
+}
+
+// SAFETY: plain integers, no padding.
+unsafe impl aya::Pod for PausedTaskWithoutStart {}
+
+impl From<PausedTaskWithoutStart> for PausedTask {
+    fn from(old: PausedTaskWithoutStart) -> Self {
+        PausedTask {
+            seq: old.seq,
+            root: old.root,
+            ino: old.ino,
+            tgid: old.tgid,
+            dev: old.dev,
+            start: 0,
+        }
+    }
+}
+
+impl PinnedPaused {
+    fn open(map: MapData) -> anyhow::Result<Self> {
+        let size = map.info()?.value_size() as usize;
+        let map = aya::maps::Map::HashMap(map);
+        Ok(if size == std::mem::size_of::<PausedTaskWithoutStart>() {
+            PinnedPaused::WithoutStart(HashMap::try_from(map)?)
+        } else {
+            PinnedPaused::Current(HashMap::try_from(map)?)
+        })
+    }
+
+    fn tasks(&self) -> Vec<Paused> {
+        match self {
+            PinnedPaused::Current(map) => map
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(tid, task)| paused_from(tid, &task))
+                .collect(),
+            PinnedPaused::WithoutStart(map) => map
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(tid, task)| paused_from(tid, &task.into()))
+                .collect(),
+        }
+    }
+
+    fn remove(&mut self, tid: u32) {
+        let _ = match self {
+            PinnedPaused::Current(map) => map.remove(&tid),
+            PinnedPaused::WithoutStart(map) => map.remove(&tid),
+        };
+    }
 }
 
 impl PreviousCapture {
@@ -158,7 +230,7 @@ impl PreviousCapture {
         };
         Ok(PreviousCapture {
             roots: HashMap::try_from(aya::maps::Map::HashMap(map(ROOTS_PIN)?))?,
-            paused: HashMap::try_from(aya::maps::Map::HashMap(map(PAUSED_PIN)?))?,
+            paused: PinnedPaused::open(map(PAUSED_PIN)?)?,
             generations,
             dir: dir.to_owned(),
         })
@@ -206,7 +278,7 @@ impl PreviousCapture {
             .filter(|task| task.root == Some(root))
             .collect();
         for task in &tasks {
-            let _ = self.paused.remove(&task.tid);
+            self.paused.remove(task.tid);
         }
         Ok(tasks)
     }
@@ -224,11 +296,7 @@ impl PreviousCapture {
     }
 
     fn paused_tasks(&self) -> Vec<Paused> {
-        self.paused
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(tid, task)| paused_from(tid, &task))
-            .collect()
+        self.paused.tasks()
     }
 }
 
@@ -243,6 +311,9 @@ pub struct Paused {
     pub root: Option<RootId>,
     /// The file synced; 0 if not one file.
     pub ino: u64,
+    /// When its process started (ns since boot; 0 if unknown): signals go
+    /// to `pid` only while it is that process ([`signal_process`]).
+    pub start: u64,
 }
 
 /// What [`WriteCapture::release`] did.
@@ -600,7 +671,7 @@ impl WriteCapture {
         if waiting > 0 {
             return Ok(Release::StillHeld { waiting });
         }
-        self.continue_process(task.tgid)?;
+        self.continue_process(task.tgid, task.start)?;
         Ok(Release::Resumed)
     }
 
@@ -608,22 +679,26 @@ impl WriteCapture {
     /// gone: stop waiting at once). Only a process this capture paused is
     /// signalled; how many of its threads were waiting.
     pub fn resume(&mut self, tgid: u32) -> anyhow::Result<usize> {
-        let tids: Vec<u32> = self
+        let tasks: Vec<Paused> = self
             .pending()?
             .into_iter()
             .filter(|task| task.pid == tgid)
-            .map(|task| task.tid)
             .collect();
-        if tids.is_empty() {
-            return Ok(0);
-        }
-        for tid in &tids {
+        for task in &tasks {
+            let tid = task.tid;
             self.paused
-                .remove(tid)
+                .remove(&tid)
                 .with_context(|| format!("removing thread {tid} from CAPTURE_PAUSED"))?;
         }
-        self.continue_process(tgid)?;
-        Ok(tids.len())
+        // Entries of a process that died stopped may share the pid with
+        // the one that has it now: each start is its own process.
+        let mut starts: Vec<u64> = tasks.iter().map(|task| task.start).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        for start in starts {
+            self.continue_process(tgid, start)?;
+        }
+        Ok(tasks.len())
     }
 
     /// Resumes every paused process.
@@ -646,29 +721,24 @@ impl WriteCapture {
             .count())
     }
 
-    /// Sends `SIGCONT` to `tgid`, then stops it again if a thread of it was
-    /// paused meanwhile: its program listed it before raising its own
-    /// `SIGSTOP`, which our `SIGCONT` may have discarded.
-    fn continue_process(&self, tgid: u32) -> anyhow::Result<()> {
-        let pid = Pid::from_raw(tgid as i32);
-        match kill(pid, Signal::SIGCONT) {
-            // Gone: nothing to resume.
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(error) => {
-                return Err(error).with_context(|| format!("sending SIGCONT to {tgid}"));
-            }
+    /// Sends `SIGCONT` to `tgid` (if it is still the process that started
+    /// at `start`), then stops it again if a thread of it was paused
+    /// meanwhile: its program listed it before raising its own `SIGSTOP`,
+    /// which our `SIGCONT` may have discarded.
+    fn continue_process(&self, tgid: u32, start: u64) -> anyhow::Result<()> {
+        // Gone: nothing to resume.
+        if !signal_process(tgid, start, Signal::SIGCONT)
+            .with_context(|| format!("sending SIGCONT to {tgid}"))?
+        {
+            return Ok(());
         }
         let raced = self
             .pending()?
             .iter()
-            .any(|task| task.pid == tgid && thread_alive(tgid, task.tid));
+            .any(|task| task.pid == tgid && task.start == start && thread_alive(tgid, task.tid));
         if raced {
-            match kill(pid, Signal::SIGSTOP) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(error) => {
-                    return Err(error).with_context(|| format!("sending SIGSTOP to {tgid}"));
-                }
-            }
+            signal_process(tgid, start, Signal::SIGSTOP)
+                .with_context(|| format!("sending SIGSTOP to {tgid}"))?;
         }
         Ok(())
     }
@@ -727,6 +797,7 @@ fn paused_from(tid: u32, task: &PausedTask) -> Paused {
             ino: task.root,
         }),
         ino: task.ino,
+        start: task.start,
     }
 }
 
@@ -801,6 +872,27 @@ mod tests {
     }
 
     #[test]
+    fn a_capture_pinned_before_paused_tasks_had_a_start_is_told_by_its_value_size() {
+        // PinnedPaused::open picks the layout by the map's value size.
+        assert_eq!(std::mem::size_of::<PausedTaskWithoutStart>(), 32);
+        assert_eq!(std::mem::size_of::<PausedTask>(), 40);
+        let old = PausedTaskWithoutStart {
+            seq: 3,
+            root: 9,
+            ino: 4,
+            tgid: 77,
+            dev: 8,
+        };
+        let task = PausedTask::from(old);
+        assert_eq!((task.seq, task.root, task.ino), (3, 9, 4));
+        assert_eq!(
+            (task.tgid, task.dev, task.start),
+            (77, 8, 0),
+            "start unknown"
+        );
+    }
+
+    #[test]
     fn a_paused_entry_without_root_is_a_sync_of_every_root() {
         let task = PausedTask {
             seq: 7,
@@ -808,6 +900,7 @@ mod tests {
             ino: 0,
             tgid: 10,
             dev: 0,
+            start: 12_345,
         };
         assert_eq!(
             paused_from(11, &task),
@@ -816,7 +909,8 @@ mod tests {
                 pid: 10,
                 seq: 7,
                 root: None,
-                ino: 0
+                ino: 0,
+                start: 12_345,
             }
         );
     }

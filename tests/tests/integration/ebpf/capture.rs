@@ -388,6 +388,25 @@ fn a_sync_pause_root_holds_fsync_until_released() {
     assert_eq!(pending.len(), 1, "one paused thread, saw {pending:?}");
     assert_eq!((pending[0].pid, pending[0].tid), (pid, fsync.tid));
     assert_eq!(pending[0].seq, fsync.seq);
+    // The entry knows when its process started, as /proc shows it (the
+    // 22nd field, in ticks of USER_HZ, 100 on Linux): a signal never
+    // reaches another process that gets its pid.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        pending[0].start / 10_000_000,
+        ticks,
+        "the paused entry's process start ({} ns) is not the writer's ({ticks} ticks)",
+        pending[0].start
+    );
     // Held: for a while it neither runs on nor exits.
     let held_since = Instant::now();
     while held_since.elapsed() < Duration::from_millis(300) {
