@@ -11,7 +11,7 @@ use std::{
 };
 
 use halo_tests::{
-    cluster::{Cluster, Timing},
+    cluster::{strip_ansi, Cluster, Timing},
     lab::{self, Lab, LabProcess},
 };
 
@@ -308,4 +308,40 @@ pub fn assert_even(counts: &BTreeMap<String, u64>, nodes: &[&str], total: u64, t
             tolerance * 100.0
         );
     }
+}
+
+/// How close to a node's table change (its `bucket table applied` log
+/// line's `at_ns`) a UDP flow's first datagram may go, in ns before and
+/// after, to be answered by two nodes: README "Farm nodes", a new owner
+/// takes the old owner's change 0.5 ms earlier than it places it (the
+/// daemons' `CUT_MARGIN_NS`); the rest covers the time between the
+/// client's clock reading and the filters', and between the program's flip
+/// and the daemon's.
+pub const IN_MARGIN_NS: (u64, u64) = (800_000, 300_000);
+
+/// When each of `nodes` made a bucket table live (CLOCK_MONOTONIC ns, the
+/// lab clients' clock too: the lab's hosts share one kernel).
+pub fn table_changes(cluster: &Cluster, nodes: &[&str]) -> Vec<u64> {
+    let mut at = Vec::new();
+    for node in nodes {
+        let log = strip_ansi(&cluster.log(node).unwrap_or_default());
+        for line in log.lines().filter(|l| l.contains("bucket table applied")) {
+            let ns = line
+                .split("at_ns=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok());
+            at.extend(ns);
+        }
+    }
+    at
+}
+
+/// Whether a UDP flow whose first datagram went at `first` (CLOCK_MONOTONIC
+/// ns) began within [`IN_MARGIN_NS`] of one of `changes`.
+pub fn in_margin(first: u64, changes: &[u64]) -> bool {
+    let (before, after) = IN_MARGIN_NS;
+    changes
+        .iter()
+        .any(|&c| first + before >= c && first <= c + after)
 }
