@@ -9,11 +9,14 @@
 //! the receiver places it on its own clock: when the frame arrived, minus
 //! that age ([`Placements::incoming`]).
 //!
-//! The placement is late by the frame's transit and by the time between
-//! reading the clocks and the send and receive calls, never early. Every
-//! later frame about the same instant places it again, and the earliest
-//! placement is kept, so one frame held up (a busy receiver, a queue on
-//! the link) costs only until the next.
+//! The placement is late by the time between the sender's clock reading
+//! and the frame's arrival (the receiver takes the kernel's receive stamp),
+//! never early. Every later frame about the same instant places it again,
+//! and the earliest placement is kept, so one frame held up (a preempted
+//! sender, a queue on the link) costs only until the next. Only frames
+//! sent within [`FRESH_AGE_NS`] of the instant refine it: the two hosts'
+//! clocks run at slightly different rates, so an old age measured on the
+//! sender's clock could place the instant early on this one.
 
 use std::collections::HashMap;
 
@@ -35,6 +38,10 @@ pub const FLAG_INSTANT: u8 = 0x80;
 /// readings unless a process was paused, and then the next frames place
 /// the instant again.
 pub const SAME_INSTANT_NS: u64 = 50_000_000;
+
+/// The oldest age that may move an instant's placement earlier (a clock
+/// 100 ppm fast moves it by 0.1 ms at most).
+pub const FRESH_AGE_NS: u64 = 1_000_000_000;
 
 /// `report` as sent at `now_ns` (this node's CLOCK_MONOTONIC): a flagged
 /// instant becomes its age.
@@ -72,13 +79,18 @@ impl Placements {
             at: now_ns.saturating_sub(report.following),
         };
         let key = (peer.to_owned(), report.name.clone());
+        let fresh = report.following <= FRESH_AGE_NS;
         let kept = match self.by.get(&key) {
             Some(kept)
                 if kept.generation == placed.generation
                     && placed.at <= kept.at.saturating_add(SAME_INSTANT_NS) =>
             {
                 Placement {
-                    at: kept.at.min(placed.at),
+                    at: if fresh {
+                        kept.at.min(placed.at)
+                    } else {
+                        kept.at
+                    },
                     ..*kept
                 }
             }
@@ -166,6 +178,30 @@ mod tests {
         let mut other = report("web", FLAG_INSTANT, 9, 100 * MS);
         placements.incoming("c", &mut other, 1_105 * MS);
         assert_eq!(other.following, 1_005 * MS);
+    }
+
+    #[test]
+    fn an_old_age_does_not_move_a_placement_earlier() {
+        let mut placements = Placements::default();
+        let mut place = |age, now| {
+            let mut r = report("web", FLAG_INSTANT, 9, age);
+            placements.incoming("b", &mut r, now);
+            r.following
+        };
+        assert_eq!(place(MS, 1_001 * MS), 1_000 * MS);
+        // An hour later, the sender's clock (a little fast) says the
+        // instant is 20 ms older than this node's clock would.
+        let hour = 3_600_000 * MS;
+        assert_eq!(
+            place(hour + 20 * MS, 1_000 * MS + hour),
+            1_000 * MS,
+            "an age beyond FRESH_AGE_NS leaves the placement"
+        );
+        // A fresh frame still refines it.
+        assert_eq!(
+            place(1_500 * MS / 2, 1_750 * MS - MS / 2),
+            1_000 * MS - MS / 2
+        );
     }
 
     #[test]

@@ -638,10 +638,12 @@ fn receive(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, Socket
             _ => None,
         })
     });
-    // A stamp from the future (the wall clock stepped back since) says
-    // nothing: the frame arrived now at the latest.
+    // A stamp from the future, or from long ago, says nothing (the wall
+    // clock stepped, or the host slept, since the frame came: moved to the
+    // monotonic clock it would be early, and a placement may be late, never
+    // early): the frame arrived now at the latest.
     let arrived = match stamped {
-        Some(at) if at <= wall => mono.saturating_sub(wall - at),
+        Some(at) if at <= wall && wall - at <= STAMP_TRUSTED_NS => mono - (wall - at).min(mono),
         _ => mono,
     };
     let from = message
@@ -657,6 +659,11 @@ fn receive(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, Socket
         .ok_or_else(|| std::io::Error::other("a datagram without an IP sender"))?;
     Ok((message.bytes, from, arrived))
 }
+
+/// The longest a frame is believed to have waited in its socket after
+/// arriving (its kernel stamp, against the wall clock when it is read):
+/// beyond, the wall clock more likely stepped.
+const STAMP_TRUSTED_NS: u64 = 1_000_000_000;
 
 fn wall_ns() -> u64 {
     std::time::SystemTime::now()

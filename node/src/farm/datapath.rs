@@ -86,13 +86,14 @@ const AGREEMENT_WAIT: Duration = Duration::from_secs(10);
 
 /// How much earlier than this node places it an old owner's table change
 /// is taken to be. The placement (cluster::instant) is late by the
-/// heartbeat's transit, from the old owner's clock reading to this node's,
-/// and the two filters see a datagram at slightly different moments. A cut
-/// too late would leave a UDP flow that began just after the change served
-/// by nobody (until a faster heartbeat places the change earlier); too
-/// early, it makes a flow that began in the margin before the change
-/// served twice, for as long as the flow lasts. 0.5 ms is several times a
-/// LAN's transit and a SCHED_FIFO thread's wake-up.
+/// heartbeat's transit, from the old owner's clock reading to the kernel's
+/// receive stamp here, and the two filters see a datagram at slightly
+/// different moments. A cut too late would leave a UDP flow that began just
+/// after the change served by nobody (until a faster heartbeat places the
+/// change earlier: the cut then moves earlier, handover::Handover::confirm);
+/// too early, it makes a flow that began in the margin before the change
+/// served twice, for as long as the flow lasts. 0.5 ms is several times
+/// the transit measured in the lab (41–216 µs).
 const CUT_MARGIN_NS: u64 = 500_000;
 
 /// [`CUT_MARGIN_NS`] for a peer that announces its change on the wall
@@ -231,7 +232,10 @@ impl FarmDataPath {
     /// fingerprint and when it went live (CLOCK_MONOTONIC ns), if it has one.
     pub fn announcement(&self) -> Option<(u64, u64)> {
         match (&self.ingress, &self.applied) {
-            (Some(_), Some(applied)) => Some((applied.fingerprint, applied.live_ns)),
+            // Not live yet (its write failed): no instant to announce.
+            (Some(_), Some(applied)) if applied.live_ns != 0 => {
+                Some((applied.fingerprint, applied.live_ns))
+            }
             _ => None,
         }
     }

@@ -295,10 +295,15 @@ impl Handover {
         let mut changed = false;
         for (slot, drainers) in self.slots.iter_mut().zip(self.drainers.iter_mut()) {
             drainers.retain(|node, _| !done(node));
+            // Known once, then only ever earlier: a later heartbeat may
+            // place the same moment earlier (placements are late, never
+            // early: cluster::instant), and a later table of that node is
+            // not when it stopped here.
             for (node, stopped) in drainers.iter_mut() {
-                if stopped.is_none() {
-                    *stopped = applied(node);
-                }
+                *stopped = match (*stopped, applied(node)) {
+                    (Some(known), Some(now_placed)) => Some(known.min(now_placed)),
+                    (known, placed) => known.or(placed),
+                };
             }
             let Slot::Incoming { from, cut } = slot else {
                 continue;
@@ -318,7 +323,9 @@ impl Handover {
             if drainers.is_empty() && done(from) {
                 *slot = Slot::Owned;
                 changed = true;
-            } else if cut.is_none() {
+            } else if cut.is_none_or(|known| applied_at < known) {
+                // Known, or placed earlier than before: flows first seen
+                // in between were taken by nobody until now.
                 *cut = Some(applied_at);
                 changed = true;
             }
@@ -841,6 +848,33 @@ mod tests {
             .iter()
             .filter(|s| matches!(s, Slot::Incoming { .. }))
             .all(|s| s.cut() == 5 * SECOND));
+    }
+
+    #[test]
+    fn a_cut_placed_earlier_by_a_later_heartbeat_moves_earlier_and_never_later() {
+        // a leaves; c's first placement of a's change was late (a heartbeat
+        // held up), the next one earlier, the one after later again.
+        let mut c = Handover::new("c");
+        c.retable(table(&[("a", 1), ("c", 1)]), &|_| true, &none(), 0);
+        c.retable(table(&[("c", 1)]), &|_| true, &none(), 5 * SECOND);
+        let incoming_cuts = |c: &Handover| -> BTreeSet<u64> {
+            c.slots()
+                .iter()
+                .filter(|s| matches!(s, Slot::Incoming { .. }))
+                .map(Slot::cut)
+                .collect()
+        };
+        let placed = |at| PeerTable::Same { applied_at: at };
+        assert!(c.confirm(&|_| peer(placed(4 * SECOND), true), patient(), 5 * SECOND));
+        assert_eq!(incoming_cuts(&c), BTreeSet::from([4 * SECOND]));
+        let earlier = 4 * SECOND - 3 * MS;
+        assert!(
+            c.confirm(&|_| peer(placed(earlier), true), patient(), 5 * SECOND),
+            "an earlier placement changes the cut (FARM_CUTS is written again)"
+        );
+        assert_eq!(incoming_cuts(&c), BTreeSet::from([earlier]));
+        assert!(!c.confirm(&|_| peer(placed(4 * SECOND), true), patient(), 6 * SECOND));
+        assert_eq!(incoming_cuts(&c), BTreeSet::from([earlier]), "never later");
     }
 
     #[test]

@@ -667,7 +667,7 @@ impl WriteCapture {
         self.paused
             .remove(&tid)
             .with_context(|| format!("removing thread {tid} from CAPTURE_PAUSED"))?;
-        let waiting = self.waiting_threads(task.tgid)?;
+        let waiting = self.waiting_threads(task.tgid, task.start)?;
         if waiting > 0 {
             return Ok(Release::StillHeld { waiting });
         }
@@ -713,11 +713,15 @@ impl WriteCapture {
         Ok(released)
     }
 
-    fn waiting_threads(&self, tgid: u32) -> anyhow::Result<usize> {
+    /// The live threads of process `tgid` (the one that started at
+    /// `start`) still listed: an entry left by another process that had
+    /// the pid and died stopped holds nothing.
+    fn waiting_threads(&self, tgid: u32, start: u64) -> anyhow::Result<usize> {
         Ok(self
             .pending()?
             .iter()
-            .filter(|task| task.pid == tgid)
+            .filter(|task| task.pid == tgid && task.start == start)
+            .filter(|task| thread_alive(tgid, task.tid))
             .count())
     }
 

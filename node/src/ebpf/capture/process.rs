@@ -31,15 +31,24 @@ pub fn signal_process(pid: u32, start: u64, signal: Signal) -> nix::Result<bool>
     if start == 0 {
         return sent(kill(Pid::from_raw(pid as i32), signal));
     }
+    let same = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat_start_ticks(&stat) == Some(start_ticks(start, clock_ticks(), boottime_offset_ns()))
+    };
     // SAFETY: a plain syscall; a descriptor it returns is ours.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
-        return sent(Err(Errno::last()));
+        return match Errno::last() {
+            // No pidfds here (a kernel before 5.3, a seccomp profile that
+            // refuses them): checked, then by pid, as close as can be.
+            Errno::ENOSYS | Errno::EPERM if same() => sent(kill(Pid::from_raw(pid as i32), signal)),
+            Errno::ENOSYS | Errno::EPERM => Ok(false),
+            error => sent(Err(error)),
+        };
     }
     // SAFETY: the descriptor was just opened and nothing else owns it.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    if stat_start_ticks(&stat) != Some(start_ticks(start, clock_ticks(), boottime_offset_ns())) {
+    if !same() {
         return Ok(false);
     }
     // SAFETY: a plain syscall on our descriptor, without a siginfo.
@@ -84,7 +93,9 @@ fn clock_ticks() -> u64 {
 }
 
 /// This process's time namespace's boot time offset (ns): 0 outside one,
-/// or on a kernel without time namespaces.
+/// or on a kernel without time namespaces. (`/proc/self/timens_offsets`
+/// shows the namespace of the children; it is the daemon's own unless the
+/// daemon called `unshare(CLONE_NEWTIME)` itself, which it does not.)
 fn boottime_offset_ns() -> i64 {
     std::fs::read_to_string("/proc/self/timens_offsets")
         .ok()

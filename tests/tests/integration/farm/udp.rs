@@ -170,6 +170,8 @@ struct Flow {
     /// `[monotonic s, datagram, node]` when the answering node changed or
     /// answered twice.
     changes: serde_json::Value,
+    /// When its first datagram went (CLOCK_MONOTONIC ns).
+    first: Option<u64>,
     /// Its first datagram went within the cut margin of a node's table
     /// change (common::in_margin): two nodes may answer it.
     in_margin: bool,
@@ -196,6 +198,7 @@ fn parse(text: &str) -> Vec<Flow> {
             dupes: f["dupes"].as_u64().unwrap(),
             max_gap: Duration::from_secs_f64(f["max_gap"].as_f64().unwrap()),
             changes: f["changes"].clone(),
+            first: f["first"].as_u64(),
             in_margin: false,
         })
         .collect()
@@ -205,18 +208,17 @@ fn parse(text: &str) -> Vec<Flow> {
 /// margin of a table change of `cluster`'s nodes marked.
 fn snapshot(dir: &Path, cluster: &Cluster) -> Vec<Flow> {
     let text = std::fs::read_to_string(dir.join("snapshot.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    marked(parse(&text), cluster)
+}
+
+/// `flows`, those begun within the cut margin of a table change of
+/// `cluster`'s nodes marked.
+fn marked(mut flows: Vec<Flow>, cluster: &Cluster) -> Vec<Flow> {
     let changes = table_changes(cluster, &NODES);
-    parse(&text)
-        .into_iter()
-        .zip(json.as_array().unwrap())
-        .map(|(mut flow, f)| {
-            flow.in_margin = f["first"]
-                .as_u64()
-                .is_some_and(|first| in_margin(first, &changes));
-            flow
-        })
-        .collect()
+    for flow in &mut flows {
+        flow.in_margin = flow.first.is_some_and(|first| in_margin(first, &changes));
+    }
+    flows
 }
 
 fn long(flows: &[Flow]) -> Vec<&Flow> {
@@ -631,7 +633,7 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
         .rev()
         .find(|l| l.starts_with('['))
         .unwrap_or_else(|| panic!("no result from the client: {log}"));
-    let end = parse(last);
+    let end = marked(parse(last), &cluster);
     wait_module(
         &cluster,
         &leaver,
