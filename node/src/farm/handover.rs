@@ -19,8 +19,10 @@
 //! (common::farm::UdpFlow): a fresh flow B does not serve and first saw
 //! before A stopped taking new flows in the bucket (its *cut*) is A's;
 //! every other flow is B's. B learns the cut from A's heartbeat (the time
-//! A applied its table); until then it takes no UDP flow in the bucket
-//! but its own, as A may still own the bucket outright. When the bucket
+//! A applied its table, placed on B's clock: cluster::instant); until then
+//! it takes no UDP flow in the bucket but its own, as A may still own the
+//! bucket outright. A later heartbeat that places the same moment earlier
+//! moves the cut earlier, never later. When the bucket
 //! moved before and an earlier owner still drains it, the cut is also no
 //! earlier than when that owner stopped taking new flows there (when it
 //! applied the table that took the bucket from it). TCP needs only to know
