@@ -171,7 +171,8 @@ impl FarmDataPath {
         peers: &BTreeMap<String, PeerAnnouncement>,
     ) -> anyhow::Result<()> {
         let now = monotonic_ns();
-        if self.handover.table().is_none() {
+        let first = self.handover.table().is_none();
+        if first {
             // A node joining a running farm takes its buckets from their
             // current owners: the table without it is the one they serve.
             let mut before = members.clone();
@@ -187,6 +188,14 @@ impl FarmDataPath {
             alive,
         );
         self.handover.retable(table, alive, &holders, now);
+        if first {
+            let draining: BTreeSet<String> = peers
+                .iter()
+                .filter(|(name, peer)| peer.draining && alive(name))
+                .map(|(name, _)| name.clone())
+                .collect();
+            self.handover.inherit_drains(&draining, now);
+        }
         let power = members.get(self.handover.me()).copied();
         let was_zero = self.applied.and_then(|a| a.zero_since);
         self.applied = Some(Applied {

@@ -185,6 +185,24 @@ impl Handover {
             .any(|s| matches!(s, Slot::Incoming { .. }))
     }
 
+    /// After this node's first table (it joined, or its daemon restarted):
+    /// `draining` are the live peers that report draining at `now`. This
+    /// node saw none of the handovers they drain (a bucket handed over
+    /// before it came, which may be one of those it now takes), and they
+    /// report draining per node, not per bucket: each incoming bucket waits
+    /// for them too before it is owned outright (their old flows keep their
+    /// node). They stopped taking new flows in it no later than `now`.
+    pub fn inherit_drains(&mut self, draining: &BTreeSet<String>, now: u64) {
+        for (slot, drainers) in self.slots.iter().zip(self.drainers.iter_mut()) {
+            if !matches!(slot, Slot::Incoming { .. }) {
+                continue;
+            }
+            for peer in draining.iter().filter(|p| **p != self.me) {
+                drainers.entry(peer.clone()).or_insert(Some(now));
+            }
+        }
+    }
+
     /// Moves to the table of a new membership at `now`. `alive` tells
     /// whether a peer is still running the farm (a planned handover) or is
     /// gone (its buckets move at once); `holders` are the live peers that
@@ -877,6 +895,44 @@ mod tests {
         assert_eq!(incoming_cuts(&c), BTreeSet::from([earlier]));
         assert!(!c.confirm(&|_| peer(placed(4 * SECOND), true), patient(), 6 * SECOND));
         assert_eq!(incoming_cuts(&c), BTreeSet::from([earlier]), "never later");
+    }
+
+    #[test]
+    fn a_joining_node_waits_for_the_drains_it_did_not_see_before_owning_a_bucket() {
+        // b handed a bucket to c before d came (b still serves a flow in
+        // it); then d joins and that bucket comes to d from c. d never saw
+        // b's handover: b reports draining, so every bucket d takes waits
+        // for b too.
+        let mut d = Handover::new("d");
+        let three = table(&[("b", 1), ("c", 1), ("d", 1)]);
+        d.retable(table(&[("b", 1), ("c", 1)]), &|_| true, &none(), 0);
+        d.retable(three, &|_| true, &none(), SECOND);
+        d.inherit_drains(&BTreeSet::from(["b".to_owned(), "d".to_owned()]), SECOND);
+        let from_c: Vec<usize> = (0..BUCKETS as usize)
+            .filter(|x| matches!(&d.slots()[*x], Slot::Incoming { from, .. } if from == "c"))
+            .collect();
+        assert!(!from_c.is_empty());
+        let applied = PeerTable::Same {
+            applied_at: 2 * SECOND,
+        };
+        // c shows d's table and drains no more; b shows it and still drains.
+        let views = |name: &str| peer(applied, name == "b");
+        d.confirm(&views, patient(), 3 * SECOND);
+        for x in &from_c {
+            assert_eq!(
+                d.slots()[*x],
+                Slot::Incoming {
+                    from: "c".to_owned(),
+                    cut: Some(2 * SECOND)
+                },
+                "bucket {x}: owned while b may still serve flows in it"
+            );
+        }
+        // b's drain ends: d owns them outright.
+        d.confirm(&|_| peer(applied, false), patient(), 4 * SECOND);
+        for x in &from_c {
+            assert_eq!(d.slots()[*x], Slot::Owned, "bucket {x}");
+        }
     }
 
     #[test]
