@@ -33,7 +33,7 @@ use crate::cluster::{
     keys::{KeyUsed, MacKey},
     replay::ReplayGuard,
 };
-use crate::ebpf::farm::monotonic_ns;
+use crate::ebpf::farm::{monotonic_ns, wall_ns};
 
 /// One heartbeat network as the thread sees it.
 #[derive(Debug, Clone)]
@@ -665,12 +665,6 @@ fn receive(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, Socket
 /// arriving (its kernel stamp, against the wall clock when it is read):
 /// beyond, the wall clock more likely stepped.
 const STAMP_TRUSTED_NS: u64 = 1_000_000_000;
-
-fn wall_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
 
 /// Runs the calling thread under SCHED_FIFO so heartbeats keep their pace on
 /// a saturated machine; without the privilege, says so and goes on.

@@ -399,6 +399,14 @@ fn timed_run(
     Ok((result.return_value, result.duration))
 }
 
+/// The wall clock (CLOCK_REALTIME) in nanoseconds since the epoch; 0
+/// before it.
+pub fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// The kernel's CLOCK_MONOTONIC in nanoseconds: the clock of
 /// `bpf_ktime_get_ns`, which stamps the UDP flow table.
 pub fn monotonic_ns() -> u64 {

@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     config::{self, FarmModule, Filter, Proto},
-    ebpf::farm::{monotonic_ns, FarmIngress},
+    ebpf::farm::{monotonic_ns, wall_ns, FarmIngress},
     net,
 };
 
@@ -448,12 +448,6 @@ pub fn fingerprint(members: &BTreeMap<String, u32>) -> u64 {
     let digest = hasher.finalize();
     let bytes: [u8; 8] = digest.as_bytes()[..8].try_into().expect("8 bytes");
     u64::from_be_bytes(bytes) | 1
-}
-
-fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Where the VIPs are bound: on `lo`, as LVS direct routing does, for

@@ -39,8 +39,8 @@ use nix::sys::signal::Signal;
 use tracing::{info, trace, warn};
 
 use crate::ebpf::capture::{
-    capture_pins, signal_process, CaptureConfig, Captured, Change, Paused, PreviousCapture, RootId,
-    SyncScope, WriteCapture,
+    capture_pins, signal_process, stopped, CaptureConfig, Captured, Change, Paused,
+    PreviousCapture, RootId, SyncScope, WriteCapture,
 };
 
 /// Where a root's records go.
@@ -380,17 +380,6 @@ fn signal_each(tasks: &[Paused], signal: Signal, first: impl Fn(u32) -> bool) ->
         .collect();
     pids.dedup();
     pids
-}
-
-/// Whether process `pid` exists and is stopped (`T` in `/proc/<pid>/stat`).
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(|state| state == "T")
-        })
-        .unwrap_or(false)
 }
 
 fn take_over(inner: &mut Inner, roots: &[RootId]) {

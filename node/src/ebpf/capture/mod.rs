@@ -53,7 +53,7 @@ use self::{
 pub use self::{
     event::{Captured, Change, RootId, SyncScope},
     load::capture_offsets,
-    process::signal_process,
+    process::{signal_process, stopped},
 };
 use super::{btf::Btf, CAPTURE_OBJECT};
 

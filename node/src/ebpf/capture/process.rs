@@ -64,13 +64,25 @@ pub fn signal_process(pid: u32, start: u64, signal: Signal) -> nix::Result<bool>
     sent(if rc < 0 { Err(Errno::last()) } else { Ok(()) })
 }
 
-/// The start time field of a `/proc/<pid>/stat` line (the 22nd, in clock
-/// ticks since boot). The command name, second, may hold spaces and
-/// parentheses: the fields are counted after its last `)`.
-fn stat_start_ticks(stat: &str) -> Option<u64> {
+/// Field `n` (numbered from 1 as in proc(5), 3 or more) of a
+/// `/proc/<pid>/stat` line. The command name, the 2nd, may hold spaces
+/// and parentheses: the fields are counted after its last `)`.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
     let (_, rest) = stat.rsplit_once(')')?;
-    // `rest` begins with the 3rd field (the state): the 22nd is its 20th.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace().nth(n.checked_sub(3)?)
+}
+
+/// The start time field of a `/proc/<pid>/stat` line (the 22nd, in clock
+/// ticks since boot).
+fn stat_start_ticks(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)?.parse().ok()
+}
+
+/// Whether process `pid` exists and is stopped (state `T`, the 3rd field
+/// of `/proc/<pid>/stat`).
+pub fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat_field(&stat, 3) == Some("T"))
 }
 
 /// `start_ns` (`start_boottime`) as `/proc/<pid>/stat` shows it to this
@@ -127,6 +139,7 @@ mod tests {
         let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 1 0 \
                     987654 10000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
         assert_eq!(stat_start_ticks(stat), Some(987_654));
+        assert_eq!(stat_field(stat, 3), Some("S"));
         assert_eq!(stat_start_ticks("4242 (cut short) S 1"), None);
         assert_eq!(stat_start_ticks(""), None);
     }

@@ -13,12 +13,12 @@ use std::{
 };
 
 use halo_tests::{
-    cluster::{strip_ansi, Cluster, Timing},
+    cluster::{Cluster, Timing},
     lab::{self, LabBuilder, LabProcess},
 };
 
 use super::{
-    common::{farm_toml, in_margin, start_server, table_changes},
+    common::{farm_toml, in_margin, start_server, table_changes, tables_applied},
     long_lived::{diagnostics, tables, wait_module},
     udp::ECHO,
 };
@@ -119,13 +119,10 @@ with open(os.path.join(ctl, "result.json"), "w") as out:
 /// The CLOCK_MONOTONIC time (ns) at which `node` first applied a table of
 /// both nodes, from its log.
 fn both_applied_at(cluster: &Cluster, node: &str) -> Option<u64> {
-    let log = strip_ansi(&cluster.log(node).ok()?);
-    log.lines()
-        .filter(|l| l.contains("bucket table applied") && l.contains("n1=") && l.contains("n2="))
-        .find_map(|l| {
-            let at = l.split("at_ns=").nth(1)?;
-            at.split_whitespace().next()?.parse().ok()
-        })
+    tables_applied(cluster, node)
+        .into_iter()
+        .find(|(line, _)| line.contains("n1=") && line.contains("n2="))
+        .map(|(_, at)| at)
 }
 
 #[test]

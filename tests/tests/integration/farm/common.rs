@@ -319,22 +319,27 @@ pub fn assert_even(counts: &BTreeMap<String, u64>, nodes: &[&str], total: u64, t
 /// and the daemon's.
 pub const IN_MARGIN_NS: (u64, u64) = (800_000, 300_000);
 
-/// When each of `nodes` made a bucket table live (CLOCK_MONOTONIC ns, the
-/// lab clients' clock too: the lab's hosts share one kernel).
+/// The tables `node` made live, in order: each `bucket table applied` log
+/// line and its `at_ns` (CLOCK_MONOTONIC ns, the lab clients' clock too:
+/// the lab's hosts share one kernel).
+pub fn tables_applied(cluster: &Cluster, node: &str) -> Vec<(String, u64)> {
+    let log = strip_ansi(&cluster.log(node).unwrap_or_default());
+    log.lines()
+        .filter(|l| l.contains("bucket table applied"))
+        .filter_map(|line| {
+            let at = line.split("at_ns=").nth(1)?.split_whitespace().next()?;
+            Some((line.to_owned(), at.parse().ok()?))
+        })
+        .collect()
+}
+
+/// When each of `nodes` made a bucket table live ([`tables_applied`]).
 pub fn table_changes(cluster: &Cluster, nodes: &[&str]) -> Vec<u64> {
-    let mut at = Vec::new();
-    for node in nodes {
-        let log = strip_ansi(&cluster.log(node).unwrap_or_default());
-        for line in log.lines().filter(|l| l.contains("bucket table applied")) {
-            let ns = line
-                .split("at_ns=")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse::<u64>().ok());
-            at.extend(ns);
-        }
-    }
-    at
+    nodes
+        .iter()
+        .flat_map(|node| tables_applied(cluster, node))
+        .map(|(_, at)| at)
+        .collect()
 }
 
 /// Whether a UDP flow whose first datagram went at `first` (CLOCK_MONOTONIC
