@@ -274,8 +274,15 @@ pub const GENERATION_NAMESPACE: u32 = 0;
 /// `CAPTURE_GENERATIONS[GENERATION_ROOTS]`: bumped by user space after every
 /// change of the roots or their policies.
 pub const GENERATION_ROOTS: u32 = 1;
+/// `CAPTURE_GENERATIONS[GENERATION_ATTACH]`: bumped by user space before it
+/// attaches the programs again after detaching them. A call in progress
+/// keeps the value of its enter: one whose exit ran while the programs
+/// were detached left its record behind, and a later exit that finds it
+/// under another value drops it instead of reporting it with the return
+/// value of another call.
+pub const GENERATION_ATTACH: u32 = 2;
 /// How many entries `CAPTURE_GENERATIONS` has.
-pub const GENERATIONS: u32 = 2;
+pub const GENERATIONS: u32 = 3;
 
 /// How many parent directories the programs climb looking for a root
 /// before they give up and report the call as [`EVENT_UNRESOLVED`].

@@ -44,8 +44,8 @@ use halo_common::capture::{
     tracepoint_layout::{arg, EXIT_RET},
     CaptureEvent, CaptureOffsets, CaptureSettings, FileKey, PathEvent, PausedTask, RootCount,
     RootPolicy, WriteKind, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_PAUSE_REFUSED, EVENT_SYNC,
-    EVENT_UNRESOLVED, GENERATIONS, GENERATION_NAMESPACE, GENERATION_ROOTS, MAX_DEPTH, PATH_BYTES,
-    ROOT_SYNC_PAUSE,
+    EVENT_UNRESOLVED, GENERATIONS, GENERATION_ATTACH, GENERATION_NAMESPACE, GENERATION_ROOTS,
+    MAX_DEPTH, PATH_BYTES, ROOT_SYNC_PAUSE,
 };
 
 /// Struct member offsets, filled in by user space from BTF before loading.
@@ -116,7 +116,9 @@ static CAPTURE_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 static CAPTURE_PAUSED: HashMap<u32, PausedTask> = HashMap::with_max_entries(65_536, 0);
 
 /// Change counters that make the remembered verdicts stale
-/// (`GENERATION_NAMESPACE`, bumped here; `GENERATION_ROOTS`, by user space).
+/// (`GENERATION_NAMESPACE`, bumped here; `GENERATION_ROOTS`, by user space),
+/// and the attachment that calls in flight began under
+/// (`GENERATION_ATTACH`, by user space).
 #[map]
 static CAPTURE_GENERATIONS: Array<u64> = Array::with_max_entries(GENERATIONS, 0);
 
@@ -199,6 +201,8 @@ struct InFlight {
     event_flags: u32,
     /// `fallocate`'s mode, sync calls' flags.
     mode: u32,
+    /// `CAPTURE_GENERATIONS[GENERATION_ATTACH]` at the enter.
+    attach: u64,
 }
 
 /// Calls in progress, by `pid_tgid`. LRU, so threads killed between enter
@@ -234,7 +238,8 @@ fn count_in_flight(pid_tgid: u64, delta: u64) {
 
 /// Keeps `call` until its exit, and counts it in its thread's slot.
 #[inline(always)]
-fn remember(pid_tgid: u64, call: InFlight) -> Result<(), Skip> {
+fn remember(pid_tgid: u64, mut call: InFlight) -> Result<(), Skip> {
+    call.attach = generation(GENERATION_ATTACH);
     CAPTURE_IN_FLIGHT.insert(pid_tgid, call, 0)?;
     count_in_flight(pid_tgid, 1);
     Ok(())
@@ -362,6 +367,15 @@ pub fn capture_enter_unlinkat(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn capture_exit(ctx: TracePointContext) -> u32 {
     let _ = on_exit(&ctx);
+    0
+}
+
+/// The baseline of `cargo xtask bench mirror`'s capture cost: a program
+/// that does nothing, attached to every tracepoint the capture hooks, so
+/// that what the kernel itself spends to run programs there is measured
+/// under the same loader and attach path. The daemon never loads it.
+#[tracepoint]
+pub fn capture_noop(_ctx: TracePointContext) -> u32 {
     0
 }
 
@@ -893,6 +907,7 @@ fn enter_fd_write(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> 
         flags,
         event_flags: target.event_flags,
         mode: 0,
+        attach: 0,
     };
     remember(pid_tgid, call)
 }
@@ -949,6 +964,7 @@ fn enter_fd_call(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Skip> {
         flags,
         event_flags,
         mode,
+        attach: 0,
     };
     remember(pid_tgid, call)
 }
@@ -1046,6 +1062,7 @@ fn enter_without_file(ctx: &TracePointContext, kind: WriteKind) -> Result<(), Sk
         flags,
         event_flags,
         mode,
+        attach: 0,
     };
     remember(pid_tgid, call)
 }
@@ -1064,6 +1081,11 @@ fn on_exit(ctx: &TracePointContext) -> Result<(), Skip> {
     };
     let _ = CAPTURE_IN_FLIGHT.remove(pid_tgid);
     count_in_flight(pid_tgid, u64::MAX);
+    if call.attach != generation(GENERATION_ATTACH) {
+        // Left by a call whose exit ran while the programs were detached:
+        // this exit is another call's.
+        return Err(Skip::Uninteresting);
+    }
     let ret: i64 = field(ctx, EXIT_RET);
     if ret < 0 {
         return Err(Skip::Uninteresting);

@@ -230,6 +230,9 @@ pub struct MirrorDriver {
     /// Durable writes are paused although no session is in sync: this node
     /// serves but may not yet let them go unacknowledged.
     unacked_pause: bool,
+    /// Why the capture could not be attached when this module last needed
+    /// it, as logged and shown in the status.
+    attach_error: Option<String>,
     /// This node took (or began to take) its peer's data since the start:
     /// what a dead daemon's held writers wrote here is gone.
     data_replaced: bool,
@@ -349,6 +352,7 @@ impl MirrorDriver {
             started: module::StartedMarker::new(files.dir()),
             stop_prim_forced: false,
             unacked_pause: false,
+            attach_error: None,
             data_replaced: false,
             orphans_settled: false,
             machine: Mirror::new(cfg, stamp),
@@ -853,12 +857,27 @@ impl MirrorDriver {
 
     /// Re-routes the capture: to the feed (pausing durable writes when
     /// `pause`), or nowhere once the feed is closed.
-    fn route_feed(&self, pause: bool) {
+    fn route_feed(&mut self, pause: bool) {
         let Some(hub) = &self.hub else { return };
         let pause = pause || self.unacked_pause;
+        let mut failed = None;
         for (root, dir) in self.roots.iter().zip(&self.setup.dirs) {
-            hub.route(*root, dir, self.feed.clone(), pause);
+            if let Err(error) = hub.route(*root, dir, self.feed.clone(), pause) {
+                failed = Some(format!("{error:#}"));
+            }
         }
+        if failed == self.attach_error {
+            return;
+        }
+        match &failed {
+            Some(error) => {
+                warn!(module = %self.module.name, %error, "cannot attach the write capture");
+                self.write_log("replication", &format!("cannot attach the write capture: durable writes are not held until the secondary has them, and changes reach it through inotify and checksums only: {error}"));
+            }
+            None => self.write_log("replication", "the write capture is attached again"),
+        }
+        self.core.update(|m| m.capture_error = failed.clone());
+        self.attach_error = failed;
     }
 
     fn close_sessions(&mut self) {

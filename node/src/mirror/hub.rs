@@ -12,6 +12,12 @@
 //! that stops serving instead kills it ([`CaptureHub::discard_held`]): a
 //! durable write is never acknowledged on data that may be overtaken.
 //!
+//! The programs are attached only while a module needs them: a tracker
+//! takes a root's records (the module serves) or a root pauses durable
+//! writes. A secondary, or a node whose modules are stopped, runs with the
+//! capture loaded but detached, so that its system calls pay nothing for
+//! it (docs/mirror-durability.md has the figures).
+//!
 //! The capture is pinned in bpffs: when the daemon dies, its programs stay
 //! attached and keep stopping durable writers under the roots it paused
 //! (nobody acknowledges their writes, so nobody resumes them). The next
@@ -103,6 +109,26 @@ struct Inner {
 }
 
 impl Inner {
+    /// Attaches the capture while a module needs it (a tracker takes its
+    /// records, or its durability calls pause), and detaches it otherwise:
+    /// a node that serves no mirror module (a secondary, a stopped module)
+    /// then pays nothing for it on any system call. What a detached capture
+    /// would have seen was dropped anyway, for want of a route.
+    fn settle_attachment(&mut self) -> anyhow::Result<()> {
+        let wanted = self.routes.values().any(|route| route.tx.is_some())
+            || self.capture.roots().any(|(_, pause)| pause);
+        if wanted == self.capture.attached() {
+            return Ok(());
+        }
+        self.capture.set_attached(wanted)?;
+        if wanted {
+            info!("write capture attached: a mirror module serves here");
+        } else {
+            info!("write capture detached: no mirror module serves here, so it costs this host's system calls nothing");
+        }
+        Ok(())
+    }
+
     /// Whether a writer paused for `root` (`None`: every root) must wait
     /// for an acknowledgement.
     fn holds(&self, root: Option<RootId>) -> bool {
@@ -155,14 +181,16 @@ impl CaptureHub {
         let own = base.join(format!("{}-{started}", std::process::id()));
         let previous = PreviousCapture::find(&base, &own);
         for capture in &previous {
-            warn!(
-                pins = %capture.dir().display(),
-                roots = capture.roots().len(),
-                "a daemon that died left its write capture attached: it holds durable writers until each mirror module has stopped the application that daemon started"
-            );
+            if capture.attached() {
+                warn!(
+                    pins = %capture.dir().display(),
+                    roots = capture.roots().len(),
+                    "a daemon that died left its write capture attached: it holds durable writers until each mirror module has stopped the application that daemon started"
+                );
+            }
         }
-        // Attached before the dead daemon's capture lets anything go: no
-        // write goes unseen in between.
+        // Attached at once, so that a kernel that cannot attach it says so
+        // at the start; detached below until a module serves.
         let capture = WriteCapture::attach_with(CaptureConfig {
             exclude_tgid: std::process::id(),
             pin_dir: Some(own),
@@ -196,6 +224,7 @@ impl CaptureHub {
                 info!(pids = ?resumed, "resumed writers a dead daemon held below directories no module replicates any more");
             }
         }
+        inner.settle_attachment()?;
         let capture = &inner.capture;
         let ring = capture.ring_fd().as_raw_fd();
         let inner = Arc::new(Mutex::new(inner));
@@ -229,14 +258,17 @@ impl CaptureHub {
 
     /// Sends `root`'s records to `tx` (waking `wake`), or drops them (and
     /// releases paused callers) with `None`; turns the durability pause on
-    /// or off for `dir`.
+    /// or off for `dir`. The capture is attached while some root has a
+    /// route or a pause, detached otherwise; an error says it could not be
+    /// attached (then nothing is captured nor paused, and the next call
+    /// tries again).
     pub fn route(
         &self,
         root: RootId,
         dir: &Path,
         target: Option<(mpsc::Sender<Captured>, Arc<Wake>)>,
         pause: bool,
-    ) {
+    ) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().expect("capture hub");
         if let Err(error) = inner.capture.add_root(dir, pause) {
             warn!(dir = %dir.display(), error = %format!("{error:#}"), "cannot change the capture's pause policy");
@@ -249,6 +281,7 @@ impl CaptureHub {
         if !pause && !inner.holds(Some(root)) {
             release_paused_under(&mut inner, root);
         }
+        inner.settle_attachment()
     }
 
     /// Whether writers paused under `roots` must wait for an acknowledgement

@@ -36,8 +36,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use halo_common::capture::{
-    CaptureSettings, FileKey, PausedTask, RootCount, RootPolicy, WriteKind, GENERATION_ROOTS,
-    ROOT_SYNC_PAUSE,
+    CaptureSettings, FileKey, PausedTask, RootCount, RootPolicy, WriteKind, GENERATION_ATTACH,
+    GENERATION_ROOTS, ROOT_SYNC_PAUSE,
 };
 use nix::{
     errno::Errno,
@@ -107,6 +107,9 @@ pub fn capture_pins(node: &str) -> PathBuf {
 const ROOTS_PIN: &str = "roots";
 /// The pinned name of a capture's map of paused tasks.
 const PAUSED_PIN: &str = "paused";
+/// The pinned names of a capture's links begin so, followed by their
+/// tracepoint; a capture without any is detached.
+const LINK_PIN_PREFIX: &str = "link-";
 /// The pinned name of a capture's change counters, which a change of its
 /// roots must bump (captures pinned before it existed have none).
 const GENERATIONS_PIN: &str = "generations";
@@ -241,6 +244,19 @@ impl PreviousCapture {
         &self.dir
     }
 
+    /// Whether its programs are still attached: a daemon whose modules did
+    /// not serve when it died had detached them.
+    pub fn attached(&self) -> bool {
+        std::fs::read_dir(&self.dir).is_ok_and(|entries| {
+            entries.filter_map(Result::ok).any(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(LINK_PIN_PREFIX)
+            })
+        })
+    }
+
     /// The roots it still holds.
     pub fn roots(&self) -> Vec<RootId> {
         self.roots
@@ -345,10 +361,33 @@ pub struct WriteCapture {
     roots: BTreeMap<RootId, bool>,
     /// Where the capture is pinned, if it is.
     pinned: Option<PathBuf>,
-    /// The links, when they are pinned (otherwise the programs own them).
-    _links: Vec<PinnedLink>,
-    // Keeps the programs (and unpinned links) alive.
-    _ebpf: Ebpf,
+    /// The programs' attachments, in attach order; empty while detached.
+    links: Vec<Link>,
+    // Keeps the programs and maps alive.
+    ebpf: Ebpf,
+}
+
+/// One program's attachment to one tracepoint.
+enum Link {
+    /// Pinned in the capture's bpffs directory, so that it outlives the
+    /// daemon.
+    Pinned(PinnedLink),
+    Owned(FdLink),
+}
+
+impl Link {
+    /// Ends the attachment (the pin was its last reference once the
+    /// descriptor is closed).
+    fn detach(self) {
+        match self {
+            Link::Pinned(link) => {
+                if let Err(error) = link.unpin() {
+                    tracing::warn!(%error, "cannot remove a capture link's pin");
+                }
+            }
+            Link::Owned(link) => drop(link),
+        }
+    }
 }
 
 impl WriteCapture {
@@ -365,6 +404,16 @@ impl WriteCapture {
     /// Loads the capture programs with offsets from the running kernel's BTF
     /// and attaches them to the syscall tracepoints.
     pub fn attach_with(config: CaptureConfig) -> anyhow::Result<Self> {
+        let mut capture = Self::load_with(config)?;
+        capture.set_attached(true)?;
+        Ok(capture)
+    }
+
+    /// Loads the capture programs with offsets from the running kernel's BTF
+    /// (the verifier checks them now) without attaching them: until
+    /// [`WriteCapture::set_attached`], they cost the host's system calls
+    /// nothing and report nothing.
+    pub fn load_with(config: CaptureConfig) -> anyhow::Result<Self> {
         ensure!(
             config.ring_bytes.is_power_of_two() && config.ring_bytes >= 4096,
             "the capture ring's size must be a power of two of at least 4096 bytes, not {}",
@@ -395,37 +444,9 @@ impl WriteCapture {
                 .load()
                 .with_context(|| format!("the kernel refused {program}"))?;
         }
-        // Exits first: an enter without its exit would leave a stale entry
-        // per call until the LRU evicts it. Then the renames: a verdict
-        // remembered before they are attached could outlive a rename.
-        let exits = SYSCALLS
-            .iter()
-            .map(|(syscall, _)| (EXIT_PROGRAM, format!("sys_exit_{syscall}")));
-        let namespace = NAMESPACE_HOOKS
-            .iter()
-            .map(|(event, program)| (*program, (*event).to_owned()));
-        let enters = SYSCALLS
-            .iter()
-            .map(|(syscall, program)| (*program, format!("sys_enter_{syscall}")));
         if let Some(dir) = &config.pin_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the bpffs directory {}", dir.display()))?;
-        }
-        let mut links = Vec::new();
-        for (name, event) in exits.chain(namespace).chain(enters) {
-            let program = tracepoint(&mut ebpf, name)?;
-            let link = program.attach("syscalls", &event).with_context(|| {
-                format!("attaching {name} to syscalls:{event} (is tracefs mounted?)")
-            })?;
-            if let Some(dir) = &config.pin_dir {
-                let path = dir.join(format!("link-{event}"));
-                let link = FdLink::try_from(program.take_link(link)?)
-                    .with_context(|| format!("syscalls:{event} has no bpf link to pin"))?;
-                links.push(
-                    link.pin(&path)
-                        .with_context(|| format!("pinning a link at {}", path.display()))?,
-                );
-            }
         }
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -462,9 +483,91 @@ impl WriteCapture {
             events,
             roots: BTreeMap::new(),
             pinned: config.pin_dir,
-            _links: links,
-            _ebpf: ebpf,
+            links: Vec::new(),
+            ebpf,
         })
+    }
+
+    /// Whether the programs are attached to the syscall tracepoints.
+    pub fn attached(&self) -> bool {
+        !self.links.is_empty()
+    }
+
+    /// Attaches the programs to the syscall tracepoints, or detaches them.
+    ///
+    /// Attached, they cost every hooked call on the host (writes anywhere,
+    /// syncs, renames) a few hundred nanoseconds, and every other system
+    /// call the kernel's slower path for traced tasks; detached, nothing,
+    /// and nothing is reported or paused. Verdicts remembered before a
+    /// detach do not outlive it: renames while detached go unseen. A
+    /// failed attach leaves the capture detached.
+    pub fn set_attached(&mut self, on: bool) -> anyhow::Result<()> {
+        if on == self.attached() {
+            return Ok(());
+        }
+        if !on {
+            // Enters first, exits last: a call that entered meanwhile still
+            // finds its exit.
+            while let Some(link) = self.links.pop() {
+                link.detach();
+            }
+            return Ok(());
+        }
+        let result = self.attach_links();
+        if result.is_err() {
+            while let Some(link) = self.links.pop() {
+                link.detach();
+            }
+        }
+        result
+    }
+
+    fn attach_links(&mut self) -> anyhow::Result<()> {
+        // Calls that entered under an earlier attachment and whose exit was
+        // missed left records a new exit must not take for its own.
+        bump_generation(&mut self.generations, GENERATION_ATTACH)
+            .context("updating CAPTURE_GENERATIONS")?;
+        // Exits first: an enter without its exit would leave a stale entry
+        // per call until the LRU evicts it. Then the renames: a verdict
+        // remembered before they are attached could outlive a rename.
+        let exits = SYSCALLS
+            .iter()
+            .map(|(syscall, _)| (EXIT_PROGRAM, format!("sys_exit_{syscall}")));
+        let namespace = NAMESPACE_HOOKS
+            .iter()
+            .map(|(event, program)| (*program, (*event).to_owned()));
+        for (name, event) in exits.chain(namespace) {
+            self.attach_link(name, &event)?;
+        }
+        // Verdicts remembered before (under earlier roots, or before a
+        // detach that hid renames) are stale for the walks from here on.
+        bump_generation(&mut self.generations, GENERATION_ROOTS)
+            .context("updating CAPTURE_GENERATIONS")?;
+        for (syscall, program) in SYSCALLS {
+            self.attach_link(program, &format!("sys_enter_{syscall}"))?;
+        }
+        Ok(())
+    }
+
+    fn attach_link(&mut self, name: &str, event: &str) -> anyhow::Result<()> {
+        let program = tracepoint(&mut self.ebpf, name)?;
+        let link = program.attach("syscalls", event).with_context(|| {
+            format!("attaching {name} to syscalls:{event} (is tracefs mounted?)")
+        })?;
+        let link = FdLink::try_from(program.take_link(link)?)
+            .with_context(|| format!("syscalls:{event} has no bpf link"))?;
+        let link = match &self.pinned {
+            Some(dir) => {
+                let path = dir.join(format!("{LINK_PIN_PREFIX}{event}"));
+                Link::Pinned(
+                    link.pin(&path)
+                        .with_context(|| format!("pinning a link at {}", path.display()))?,
+                )
+            }
+            None => Link::Owned(link),
+        };
+        self.links.push(link);
+        Ok(())
     }
 
     /// Starts reporting changes to every file below the directory `dir`
@@ -761,6 +864,47 @@ impl Drop for WriteCapture {
     }
 }
 
+/// `capture_noop`, a program that does nothing, attached to every
+/// tracepoint the capture hooks: the baseline that `cargo xtask bench
+/// mirror` measures the capture's cost against (what the kernel spends to
+/// run any program there). The daemon never loads it; dropping it detaches
+/// it.
+pub struct NoopCapture {
+    _links: Vec<FdLink>,
+    _ebpf: Ebpf,
+}
+
+impl NoopCapture {
+    /// Loads `capture_noop` and attaches it where the capture would be.
+    pub fn attach() -> anyhow::Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .load(CAPTURE_OBJECT)
+            .context("loading the write-capture object")?;
+        let program = tracepoint(&mut ebpf, "capture_noop")?;
+        program.load().context("the kernel refused capture_noop")?;
+        let events = SYSCALLS
+            .iter()
+            .flat_map(|(syscall, _)| {
+                [
+                    format!("sys_enter_{syscall}"),
+                    format!("sys_exit_{syscall}"),
+                ]
+            })
+            .chain(NAMESPACE_HOOKS.iter().map(|(event, _)| (*event).to_owned()));
+        let mut links = Vec::new();
+        for event in events {
+            let link = program
+                .attach("syscalls", &event)
+                .with_context(|| format!("attaching capture_noop to syscalls:{event}"))?;
+            links.push(FdLink::try_from(program.take_link(link)?)?);
+        }
+        Ok(NoopCapture {
+            _links: links,
+            _ebpf: ebpf,
+        })
+    }
+}
+
 /// The tracepoint program `name` of the capture object.
 fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut TracePoint> {
     ebpf.program_mut(name)
@@ -778,8 +922,13 @@ fn thread_alive(tgid: u32, tid: u32) -> bool {
 /// the change: a verdict the programs found under the old roots no longer
 /// counts. Only the capture's owner writes this slot.
 fn bump_roots_generation(generations: &mut Array<MapData, u64>) -> Result<(), MapError> {
-    let current = generations.get(&GENERATION_ROOTS, 0)?;
-    generations.set(GENERATION_ROOTS, current.wrapping_add(1), 0)
+    bump_generation(generations, GENERATION_ROOTS)
+}
+
+/// Adds one to `CAPTURE_GENERATIONS[index]`.
+fn bump_generation(generations: &mut Array<MapData, u64>, index: u32) -> Result<(), MapError> {
+    let current = generations.get(&index, 0)?;
+    generations.set(index, current.wrapping_add(1), 0)
 }
 
 fn root_key(root: RootId) -> FileKey {

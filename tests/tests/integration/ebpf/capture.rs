@@ -5,7 +5,7 @@
 //! reported; a full ring counts what it lost.
 
 use std::{
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
@@ -851,4 +851,129 @@ fn writes_through_low_high_and_grown_descriptor_tables_are_all_reported() {
         .filter(|r| r.pid == pid)
         .collect();
     assert!(late.is_empty(), "writes outside were reported: {late:#?}");
+}
+
+/// Writes while the capture is attached, blocks in a write below the root
+/// that completes while it is detached, renames a directory out of the
+/// root meanwhile, and writes again once it is attached: run behind
+/// [`SMALL_TABLE`].
+const DETACHED: &str = r#"
+import os, sys, time
+os.chdir("/var/lib/app")
+def wait(name):
+    deadline = time.monotonic() + 20
+    while not os.path.exists(name):
+        if time.monotonic() > deadline:
+            sys.exit("no " + name)
+        time.sleep(0.005)
+f = os.open("data/sub/f", os.O_WRONLY)
+os.write(f, b"a")                       # attached: 0+1, data/sub remembered below
+pipe = os.open("data/pipe", os.O_RDWR)
+os.set_blocking(pipe, False)
+for size in (4096, 1):
+    try:
+        while True:
+            os.write(pipe, b"p" * size)
+    except BlockingIOError:
+        pass
+os.set_blocking(pipe, True)
+open("full", "w").close()
+os.write(pipe, b"q")                    # blocks; returns while detached
+os.rename("data/sub", "other/sub")      # while detached: unseen
+open("moved", "w").close()
+wait("attached")
+out = os.open("other/x", os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(out, b"xyz")                   # outside: nothing (not the pipe's record)
+os.write(f, b"ccc")                     # moved out while detached: nothing
+g = os.open("data/g", os.O_WRONLY)
+os.write(g, b"dddd")                    # 0+4
+"#;
+
+/// Whether thread `pid` waits in `write(2)` (syscall 1 on x86_64).
+fn blocked_in_write(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|text| text.split_whitespace().next() == Some("1"))
+}
+
+/// A node that serves no mirror module keeps its capture loaded but
+/// detached (no system call of the host pays for it): detached, nothing is
+/// reported; attached again, a call whose exit ran while detached is not
+/// reported with another call's result, and a rename made while detached
+/// is not hidden by a verdict remembered before.
+#[test]
+fn a_detached_capture_reports_nothing_and_forgets_what_it_could_not_see() {
+    let lab = LabBuilder::new("capdetach")
+        .hosts(&["app"])
+        .build()
+        .unwrap();
+    let app = lab.host("app");
+    app.sh(
+        "mkdir -p /var/lib/app/data/sub /var/lib/app/other && cd /var/lib/app && \
+         touch data/sub/f data/g && mkfifo data/pipe",
+    )
+    .unwrap();
+    let f = stat_in(app, "/var/lib/app/data/sub/f").ino;
+    let g = stat_in(app, "/var/lib/app/data/g").ino;
+
+    let mut capture = attach();
+    assert!(capture.attached());
+    let data = capture
+        .add_root(&app.outside_path("/var/lib/app/data"), false)
+        .unwrap();
+    let (mut writer, pid) = python_small_table(app, "detached", DETACHED);
+    let first = collect_until(&mut capture, Some(pid), "the first write", |r| {
+        r.iter().any(|r| r.ino == f)
+    });
+    assert_eq!(
+        seen(&first[..1]),
+        vec![Seen {
+            syscall: WriteKind::Write,
+            ino: f,
+            root: Some(data),
+            change: Change::Write { offset: 0, len: 1 },
+        }]
+    );
+    let full = app.outside_path("/var/lib/app/full");
+    lab::wait_until(WAIT, "the writer blocked on the full pipe", || {
+        Ok(full.exists() && blocked_in_write(pid))
+    })
+    .unwrap_or_else(|error| panic!("{error:#}: {}", writer.log().unwrap()));
+
+    capture.set_attached(false).unwrap();
+    assert!(!capture.attached());
+    // Unblock the write while nothing is attached: its exit is missed.
+    let mut pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(app.outside_path("/var/lib/app/data/pipe"))
+        .unwrap();
+    let moved = app.outside_path("/var/lib/app/moved");
+    let mut buf = vec![0u8; 1 << 16];
+    lab::wait_until(WAIT, "the writer past its blocked write", || {
+        let _ = std::io::Read::read(&mut pipe, &mut buf);
+        Ok(moved.exists())
+    })
+    .unwrap_or_else(|error| panic!("{error:#}: {}", writer.log().unwrap()));
+    let _ = capture.drain();
+
+    capture.set_attached(true).unwrap();
+    assert!(capture.attached());
+    app.sh("touch /var/lib/app/attached").unwrap();
+    let status = writer.wait_timeout(WAIT).unwrap();
+    assert!(status.success(), "writer failed: {}", writer.log().unwrap());
+    let mut records = collect_until(&mut capture, Some(pid), "the last write", |r| {
+        r.iter().any(|r| r.ino == g)
+    });
+    // The writer is gone: every record it caused is in the ring.
+    records.extend(capture.drain().into_iter().filter(|r| r.pid == pid));
+    assert_eq!(
+        seen(&records),
+        vec![Seen {
+            syscall: WriteKind::Write,
+            ino: g,
+            root: Some(data),
+            change: Change::Write { offset: 0, len: 4 },
+        }],
+        "after the re-attach, only the write below the root"
+    );
 }

@@ -478,3 +478,29 @@ pub fn install_app(
         "[module.scripts]\nstart_prim = \"{dir}/start_prim\"\nstop_prim = \"{dir}/stop_prim\"\n"
     )
 }
+
+/// How many capture links `host`'s daemon has pinned (one per hooked
+/// tracepoint while its capture is attached, none while it is detached).
+pub fn capture_links(lab: &Lab, host: &str) -> usize {
+    lab.host(host)
+        .sh(&format!(
+            "ls /sys/fs/bpf/halo-capture-{host}/*/ 2>/dev/null | grep -c '^link-' || true"
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `host`'s capture is attached (some links pinned) or
+/// detached (none).
+pub fn wait_capture(lab: &Lab, host: &str, attached: bool, timeout: Duration) {
+    let what = format!(
+        "{host}'s capture {}",
+        if attached { "attached" } else { "detached" }
+    );
+    lab::wait_until(timeout, &what, || {
+        Ok((capture_links(lab, host) > 0) == attached)
+    })
+    .unwrap_or_else(|error| panic!("{error:#}"));
+}

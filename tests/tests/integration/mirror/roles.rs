@@ -29,6 +29,10 @@ fn a_swap_hands_the_primary_role_over_without_losing_a_write() {
         .build()
         .unwrap();
     let cluster = common::start(&lab, "", "n1");
+    // Only the primary's capture is attached: a secondary's system calls
+    // pay nothing for it.
+    common::wait_capture(&lab, "n1", true, Duration::from_secs(10));
+    assert_eq!(common::capture_links(&lab, "n2"), 0, "n2 is SECOND");
     lab.host("n1")
         .sh(&format!(
             "for i in $(seq 0 1999); do echo $i >> {DIR}/journal; done"
@@ -50,6 +54,8 @@ fn a_swap_hands_the_primary_role_over_without_losing_a_write() {
     assert!(said.contains("is PRIM (ready)"), "{said}");
     wait_module(&cluster, "n2", "PRIM", Duration::from_secs(30));
     wait_module(&cluster, "n1", "SECOND", Duration::from_secs(30));
+    common::wait_capture(&lab, "n2", true, Duration::from_secs(10));
+    common::wait_capture(&lab, "n1", false, Duration::from_secs(10));
     assert_eq!(
         records(&lab, "n2", "journal"),
         (0..2000).collect::<Vec<_>>()

@@ -120,6 +120,10 @@ struct Writes {
     /// programs' own time.
     one_daemon_ns: f64,
     one_daemon_time: Option<io::ProgramTime>,
+    /// ns per outside write with halo off and `capture_noop` (a program that
+    /// does nothing) on every tracepoint the capture hooks: what the kernel
+    /// spends to run any program there, the floor of the capture's cost.
+    floor_ns: Option<f64>,
     notes: Vec<String>,
 }
 
@@ -156,6 +160,7 @@ fn measure_writes(options: &Options) -> Result<Writes> {
         program_time: None,
         one_daemon_ns: 0.0,
         one_daemon_time: None,
+        floor_ns: None,
         notes: Vec::new(),
     };
     println!("  halo off …");
@@ -186,6 +191,16 @@ fn measure_writes(options: &Options) -> Result<Writes> {
         )),
     }
     stop_daemon(&mut cluster, "n1", &mut out.notes)?;
+    println!("  halo off, empty programs on the capture's tracepoints …");
+    match halo::ebpf::capture::NoopCapture::attach() {
+        Ok(noop) => {
+            out.floor_ns = Some(io::write_cost(&lab, "n1", &outside, options.write_ops)?);
+            drop(noop);
+        }
+        Err(error) => out.notes.push(format!(
+            "the empty programs' floor was not measured: {error:#}"
+        )),
+    }
     println!("  halo off again …");
     measure_phase(&lab, options, &mut out, 2)?;
     Ok(out)
@@ -265,7 +280,7 @@ fn writes_tables(w: &Writes, options: &Options) -> Vec<Table> {
         None => "-".to_owned(),
     };
     for (setting, on, time) in [
-        ("both daemons", w.write_ns[1], &w.program_time),
+        ("primary + secondary", w.write_ns[1], &w.program_time),
         ("primary's alone", w.one_daemon_ns, &w.one_daemon_time),
     ] {
         capture.row(vec![
@@ -277,12 +292,28 @@ fn writes_tables(w: &Writes, options: &Options) -> Vec<Table> {
             own(time),
         ]);
     }
+    if let Some(floor) = w.floor_ns {
+        capture.row(vec![
+            "none; capture_noop on the same tracepoints".to_owned(),
+            format!("{:.0} ns", w.write_ns[0]),
+            format!("{floor:.0} ns"),
+            format!("{:.0} ns", w.write_ns[2]),
+            format!("{:+.1} %", (floor / off_ns - 1.0) * 100.0),
+            "0 (empty)".to_owned(),
+        ]);
+        capture.note(format!(
+            "halo over the empty programs' floor (primary's alone): {:+.1} % of a write",
+            (w.one_daemon_ns - floor) / off_ns * 100.0
+        ));
+    }
     capture.note("target: ≤ 3 % (per host: the primary's daemon alone)");
     capture.note(
-        "the lab's nodes share one kernel: with both daemons up, every write runs both \
-         daemons' capture programs, where a host runs one daemon's. Programs' own ns: \
-         the enter + exit programs per write, from the kernel's BPF run-time statistics \
-         in a second run of the same writes",
+        "the lab's nodes share one kernel, so every write runs the programs of every \
+         daemon whose capture is attached: a secondary's is detached (\"sets\" counts \
+         the loaded ones, attached or not). Programs' own ns: the enter + exit programs \
+         per write, from the kernel's BPF run-time statistics in a second run of the \
+         same writes. The empty programs' row is the kernel's own cost of running any \
+         program on these syscall tracepoints, which no program removes",
     );
     for note in &w.notes {
         capture.note(note.clone());
