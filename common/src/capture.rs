@@ -279,7 +279,8 @@ pub const GENERATION_ROOTS: u32 = 1;
 /// keeps the value of its enter: one whose exit ran while the programs
 /// were detached left its record behind, and a later exit that finds it
 /// under another value drops it instead of reporting it with the return
-/// value of another call.
+/// value of another call (a call that outlasted a whole detach and attach
+/// is dropped too: the exit cannot tell it apart).
 pub const GENERATION_ATTACH: u32 = 2;
 /// How many entries `CAPTURE_GENERATIONS` has.
 pub const GENERATIONS: u32 = 3;

@@ -1082,8 +1082,11 @@ fn on_exit(ctx: &TracePointContext) -> Result<(), Skip> {
     let _ = CAPTURE_IN_FLIGHT.remove(pid_tgid);
     count_in_flight(pid_tgid, u64::MAX);
     if call.attach != generation(GENERATION_ATTACH) {
-        // Left by a call whose exit ran while the programs were detached:
-        // this exit is another call's.
+        // Made under an earlier attachment: most likely left by a call whose
+        // exit ran while the programs were detached, so that this exit is
+        // another call's; or this very call outlasted a detach and an
+        // attach. Either way it is not reported (the inotify safety net
+        // covers the write; docs/mirror-durability.md).
         return Err(Skip::Uninteresting);
     }
     let ret: i64 = field(ctx, EXIT_RET);

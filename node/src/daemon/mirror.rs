@@ -471,6 +471,7 @@ impl MirrorDriver {
                         self.feed(Input::Timer, &script_tx);
                     }
                     self.publish_progress();
+                    self.follow_attach_error();
                 }
                 _ = sync_tick.tick() => self.take_sync_point(),
                 _ = module::sleep_until(stop_deadline) => {
@@ -860,24 +861,33 @@ impl MirrorDriver {
     fn route_feed(&mut self, pause: bool) {
         let Some(hub) = &self.hub else { return };
         let pause = pause || self.unacked_pause;
-        let mut failed = None;
         for (root, dir) in self.roots.iter().zip(&self.setup.dirs) {
-            if let Err(error) = hub.route(*root, dir, self.feed.clone(), pause) {
-                failed = Some(format!("{error:#}"));
-            }
+            hub.route(*root, dir, self.feed.clone(), pause);
         }
-        if failed == self.attach_error {
+        self.follow_attach_error();
+    }
+
+    /// Shows, in the module log and as `capture_error`, that the daemon's
+    /// capture cannot be attached although a module serves (or detached
+    /// although none does), and when that ends. The hub retries by itself.
+    fn follow_attach_error(&mut self) {
+        let Some(hub) = &self.hub else { return };
+        let error = hub.attach_error();
+        if error == self.attach_error {
             return;
         }
-        match &failed {
+        match &error {
             Some(error) => {
-                warn!(module = %self.module.name, %error, "cannot attach the write capture");
-                self.write_log("replication", &format!("cannot attach the write capture: durable writes are not held until the secondary has them, and changes reach it through inotify and checksums only: {error}"));
+                warn!(module = %self.module.name, %error, "the write capture's attachment cannot follow the modules");
+                self.write_log("replication", &format!("cannot attach or detach the write capture (retried every 100 ms; while it is not attached, durable writes are not held until the secondary has them, and changes reach it through inotify and checksums only): {error}"));
             }
-            None => self.write_log("replication", "the write capture is attached again"),
+            None => self.write_log(
+                "replication",
+                "the write capture's attachment follows the modules again",
+            ),
         }
-        self.core.update(|m| m.capture_error = failed.clone());
-        self.attach_error = failed;
+        self.core.update(|m| m.capture_error = error.clone());
+        self.attach_error = error;
     }
 
     fn close_sessions(&mut self) {
@@ -1040,6 +1050,10 @@ impl MirrorDriver {
                         if let Err(error) = self.started.set(run.to) {
                             warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot record that the application is started: a crash of this daemon would leave it running");
                         }
+                        // The pause set, and the capture attached for it,
+                        // before the application runs: a durable write it
+                        // makes while starting is held like any other.
+                        self.settle_held();
                     }
                     fsm::ScriptKind::StopPrim => self.stop_prim_forced = run.force,
                     _ => {}

@@ -19,9 +19,10 @@
 //! it (docs/mirror-durability.md has the figures).
 //!
 //! The capture is pinned in bpffs: when the daemon dies, its programs stay
-//! attached and keep stopping durable writers under the roots it paused
-//! (nobody acknowledges their writes, so nobody resumes them). The next
-//! daemon attaches its own capture first, then each mirror module takes its
+//! attached (if a module served) and keep stopping durable writers under
+//! the roots it paused (nobody acknowledges their writes, so nobody resumes
+//! them). The next daemon loads its own capture first, then each mirror
+//! module takes its
 //! directories over from the dead daemon's capture once the application
 //! that daemon started is stopped ([`CaptureHub::take_over`]). The writers
 //! it still held become *orphans*: they are resumed only when their module
@@ -38,14 +39,14 @@ use std::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
 use tracing::{info, trace, warn};
 
 use crate::ebpf::capture::{
-    capture_pins, signal_process, stopped, CaptureConfig, Captured, Change, Paused,
+    capture_pins, signal_process, stopped, CaptureConfig, Captured, Change, DetachedLinks, Paused,
     PreviousCapture, RootId, SyncScope, WriteCapture,
 };
 
@@ -98,35 +99,80 @@ impl Wake {
 struct Inner {
     capture: WriteCapture,
     routes: HashMap<RootId, Route>,
-    /// Captures of daemons that died, still attached, holding the roots no
-    /// module has taken over yet.
+    /// Captures of daemons that died, still pinned (and attached if their
+    /// modules served), holding the roots no module has taken over yet.
     previous: Vec<PreviousCapture>,
     /// Tasks those captures stopped and nobody acknowledged.
     orphans: Vec<Paused>,
     /// Roots whose paused writers are not released without an
     /// acknowledgement (every root, until its driver says otherwise).
     held: HashSet<RootId>,
+    /// Why the capture is not attached (or detached) as the modules need,
+    /// while that lasts.
+    attach_error: Option<String>,
+    /// The thread releasing the links of the last detach.
+    releasing: Option<std::thread::JoinHandle<()>>,
+    /// Since when no module needs the attached capture.
+    unwanted_since: Option<Instant>,
 }
+
+/// How long the capture stays attached once no module needs it.
+const DETACH_AFTER: Duration = Duration::from_secs(5);
 
 impl Inner {
     /// Attaches the capture while a module needs it (a tracker takes its
     /// records, or its durability calls pause), and detaches it otherwise:
     /// a node that serves no mirror module (a secondary, a stopped module)
-    /// then pays nothing for it on any system call. What a detached capture
-    /// would have seen was dropped anyway, for want of a route.
-    fn settle_attachment(&mut self) -> anyhow::Result<()> {
+    /// then pays nothing for it on any system call. Called on every route
+    /// change and by the routing thread every 100 ms, which retries an
+    /// attach or a detach that failed.
+    fn settle_attachment(&mut self) {
         let wanted = self.routes.values().any(|route| route.tx.is_some())
             || self.capture.roots().any(|(_, pause)| pause);
-        if wanted == self.capture.attached() {
-            return Ok(());
-        }
-        self.capture.set_attached(wanted)?;
         if wanted {
-            info!("write capture attached: a mirror module serves here");
-        } else {
-            info!("write capture detached: no mirror module serves here, so it costs this host's system calls nothing");
+            self.unwanted_since = None;
+        } else if self.capture.attached() {
+            // A node that stops serving may serve again at once (a lease
+            // regained): the links of a detach are only gone some time
+            // after it, and an attach must wait for that.
+            let since = *self.unwanted_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < DETACH_AFTER {
+                return;
+            }
         }
-        Ok(())
+        if wanted == self.capture.attached() {
+            self.attach_error = None;
+            return;
+        }
+        let result = if wanted {
+            // The kernel takes a program only once per tracepoint: the
+            // links of the last detach must be gone (up to 3 s after it).
+            if let Some(releasing) = self.releasing.take() {
+                let _ = releasing.join();
+            }
+            self.capture.set_attached(true)
+        } else {
+            let (links, result) = self.capture.detach_later();
+            self.releasing = release_detached(links);
+            result
+        };
+        match result {
+            Ok(()) if wanted => {
+                info!("write capture attached: a mirror module serves here");
+                self.attach_error = None;
+            }
+            Ok(()) => {
+                info!("write capture detached: no mirror module serves here, so it costs this host's system calls nothing");
+                self.attach_error = None;
+            }
+            Err(error) => {
+                let error = format!("{error:#}");
+                if self.attach_error.as_ref() != Some(&error) {
+                    warn!(%error, wanted, "cannot change the write capture's attachment; retrying");
+                }
+                self.attach_error = Some(error);
+            }
+        }
     }
 
     /// Whether a writer paused for `root` (`None`: every root) must wait
@@ -167,8 +213,8 @@ pub struct CaptureHub {
 }
 
 impl CaptureHub {
-    /// Loads and attaches the capture programs, pinned for node `node`, and
-    /// starts routing. `dirs` are the replicated directories of this
+    /// Loads the capture programs, pinned for node `node` (attached only
+    /// while a module needs them), and starts routing. `dirs` are the replicated directories of this
     /// daemon's mirror modules: a dead daemon's capture stops holding the
     /// others at once (nobody replicates them any more).
     pub fn start(node: &str, dirs: &[PathBuf]) -> anyhow::Result<Arc<Self>> {
@@ -181,17 +227,18 @@ impl CaptureHub {
         let own = base.join(format!("{}-{started}", std::process::id()));
         let previous = PreviousCapture::find(&base, &own);
         for capture in &previous {
-            if capture.attached() {
+            if capture.attached() || !capture.paused_tasks().is_empty() {
                 warn!(
                     pins = %capture.dir().display(),
                     roots = capture.roots().len(),
-                    "a daemon that died left its write capture attached: it holds durable writers until each mirror module has stopped the application that daemon started"
+                    attached = capture.attached(),
+                    "a daemon that died left its write capture pinned: it holds durable writers until each mirror module has stopped the application that daemon started"
                 );
             }
         }
-        // Attached at once, so that a kernel that cannot attach it says so
-        // at the start; detached below until a module serves.
-        let capture = WriteCapture::attach_with(CaptureConfig {
+        // Loaded (the verifier and the tracepoint formats checked now), and
+        // attached only while a module needs it.
+        let capture = WriteCapture::load_with(CaptureConfig {
             exclude_tgid: std::process::id(),
             pin_dir: Some(own),
             ..CaptureConfig::default()
@@ -202,6 +249,9 @@ impl CaptureHub {
             previous,
             orphans: Vec::new(),
             held: HashSet::new(),
+            attach_error: None,
+            releasing: None,
+            unwanted_since: None,
         };
         let replicated: Vec<RootId> = dirs
             .iter()
@@ -224,7 +274,6 @@ impl CaptureHub {
                 info!(pids = ?resumed, "resumed writers a dead daemon held below directories no module replicates any more");
             }
         }
-        inner.settle_attachment()?;
         let capture = &inner.capture;
         let ring = capture.ring_fd().as_raw_fd();
         let inner = Arc::new(Mutex::new(inner));
@@ -259,16 +308,15 @@ impl CaptureHub {
     /// Sends `root`'s records to `tx` (waking `wake`), or drops them (and
     /// releases paused callers) with `None`; turns the durability pause on
     /// or off for `dir`. The capture is attached while some root has a
-    /// route or a pause, detached otherwise; an error says it could not be
-    /// attached (then nothing is captured nor paused, and the next call
-    /// tries again).
+    /// route or a pause, detached otherwise ([`CaptureHub::attach_error`]
+    /// says when it cannot be).
     pub fn route(
         &self,
         root: RootId,
         dir: &Path,
         target: Option<(mpsc::Sender<Captured>, Arc<Wake>)>,
         pause: bool,
-    ) -> anyhow::Result<()> {
+    ) {
         let mut inner = self.inner.lock().expect("capture hub");
         if let Err(error) = inner.capture.add_root(dir, pause) {
             warn!(dir = %dir.display(), error = %format!("{error:#}"), "cannot change the capture's pause policy");
@@ -281,7 +329,14 @@ impl CaptureHub {
         if !pause && !inner.holds(Some(root)) {
             release_paused_under(&mut inner, root);
         }
-        inner.settle_attachment()
+        inner.settle_attachment();
+    }
+
+    /// Why the capture is not attached while a module needs it (then
+    /// nothing is captured nor paused; it is retried every 100 ms), or not
+    /// detached while none does.
+    pub fn attach_error(&self) -> Option<String> {
+        self.inner.lock().expect("capture hub").attach_error.clone()
     }
 
     /// Whether writers paused under `roots` must wait for an acknowledgement
@@ -500,6 +555,7 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
         if ready > 0 {
             forward(&mut inner);
         }
+        inner.settle_attachment();
         if let Ok(lost) = inner.capture.lost() {
             if lost > last_lost {
                 for route in inner.routes.values() {
@@ -520,6 +576,25 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Ends the attachments of links a detach took off the capture, in a
+/// thread of its own: the kernel waits for a grace period per tracepoint
+/// (1.5 to 3 s in all here), which must not hold up a module's driver nor
+/// the routing.
+fn release_detached(links: DetachedLinks) -> Option<std::thread::JoinHandle<()>> {
+    if links.is_empty() {
+        return None;
+    }
+    let started = std::time::Instant::now();
+    std::thread::Builder::new()
+        .name("halo-capture-detach".into())
+        .spawn(move || {
+            drop(links);
+            trace!(elapsed = ?started.elapsed(), "capture links released");
+        })
+        .inspect_err(|error| warn!(%error, "cannot start a thread to release the capture's links"))
+        .ok()
 }
 
 /// Routes every record the capture's ring holds to its tracker.

@@ -23,6 +23,28 @@ use nix::{
 /// whatever process has the pid, as a capture pinned by an older daemon
 /// lists it). `Ok(false)`: that process is gone.
 pub fn signal_process(pid: u32, start: u64, signal: Signal) -> nix::Result<bool> {
+    signal_process_with(pid, start, signal, pidfd_open)
+}
+
+/// `pidfd_open(2)` of `pid`.
+fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: a plain syscall; a descriptor it returns is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the descriptor was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// [`signal_process`] with `open` for `pidfd_open(2)`, so that the tests
+/// can take the path of a kernel or a seccomp profile without pidfds.
+fn signal_process_with(
+    pid: u32,
+    start: u64,
+    signal: Signal,
+    open: impl FnOnce(u32) -> Result<OwnedFd, Errno>,
+) -> nix::Result<bool> {
     let sent = |result: nix::Result<()>| match result {
         Ok(()) => Ok(true),
         Err(Errno::ESRCH) => Ok(false),
@@ -35,19 +57,16 @@ pub fn signal_process(pid: u32, start: u64, signal: Signal) -> nix::Result<bool>
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         stat_start_ticks(&stat) == Some(start_ticks(start, clock_ticks(), boottime_offset_ns()))
     };
-    // SAFETY: a plain syscall; a descriptor it returns is ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return match Errno::last() {
-            // No pidfds here (a kernel before 5.3, a seccomp profile that
-            // refuses them): checked, then by pid, as close as can be.
-            Errno::ENOSYS | Errno::EPERM if same() => sent(kill(Pid::from_raw(pid as i32), signal)),
-            Errno::ENOSYS | Errno::EPERM => Ok(false),
-            error => sent(Err(error)),
-        };
-    }
-    // SAFETY: the descriptor was just opened and nothing else owns it.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let pidfd = match open(pid) {
+        Ok(pidfd) => pidfd,
+        // No pidfds here (a kernel before 5.3, a seccomp profile that
+        // refuses them): checked, then by pid, as close as can be.
+        Err(Errno::ENOSYS | Errno::EPERM) if same() => {
+            return sent(kill(Pid::from_raw(pid as i32), signal))
+        }
+        Err(Errno::ENOSYS | Errno::EPERM) => return Ok(false),
+        Err(error) => return sent(Err(error)),
+    };
     if !same() {
         return Ok(false);
     }
@@ -167,17 +186,21 @@ mod tests {
         assert_eq!(boottime_offset("monotonic 4 0\n"), None);
     }
 
-    #[test]
-    fn a_process_is_signalled_only_while_it_is_the_one_that_started_then() {
-        /// Ends the child also when an assertion fails.
-        struct Reaped(std::process::Child);
-        impl Drop for Reaped {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
+    /// A `sleep` child, ended also when an assertion fails.
+    struct Reaped(std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
-        let mut child = Reaped(
+    }
+
+    /// Starts `sleep 30`; returns it, its pid, its start as the kernel
+    /// program records it (ns since boot, the tick's first nanosecond:
+    /// the same tick) and the ns of one tick.
+    fn sleeper() -> (Reaped, u32, u64, u64) {
+        let child = Reaped(
             std::process::Command::new("sleep")
                 .arg("30")
                 .spawn()
@@ -187,23 +210,43 @@ mod tests {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let ticks = stat_start_ticks(&stat).unwrap();
         let per_tick = 1_000_000_000 / clock_ticks();
-        // Its start in ns since boot, as the kernel program records it (the
-        // tick's first nanosecond: the same tick).
-        let start = (ticks * per_tick) as u64;
-        let start = start.saturating_add_signed(-boottime_offset_ns());
-        // Another process's start (one tick later): no signal.
-        assert_eq!(
-            signal_process(pid, start + per_tick, Signal::SIGKILL),
-            Ok(false)
-        );
+        let start = (ticks * per_tick).saturating_add_signed(-boottime_offset_ns());
+        (child, pid, start, per_tick)
+    }
+
+    /// Signals `child` through `signal`: not with another process's start
+    /// (one tick later), then killed with its own, then gone.
+    fn kills_only_the_same_process(signal: impl Fn(u32, u64, Signal) -> nix::Result<bool>) {
+        let (mut child, pid, start, per_tick) = sleeper();
+        assert_eq!(signal(pid, start + per_tick, Signal::SIGKILL), Ok(false));
         assert_eq!(child.0.try_wait().unwrap(), None, "still running");
-        assert_eq!(signal_process(pid, start, Signal::SIGKILL), Ok(true));
+        assert_eq!(signal(pid, start, Signal::SIGKILL), Ok(true));
         let status = child.0.wait().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(libc::SIGKILL)
         );
-        // Gone (reaped): nothing to signal, with or without a start.
-        assert_eq!(signal_process(pid, start, Signal::SIGCONT), Ok(false));
+        // Gone (reaped): nothing to signal.
+        assert_eq!(signal(pid, start, Signal::SIGCONT), Ok(false));
+    }
+
+    #[test]
+    fn a_process_is_signalled_only_while_it_is_the_one_that_started_then() {
+        kills_only_the_same_process(signal_process);
+    }
+
+    #[test]
+    fn without_pidfds_the_start_is_still_checked_before_a_kill_by_pid() {
+        for refused in [Errno::ENOSYS, Errno::EPERM] {
+            kills_only_the_same_process(|pid, start, signal| {
+                signal_process_with(pid, start, signal, |_| Err(refused))
+            });
+        }
+        // Any other failure of pidfd_open is the caller's to see.
+        let (_child, pid, start, _) = sleeper();
+        assert_eq!(
+            signal_process_with(pid, start, Signal::SIGCONT, |_| Err(Errno::EMFILE)),
+            Err(Errno::EMFILE)
+        );
     }
 }

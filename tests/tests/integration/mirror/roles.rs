@@ -55,7 +55,7 @@ fn a_swap_hands_the_primary_role_over_without_losing_a_write() {
     wait_module(&cluster, "n2", "PRIM", Duration::from_secs(30));
     wait_module(&cluster, "n1", "SECOND", Duration::from_secs(30));
     common::wait_capture(&lab, "n2", true, Duration::from_secs(10));
-    common::wait_capture(&lab, "n1", false, Duration::from_secs(10));
+    common::wait_capture(&lab, "n1", false, Duration::from_secs(20));
     assert_eq!(
         records(&lab, "n2", "journal"),
         (0..2000).collect::<Vec<_>>()

@@ -124,6 +124,9 @@ struct Writes {
     /// does nothing) on every tracepoint the capture hooks: what the kernel
     /// spends to run any program there, the floor of the capture's cost.
     floor_ns: Option<f64>,
+    /// Streaming MiB/s and fsync latencies with `encrypt = false` (the
+    /// stream authenticated, not encrypted), in a later start of halo.
+    plaintext: Option<(f64, Vec<Duration>)>,
     notes: Vec<String>,
 }
 
@@ -161,6 +164,7 @@ fn measure_writes(options: &Options) -> Result<Writes> {
         one_daemon_ns: 0.0,
         one_daemon_time: None,
         floor_ns: None,
+        plaintext: None,
         notes: Vec::new(),
     };
     println!("  halo off …");
@@ -201,6 +205,27 @@ fn measure_writes(options: &Options) -> Result<Writes> {
             "the empty programs' floor was not measured: {error:#}"
         )),
     }
+    println!("  halo on, encrypt = false …");
+    let mut plain = Cluster::configure(
+        &lab,
+        &["n1", "n2"],
+        1,
+        Timing::default(),
+        &format!("{}\n[module.replication]\nencrypt = false\n", mirror_toml()),
+    )?;
+    plain.start_all()?;
+    wait_module(&plain, "n1", "PRIM")?;
+    wait_module(&plain, "n2", "SECOND")?;
+    let fsync = io::fsync_latencies(&lab, "n1", &format!("{DIR}/fsync.dat"), options.fsync_ops)?;
+    let stream = io::stream(
+        &lab,
+        "n1",
+        &format!("{OUTSIDE}/source.bin"),
+        &format!("{DIR}/stream.bin"),
+        options.stream_mib,
+    )?;
+    out.plaintext = Some((stream, fsync));
+    stop_daemons(&mut plain, &mut out.notes)?;
     println!("  halo off again …");
     measure_phase(&lab, options, &mut out, 2)?;
     Ok(out)
@@ -224,7 +249,13 @@ fn writes_tables(w: &Writes, options: &Options) -> Vec<Table> {
         "fsync latency added by sync = \"fsync\" (4 KiB write + fsync)",
         &["", "p50 ms", "p99 ms", "ops"],
     );
-    for (name, sample) in [("halo off (before and after)", &off), ("halo on", on)] {
+    let plain_fsync = w.plaintext.as_ref().map(|(_, sample)| sample);
+    let rows = [
+        Some(("halo off (before and after)", &off)),
+        Some(("halo on", on)),
+        plain_fsync.map(|sample| ("halo on, encrypt = false", sample)),
+    ];
+    for (name, sample) in rows.into_iter().flatten() {
         fsync.row(vec![
             name.to_owned(),
             format!("{:.3}", percentile(sample, 50).as_secs_f64() * 1e3),
@@ -260,6 +291,12 @@ fn writes_tables(w: &Writes, options: &Options) -> Vec<Table> {
         format!("{:.2}", w.stream[1] / off_mean),
     ]);
     stream.note("target: on/off ≥ 0.9 (off = mean of before and after)");
+    if let Some((plain, _)) = &w.plaintext {
+        stream.note(format!(
+            "with encrypt = false (frames authenticated, not encrypted): {plain:.0} MiB/s, on/off {:.2}",
+            plain / off_mean
+        ));
+    }
     let mut capture = Table::new(
         format!(
             "capture cost on writes outside replicated dirs ({} × 4 KiB pwrite, no fsync)",
