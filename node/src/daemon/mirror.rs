@@ -861,9 +861,13 @@ impl MirrorDriver {
     fn route_feed(&mut self, pause: bool) {
         let Some(hub) = &self.hub else { return };
         let pause = pause || self.unacked_pause;
-        for (root, dir) in self.roots.iter().zip(&self.setup.dirs) {
-            hub.route(*root, dir, self.feed.clone(), pause);
-        }
+        // An attach may wait for the release of an earlier detach's links
+        // (up to 3 s, rarely): not on a runtime worker other tasks need.
+        tokio::task::block_in_place(|| {
+            for (root, dir) in self.roots.iter().zip(&self.setup.dirs) {
+                hub.route(*root, dir, self.feed.clone(), pause);
+            }
+        });
         self.follow_attach_error();
     }
 
@@ -1051,8 +1055,7 @@ impl MirrorDriver {
                             warn!(module = %self.module.name, error = %format!("{error:#}"), "cannot record that the application is started: a crash of this daemon would leave it running");
                         }
                         // The pause set, and the capture attached for it,
-                        // before the application runs: a durable write it
-                        // makes while starting is held like any other.
+                        // before the application runs.
                         self.settle_held();
                     }
                     fsm::ScriptKind::StopPrim => self.stop_prim_forced = run.force,

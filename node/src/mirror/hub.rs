@@ -19,7 +19,8 @@
 //! it (docs/mirror-durability.md has the figures).
 //!
 //! The capture is pinned in bpffs: when the daemon dies, its programs stay
-//! attached (if a module served) and keep stopping durable writers under
+//! attached (if a module served, or stopped less than 5 s before) and
+//! keep stopping durable writers under
 //! the roots it paused (nobody acknowledges their writes, so nobody resumes
 //! them). The next daemon loads its own capture first, then each mirror
 //! module takes its
@@ -110,10 +111,20 @@ struct Inner {
     /// Why the capture is not attached (or detached) as the modules need,
     /// while that lasts.
     attach_error: Option<String>,
-    /// The thread releasing the links of the last detach.
-    releasing: Option<std::thread::JoinHandle<()>>,
+    /// The threads releasing the links of earlier detaches.
+    releasing: Vec<std::thread::JoinHandle<()>>,
+    /// Links of a detach that no thread could be started for: the routing
+    /// thread releases them, without the lock.
+    unreleased: Vec<DetachedLinks>,
     /// Since when no module needs the attached capture.
     unwanted_since: Option<Instant>,
+}
+
+/// What [`Inner::settle_attachment`] leaves to its caller.
+enum Settled {
+    Done,
+    /// Join these releases without the hub's lock, then settle again.
+    WaitFor(Vec<std::thread::JoinHandle<()>>),
 }
 
 /// How long the capture stays attached once no module needs it.
@@ -125,35 +136,54 @@ impl Inner {
     /// a node that serves no mirror module (a secondary, a stopped module)
     /// then pays nothing for it on any system call. Called on every route
     /// change and by the routing thread every 100 ms, which retries an
-    /// attach or a detach that failed.
-    fn settle_attachment(&mut self) {
+    /// attach or a detach that failed, and detaches [`DETACH_AFTER`] the
+    /// last need.
+    ///
+    /// An attach must wait for the release of an earlier detach's links
+    /// (the kernel takes a program once per tracepoint): with `may_wait`,
+    /// the releases still running come back, for the caller to join
+    /// without the hub's lock and call again; without, the attach is left
+    /// to a later call.
+    fn settle_attachment(&mut self, may_wait: bool) -> Settled {
         let wanted = self.routes.values().any(|route| route.tx.is_some())
             || self.capture.roots().any(|(_, pause)| pause);
         if wanted {
             self.unwanted_since = None;
-        } else if self.capture.attached() {
+            if self.capture.attached() {
+                self.attach_error = None;
+                return Settled::Done;
+            }
+            self.releasing.retain(|release| !release.is_finished());
+            if !self.releasing.is_empty() {
+                return if may_wait {
+                    Settled::WaitFor(std::mem::take(&mut self.releasing))
+                } else {
+                    Settled::Done
+                };
+            }
+        } else {
+            if self.capture.detached() {
+                self.attach_error = None;
+                return Settled::Done;
+            }
             // A node that stops serving may serve again at once (a lease
-            // regained): the links of a detach are only gone some time
-            // after it, and an attach must wait for that.
+            // regained): the links of a detach are only gone a while after
+            // it, and an attach must wait for that.
             let since = *self.unwanted_since.get_or_insert_with(Instant::now);
             if since.elapsed() < DETACH_AFTER {
-                return;
+                return Settled::Done;
             }
-        }
-        if wanted == self.capture.attached() {
-            self.attach_error = None;
-            return;
         }
         let result = if wanted {
-            // The kernel takes a program only once per tracepoint: the
-            // links of the last detach must be gone (up to 3 s after it).
-            if let Some(releasing) = self.releasing.take() {
-                let _ = releasing.join();
-            }
             self.capture.set_attached(true)
         } else {
             let (links, result) = self.capture.detach_later();
-            self.releasing = release_detached(links);
+            if !links.is_empty() {
+                match release_detached(links) {
+                    Ok(release) => self.releasing.push(release),
+                    Err(links) => self.unreleased.push(links),
+                }
+            }
             result
         };
         match result {
@@ -173,6 +203,7 @@ impl Inner {
                 self.attach_error = Some(error);
             }
         }
+        Settled::Done
     }
 
     /// Whether a writer paused for `root` (`None`: every root) must wait
@@ -250,7 +281,8 @@ impl CaptureHub {
             orphans: Vec::new(),
             held: HashSet::new(),
             attach_error: None,
-            releasing: None,
+            releasing: Vec::new(),
+            unreleased: Vec::new(),
             unwanted_since: None,
         };
         let replicated: Vec<RootId> = dirs
@@ -329,7 +361,16 @@ impl CaptureHub {
         if !pause && !inner.holds(Some(root)) {
             release_paused_under(&mut inner, root);
         }
-        inner.settle_attachment();
+        // An attach that waits for a release waits here, before the caller
+        // goes on (it may be about to start the application), but without
+        // the lock: the routing and the other modules go on meanwhile.
+        while let Settled::WaitFor(releases) = inner.settle_attachment(true) {
+            drop(inner);
+            for release in releases {
+                let _ = release.join();
+            }
+            inner = self.inner.lock().expect("capture hub");
+        }
     }
 
     /// Why the capture is not attached while a module needs it (then
@@ -555,7 +596,8 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
         if ready > 0 {
             forward(&mut inner);
         }
-        inner.settle_attachment();
+        inner.settle_attachment(false);
+        let unreleased = std::mem::take(&mut inner.unreleased);
         if let Ok(lost) = inner.capture.lost() {
             if lost > last_lost {
                 for route in inner.routes.values() {
@@ -572,6 +614,7 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
             }
         }
         drop(inner);
+        drop(unreleased);
         if ready < 0 {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -581,20 +624,28 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
 /// Ends the attachments of links a detach took off the capture, in a
 /// thread of its own: the kernel waits for a grace period per tracepoint
 /// (1.5 to 3 s in all here), which must not hold up a module's driver nor
-/// the routing.
-fn release_detached(links: DetachedLinks) -> Option<std::thread::JoinHandle<()>> {
-    if links.is_empty() {
-        return None;
-    }
-    let started = std::time::Instant::now();
-    std::thread::Builder::new()
+/// the routing. The links come back if no thread can be started.
+fn release_detached(links: DetachedLinks) -> Result<std::thread::JoinHandle<()>, DetachedLinks> {
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
         .name("halo-capture-detach".into())
         .spawn(move || {
-            drop(links);
-            trace!(elapsed = ?started.elapsed(), "capture links released");
-        })
-        .inspect_err(|error| warn!(%error, "cannot start a thread to release the capture's links"))
-        .ok()
+            if let Ok(links) = rx.recv() {
+                drop::<DetachedLinks>(links);
+                trace!(elapsed = ?started.elapsed(), "capture links released");
+            }
+        });
+    match spawned {
+        Ok(release) => {
+            let _ = tx.send(links);
+            Ok(release)
+        }
+        Err(error) => {
+            warn!(%error, "cannot start a thread to release the capture's links: the routing thread releases them");
+            Err(links)
+        }
+    }
 }
 
 /// Routes every record the capture's ring holds to its tracker.

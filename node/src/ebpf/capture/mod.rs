@@ -114,8 +114,8 @@ const LINK_PIN_PREFIX: &str = "link-";
 /// roots must bump (captures pinned before it existed have none).
 const GENERATIONS_PIN: &str = "generations";
 
-/// The pinned capture of a daemon that died: if one of its modules served,
-/// its programs are still attached and still stop the writers that make
+/// The pinned capture of a daemon that died: if one of its modules served
+/// (or stopped less than 5 s before), its programs are still attached and still stop the writers that make
 /// data durable under its roots; the writers it stopped stay stopped (nobody
 /// resumes them) until the next daemon takes each root
 /// over ([`PreviousCapture::take_over`]) and then retires it.
@@ -372,9 +372,23 @@ pub struct WriteCapture {
 /// One program's attachment to one tracepoint.
 struct Link {
     held: Held,
-    /// On a `sys_exit_*` tracepoint: released after the others.
-    exit: bool,
+    hook: Hook,
+    /// The tracepoint (`sys_enter_write`, …).
+    event: String,
 }
+
+/// Which part of the capture a link belongs to; detached in this order,
+/// the reverse of the attach: a call that entered meanwhile still finds its
+/// exit, and no verdict is remembered without the renames watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Hook {
+    Enter,
+    Namespace,
+    Exit,
+}
+
+/// How many links a fully attached capture holds.
+const HOOKED: usize = SYSCALLS.len() * 2 + NAMESPACE_HOOKS.len();
 
 /// What keeps a [`Link`] attached.
 enum Held {
@@ -387,34 +401,29 @@ enum Held {
 }
 
 impl Link {
-    /// Removes its pin, so that its descriptor is its last reference: the
-    /// attachment ends when what is returned is dropped. A pin that cannot
-    /// be removed keeps the program attached: the link comes back, to be
-    /// counted and tried again.
+    /// Removes its pin (one already gone counts as removed), so that its
+    /// descriptor is its last reference: the attachment ends when what is
+    /// returned is dropped. A pin that cannot be removed keeps the program
+    /// attached: the link comes back, to be counted and tried again.
     fn detach(self) -> Result<Link, (Link, std::io::Error)> {
-        let exit = self.exit;
-        match self.held {
+        let Link { held, hook, event } = self;
+        let held = match held {
             Held::Pinned(link, path) => match std::fs::remove_file(&path) {
-                Ok(()) => Ok(Link {
-                    held: Held::Unpinned(link),
-                    exit,
-                }),
-                Err(error) => Err((
-                    Link {
-                        held: Held::Pinned(link, path),
-                        exit,
-                    },
-                    error,
-                )),
+                Ok(()) => Held::Unpinned(link),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Held::Unpinned(link),
+                Err(error) => {
+                    let held = Held::Pinned(link, path);
+                    return Err((Link { held, hook, event }, error));
+                }
             },
-            held => Ok(Link { held, exit }),
-        }
+            held => held,
+        };
+        Ok(Link { held, hook, event })
     }
 }
 
 /// Links taken off a capture by [`WriteCapture::detach_later`]: dropping
-/// them ends their attachments, the enters (and renames) first, then the
-/// exits (a call that entered meanwhile still finds its exit).
+/// them ends their attachments, enters first, then renames, then exits.
 ///
 /// The kernel waits for an RCU grace period when a tracepoint loses its
 /// last program, one tracepoint at a time: 2.8 s for the capture's 39
@@ -430,12 +439,13 @@ impl DetachedLinks {
 
 impl Drop for DetachedLinks {
     fn drop(&mut self) {
-        let (exits, others): (Vec<Link>, Vec<Link>) = std::mem::take(&mut self.0)
-            .into_iter()
-            .partition(|link| link.exit);
-        for half in [others, exits] {
+        let mut links = std::mem::take(&mut self.0);
+        for hook in [Hook::Enter, Hook::Namespace, Hook::Exit] {
+            let (these, rest): (Vec<Link>, Vec<Link>) =
+                links.into_iter().partition(|link| link.hook == hook);
+            links = rest;
             std::thread::scope(|scope| {
-                for link in half {
+                for link in these {
                     let released = std::thread::Builder::new()
                         .name("halo-capture-detach".into())
                         .spawn_scoped(scope, move || drop(link));
@@ -545,9 +555,14 @@ impl WriteCapture {
         })
     }
 
-    /// Whether the programs are attached to the syscall tracepoints.
+    /// Whether the programs are attached to every hooked tracepoint.
     pub fn attached(&self) -> bool {
-        !self.links.is_empty()
+        self.links.len() == HOOKED
+    }
+
+    /// Whether no program is attached anywhere.
+    pub fn detached(&self) -> bool {
+        self.links.is_empty()
     }
 
     /// Attaches the programs to the syscall tracepoints, or detaches them.
@@ -556,48 +571,54 @@ impl WriteCapture {
     /// syncs, renames) a few hundred nanoseconds, and every other system
     /// call the kernel's slower path for traced tasks; detached, nothing,
     /// and nothing is reported or paused. Verdicts remembered before a
-    /// detach do not outlive it: renames while detached go unseen. A
-    /// failed attach leaves the capture detached.
+    /// detach do not outlive it: renames while detached go unseen. An
+    /// attach that fails part way keeps what it attached, and the next one
+    /// attaches the rest. A detach here waits for the kernel (see
+    /// [`WriteCapture::detach_later`]).
     pub fn set_attached(&mut self, on: bool) -> anyhow::Result<()> {
-        if on == self.attached() {
-            return Ok(());
+        if on {
+            if self.attached() {
+                return Ok(());
+            }
+            return self.attach_links();
         }
-        if !on {
-            let (links, result) = self.detach_later();
-            drop(links);
-            return result;
-        }
-        let result = self.attach_links();
-        if result.is_err() {
-            let (links, detached) = self.detach_later();
-            drop(links);
-            detached?;
-        }
+        let (links, result) = self.detach_later();
+        drop(links);
         result
     }
 
-    /// Takes every link off the capture, enters first and exits last (a
-    /// call that entered meanwhile still finds its exit), and removes their
-    /// pins; the capture counts as detached at once. The attachments end
-    /// when the links returned are dropped, which waits for the kernel:
-    /// a tracepoint left without any program waits for an RCU grace
-    /// period, tens of milliseconds each here, so a thread that must stay
-    /// responsive drops them elsewhere. A pin that cannot be removed stops
-    /// the detach there: its link and those before it stay (the capture
-    /// then still counts as attached).
+    /// Takes the links off the capture, enters first, then renames, then
+    /// exits, and removes their pins: the capture counts as detached at
+    /// once. The attachments end when the links returned are dropped,
+    /// which waits for the kernel (a grace period per tracepoint), so a
+    /// thread that must stay responsive drops them elsewhere. A pin that
+    /// cannot be removed keeps its link, and every link of a later part:
+    /// no enter is left without its exit.
     pub fn detach_later(&mut self) -> (DetachedLinks, anyhow::Result<()>) {
+        let mut links = std::mem::take(&mut self.links);
+        links.sort_by_key(|link| link.hook);
         let mut taken = Vec::new();
-        while let Some(link) = self.links.pop() {
+        let mut failed: Option<(Hook, std::io::Error)> = None;
+        for link in links {
+            if failed.as_ref().is_some_and(|(hook, _)| link.hook > *hook) {
+                self.links.push(link);
+                continue;
+            }
             match link.detach() {
                 Ok(link) => taken.push(link),
                 Err((link, error)) => {
+                    failed.get_or_insert((link.hook, error));
                     self.links.push(link);
-                    let error = anyhow::Error::from(error).context("removing a capture link's pin");
-                    return (DetachedLinks(taken), Err(error));
                 }
             }
         }
-        (DetachedLinks(taken), Ok(()))
+        let result = match failed {
+            None => Ok(()),
+            Some((_, error)) => {
+                Err(anyhow::Error::from(error).context("removing a capture link's pin"))
+            }
+        };
+        (DetachedLinks(taken), result)
     }
 
     fn attach_links(&mut self) -> anyhow::Result<()> {
@@ -608,26 +629,28 @@ impl WriteCapture {
         // Exits first: an enter without its exit would leave a stale entry
         // per call until the LRU evicts it. Then the renames: a verdict
         // remembered before they are attached could outlive a rename.
-        let exits = SYSCALLS
-            .iter()
-            .map(|(syscall, _)| (EXIT_PROGRAM, format!("sys_exit_{syscall}")));
-        let namespace = NAMESPACE_HOOKS
-            .iter()
-            .map(|(event, program)| (*program, (*event).to_owned()));
-        for (name, event) in exits.chain(namespace) {
-            self.attach_link(name, &event)?;
+        for (syscall, _) in SYSCALLS {
+            self.attach_link(EXIT_PROGRAM, &format!("sys_exit_{syscall}"), Hook::Exit)?;
+        }
+        for (event, program) in NAMESPACE_HOOKS {
+            self.attach_link(program, event, Hook::Namespace)?;
         }
         // Verdicts remembered before (under earlier roots, or before a
         // detach that hid renames) are stale for the walks from here on.
         bump_generation(&mut self.generations, GENERATION_ROOTS)
             .context("updating CAPTURE_GENERATIONS")?;
         for (syscall, program) in SYSCALLS {
-            self.attach_link(program, &format!("sys_enter_{syscall}"))?;
+            self.attach_link(program, &format!("sys_enter_{syscall}"), Hook::Enter)?;
         }
         Ok(())
     }
 
-    fn attach_link(&mut self, name: &str, event: &str) -> anyhow::Result<()> {
+    /// Attaches `name` to `event`, unless an earlier attach that failed
+    /// part way did.
+    fn attach_link(&mut self, name: &str, event: &str, hook: Hook) -> anyhow::Result<()> {
+        if self.links.iter().any(|link| link.event == event) {
+            return Ok(());
+        }
         let program = tracepoint(&mut self.ebpf, name)?;
         let link = program.attach("syscalls", event).with_context(|| {
             format!("attaching {name} to syscalls:{event} (is tracefs mounted?)")
@@ -646,7 +669,8 @@ impl WriteCapture {
         };
         self.links.push(Link {
             held,
-            exit: event.starts_with("sys_exit_") && name == EXIT_PROGRAM,
+            hook,
+            event: event.to_owned(),
         });
         Ok(())
     }
@@ -934,6 +958,10 @@ impl WriteCapture {
 
 impl Drop for WriteCapture {
     fn drop(&mut self) {
+        // Detached first (in parallel: see DetachedLinks), so that nothing
+        // is paused after the resume below.
+        let (links, _) = self.detach_later();
+        drop(links);
         // Nobody would ever resume them once the maps are gone.
         if let Err(error) = self.resume_all() {
             tracing::warn!(error = %format!("{error:#}"), "could not resume paused writers");

@@ -17,4 +17,5 @@ mod primary_crash_churn;
 mod rename_resync;
 mod replicate;
 mod roles;
+mod start_fsync;
 mod swap_writer;
