@@ -116,15 +116,19 @@ struct Inner {
     /// Links of a detach that no thread could be started for: the routing
     /// thread releases them, without the lock.
     unreleased: Vec<DetachedLinks>,
+    /// The routing thread is releasing such links.
+    releasing_inline: bool,
     /// Since when no module needs the attached capture.
     unwanted_since: Option<Instant>,
 }
 
 /// What [`Inner::settle_attachment`] leaves to its caller.
+#[derive(PartialEq, Eq)]
 enum Settled {
     Done,
-    /// Join these releases without the hub's lock, then settle again.
-    WaitFor(Vec<std::thread::JoinHandle<()>>),
+    /// A release is still running: wait a little without the hub's lock,
+    /// then settle again.
+    Wait,
 }
 
 /// How long the capture stays attached once no module needs it.
@@ -141,9 +145,8 @@ impl Inner {
     ///
     /// An attach must wait for the release of an earlier detach's links
     /// (the kernel takes a program once per tracepoint): with `may_wait`,
-    /// the releases still running come back, for the caller to join
-    /// without the hub's lock and call again; without, the attach is left
-    /// to a later call.
+    /// the caller is told to wait without the hub's lock and call again;
+    /// without, the attach is left to a later call.
     fn settle_attachment(&mut self, may_wait: bool) -> Settled {
         let wanted = self.routes.values().any(|route| route.tx.is_some())
             || self.capture.roots().any(|(_, pause)| pause);
@@ -154,9 +157,9 @@ impl Inner {
                 return Settled::Done;
             }
             self.releasing.retain(|release| !release.is_finished());
-            if !self.releasing.is_empty() {
+            if !self.releasing.is_empty() || !self.unreleased.is_empty() || self.releasing_inline {
                 return if may_wait {
-                    Settled::WaitFor(std::mem::take(&mut self.releasing))
+                    Settled::Wait
                 } else {
                     Settled::Done
                 };
@@ -283,6 +286,7 @@ impl CaptureHub {
             attach_error: None,
             releasing: Vec::new(),
             unreleased: Vec::new(),
+            releasing_inline: false,
             unwanted_since: None,
         };
         let replicated: Vec<RootId> = dirs
@@ -364,11 +368,9 @@ impl CaptureHub {
         // An attach that waits for a release waits here, before the caller
         // goes on (it may be about to start the application), but without
         // the lock: the routing and the other modules go on meanwhile.
-        while let Settled::WaitFor(releases) = inner.settle_attachment(true) {
+        while inner.settle_attachment(true) == Settled::Wait {
             drop(inner);
-            for release in releases {
-                let _ = release.join();
-            }
+            std::thread::sleep(Duration::from_millis(10));
             inner = self.inner.lock().expect("capture hub");
         }
     }
@@ -582,7 +584,7 @@ impl Drop for CaptureHub {
     }
 }
 
-fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
+fn route(hub: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
     let mut last_lost = 0;
     while !stop.load(Ordering::Relaxed) {
         let mut poll = [libc::pollfd {
@@ -592,12 +594,13 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
         }];
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(poll.as_mut_ptr(), 1, 100) };
-        let mut inner = inner.lock().expect("capture hub");
+        let mut inner = hub.lock().expect("capture hub");
         if ready > 0 {
             forward(&mut inner);
         }
         inner.settle_attachment(false);
         let unreleased = std::mem::take(&mut inner.unreleased);
+        inner.releasing_inline = !unreleased.is_empty();
         if let Ok(lost) = inner.capture.lost() {
             if lost > last_lost {
                 for route in inner.routes.values() {
@@ -614,7 +617,10 @@ fn route(inner: &Mutex<Inner>, ring: RawFd, stop: &AtomicBool) {
             }
         }
         drop(inner);
-        drop(unreleased);
+        if !unreleased.is_empty() {
+            drop(unreleased);
+            hub.lock().expect("capture hub").releasing_inline = false;
+        }
         if ready < 0 {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -637,10 +643,10 @@ fn release_detached(links: DetachedLinks) -> Result<std::thread::JoinHandle<()>,
             }
         });
     match spawned {
-        Ok(release) => {
-            let _ = tx.send(links);
-            Ok(release)
-        }
+        Ok(release) => match tx.send(links) {
+            Ok(()) => Ok(release),
+            Err(mpsc::SendError(links)) => Err(links),
+        },
         Err(error) => {
             warn!(%error, "cannot start a thread to release the capture's links: the routing thread releases them");
             Err(links)

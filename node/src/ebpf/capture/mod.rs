@@ -623,9 +623,13 @@ impl WriteCapture {
 
     fn attach_links(&mut self) -> anyhow::Result<()> {
         // Calls that entered under an earlier attachment and whose exit was
-        // missed left records a new exit must not take for its own.
-        bump_generation(&mut self.generations, GENERATION_ATTACH)
-            .context("updating CAPTURE_GENERATIONS")?;
+        // missed left records a new exit must not take for its own. Not
+        // while enters of a partial attach still run: their calls' records
+        // are good.
+        if !self.links.iter().any(|link| link.hook == Hook::Enter) {
+            bump_generation(&mut self.generations, GENERATION_ATTACH)
+                .context("updating CAPTURE_GENERATIONS")?;
+        }
         // Exits first: an enter without its exit would leave a stale entry
         // per call until the LRU evicts it. Then the renames: a verdict
         // remembered before they are attached could outlive a rename.
@@ -962,13 +966,15 @@ impl Drop for WriteCapture {
         // is paused after the resume below.
         let (links, _) = self.detach_later();
         drop(links);
+        // A clean end: nothing is left to hold once the daemon is gone (a
+        // link whose pin could not be removed above goes with it).
+        if let Some(dir) = &self.pinned {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        drop(std::mem::take(&mut self.links));
         // Nobody would ever resume them once the maps are gone.
         if let Err(error) = self.resume_all() {
             tracing::warn!(error = %format!("{error:#}"), "could not resume paused writers");
-        }
-        // A clean end: nothing is left to hold once the daemon is gone.
-        if let Some(dir) = &self.pinned {
-            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
