@@ -231,6 +231,14 @@ fn measure_writes(options: &Options) -> Result<Writes> {
     Ok(out)
 }
 
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
 fn percentile(sample: &[Duration], percent: usize) -> Duration {
     let mut sorted = sample.to_vec();
     sorted.sort();
@@ -271,10 +279,11 @@ fn writes_tables(w: &Writes, options: &Options) -> Vec<Table> {
         String::new(),
     ]);
     fsync.note(format!(
-        "lab RTT n1→n2 {:.3} ms (ping mean); target: added ≤ RTT + 0.5 ms = {:.3} ms; p50 {}",
+        "lab RTT n1→n2 {:.3} ms (ping mean); target: added ≤ RTT + 0.5 ms = {:.3} ms; p50 {}, p99 {}",
         w.rtt.as_secs_f64() * 1e3,
         target.as_secs_f64() * 1e3,
-        if added(50) <= target { "met" } else { "missed" }
+        verdict(added(50) <= target),
+        verdict(added(99) <= target),
     ));
     let mut stream = Table::new(
         format!(
