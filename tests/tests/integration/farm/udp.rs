@@ -535,16 +535,21 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
         );
         // The new owner of a bucket takes n1's flows once n1 reports no
         // draining, unless an earlier owner of that bucket still drains
-        // (README: it cannot tell n1's flows from that owner's).
+        // (README: it cannot tell n1's flows from that owner's), which
+        // ends at the latest drain_timeout after that owner's handover.
         let mut moved = 0;
-        let waited = lab::wait_until(Duration::from_secs(5), "n1's flows moved", || {
-            let now = snapshot(&ctl, &cluster);
-            moved = long(&now)
-                .iter()
-                .filter(|f| on_n1.contains(&f.port) && f.nodes.len() == 2)
-                .count();
-            Ok(moved == on_n1.len())
-        });
+        let waited = lab::wait_until(
+            DRAIN_TIMEOUT + Duration::from_secs(5),
+            "n1's flows moved",
+            || {
+                let now = snapshot(&ctl, &cluster);
+                moved = long(&now)
+                    .iter()
+                    .filter(|f| on_n1.contains(&f.port) && f.nodes.len() == 2)
+                    .count();
+                Ok(moved == on_n1.len())
+            },
+        );
         eprintln!(
             "n1 at power 0: gave its {} long flows up {} ms after the reload; {moved} moved to \
              another node{}",
