@@ -387,8 +387,25 @@ enum Hook {
     Exit,
 }
 
-/// How many links a fully attached capture holds.
+/// How many links a fully attached capture holds: one per [`hooks`].
 const HOOKED: usize = SYSCALLS.len() * 2 + NAMESPACE_HOOKS.len();
+
+/// Every tracepoint the capture hooks, with its program, in attach order:
+/// exits first (an enter without its exit would leave a stale entry per
+/// call until the LRU evicts it), then the renames (a verdict remembered
+/// before they are attached could outlive a rename), then the enters.
+fn hooks() -> Vec<(&'static str, String, Hook)> {
+    let exits = SYSCALLS
+        .iter()
+        .map(|(syscall, _)| (EXIT_PROGRAM, format!("sys_exit_{syscall}"), Hook::Exit));
+    let renames = NAMESPACE_HOOKS
+        .iter()
+        .map(|(event, program)| (*program, (*event).to_owned(), Hook::Namespace));
+    let enters = SYSCALLS
+        .iter()
+        .map(|(syscall, program)| (*program, format!("sys_enter_{syscall}"), Hook::Enter));
+    exits.chain(renames).chain(enters).collect()
+}
 
 /// What keeps a [`Link`] attached.
 enum Held {
@@ -630,21 +647,17 @@ impl WriteCapture {
             bump_generation(&mut self.generations, GENERATION_ATTACH)
                 .context("updating CAPTURE_GENERATIONS")?;
         }
-        // Exits first: an enter without its exit would leave a stale entry
-        // per call until the LRU evicts it. Then the renames: a verdict
-        // remembered before they are attached could outlive a rename.
-        for (syscall, _) in SYSCALLS {
-            self.attach_link(EXIT_PROGRAM, &format!("sys_exit_{syscall}"), Hook::Exit)?;
-        }
-        for (event, program) in NAMESPACE_HOOKS {
-            self.attach_link(program, event, Hook::Namespace)?;
-        }
-        // Verdicts remembered before (under earlier roots, or before a
-        // detach that hid renames) are stale for the walks from here on.
-        bump_generation(&mut self.generations, GENERATION_ROOTS)
-            .context("updating CAPTURE_GENERATIONS")?;
-        for (syscall, program) in SYSCALLS {
-            self.attach_link(program, &format!("sys_enter_{syscall}"), Hook::Enter)?;
+        let mut roots_bumped = false;
+        for (program, event, hook) in hooks() {
+            if hook == Hook::Enter && !roots_bumped {
+                // Verdicts remembered before (under earlier roots, or before
+                // a detach that hid renames) are stale for the walks from
+                // here on.
+                bump_generation(&mut self.generations, GENERATION_ROOTS)
+                    .context("updating CAPTURE_GENERATIONS")?;
+                roots_bumped = true;
+            }
+            self.attach_link(program, &event, hook)?;
         }
         Ok(())
     }
@@ -997,17 +1010,8 @@ impl NoopCapture {
             .context("loading the write-capture object")?;
         let program = tracepoint(&mut ebpf, "capture_noop")?;
         program.load().context("the kernel refused capture_noop")?;
-        let events = SYSCALLS
-            .iter()
-            .flat_map(|(syscall, _)| {
-                [
-                    format!("sys_enter_{syscall}"),
-                    format!("sys_exit_{syscall}"),
-                ]
-            })
-            .chain(NAMESPACE_HOOKS.iter().map(|(event, _)| (*event).to_owned()));
         let mut links = Vec::new();
-        for event in events {
+        for (_, event, _) in hooks() {
             let link = program
                 .attach("syscalls", &event)
                 .with_context(|| format!("attaching capture_noop to syscalls:{event}"))?;
@@ -1086,6 +1090,20 @@ fn root_counts(roots: &BTreeMap<RootId, bool>) -> (StdHashMap<u32, RootCount>, R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_hook_is_one_tracepoint_in_attach_order() {
+        let hooks = hooks();
+        assert_eq!(hooks.len(), HOOKED);
+        let mut events: Vec<&str> = hooks.iter().map(|(_, event, _)| event.as_str()).collect();
+        events.sort_unstable();
+        events.dedup();
+        assert_eq!(events.len(), HOOKED, "no tracepoint twice");
+        let order: Vec<Hook> = hooks.iter().map(|(_, _, hook)| *hook).collect();
+        let mut sorted = order.clone();
+        sorted.sort_by_key(|hook| std::cmp::Reverse(*hook));
+        assert_eq!(order, sorted, "exits, then renames, then enters");
+    }
 
     #[test]
     fn root_counts_are_per_kernel_device_and_in_total() {
