@@ -8,6 +8,8 @@
 //! - [`journal`]: the dirty ranges a serving node keeps on disk while its
 //!   peer is away, so that its return sends only them.
 //! - [`apply`]: the secondary applying messages beneath its directories.
+//! - [`fanout`]: the files of a resynchronisation applied on several
+//!   threads.
 //! - [`watch`]: inotify over the primary's directories (namespace changes,
 //!   and the safety net for writes the capture cannot see).
 //! - [`hub`]: the daemon's one write capture, routed to each module's
@@ -20,6 +22,7 @@
 
 pub mod apply;
 pub mod channel;
+pub mod fanout;
 pub mod hub;
 pub mod journal;
 pub mod path;

@@ -52,6 +52,7 @@ use crate::ebpf::capture::{Captured, Change as CaptureChange};
 use super::{
     apply::{Applier, Reply},
     channel::{handshake, ChannelError, Hello, MessageReader, MessageWriter, Role, SessionKey},
+    fanout::{ApplyPool, Routed},
     hub::{CaptureHub, Wake},
     journal::{Dirt, Journal},
     path::RelPath,
@@ -2419,6 +2420,7 @@ impl SecondarySession {
         );
         let module = setup.module.clone();
         let shutdown = stream.try_clone()?;
+        applier.lock().expect("applier").new_session();
         // Two stages: one thread reads, opens and decodes frames, the other
         // applies them, in order, and answers. A first copy then decrypts
         // the next frames while the file system takes the last ones.
@@ -2441,11 +2443,25 @@ impl SecondarySession {
         let thread = std::thread::Builder::new()
             .name(format!("halo-recv-{module}"))
             .spawn(move || {
+                // The files of a resynchronisation go to workers; every
+                // other message waits for them, then is applied here.
+                let mut pool = ApplyPool::new(&module);
                 let reason = loop {
                     let message = match to_apply.recv() {
                         Ok(Ok(m)) => m,
                         Ok(Err(reason)) => break reason,
                         Err(_) => break "the session's reader ended".to_owned(),
+                    };
+                    let message = match pool.route(message, &applier) {
+                        Routed::Taken => continue,
+                        Routed::Apply(message) => message,
+                        Routed::Failed(reason) => {
+                            warn!(module = %module, %reason, "refusing a replicated change");
+                            let _ = writer.send(&Message::Refused {
+                                reason: reason.clone(),
+                            });
+                            break reason;
+                        }
                     };
                     let shown = describe(&message);
                     let result = applier.lock().expect("applier").apply(message);
@@ -2480,6 +2496,9 @@ impl SecondarySession {
                         }
                     }
                 };
+                // What the workers hold was received: applied before the
+                // session ends.
+                drop(pool);
                 // Shut down, the socket ends the reader's read; gone, this
                 // end of the channel ends its wait for room.
                 let _ = shutdown.shutdown(Shutdown::Both);
@@ -2504,7 +2523,7 @@ impl Drop for SecondarySession {
 }
 
 /// A short description of a message for logs (never its data).
-fn describe(message: &Message) -> String {
+pub(crate) fn describe(message: &Message) -> String {
     match message {
         Message::Write { path, offset, data } => {
             format!("write {path} at {offset} ({} bytes)", data.len())
