@@ -43,6 +43,12 @@ const OPEN_FILES: usize = 64;
 /// handed to the write-back thread.
 const WRITEBACK_EVERY: u64 = 32 << 20;
 
+/// Files handed over at once at most, each a descriptor of its own until
+/// the thread is done with it: with one batch gathering, one queued and
+/// one in the thread, an applier holds at most 3 × 8 more descriptors
+/// however small the files are.
+const WRITEBACK_FILES: usize = 8;
+
 /// Applies messages beneath a module's replicated directories.
 pub struct Applier {
     roots: Vec<OwnedFd>,
@@ -71,7 +77,7 @@ struct Writeback {
     /// The files written since, and their names (one handle each).
     files: Vec<File>,
     names: HashSet<RelPath>,
-    thread: Option<mpsc::Sender<Vec<File>>>,
+    thread: Option<mpsc::SyncSender<Vec<File>>>,
 }
 
 impl Writeback {
@@ -84,7 +90,7 @@ impl Writeback {
             }
         }
         self.written += bytes;
-        if self.written >= WRITEBACK_EVERY {
+        if self.written >= WRITEBACK_EVERY || self.files.len() >= WRITEBACK_FILES {
             self.hand_over();
         }
     }
@@ -97,7 +103,7 @@ impl Writeback {
             return;
         }
         if self.thread.is_none() {
-            let (tx, rx) = mpsc::channel::<Vec<File>>();
+            let (tx, rx) = mpsc::sync_channel::<Vec<File>>(1);
             // Without the thread, the final `syncfs` writes it all, as
             // the kernel would: slower, not less safe.
             let started = std::thread::Builder::new()
@@ -123,8 +129,10 @@ impl Writeback {
             }
             self.thread = Some(tx);
         }
+        // The thread still busy with the batches before (a slow disk):
+        // these files are left to the final `syncfs`, not queued.
         if let Some(thread) = &self.thread {
-            let _ = thread.send(files);
+            let _ = thread.try_send(files);
         }
     }
 
@@ -840,6 +848,25 @@ mod tests {
             })
             .unwrap();
         assert_eq!(std::fs::read(dirs.root().join("f")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn a_resynchronisation_of_many_small_files_holds_few_descriptors_for_write_back() {
+        let dirs = Dirs::new("writeback");
+        let mut applier = Applier::open(&[&dirs.root()]).unwrap();
+        applier.apply(Message::ResyncBegin { full: true }).unwrap();
+        for f in 0..100 {
+            applier.apply(write(&format!("f{f}"), b"small")).unwrap();
+            assert!(applier.writeback.files.len() < WRITEBACK_FILES);
+        }
+        // Batches went to the thread, which started their write-back.
+        assert!(applier.writeback.thread.is_some());
+        applier.apply(Message::ResyncEnd { generation: 1 }).unwrap();
+        assert!(applier.writeback.files.is_empty());
+        // Live writes start nothing.
+        applier.apply(write("live", b"x")).unwrap();
+        assert!(applier.writeback.files.is_empty());
+        assert_eq!(std::fs::read(dirs.root().join("f99")).unwrap(), b"small");
     }
 
     #[test]

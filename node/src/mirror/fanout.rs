@@ -16,10 +16,20 @@
 //! On a first copy the secondary's work is creating files and copying
 //! their bytes into its page cache, which one thread did for the whole
 //! stream: the workers spread it over the secondary's cores.
+//!
+//! Two runs of different paths can still reach one file or directory
+//! here in cases that were already wrong in order: two names this node
+//! holds as one file (linked) that the primary holds as two files, or a
+//! directory replaced by a file without a removal between (lost events).
+//! The first interleaves the two files' writes instead of applying them
+//! one after the other; the second fails (`ENOTDIR`, `ENOTEMPTY`), which
+//! refuses the stream. The next resynchronisation compares and repairs
+//! both, as it did before.
 
 use std::{
     collections::HashMap,
     io,
+    panic::AssertUnwindSafe,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, Condvar, Mutex,
@@ -66,6 +76,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records the first failure.
+    fn fail(&self, reason: String) {
+        let mut first = self.reason.lock().expect("pool reason");
+        if first.is_none() {
+            *first = Some(reason);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
     fn done(&self) {
         let mut outstanding = self.outstanding.lock().expect("pool count");
         *outstanding -= 1;
@@ -218,18 +237,17 @@ impl ApplyPool {
         *self.shared.outstanding.lock().expect("pool count") += 1;
         *self.workers[worker].queued.lock().expect("worker count") += 1;
         let tx = self.workers[worker].tx.as_ref().expect("a running worker");
-        match tx.send(message) {
-            Ok(()) => Offered::Taken,
-            // The worker is gone (it panicked): in order, after the others.
-            Err(mpsc::SendError(message)) => {
-                *self.workers[worker].queued.lock().expect("worker count") -= 1;
-                self.shared.done();
-                self.disabled = true;
-                self.run = None;
-                self.fence();
-                Offered::Back(message)
-            }
+        if let Err(mpsc::SendError(message)) = tx.send(message) {
+            // The worker's thread is gone, which only its end of the
+            // channel dropped could do: refused, like a change it failed.
+            *self.workers[worker].queued.lock().expect("worker count") -= 1;
+            self.shared.done();
+            self.shared.fail(format!(
+                "{}: the thread applying it ended",
+                super::session::describe(&message)
+            ));
         }
+        Offered::Taken
     }
 
     fn start(&mut self, applier: &Applier) -> io::Result<()> {
@@ -247,18 +265,19 @@ impl ApplyPool {
                         let run_ends = matches!(message, Message::SetMeta { .. });
                         if !shared.failed.load(Ordering::Acquire) {
                             let shown = super::session::describe(&message);
-                            match own.apply(message) {
+                            // A panic is that change's failure: the worker
+                            // goes on counting what it is handed, so that
+                            // no fence waits for ever.
+                            let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                own.apply(message)
+                            }))
+                            .unwrap_or_else(|_| Err(io::Error::other("applying it panicked")));
+                            match applied {
                                 Ok(_) => {}
                                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                                     debug!(module = %module, change = %shown, error = %e, "skipped");
                                 }
-                                Err(e) => {
-                                    let mut reason = shared.reason.lock().expect("pool reason");
-                                    if reason.is_none() {
-                                        *reason = Some(format!("{shown}: {e}"));
-                                    }
-                                    shared.failed.store(true, Ordering::Release);
-                                }
+                                Err(e) => shared.fail(format!("{shown}: {e}")),
                             }
                         }
                         if run_ends {
