@@ -162,6 +162,11 @@ pub struct FileKey {
 /// until user space resumes it (`sync = "fsync"`).
 pub const ROOT_SYNC_PAUSE: u32 = 1;
 
+/// The name (NUL-ended, as `comm`) a halo daemon gives the thread that
+/// makes a secondary's copy durable, for the time of its `syncfs`: no
+/// capture pauses a sync of a thread so named (docs/mirror-durability.md).
+pub const DAEMON_SYNC_COMM: [u8; 12] = *b"halo-syncfs\0";
+
 /// The value of the roots map (`CAPTURE_ROOTS`, keyed by [`FileKey`]).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 #[repr(C)]

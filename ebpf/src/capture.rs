@@ -43,9 +43,9 @@ use halo_common::capture::{
     open_flags::{AT_REMOVEDIR, MS_SYNC, O_APPEND, O_DSYNC, RWF_APPEND, RWF_DSYNC, RWF_SYNC},
     tracepoint_layout::{arg, EXIT_RET},
     CaptureEvent, CaptureOffsets, CaptureSettings, FileKey, PathEvent, PausedTask, RootCount,
-    RootPolicy, WriteKind, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_PAUSE_REFUSED, EVENT_SYNC,
-    EVENT_UNRESOLVED, GENERATIONS, GENERATION_ATTACH, GENERATION_NAMESPACE, GENERATION_ROOTS,
-    MAX_DEPTH, PATH_BYTES, ROOT_SYNC_PAUSE,
+    RootPolicy, WriteKind, DAEMON_SYNC_COMM, EVENT_ALL_ROOTS, EVENT_PAUSED, EVENT_PAUSE_REFUSED,
+    EVENT_SYNC, EVENT_UNRESOLVED, GENERATIONS, GENERATION_ATTACH, GENERATION_NAMESPACE,
+    GENERATION_ROOTS, MAX_DEPTH, PATH_BYTES, ROOT_SYNC_PAUSE,
 };
 
 /// Struct member offsets, filled in by user space from BTF before loading.
@@ -1202,6 +1202,26 @@ fn process_start() -> u64 {
     read().unwrap_or(0)
 }
 
+/// Whether the caller is a halo daemon's own `syncfs`, which no capture
+/// stops: one stopped would stop that daemon (a secondary's, by the
+/// primary's capture where nodes share a kernel, or anywhere by the
+/// capture its crashed predecessor left attached), and with it the
+/// acknowledgement that would release it. An application that names a
+/// thread so gives up its own syncs' wait for the peer, nothing else.
+#[inline(always)]
+fn is_daemon_sync() -> bool {
+    let Ok(comm) = aya_ebpf::helpers::bpf_get_current_comm() else {
+        return false;
+    };
+    // Byte by byte: no `memcmp` in a BPF program.
+    for i in 0..DAEMON_SYNC_COMM.len() {
+        if comm[i] != DAEMON_SYNC_COMM[i] {
+            return false;
+        }
+    }
+    true
+}
+
 /// Reports a sync, first stopping the caller if its root asks for it.
 ///
 /// The order matters: the task is listed in `CAPTURE_PAUSED` before the
@@ -1211,7 +1231,7 @@ fn process_start() -> u64 {
 /// ring dropped is still listed.
 #[inline(always)]
 fn sync_record(mut event: CaptureEvent, pause: bool) {
-    if pause {
+    if pause && !is_daemon_sync() {
         let task = PausedTask {
             seq: event.seq,
             root: event.root,

@@ -13,7 +13,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    ffi::CString,
+    ffi::{CStr, CString},
     fs::File,
     io,
     os::{
@@ -466,9 +466,7 @@ impl Applier {
         }
         self.open.clear();
         for root in &self.roots {
-            // SAFETY: syncfs on an open descriptor.
-            let fd = root.as_raw_fd();
-            let _ = unsafe { libc::syncfs(fd) };
+            sync_file_system(root)?;
         }
         Ok(())
     }
@@ -568,6 +566,54 @@ impl Applier {
         check(unsafe {
             libc::utimensat(dirfd.as_raw_fd(), name.as_ptr(), times.as_ptr(), at_flags)
         })
+    }
+}
+
+/// Writes back the file system of `root`, an `O_PATH` descriptor, which
+/// `syncfs` refuses (EBADF): it takes the directory itself, opened through
+/// it. Until the seventeenth session that error went unseen, and the end
+/// of a resynchronisation wrote nothing back.
+fn sync_file_system(root: &OwnedFd) -> io::Result<()> {
+    let dir = openat2(
+        root.as_raw_fd(),
+        ".",
+        OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(resolve_flags()),
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    // Under the name every write capture lets through (a daemon's sync
+    // stopped by one would stop the daemon, docs/mirror-durability.md).
+    let _named = ThreadName::set(
+        CStr::from_bytes_with_nul(&halo_common::capture::DAEMON_SYNC_COMM)
+            .map_err(io::Error::other)?,
+    );
+    // SAFETY: syncfs on an open, readable descriptor.
+    check(unsafe { libc::syncfs(dir.as_raw_fd()) })
+}
+
+/// The calling thread's name, set for a while and given back on drop.
+struct ThreadName([u8; 16]);
+
+impl ThreadName {
+    fn set(name: &CStr) -> Self {
+        let mut old = [0u8; 16];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes; PR_SET_NAME reads a
+        // NUL-ended string (cut to 15 bytes by the kernel).
+        unsafe {
+            libc::prctl(libc::PR_GET_NAME, old.as_mut_ptr());
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        }
+        ThreadName(old)
+    }
+}
+
+impl Drop for ThreadName {
+    fn drop(&mut self) {
+        // SAFETY: the 16 bytes PR_GET_NAME gave, NUL-ended by the kernel.
+        unsafe { libc::prctl(libc::PR_SET_NAME, self.0.as_ptr()) };
     }
 }
 
@@ -848,6 +894,29 @@ mod tests {
             })
             .unwrap();
         assert_eq!(std::fs::read(dirs.root().join("f")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn the_end_of_a_resynchronisation_syncs_the_file_system_of_its_o_path_roots() {
+        let dirs = Dirs::new("syncfs");
+        let applier = Applier::open(&[&dirs.root()]).unwrap();
+        let root = &applier.roots[0];
+        // The kernel refuses `syncfs` on the root's own descriptor: the
+        // end of every resynchronisation did that, unchecked, until the
+        // seventeenth session.
+        // SAFETY: syncfs on an open descriptor.
+        let rc = unsafe { libc::syncfs(root.as_raw_fd()) };
+        assert_eq!(
+            (rc, io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EBADF))
+        );
+        sync_file_system(root).unwrap();
+        let mut applier = applier;
+        applier.apply(write("f", b"durable")).unwrap();
+        assert_eq!(
+            applier.apply(Message::ResyncEnd { generation: 4 }).unwrap(),
+            Reply::Send(Message::ResyncDone { generation: 4 })
+        );
     }
 
     #[test]

@@ -18,13 +18,14 @@
 //! stream: the workers spread it over the secondary's cores.
 //!
 //! Two runs of different paths can still reach one file or directory
-//! here in cases that were already wrong in order: two names this node
-//! holds as one file (linked) that the primary holds as two files, or a
-//! directory replaced by a file without a removal between (lost events).
-//! The first interleaves the two files' writes instead of applying them
-//! one after the other; the second fails (`ENOTDIR`, `ENOTEMPTY`), which
-//! refuses the stream. The next resynchronisation compares and repairs
-//! both, as it did before.
+//! here. Two names this node holds as one file (linked) that the primary
+//! holds as two files: their writes interleave instead of following one
+//! another, where in order the second file's simply won; both were wrong,
+//! and the next comparison repairs them. A directory replaced by a file
+//! with no removal between (events lost): in order the file's run removed
+//! the directory first; here a run below it may race that removal and
+//! fail (`ENOTDIR`, `ENOTEMPTY`), which refuses the stream, and the next
+//! resynchronisation makes the tree whole.
 
 use std::{
     collections::HashMap,
@@ -37,7 +38,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{apply::Applier, path::RelPath, wire::Message};
 
@@ -78,7 +79,7 @@ struct Shared {
 impl Shared {
     /// Records the first failure.
     fn fail(&self, reason: String) {
-        let mut first = self.reason.lock().expect("pool reason");
+        let mut first = lock(&self.reason);
         if first.is_none() {
             *first = Some(reason);
         }
@@ -86,7 +87,7 @@ impl Shared {
     }
 
     fn done(&self) {
-        let mut outstanding = self.outstanding.lock().expect("pool count");
+        let mut outstanding = lock(&self.outstanding);
         *outstanding -= 1;
         if *outstanding == 0 {
             self.idle.notify_all();
@@ -116,6 +117,8 @@ pub struct ApplyPool {
     disabled: bool,
     /// Between `ResyncBegin` and `ResyncEnd`, as applied.
     resyncing: bool,
+    /// A failure went back to the session.
+    reported: bool,
 }
 
 impl ApplyPool {
@@ -139,6 +142,7 @@ impl ApplyPool {
             // One core: the session's thread is as fast.
             disabled: size < 2,
             resyncing: false,
+            reported: false,
         }
     }
 
@@ -152,19 +156,32 @@ impl ApplyPool {
             self.offer(message, &mut applier)
         };
         let message = match offered {
-            Offered::Taken => return self.failed().map_or(Routed::Taken, Routed::Failed),
+            Offered::Taken => return self.report(Routed::Taken),
             Offered::Back(message) => message,
         };
         self.fence();
-        if let Some(reason) = self.failed() {
-            return Routed::Failed(reason);
-        }
         match message {
             Message::ResyncBegin { .. } => self.resyncing = true,
-            Message::ResyncEnd { .. } => self.resyncing = false,
+            // Until the next one, the workers (and the descriptors their
+            // write-back holds) are not needed.
+            Message::ResyncEnd { .. } => {
+                self.resyncing = false;
+                self.stop();
+            }
             _ => {}
         }
-        Routed::Apply(message)
+        self.report(Routed::Apply(message))
+    }
+
+    /// `routed`, unless a worker failed.
+    fn report(&mut self, routed: Routed) -> Routed {
+        match self.failed() {
+            Some(reason) => {
+                self.reported = true;
+                Routed::Failed(reason)
+            }
+            None => routed,
+        }
     }
 
     /// The first error a worker met (the change it was applying, and why).
@@ -172,7 +189,7 @@ impl ApplyPool {
         if !self.shared.failed.load(Ordering::Acquire) {
             return None;
         }
-        self.shared.reason.lock().expect("pool reason").clone()
+        lock(&self.shared.reason).clone()
     }
 
     /// Hands `message` to a worker when it belongs to a file's run during
@@ -221,26 +238,30 @@ impl ApplyPool {
     fn fence(&mut self) {
         self.run = None;
         self.placed.clear();
-        let mut outstanding = self.shared.outstanding.lock().expect("pool count");
+        let mut outstanding = lock(&self.shared.outstanding);
         while *outstanding > 0 {
-            outstanding = self.shared.idle.wait(outstanding).expect("pool count");
+            outstanding = self
+                .shared
+                .idle
+                .wait(outstanding)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
     fn least_busy(&self) -> usize {
         (0..self.workers.len())
-            .min_by_key(|i| *self.workers[*i].queued.lock().expect("worker count"))
+            .min_by_key(|i| *lock(&self.workers[*i].queued))
             .unwrap_or(0)
     }
 
     fn send(&mut self, worker: usize, message: Message) -> Offered {
-        *self.shared.outstanding.lock().expect("pool count") += 1;
-        *self.workers[worker].queued.lock().expect("worker count") += 1;
+        *lock(&self.shared.outstanding) += 1;
+        *lock(&self.workers[worker].queued) += 1;
         let tx = self.workers[worker].tx.as_ref().expect("a running worker");
         if let Err(mpsc::SendError(message)) = tx.send(message) {
             // The worker's thread is gone, which only its end of the
             // channel dropped could do: refused, like a change it failed.
-            *self.workers[worker].queued.lock().expect("worker count") -= 1;
+            *lock(&self.workers[worker].queued) -= 1;
             self.shared.done();
             self.shared.fail(format!(
                 "{}: the thread applying it ended",
@@ -261,32 +282,18 @@ impl ApplyPool {
             let thread = std::thread::Builder::new()
                 .name(format!("halo-apply{n}-{}", self.module))
                 .spawn(move || {
-                    for message in rx {
-                        let run_ends = matches!(message, Message::SetMeta { .. });
-                        if !shared.failed.load(Ordering::Acquire) {
-                            let shown = super::session::describe(&message);
-                            // A panic is that change's failure: the worker
-                            // goes on counting what it is handed, so that
-                            // no fence waits for ever.
-                            let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                own.apply(message)
-                            }))
-                            .unwrap_or_else(|_| Err(io::Error::other("applying it panicked")));
-                            match applied {
-                                Ok(_) => {}
-                                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                                    debug!(module = %module, change = %shown, error = %e, "skipped");
-                                }
-                                Err(e) => shared.fail(format!("{shown}: {e}")),
-                            }
-                        }
-                        if run_ends {
-                            own.close_files();
-                        }
-                        *count.lock().expect("worker count") -= 1;
-                        shared.done();
+                    let worked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        work(&rx, &mut own, &shared, &count, &module);
+                    }));
+                    if worked.is_err() {
+                        shared.fail("a thread applying the resynchronisation panicked".into());
                     }
-                    own.close_files();
+                    // What is still queued is counted, not applied, until
+                    // the session closes the channel: no fence waits for
+                    // ever.
+                    for _ in rx.iter() {
+                        let _counted = Counted(&shared, &count);
+                    }
                 })?;
             self.workers.push(Worker {
                 tx: Some(tx),
@@ -296,18 +303,77 @@ impl ApplyPool {
         }
         Ok(())
     }
+
+    /// Lets the workers apply what they hold, then ends them.
+    fn stop(&mut self) {
+        self.run = None;
+        self.placed.clear();
+        for worker in &mut self.workers {
+            worker.tx = None;
+        }
+        for mut worker in self.workers.drain(..) {
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// A worker's loop: each message applied in order, unless an earlier one
+/// failed; a file's descriptors closed at the end of its run.
+fn work(
+    rx: &mpsc::Receiver<Message>,
+    own: &mut Applier,
+    shared: &Shared,
+    count: &Mutex<usize>,
+    module: &str,
+) {
+    for message in rx.iter() {
+        // Counted down however this ends, a panic included.
+        let _counted = Counted(shared, count);
+        let run_ends = matches!(message, Message::SetMeta { .. });
+        if !shared.failed.load(Ordering::Acquire) {
+            let shown = super::session::describe(&message);
+            match own.apply(message) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    debug!(module = %module, change = %shown, error = %e, "skipped");
+                }
+                Err(e) => shared.fail(format!("{shown}: {e}")),
+            }
+        }
+        if run_ends {
+            own.close_files();
+        }
+    }
+    own.close_files();
+}
+
+/// One message a worker was handed, counted down when dropped.
+struct Counted<'a>(&'a Shared, &'a Mutex<usize>);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        *lock(self.1) -= 1;
+        self.0.done();
+    }
+}
+
+/// A counter's lock, whether or not a panic poisoned it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for ApplyPool {
     /// Lets the workers apply what they hold (received, so part of the
     /// stream), then ends them.
     fn drop(&mut self) {
-        for worker in &mut self.workers {
-            worker.tx = None;
-        }
-        for worker in &mut self.workers {
-            if let Some(thread) = worker.thread.take() {
-                let _ = thread.join();
+        self.stop();
+        if !self.reported {
+            if let Some(reason) = self.failed() {
+                warn!(module = %self.module, %reason, "a change received before the session ended could not be applied; the next resynchronisation repairs it");
             }
         }
     }
@@ -492,14 +558,21 @@ mod tests {
         let taken = feed(&mut pool, &applier, run("f", b"live", 5)).unwrap();
         assert_eq!(taken, 0);
         assert_eq!(root.read("f"), b"live");
-        // Nor after a resynchronisation ended.
-        let mut stream = vec![
-            Message::ResyncBegin { full: false },
-            Message::ResyncEnd { generation: 2 },
-        ];
-        stream.extend(run("g", b"after", 6));
-        assert_eq!(feed(&mut pool, &applier, stream).unwrap(), 0);
+        // Nor after a resynchronisation ended, whose workers (and the
+        // descriptors they hold) are gone with it.
+        let mut stream = vec![Message::ResyncBegin { full: false }];
+        stream.extend(run("during", b"resync", 6));
+        stream.push(Message::ResyncEnd { generation: 2 });
+        assert_eq!(feed(&mut pool, &applier, stream).unwrap(), 5);
+        assert!(pool.workers.is_empty());
+        assert_eq!(feed(&mut pool, &applier, run("g", b"after", 6)).unwrap(), 0);
         assert_eq!(root.read("g"), b"after");
+        assert_eq!(root.read("during"), b"resync");
+        // The next one starts them again.
+        let mut stream = vec![Message::ResyncBegin { full: false }];
+        stream.extend(run("next", b"again", 7));
+        assert_eq!(feed(&mut pool, &applier, stream).unwrap(), 5);
+        assert_eq!(pool.workers.len(), 2);
     }
 
     #[test]

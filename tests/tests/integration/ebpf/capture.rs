@@ -451,6 +451,73 @@ fn a_sync_pause_root_holds_fsync_until_released() {
     );
 }
 
+/// Syncs the file system of a file below the root twice: first from a
+/// thread named as a halo daemon's end-of-resync `syncfs`, then under
+/// another name.
+const NAMED_SYNCER: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_NAME = 15
+fd = os.open("/var/lib/app/data/f", os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"x")
+libc.prctl(PR_SET_NAME, b"halo-syncfs", 0, 0, 0)
+if libc.syncfs(fd) != 0:
+    raise OSError(ctypes.get_errno(), "syncfs")
+open("/var/lib/app/named-done", "w").close()
+libc.prctl(PR_SET_NAME, b"app-syncer", 0, 0, 0)
+if libc.syncfs(fd) != 0:
+    raise OSError(ctypes.get_errno(), "syncfs")
+open("/var/lib/app/after", "w").close()
+"#;
+
+#[test]
+fn a_daemons_own_syncfs_is_reported_and_never_paused() {
+    let lab = LabBuilder::new("capdaemonsync")
+        .hosts(&["app"])
+        .build()
+        .unwrap();
+    let app = lab.host("app");
+    app.sh("mkdir -p /var/lib/app/data").unwrap();
+    let named_done = app.outside_path("/var/lib/app/named-done");
+    let after = app.outside_path("/var/lib/app/after");
+    let mut capture = attach();
+    capture
+        .add_root(&app.outside_path("/var/lib/app/data"), true)
+        .unwrap();
+
+    let mut syncer = python(app, "named-syncer", &[NAMED_SYNCER]);
+    let pid = syncer.pid();
+    let records = collect_until(&mut capture, Some(pid), "two syncfs records", |r| {
+        r.iter().filter(|r| r.syscall == WriteKind::Syncfs).count() >= 2
+    });
+    let syncs: Vec<&Captured> = records
+        .iter()
+        .filter(|r| r.syscall == WriteKind::Syncfs)
+        .collect();
+    // Under the daemon's name: reported, not paused, and it went on.
+    assert!(
+        matches!(syncs[0].change, Change::Sync { paused: false, .. }),
+        "{:?}",
+        syncs[0]
+    );
+    assert!(named_done.exists(), "the named syncfs was held");
+    // Under any other name the same call on the same root is held.
+    assert!(
+        matches!(syncs[1].change, Change::Sync { paused: true, .. }),
+        "{:?}",
+        syncs[1]
+    );
+    lab::wait_until(WAIT, "the syncer to stop", || Ok(stopped(pid))).unwrap();
+    assert!(!after.exists());
+    assert_eq!(
+        capture.release(syncs[1].tid, syncs[1].seq).unwrap(),
+        Release::Resumed
+    );
+    let status = syncer.wait_timeout(WAIT).unwrap();
+    assert!(status.success(), "the syncer failed: {status}");
+    assert!(after.exists());
+}
+
 /// Opens a file below the root with `O_DSYNC` and writes it.
 const DSYNC_WRITER: &str = r#"
 import os
