@@ -52,6 +52,11 @@ const WRITEBACK_FILES: usize = 8;
 /// Applies messages beneath a module's replicated directories.
 pub struct Applier {
     roots: Vec<OwnedFd>,
+    /// Each root opened readable, for `syncfs` (which refuses `O_PATH`),
+    /// from the start: it reports the write-back errors that came after
+    /// its descriptor was opened, and no earlier ones. Empty for a
+    /// worker's applier, which never syncs.
+    sync_dirs: Vec<OwnedFd>,
     open: HashMap<RelPath, File>,
     /// Between `ResyncBegin` and `ResyncEnd`.
     resyncing: bool,
@@ -62,8 +67,7 @@ pub struct Applier {
 /// goes on, from a thread of its own, so that the `syncfs` that ends it
 /// waits for the last part only: without it the kernel, whose background
 /// write-back starts at a share of memory (10 % by default) that a copy
-/// of a few GiB never reaches, wrote the whole copy there (1.1 s of 8.2
-/// for 2 GiB on the bench's machine).
+/// of a few GiB never reaches, starts writing only there.
 ///
 /// `sync_file_range(SYNC_FILE_RANGE_WRITE)` starts the write of a file's
 /// dirty pages and returns; it neither waits for them nor commits the
@@ -178,9 +182,11 @@ impl Applier {
                 // SAFETY: open returned a new descriptor that nothing else owns.
                 Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             })
-            .collect::<io::Result<_>>()?;
+            .collect::<io::Result<Vec<OwnedFd>>>()?;
+        let sync_dirs = roots.iter().map(readable_dir).collect::<io::Result<_>>()?;
         Ok(Applier {
             roots,
+            sync_dirs,
             open: HashMap::new(),
             resyncing: false,
             writeback: Writeback::default(),
@@ -196,6 +202,7 @@ impl Applier {
                 .iter()
                 .map(OwnedFd::try_clone)
                 .collect::<io::Result<_>>()?,
+            sync_dirs: Vec::new(),
             open: HashMap::new(),
             resyncing: true,
             writeback: Writeback::default(),
@@ -385,7 +392,10 @@ impl Applier {
             Message::ResyncEnd { generation } => {
                 self.resyncing = false;
                 self.writeback.end();
-                self.sync_all()?;
+                // Whatever the error, the end is refused, never skipped
+                // (a NotFound is skipped by the session).
+                self.sync_all()
+                    .map_err(|e| io::Error::other(format!("making the copy durable: {e}")))?;
                 return Ok(Reply::Send(Message::ResyncDone { generation }));
             }
             Message::Need { .. }
@@ -465,8 +475,8 @@ impl Applier {
             file.sync_data()?;
         }
         self.open.clear();
-        for root in &self.roots {
-            sync_file_system(root)?;
+        for dir in &self.sync_dirs {
+            sync_file_system(dir)?;
         }
         Ok(())
     }
@@ -569,11 +579,11 @@ impl Applier {
     }
 }
 
-/// Writes back the file system of `root`, an `O_PATH` descriptor, which
-/// `syncfs` refuses (EBADF): it takes the directory itself, opened through
-/// it. Until the seventeenth session that error went unseen, and the end
-/// of a resynchronisation wrote nothing back.
-fn sync_file_system(root: &OwnedFd) -> io::Result<()> {
+/// `root` (an `O_PATH` descriptor, which `syncfs` refuses with EBADF)
+/// opened readable. Until the seventeenth session the end of a
+/// resynchronisation called `syncfs` on the root itself, unchecked, and
+/// wrote nothing back.
+fn readable_dir(root: &OwnedFd) -> io::Result<OwnedFd> {
     let dir = openat2(
         root.as_raw_fd(),
         ".",
@@ -583,7 +593,11 @@ fn sync_file_system(root: &OwnedFd) -> io::Result<()> {
     )
     .map_err(io::Error::from)?;
     // SAFETY: openat2 returned a new descriptor that nothing else owns.
-    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    Ok(unsafe { OwnedFd::from_raw_fd(dir) })
+}
+
+/// Writes back the file system of `dir`, a readable directory.
+fn sync_file_system(dir: &OwnedFd) -> io::Result<()> {
     // Under the name every write capture lets through (a daemon's sync
     // stopped by one would stop the daemon, docs/mirror-durability.md).
     let _named = ThreadName::set(
@@ -594,8 +608,9 @@ fn sync_file_system(root: &OwnedFd) -> io::Result<()> {
     check(unsafe { libc::syncfs(dir.as_raw_fd()) })
 }
 
-/// The calling thread's name, set for a while and given back on drop.
-struct ThreadName([u8; 16]);
+/// The calling thread's name, set for a while and given back on drop
+/// (left as it is if it could not be read).
+struct ThreadName(Option<[u8; 16]>);
 
 impl ThreadName {
     fn set(name: &CStr) -> Self {
@@ -603,17 +618,21 @@ impl ThreadName {
         // SAFETY: PR_GET_NAME writes at most 16 bytes; PR_SET_NAME reads a
         // NUL-ended string (cut to 15 bytes by the kernel).
         unsafe {
-            libc::prctl(libc::PR_GET_NAME, old.as_mut_ptr());
+            if libc::prctl(libc::PR_GET_NAME, old.as_mut_ptr()) != 0 {
+                return ThreadName(None);
+            }
             libc::prctl(libc::PR_SET_NAME, name.as_ptr());
         }
-        ThreadName(old)
+        ThreadName(Some(old))
     }
 }
 
 impl Drop for ThreadName {
     fn drop(&mut self) {
-        // SAFETY: the 16 bytes PR_GET_NAME gave, NUL-ended by the kernel.
-        unsafe { libc::prctl(libc::PR_SET_NAME, self.0.as_ptr()) };
+        if let Some(old) = &self.0 {
+            // SAFETY: the 16 bytes PR_GET_NAME gave, NUL-ended by the kernel.
+            unsafe { libc::prctl(libc::PR_SET_NAME, old.as_ptr()) };
+        }
     }
 }
 
@@ -910,7 +929,7 @@ mod tests {
             (rc, io::Error::last_os_error().raw_os_error()),
             (-1, Some(libc::EBADF))
         );
-        sync_file_system(root).unwrap();
+        sync_file_system(&readable_dir(root).unwrap()).unwrap();
         let mut applier = applier;
         applier.apply(write("f", b"durable")).unwrap();
         assert_eq!(
