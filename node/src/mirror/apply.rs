@@ -209,6 +209,11 @@ impl Applier {
         })
     }
 
+    /// Between a `ResyncBegin` it applied and the `ResyncEnd` after it.
+    pub fn resyncing(&self) -> bool {
+        self.resyncing
+    }
+
     /// Closes the files it keeps open between messages.
     pub fn close_files(&mut self) {
         self.open.clear();
@@ -929,7 +934,20 @@ mod tests {
             (rc, io::Error::last_os_error().raw_os_error()),
             (-1, Some(libc::EBADF))
         );
+        // The thread makes the call under the capture's exempt name and
+        // gets its own back.
+        let name = || {
+            let mut name = [0u8; 16];
+            // SAFETY: PR_GET_NAME writes at most 16 bytes.
+            assert_eq!(
+                unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) },
+                0
+            );
+            name
+        };
+        let before = name();
         sync_file_system(&readable_dir(root).unwrap()).unwrap();
+        assert_eq!(name(), before);
         let mut applier = applier;
         applier.apply(write("f", b"durable")).unwrap();
         assert_eq!(

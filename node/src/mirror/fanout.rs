@@ -115,8 +115,6 @@ pub struct ApplyPool {
     placed: HashMap<RelPath, usize>,
     /// The workers could not be started: everything is applied in order.
     disabled: bool,
-    /// Between `ResyncBegin` and `ResyncEnd`, as applied.
-    resyncing: bool,
     /// A failure went back to the session.
     reported: bool,
 }
@@ -141,7 +139,6 @@ impl ApplyPool {
             placed: HashMap::new(),
             // One core: the session's thread is as fast.
             disabled: size < 2,
-            resyncing: false,
             reported: false,
         }
     }
@@ -151,24 +148,15 @@ impl ApplyPool {
     /// back, to be applied through `applier` (the session's, which the
     /// workers never use).
     pub fn route(&mut self, message: Message, applier: &Mutex<Applier>) -> Routed {
-        let offered = {
-            let mut applier = applier.lock().expect("applier");
-            self.offer(message, &mut applier)
-        };
-        let message = match offered {
+        let message = match self.offer(message, applier) {
             Offered::Taken => return self.report(Routed::Taken),
             Offered::Back(message) => message,
         };
         self.fence();
-        match message {
-            Message::ResyncBegin { .. } => self.resyncing = true,
-            // Until the next one, the workers (and the descriptors their
-            // write-back holds) are not needed.
-            Message::ResyncEnd { .. } => {
-                self.resyncing = false;
-                self.stop();
-            }
-            _ => {}
+        // Until the next one, the workers (and the descriptors their
+        // write-back holds) are not needed.
+        if matches!(message, Message::ResyncEnd { .. }) {
+            self.stop();
         }
         self.report(Routed::Apply(message))
     }
@@ -193,9 +181,10 @@ impl ApplyPool {
     }
 
     /// Hands `message` to a worker when it belongs to a file's run during
-    /// a resynchronisation; `applier` is the session's, which forgets the
-    /// file it may hold open.
-    fn offer(&mut self, message: Message, applier: &mut Applier) -> Offered {
+    /// a resynchronisation (as the session's `applier` has applied the
+    /// stream so far); that applier forgets the file it may hold open. Its
+    /// lock is taken only for a file that may start a run.
+    fn offer(&mut self, message: Message, applier: &Mutex<Applier>) -> Offered {
         if let Some((path, worker)) = self.run.take() {
             let (same, last) = match &message {
                 Message::Write { path: p, .. } | Message::SetSize { path: p, .. } => {
@@ -214,11 +203,15 @@ impl ApplyPool {
         let Message::File { path, .. } = &message else {
             return Offered::Back(message);
         };
-        if !self.resyncing || self.disabled {
+        if self.disabled {
+            return Offered::Back(message);
+        }
+        let mut applier = applier.lock().expect("applier");
+        if !applier.resyncing() {
             return Offered::Back(message);
         }
         if self.workers.is_empty() {
-            if let Err(error) = self.start(applier) {
+            if let Err(error) = self.start(&applier) {
                 debug!(module = %self.module, %error, "applying in order: no worker could start");
                 self.disabled = true;
                 return Offered::Back(message);
@@ -407,6 +400,13 @@ mod tests {
         }
     }
 
+    /// A root, the session's applier beneath it and a pool of `workers`.
+    fn pool(name: &str, workers: usize) -> (Root, Mutex<Applier>, ApplyPool) {
+        let root = Root::new(name);
+        let applier = Mutex::new(Applier::open(&[&root.0]).unwrap());
+        (root, applier, ApplyPool::with_workers("test", workers))
+    }
+
     fn p(text: &str) -> RelPath {
         RelPath::new(0, text.as_bytes().to_vec()).unwrap()
     }
@@ -477,9 +477,7 @@ mod tests {
 
     #[test]
     fn files_applied_by_workers_leave_the_tree_the_stream_describes() {
-        let root = Root::new("tree");
-        let applier = Mutex::new(Applier::open(&[&root.0]).unwrap());
-        let mut pool = ApplyPool::with_workers("test", 3);
+        let (root, applier, mut pool) = pool("tree", 3);
         let mut stream = vec![Message::ResyncBegin { full: true }];
         for d in 0..6 {
             stream.push(Message::Mkdir {
@@ -551,9 +549,7 @@ mod tests {
 
     #[test]
     fn live_replication_is_applied_in_order_by_the_session() {
-        let root = Root::new("live");
-        let applier = Mutex::new(Applier::open(&[&root.0]).unwrap());
-        let mut pool = ApplyPool::with_workers("test", 2);
+        let (root, applier, mut pool) = pool("live", 2);
         // No ResyncBegin: not one message goes to a worker.
         let taken = feed(&mut pool, &applier, run("f", b"live", 5)).unwrap();
         assert_eq!(taken, 0);
@@ -577,9 +573,7 @@ mod tests {
 
     #[test]
     fn a_change_a_worker_cannot_apply_refuses_the_stream_and_names_it() {
-        let root = Root::new("refused");
-        let applier = Mutex::new(Applier::open(&[&root.0]).unwrap());
-        let mut pool = ApplyPool::with_workers("test", 2);
+        let (root, applier, mut pool) = pool("refused", 2);
         // A regular file where the stream expects a directory.
         std::fs::write(root.0.join("plain"), b"not a directory").unwrap();
         let mut stream = vec![Message::ResyncBegin { full: true }];
@@ -594,9 +588,7 @@ mod tests {
 
     #[test]
     fn what_the_workers_hold_is_applied_before_the_pool_ends() {
-        let root = Root::new("drop");
-        let applier = Mutex::new(Applier::open(&[&root.0]).unwrap());
-        let mut pool = ApplyPool::with_workers("test", 2);
+        let (root, applier, mut pool) = pool("drop", 2);
         let mut stream = vec![Message::ResyncBegin { full: true }];
         for f in 0..40 {
             stream.extend(run(&format!("f{f}"), &content(f, 20_000), 3));

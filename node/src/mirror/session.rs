@@ -2452,49 +2452,46 @@ impl SecondarySession {
                         Ok(Err(reason)) => break reason,
                         Err(_) => break "the session's reader ended".to_owned(),
                     };
-                    let message = match pool.route(message, &applier) {
+                    // A change this node cannot apply, a worker's or its own.
+                    let refused = match pool.route(message, &applier) {
                         Routed::Taken => continue,
-                        Routed::Apply(message) => message,
-                        Routed::Failed(reason) => {
-                            warn!(module = %module, %reason, "refusing a replicated change");
-                            let _ = writer.send(&Message::Refused {
-                                reason: reason.clone(),
-                            });
-                            break reason;
+                        Routed::Failed(reason) => reason,
+                        Routed::Apply(message) => {
+                            let shown = describe(&message);
+                            let result = applier.lock().expect("applier").apply(message);
+                            trace!(module = %module, change = %shown, "applied");
+                            match result {
+                                Ok(Reply::None) => continue,
+                                Ok(Reply::Send(reply)) => {
+                                    trace!(module = %module, ?reply, "answering");
+                                    let done = match &reply {
+                                        Message::ResyncDone { generation } => Some(*generation),
+                                        _ => None,
+                                    };
+                                    if let Err(e) = writer.send(&reply) {
+                                        break format!("answering the primary failed: {e}");
+                                    }
+                                    if let Some(generation) = done {
+                                        let _ = events.send(SessionEvent::ResyncDone { generation });
+                                    }
+                                    continue;
+                                }
+                                // A namespace change whose source is already
+                                // gone: the messages that follow describe the
+                                // result.
+                                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                                    debug!(module = %module, change = %shown, error = %e, "skipped");
+                                    continue;
+                                }
+                                Err(e) => format!("{shown}: {e}"),
+                            }
                         }
                     };
-                    let shown = describe(&message);
-                    let result = applier.lock().expect("applier").apply(message);
-                    trace!(module = %module, change = %shown, "applied");
-                    match result {
-                        Ok(Reply::None) => {}
-                        Ok(Reply::Send(reply)) => {
-                            trace!(module = %module, ?reply, "answering");
-                            let done = match &reply {
-                                Message::ResyncDone { generation } => Some(*generation),
-                                _ => None,
-                            };
-                            if let Err(e) = writer.send(&reply) {
-                                break format!("answering the primary failed: {e}");
-                            }
-                            if let Some(generation) = done {
-                                let _ = events.send(SessionEvent::ResyncDone { generation });
-                            }
-                        }
-                        // A namespace change whose source is already gone:
-                        // the messages that follow describe the result.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                            debug!(module = %module, change = %shown, error = %e, "skipped");
-                        }
-                        Err(e) => {
-                            let reason = format!("{shown}: {e}");
-                            warn!(module = %module, %reason, "refusing a replicated change");
-                            let _ = writer.send(&Message::Refused {
-                                reason: reason.clone(),
-                            });
-                            break reason;
-                        }
-                    }
+                    warn!(module = %module, reason = %refused, "refusing a replicated change");
+                    let _ = writer.send(&Message::Refused {
+                        reason: refused.clone(),
+                    });
+                    break refused;
                 };
                 // What the workers hold was received: applied before the
                 // session ends.

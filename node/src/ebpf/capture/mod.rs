@@ -1020,7 +1020,6 @@ impl NoopCapture {
     }
 }
 
-/// The tracepoint program `name` of the capture object.
 /// Loads `names`, spread over the machine's cores: the verifier checks
 /// each program on its own, and the capture's enter programs take it 10
 /// to 30 ms each (0.3 s in all here, 0.6 s on a busy machine), which a
@@ -1072,6 +1071,7 @@ fn load_in_parallel(ebpf: &mut Ebpf, names: &[&str]) -> anyhow::Result<()> {
     })
 }
 
+/// The tracepoint program `name` of the capture object.
 fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut TracePoint> {
     ebpf.program_mut(name)
         .with_context(|| format!("the capture object has no {name} program"))?
