@@ -25,7 +25,10 @@
 //! moves the cut earlier, never later. When the bucket
 //! moved before and an earlier owner still drains it, the cut is also no
 //! earlier than when that owner stopped taking new flows there (when it
-//! applied the table that took the bucket from it). TCP needs only to know
+//! applied the table that took the bucket from it). A node that serves the
+//! bucket no more (its drain ended, or, of power 0, it gave its flows up)
+//! no longer counts: the cut becomes the latest of those that still drain,
+//! so the flows it took after theirs are B's at once. TCP needs only to know
 //! that the cut is past: until then B drops SYNs (common::farm::
 //! incoming_takes_syn), which A still answers as the owner.
 //!
@@ -291,8 +294,9 @@ impl Handover {
     /// (`None`: no report, the peer is gone): an old owner that applies
     /// this node's table gives the bucket's cut (the time it applied
     /// it); the bucket is this node's outright once, besides, no node that
-    /// handed it over (that one or an earlier owner) still drains. Returns
-    /// whether anything changed.
+    /// handed it over (that one or an earlier owner) still drains. Once the
+    /// old owner drains no more, the bucket waits for the earlier ones
+    /// alone, and its cut is theirs. Returns whether anything changed.
     pub fn confirm(
         &mut self,
         peer: &dyn Fn(&str) -> Option<PeerHandover>,
@@ -328,22 +332,39 @@ impl Handover {
             let Slot::Incoming { from, cut } = slot else {
                 continue;
             };
-            // The cut is the latest moment one of the nodes that served
-            // the bucket stopped taking its new flows. An earlier owner
-            // stopped when it applied the table that took the bucket from
-            // it, not when it applies this one: waiting for that, new
-            // flows begun in between would belong to nobody.
-            let mut latest = applied(from);
+            if done(from) {
+                // The old owner serves nothing here any more (its flows
+                // ended, or it gave them up: a node of power 0 at
+                // drain_timeout). Its flows are this node's from now on,
+                // unless an earlier owner still drains: then the bucket
+                // waits for that one alone, below.
+                let Some(next) = drainers.keys().next() else {
+                    *slot = Slot::Owned;
+                    changed = true;
+                    continue;
+                };
+                *from = next.clone();
+                changed = true;
+            }
+            // The cut is the latest moment one of the nodes that still
+            // serve the bucket stopped taking its new flows (each drainer's
+            // is when it applied the table that took the bucket from it,
+            // not when it applies this one: waiting for that, new flows
+            // begun in between would belong to nobody). A node that serves
+            // it no more counts no more: the flows it took after an earlier
+            // owner's cut are this node's, as nobody else answers them.
+            let mut latest = if drainers.contains_key(from.as_str()) {
+                Some(0)
+            } else {
+                applied(from)
+            };
             for stopped in drainers.values() {
                 latest = latest.zip(*stopped).map(|(a, b)| a.max(b));
             }
             let Some(applied_at) = latest else {
                 continue;
             };
-            if drainers.is_empty() && done(from) {
-                *slot = Slot::Owned;
-                changed = true;
-            } else if cut.is_none_or(|known| applied_at < known) {
+            if cut.is_none_or(|known| applied_at < known) {
                 // Known, or placed earlier than before: flows first seen
                 // in between were taken by nobody until now.
                 *cut = Some(applied_at);
@@ -638,7 +659,7 @@ mod tests {
         b.confirm(&reports(true), patient(), 3 * SECOND);
         for x in &moved {
             assert!(
-                matches!(&b.slots()[*x as usize], Slot::Incoming { from, cut: Some(_) } if from == "c"),
+                matches!(&b.slots()[*x as usize], Slot::Incoming { from, cut: Some(_) } if from == "a"),
                 "bucket {x} stays incoming while a drains: {:?}",
                 b.slots()[*x as usize]
             );
@@ -671,11 +692,12 @@ mod tests {
         b.confirm(&|_| peer(joined, true), patient(), 2 * SECOND);
 
         // Then b's power goes up: those buckets move from c to b. c applies
-        // the new table at 3 s; a, slower, has not read it yet.
+        // the new table at 3 s and drains what it served there; a, slower,
+        // has not read it yet.
         b.retable(heavy, &alive, &none(), 3 * SECOND);
         let heavy_at = |at| PeerTable::Same { applied_at: at };
         let reports = |name: &str| match name {
-            "c" => peer(heavy_at(3 * SECOND), false),
+            "c" => peer(heavy_at(3 * SECOND), true),
             _ => peer(PeerTable::Other, true),
         };
         b.confirm(&reports, patient(), 3 * SECOND + 1);
@@ -692,6 +714,65 @@ mod tests {
                 "bucket {x}"
             );
         }
+    }
+
+    /// A bucket that moved a -> c -> b, when c stops serving it (its
+    /// flows ended, or c of power 0 gave them up at drain_timeout) while a
+    /// still drains it: the flows c took are b's at once. Kept at c's cut,
+    /// b would leave them to a, which never served them, for as long as
+    /// a's own old flows last.
+    #[test]
+    fn the_flows_of_an_owner_that_serves_no_more_go_to_the_new_owner_while_an_earlier_one_drains() {
+        let alive = |_: &str| true;
+        let mut b = Handover::new("b");
+        let join = table(&[("a", 1), ("b", 1), ("c", 1)]);
+        let heavy = table(&[("a", 1), ("b", 3), ("c", 1)]);
+        let moved: Vec<u16> = (0..BUCKETS as u16)
+            .filter(|&x| {
+                table(&[("a", 1), ("b", 1)]).owner(x) == Some("a")
+                    && join.owner(x) == Some("c")
+                    && heavy.owner(x) == Some("b")
+            })
+            .collect();
+        assert!(!moved.is_empty(), "some bucket goes a -> c -> b");
+        b.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
+        b.retable(join, &alive, &none(), SECOND);
+        let joined = PeerTable::Same {
+            applied_at: SECOND + SECOND / 2,
+        };
+        b.confirm(&|_| peer(joined, true), patient(), 2 * SECOND);
+        b.retable(heavy, &alive, &none(), 3 * SECOND);
+        let heavy_at = PeerTable::Same {
+            applied_at: 3 * SECOND,
+        };
+        // Both drain: the cut is c's, the later of the two.
+        b.confirm(&|_| peer(heavy_at, true), patient(), 4 * SECOND);
+        for x in &moved {
+            assert_eq!(
+                b.slots()[*x as usize],
+                Slot::Incoming {
+                    from: "c".to_owned(),
+                    cut: Some(3 * SECOND)
+                },
+                "bucket {x} while a and c drain"
+            );
+        }
+        // c drains no more; a still does.
+        let reports = |name: &str| peer(heavy_at, name == "a");
+        assert!(b.confirm(&reports, patient(), 20 * SECOND));
+        for x in &moved {
+            assert_eq!(
+                b.slots()[*x as usize],
+                Slot::Incoming {
+                    from: "a".to_owned(),
+                    cut: Some(SECOND + SECOND / 2)
+                },
+                "bucket {x}: only a's old flows are a's"
+            );
+        }
+        assert!(!b.confirm(&reports, patient(), 21 * SECOND), "settled");
+        b.confirm(&|_| peer(heavy_at, false), patient(), 22 * SECOND);
+        assert!(moved.iter().all(|x| b.slots()[*x as usize] == Slot::Owned));
     }
 
     /// Nodes that start together, each first alone: each owned every
@@ -916,14 +997,16 @@ mod tests {
             applied_at: 2 * SECOND,
         };
         // c shows d's table and drains no more; b shows it and still drains.
+        // The flows c took are d's; b stopped taking new flows no later
+        // than when d saw it draining.
         let views = |name: &str| peer(applied, name == "b");
         d.confirm(&views, patient(), 3 * SECOND);
         for x in &from_c {
             assert_eq!(
                 d.slots()[*x],
                 Slot::Incoming {
-                    from: "c".to_owned(),
-                    cut: Some(2 * SECOND)
+                    from: "b".to_owned(),
+                    cut: Some(SECOND)
                 },
                 "bucket {x}: owned while b may still serve flows in it"
             );

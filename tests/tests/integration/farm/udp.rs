@@ -4,17 +4,20 @@
 //! every established flow is answered by one node without a stall, and
 //! flows that begin at any moment of those handovers are answered (by one
 //! node) after a short loss at most. A node of power 0 gives its flows up
-//! at `drain_timeout`; a leaving node stops once its flows are idle for
-//! `udp_idle`.
+//! at `drain_timeout`, and each goes to its bucket's new owner, also where
+//! an earlier owner of the bucket still drains its own; a leaving node
+//! stops once its flows are idle for `udp_idle`.
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
+use halo::farm::BucketTable;
+use halo_common::farm::{bucket_of, VipKey};
 use halo_tests::{
     cluster::{module_in, Cluster, Timing},
     lab::{self, LabBuilder, LabProcess},
@@ -32,6 +35,18 @@ const PORT: u16 = 5353;
 
 /// Long-lived flows the client holds, one source port each.
 const FLOWS: usize = 24;
+
+/// Long-lived flows the client begins before n4 joins, from source ports
+/// chosen in buckets that go from n2 or n3 to n4 at the join and stay
+/// n4's: n2 and n3 drain them for as long as the test runs.
+const ANCHOR_FLOWS: usize = 4;
+
+/// Long-lived flows the client begins once n1's power went to 3, from
+/// ephemeral ports, and, as many again, from source ports chosen in
+/// buckets that went from n2 or n3 to n4 at the join, then to n1, and
+/// return to n4 at power 0: where n1 gives up flows that an earlier owner
+/// (draining its anchor flows) never served.
+const LATE_FLOWS: usize = 4;
 
 /// The farm's drain timeout and UDP idle time in this test.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
@@ -68,16 +83,19 @@ while True:
 /// answered, in order; datagrams sent and answered; answers beyond the
 /// first to one datagram; the longest time without an answer. Writes
 /// `<dir>/ready` once every long flow was answered, `<dir>/snapshot.json`
-/// twice a second; when `<dir>/stop` appears, stops and prints the
-/// result as JSON.
+/// twice a second; when `<dir>/more-N` appears, begins a long flow from
+/// each source port it lists (0: an ephemeral one); when `<dir>/stop`
+/// appears, stops and prints the result as JSON.
 const CLIENT: &str = r#"
 import socket, select, time, json, sys, os
 target, port, n, ctl = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 family = socket.AF_INET6 if ":" in target else socket.AF_INET
 class Flow:
-    def __init__(self, kind, now, count):
+    def __init__(self, kind, now, count, source=0):
         self.s = socket.socket(family, socket.SOCK_DGRAM)
         self.s.setblocking(False)
+        if source:
+            self.s.bind(("", source))
         self.s.connect((target, port))
         self.kind, self.start, self.count = kind, now, count
         self.sent, self.answers, self.nodes, self.seen = 0, 0, [], set()
@@ -92,7 +110,7 @@ t0 = time.monotonic()
 flows = [Flow("long", t0, None) for _ in range(n)]
 by_fd = {f.s.fileno(): f for f in flows}
 next_send, next_short, next_snap = t0, t0 + 1.0, t0
-ready = False
+ready, more = False, 0
 def write(name, text):
     tmp = os.path.join(ctl, name + ".tmp")
     with open(tmp, "w") as out:
@@ -112,6 +130,13 @@ while not os.path.exists(os.path.join(ctl, "stop")):
                 pass
             f.sent += 1
         next_send += 0.05
+    if os.path.exists(os.path.join(ctl, "more-%d" % more)):
+        with open(os.path.join(ctl, "more-%d" % more)) as ports:
+            for source in ports.read().split():
+                f = Flow("long", now, None, int(source))
+                flows.append(f)
+                by_fd[f.s.fileno()] = f
+        more += 1
     if now >= next_short:
         f = Flow("short", now, 40)
         flows.append(f)
@@ -297,6 +322,80 @@ fn worst_gap(flows: &[Flow]) -> Duration {
         .unwrap_or_default()
 }
 
+/// Source ports of the client whose buckets take the paths the test needs
+/// through its tables (README "Farm nodes": the table depends on the
+/// members and their powers alone): `anchors` go from n2 or n3 to n4 at
+/// the join and stay n4's; `late` go the same way at the join, then to n1
+/// at power 3, and back to n4 at power 0. Half from n2, half from n3.
+struct Paths {
+    anchors: Vec<u16>,
+    late: Vec<u16>,
+}
+
+fn chosen_ports(client: Ipv4Addr) -> Paths {
+    let compute = |powers: &[(&str, u32)]| {
+        BucketTable::compute(&powers.iter().map(|(n, p)| (n.to_string(), *p)).collect()).unwrap()
+    };
+    let three = compute(&[("n1", 1), ("n2", 1), ("n3", 1)]);
+    let join = compute(&[("n1", 1), ("n2", 1), ("n3", 1), ("n4", 1)]);
+    let heavy = compute(&[("n1", 3), ("n2", 1), ("n3", 1), ("n4", 1)]);
+    let zero = compute(&[("n1", 0), ("n2", 1), ("n3", 1), ("n4", 1)]);
+    let addr = VipKey::v4(client.octets()).addr;
+    let pick = |from: &str, later: &str, count: usize| -> Vec<u16> {
+        // Below Linux's ephemeral ports (32768 and up), which the other
+        // flows take.
+        (20_000..32_000u16)
+            .filter(|port| {
+                let bucket = bucket_of(&addr, Some(*port)) as u16;
+                three.owner(bucket) == Some(from)
+                    && join.owner(bucket) == Some("n4")
+                    && heavy.owner(bucket) == Some(later)
+                    && zero.owner(bucket) == Some("n4")
+            })
+            .take(count)
+            .collect()
+    };
+    let half = |count: usize, later: &str| {
+        let mut ports = pick("n2", later, count / 2);
+        ports.extend(pick("n3", later, count - count / 2));
+        assert_eq!(
+            ports.len(),
+            count,
+            "ports whose buckets go from n2 or n3 to n4, then {later}"
+        );
+        ports
+    };
+    Paths {
+        anchors: half(ANCHOR_FLOWS, "n4"),
+        late: half(LATE_FLOWS, "n1"),
+    }
+}
+
+/// Has the client begin a long flow from each of `ports` (0: ephemeral),
+/// its `nth` such batch, and waits until all `before + ports.len()` long
+/// flows were answered.
+fn more_long_flows(ctl: &Path, cluster: &Cluster, nth: usize, ports: &[u16], before: usize) {
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let tmp = ctl.join("more.tmp");
+    std::fs::write(&tmp, list.join(" ")).unwrap();
+    std::fs::rename(&tmp, ctl.join(format!("more-{nth}"))).unwrap();
+    let all = before + ports.len();
+    if let Err(error) = lab::wait_until(
+        Duration::from_secs(10),
+        "every new long flow answered",
+        || {
+            let now = snapshot(ctl, cluster);
+            Ok(long(&now).len() == all && long(&now).iter().all(|f| f.answered > 0))
+        },
+    ) {
+        panic!(
+            "{error:#}: {:#?}\n{}",
+            long(&snapshot(ctl, cluster)),
+            diagnostics(cluster, &NODES)
+        );
+    }
+}
+
 /// Every long flow (but those from the ports in `except`) got more than
 /// `more` answers since `before`.
 fn assert_flowing(now: &[Flow], before: &[Flow], more: u64, what: &str, except: &[u64]) {
@@ -365,6 +464,7 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
     // now, not once the tables agree: its flows must be answered by one
     // node each all the same (README "Farm nodes", the cold start).
     let client = lab.host("client");
+    let paths = chosen_ports(client.ipv4());
     let ctl: PathBuf = client.state_dir().join("udp");
     std::fs::create_dir_all(&ctl).unwrap();
     let mut holder = client
@@ -411,6 +511,15 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
         served_by(&before)
     );
 
+    // Flows n2 and n3 will drain for as long as the test runs.
+    more_long_flows(&ctl, &cluster, 0, &paths.anchors, FLOWS);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = snapshot(&ctl, &cluster);
+    ensure(
+        long_flows_kept(&before, "with the anchor flows", &[], ""),
+        &cluster,
+    );
+
     // (a) n4 joins.
     cluster.start("n4").unwrap();
     wait_module(&cluster, "n4", Duration::from_secs(20), "n4 UP", "UP");
@@ -455,9 +564,15 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
     );
 
     // (b) n1's weight goes up: it takes buckets, and new flows in them.
+    // Then more long flows begin, some in buckets n1 took from n4 that
+    // n2 or n3 still drain (their anchor flows).
     let table = reload_power(&cluster, &lab, &NODES, "n1", 3);
     let (_, n1_heavy) = share(&table, "n1");
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(2));
+    let mut late = paths.late.clone();
+    late.extend([0; LATE_FLOWS]);
+    more_long_flows(&ctl, &cluster, 1, &late, FLOWS + ANCHOR_FLOWS);
+    std::thread::sleep(Duration::from_secs(2));
     let after_heavy = snapshot(&ctl, &cluster);
     ensure(
         long_flows_kept(&after_heavy, "after n1's power went to 3", &[], ""),
@@ -489,6 +604,20 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
         .filter(|f| f.nodes == ["n1"])
         .map(|f| f.port)
         .collect();
+    let late_on_n1 = long(&after_heavy)[FLOWS + ANCHOR_FLOWS..]
+        .iter()
+        .filter(|f| f.nodes == ["n1"])
+        .count();
+    let stranded: Vec<u64> = long(&after_heavy)
+        .iter()
+        .filter(|f| paths.late.contains(&(f.port as u16)))
+        .map(|f| f.port)
+        .collect();
+    assert!(
+        stranded.iter().all(|p| on_n1.contains(p)),
+        "n1 serves the late flows of the buckets it took from n4: {stranded:?} {:#?}",
+        long(&after_heavy)
+    );
     let zero_at = Instant::now();
     reload_power(&cluster, &lab, &NODES, "n1", 0);
     std::thread::sleep(Duration::from_secs(3));
@@ -534,11 +663,9 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
             "n1 of power 0 keeps its flows for drain_timeout ({DRAIN_TIMEOUT:?}), not {gave_up_after:?}"
         );
         // The new owner of a bucket takes n1's flows once n1 reports no
-        // draining, unless an earlier owner of that bucket still drains
-        // (README: it cannot tell n1's flows from that owner's). An
-        // earlier owner of power above 0 drains as long as its own long
-        // flows last, for ever here: the known bug this assertion fails
-        // on when enough of n1's flows land in such buckets.
+        // draining, also where an earlier owner of that bucket still
+        // drains its own flows (those begun before it handed the bucket
+        // over, which keep it busy for ever here).
         let mut moved = 0;
         let waited = lab::wait_until(
             DRAIN_TIMEOUT + Duration::from_secs(5),
@@ -552,24 +679,20 @@ fn udp_flows_keep_their_node_across_a_join_a_weight_change_and_a_graceful_leave(
                 Ok(moved == on_n1.len())
             },
         );
+        if let Err(error) = waited {
+            panic!(
+                "{error:#}: every flow n1 of power 0 gave up moves to its bucket's new owner: \
+                 {moved} of {}: {:#?}\n{}",
+                on_n1.len(),
+                long(&snapshot(&ctl, &cluster)),
+                diagnostics(&cluster, &NODES)
+            );
+        }
         eprintln!(
-            "n1 at power 0: gave its {} long flows up {} ms after the reload; {moved} moved to \
-             another node{}",
+            "n1 at power 0: gave its {} long flows ({late_on_n1} begun at power 3) up {} ms \
+             after the reload; all moved to another node",
             on_n1.len(),
             gave_up_after.as_millis(),
-            if waited.is_ok() {
-                ""
-            } else {
-                ", the others wait for an earlier owner's drain"
-            }
-        );
-        assert!(
-            moved * 2 >= on_n1.len(),
-            "most of n1's flows move to their buckets' new owners after drain_timeout: \
-             {moved} of {}: {:#?}\n{}",
-            on_n1.len(),
-            long(&snapshot(&ctl, &cluster)),
-            diagnostics(&cluster, &NODES)
         );
     }
     std::thread::sleep(Duration::from_secs(1));
