@@ -270,9 +270,11 @@ pub struct UdpFlow {
     /// When this node last recorded a datagram of it (at most
     /// [`UDP_REFRESH_NS`] behind the last datagram).
     pub last_seen: u64,
-    /// 1 when this node accepted the last datagram it recorded.
-    pub mine: u8,
-    pub _pad: [u8; 7],
+    /// 1 when this node accepted the last datagram it recorded. A word
+    /// and a word of padding, not a byte and seven: the kernel program
+    /// would clear those seven with a call to `memset` on every write.
+    pub mine: u32,
+    pub _pad: u32,
 }
 
 /// How stale a flow entry's `last_seen` may get before a datagram
@@ -297,21 +299,45 @@ pub fn incoming_takes_syn(cut: u64) -> bool {
     cut != CUT_UNKNOWN
 }
 
+/// How far `bpf_ktime_get_coarse_ns` may lag `bpf_ktime_get_ns` and
+/// [`udp_owned_unchanged`] still hold: the coarse clock is the time of the
+/// last tick (4 ms at `CONFIG_HZ=250`, 10 ms at 100), kept current on a
+/// CPU that handles interrupts.
+pub const COARSE_LAG_NS: u64 = 20_000_000;
+
+/// Whether a datagram of a flow whose entry is `entry`, in an `Owned`
+/// bucket, is accepted with nothing to write, judged by a clock reading
+/// `coarse_now` that lags the precise one by at most [`COARSE_LAG_NS`]:
+/// then [`udp_decision`] would say the same at the precise time. The
+/// common case (a flow this node serves, refreshed less than
+/// `UDP_REFRESH_NS - COARSE_LAG_NS` ago) costs no precise clock read.
+#[inline(always)]
+pub fn udp_owned_unchanged(entry: &UdpFlow, coarse_now: u64, idle_ns: u64) -> bool {
+    let limit = if idle_ns < UDP_REFRESH_NS {
+        idle_ns
+    } else {
+        UDP_REFRESH_NS
+    };
+    entry.mine != 0 && coarse_now.saturating_sub(entry.last_seen) + COARSE_LAG_NS < limit
+}
+
 /// The decision on one UDP datagram of a rule in a bucket in `state`, at
 /// `now`, given the flow's entry in this node's table (`None` if it has
-/// none), the idle limit and the bucket's cut (see [`UdpFlow`]): whether
+/// none; a reference, so that no copy of an entry that is not there is
+/// read: LLVM's kernel code for that read a register it never set, which
+/// the verifier refuses), the idle limit and the bucket's cut (see [`UdpFlow`]): whether
 /// to accept it, and the entry to write, if it must be rewritten.
 #[inline(always)]
 pub fn udp_decision(
     state: BucketState,
-    entry: Option<UdpFlow>,
+    entry: Option<&UdpFlow>,
     now: u64,
     idle_ns: u64,
     cut: u64,
 ) -> (bool, Option<UdpFlow>) {
     let age = |e: &UdpFlow| now.saturating_sub(e.last_seen);
     let fresh = match entry {
-        Some(e) if age(&e) < idle_ns => Some(e),
+        Some(e) if age(e) < idle_ns => Some(e),
         _ => None,
     };
     let accept = match state {
@@ -321,7 +347,7 @@ pub fn udp_decision(
         // differently on the new owner: the old owner keeps its flows that
         // much longer, so that the two never both let one go.
         BucketState::Draining => {
-            matches!(entry, Some(e) if e.mine != 0 && age(&e) < idle_ns.saturating_add(UDP_REFRESH_NS))
+            matches!(entry, Some(e) if e.mine != 0 && age(e) < idle_ns.saturating_add(UDP_REFRESH_NS))
         }
         BucketState::Incoming => match fresh {
             Some(e) if e.mine != 0 => true,
@@ -340,8 +366,8 @@ pub fn udp_decision(
     let write = UdpFlow {
         first_seen,
         last_seen: now,
-        mine: u8::from(accept),
-        _pad: [0; 7],
+        mine: u32::from(accept),
+        _pad: 0,
     };
     (accept, if rewrite { Some(write) } else { None })
 }

@@ -1181,8 +1181,7 @@ mod tests {
 
     impl FlowTable {
         fn datagram(&mut self, flow: u32, state: BucketState, now: u64, cut: u64) -> bool {
-            let entry = self.0.get(&flow).copied();
-            let (keep, write) = udp_decision(state, entry, now, IDLE, cut);
+            let (keep, write) = udp_decision(state, self.0.get(&flow), now, IDLE, cut);
             if let Some(write) = write {
                 self.0.insert(flow, write);
             }
@@ -1237,6 +1236,59 @@ mod tests {
     }
 
     use halo_common::farm::{udp_decision, BucketState::*};
+
+    /// The program's shortcut for a datagram of a flow it serves in an
+    /// owned bucket, on the coarse clock, agrees with the full decision at
+    /// every precise time the coarse reading may stand for, and is taken
+    /// for a flow refreshed recently enough.
+    #[test]
+    fn the_coarse_clock_shortcut_agrees_with_the_udp_decision() {
+        use halo_common::farm::{udp_owned_unchanged, UdpFlow, COARSE_LAG_NS, UDP_REFRESH_NS};
+        let mut taken = 0;
+        for idle in [50 * MS, UDP_REFRESH_NS, 30 * SECOND] {
+            for mine in [0, 1] {
+                for last_seen in [0, 5 * SECOND] {
+                    let entry = UdpFlow {
+                        first_seen: last_seen.saturating_sub(SECOND),
+                        last_seen,
+                        mine,
+                        _pad: 0,
+                    };
+                    // Coarse readings from before the entry was written
+                    // (the precise clock wrote it) to well past refresh.
+                    for step in 0..400u64 {
+                        let coarse = (last_seen + step * MS / 2).saturating_sub(30 * MS);
+                        if !udp_owned_unchanged(&entry, coarse, idle) {
+                            continue;
+                        }
+                        taken += 1;
+                        for lag in [0, 1, COARSE_LAG_NS / 2, COARSE_LAG_NS] {
+                            let precise = (coarse + lag).max(last_seen);
+                            assert_eq!(
+                                udp_decision(Owned, Some(&entry), precise, idle, CUT_UNKNOWN),
+                                (true, None),
+                                "{entry:?} coarse {coarse} precise {precise} idle {idle}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(taken > 100, "the shortcut is taken: {taken}");
+        let served = UdpFlow {
+            first_seen: 0,
+            last_seen: SECOND,
+            mine: 1,
+            _pad: 0,
+        };
+        assert!(udp_owned_unchanged(&served, SECOND + 50 * MS, 30 * SECOND));
+        assert!(!udp_owned_unchanged(&served, SECOND + 90 * MS, 30 * SECOND));
+        assert!(!udp_owned_unchanged(
+            &UdpFlow { mine: 0, ..served },
+            SECOND,
+            30 * SECOND
+        ));
+    }
 
     #[test]
     fn udp_flows_keep_their_node_when_the_new_owner_changes_first() {
