@@ -258,7 +258,7 @@ pub struct UdpFlowKey {
 ///   own.
 ///
 /// Both nodes saw the same datagrams, so they agree on "fresh" and "first
-/// seen before the cut" except within [`UDP_REFRESH_NS`] of the idle limit
+/// seen before the cut" except within [`UDP_KEEP_MARGIN_NS`] of the idle limit
 /// (the old owner keeps its flows that much longer, so that doubt ends in
 /// a datagram taken twice, never in one dropped twice).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -268,7 +268,7 @@ pub struct UdpFlow {
     /// (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
     pub first_seen: u64,
     /// When this node last recorded a datagram of it (at most
-    /// [`UDP_REFRESH_NS`] behind the last datagram).
+    /// [`UDP_KEEP_MARGIN_NS`] behind the last datagram).
     pub last_seen: u64,
     /// 1 when this node accepted the last datagram it recorded. A word
     /// and a word of padding, not a byte and seven: the kernel program
@@ -301,24 +301,42 @@ pub fn incoming_takes_syn(cut: u64) -> bool {
 
 /// How far `bpf_ktime_get_coarse_ns` may lag `bpf_ktime_get_ns` and
 /// [`udp_owned_unchanged`] still hold: the coarse clock is the time of the
-/// last tick (4 ms at `CONFIG_HZ=250`, 10 ms at 100), kept current on a
-/// CPU that handles interrupts.
+/// last tick (4 ms at `CONFIG_HZ=250`, 10 ms at 100), brought up to date
+/// when a CPU leaves idle on an interrupt. Should it lag more (a virtual
+/// CPU descheduled that long), a refresh is skipped and `last_seen` trails
+/// the flow by that much more: a flow within that much of `udp_idle` may
+/// then go from a draining node to the new owner early.
 pub const COARSE_LAG_NS: u64 = 20_000_000;
 
-/// Whether a datagram of a flow whose entry is `entry`, in an `Owned`
-/// bucket, is accepted with nothing to write, judged by a clock reading
+/// How much longer than `udp_idle` an old owner keeps a flow it served:
+/// its `last_seen` may trail the flow's last datagram by up to
+/// [`UDP_REFRESH_NS`], and by [`COARSE_LAG_NS`] more where the refresh was
+/// judged on the coarse clock ([`udp_owned_unchanged`]), differently from
+/// the new owner's.
+pub const UDP_KEEP_MARGIN_NS: u64 = UDP_REFRESH_NS + COARSE_LAG_NS;
+
+/// Whether a datagram of a flow whose entry is `entry`, in a bucket in
+/// `state`, is accepted with nothing to write, judged by a clock reading
 /// `coarse_now` that lags the precise one by at most [`COARSE_LAG_NS`]:
-/// then [`udp_decision`] would say the same at the precise time. The
-/// common case (a flow this node serves, refreshed less than
-/// `UDP_REFRESH_NS - COARSE_LAG_NS` ago) costs no precise clock read.
+/// then [`udp_decision`] would say the same at the precise time. Only in
+/// an `Owned` bucket: the common case (a flow this node serves, refreshed
+/// less than `UDP_REFRESH_NS - COARSE_LAG_NS` ago) costs no precise clock
+/// read.
 #[inline(always)]
-pub fn udp_owned_unchanged(entry: &UdpFlow, coarse_now: u64, idle_ns: u64) -> bool {
+pub fn udp_owned_unchanged(
+    state: BucketState,
+    entry: &UdpFlow,
+    coarse_now: u64,
+    idle_ns: u64,
+) -> bool {
     let limit = if idle_ns < UDP_REFRESH_NS {
         idle_ns
     } else {
         UDP_REFRESH_NS
     };
-    entry.mine != 0 && coarse_now.saturating_sub(entry.last_seen) + COARSE_LAG_NS < limit
+    state == BucketState::Owned
+        && entry.mine != 0
+        && coarse_now.saturating_sub(entry.last_seen) + COARSE_LAG_NS < limit
 }
 
 /// The decision on one UDP datagram of a rule in a bucket in `state`, at
@@ -343,11 +361,11 @@ pub fn udp_decision(
     let accept = match state {
         BucketState::Owned => true,
         BucketState::NotMine => false,
-        // `last_seen` may lag the last datagram by up to UDP_REFRESH_NS,
+        // `last_seen` may lag the last datagram by up to UDP_KEEP_MARGIN_NS,
         // differently on the new owner: the old owner keeps its flows that
         // much longer, so that the two never both let one go.
         BucketState::Draining => {
-            matches!(entry, Some(e) if e.mine != 0 && age(e) < idle_ns.saturating_add(UDP_REFRESH_NS))
+            matches!(entry, Some(e) if e.mine != 0 && age(e) < idle_ns.saturating_add(UDP_KEEP_MARGIN_NS))
         }
         BucketState::Incoming => match fresh {
             Some(e) if e.mine != 0 => true,

@@ -714,17 +714,26 @@ fn bucket_cut(settings: &FarmSettings, bucket: u32) -> u64 {
 /// which the verifier refuses (`R4 !read_ok`).
 #[inline(never)]
 fn udp_flow_decision(key: &UdpFlowKey, state: u8, cut: u64, idle_ns: u64) -> u32 {
-    // SAFETY: a map lookup; the entry is read in place (an LRU map frees
-    // a replaced entry only after an RCU grace period).
-    let entry = unsafe { FARM_UDP_FLOWS.get(key) };
+    // SAFETY: a map lookup. The entry is copied at once: an LRU map
+    // reuses a replaced entry for another key without waiting for
+    // readers. Copied into a local behind a reference, not as an
+    // `Option<UdpFlow>`: LLVM's code for that read a register it never set
+    // on the path without an entry (`R4 !read_ok`).
+    let copy: UdpFlow;
+    let entry = match unsafe { FARM_UDP_FLOWS.get(key) } {
+        Some(flow) => {
+            copy = *flow;
+            Some(&copy)
+        }
+        None => None,
+    };
     // Most datagrams: a flow this node serves in a bucket it owns, its
     // entry recent. The coarse clock (the last tick) tells so for a
     // fraction of the precise one's cost.
     if let Some(flow) = entry {
+        let state = BucketState::from_raw(state);
         // SAFETY: the helper only reads the clock.
-        if state == BucketState::Owned as u8
-            && udp_owned_unchanged(flow, unsafe { bpf_ktime_get_coarse_ns() }, idle_ns)
-        {
+        if udp_owned_unchanged(state, flow, unsafe { bpf_ktime_get_coarse_ns() }, idle_ns) {
             return 1;
         }
     }

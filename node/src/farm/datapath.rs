@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::programs::xdp::XdpMode;
-use halo_common::farm::{filter, BucketState, FarmRule, CUT_UNKNOWN, UDP_REFRESH_NS};
+use halo_common::farm::{filter, BucketState, FarmRule, CUT_UNKNOWN, UDP_KEEP_MARGIN_NS};
 
 use super::{
     buckets::BucketTable,
@@ -341,7 +341,8 @@ impl FarmDataPath {
         );
         if let Some(ingress) = &self.ingress {
             // As long as the program keeps them (common::farm::udp_decision).
-            let within = (self.module.udp_idle.as_nanos() as u64).saturating_add(UDP_REFRESH_NS);
+            let within =
+                (self.module.udp_idle.as_nanos() as u64).saturating_add(UDP_KEEP_MARGIN_NS);
             let flows = ingress
                 .udp_flows_served(now, within)
                 .context("reading the UDP flow table")?;

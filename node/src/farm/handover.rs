@@ -26,9 +26,13 @@
 //! moved before and an earlier owner still drains it, the cut is also no
 //! earlier than when that owner stopped taking new flows there (when it
 //! applied the table that took the bucket from it). A node that serves the
-//! bucket no more (its drain ended, or, of power 0, it gave its flows up)
-//! no longer counts: the cut becomes the latest of those that still drain,
-//! so the flows it took after theirs are B's at once. TCP needs only to know
+//! bucket no more (its drain ended, or, of power 0, it gave its flows up;
+//! it shows B's table, or is gone) no longer counts: the cut becomes the
+//! latest of those that still drain, so the flows it took after theirs are
+//! B's at once. A stop time B learned late (a drain it inherited, a table
+//! it saw no report for) is an upper bound: the flows begun between the
+//! real stop and that bound stay with the earlier owner, which never
+//! served them, until its drain ends. TCP needs only to know
 //! that the cut is past: until then B drops SYNs (common::farm::
 //! incoming_takes_syn), which A still answers as the owner.
 //!
@@ -316,6 +320,14 @@ impl Handover {
         // A node drains nothing of this node's table: it applies the table
         // and reports no draining bucket (or is gone).
         let done = |name: &str| applied(name).is_some() && peer(name).is_none_or(|p| !p.draining);
+        // Done, and known to serve nothing in this node's buckets: gone, or
+        // showing this node's table. A peer only waited out (it shows
+        // another table or none) may still own the bucket under its own
+        // table and serve flows in it.
+        let serves_nothing = |name: &str| match peer(name) {
+            None => true,
+            Some(p) => matches!(p.table, PeerTable::Same { .. }) && !p.draining,
+        };
         let mut changed = false;
         for (slot, drainers) in self.slots.iter_mut().zip(self.drainers.iter_mut()) {
             drainers.retain(|node, _| !done(node));
@@ -333,18 +345,20 @@ impl Handover {
                 continue;
             };
             if done(from) {
-                // The old owner serves nothing here any more (its flows
-                // ended, or it gave them up: a node of power 0 at
-                // drain_timeout). Its flows are this node's from now on,
-                // unless an earlier owner still drains: then the bucket
-                // waits for that one alone, below.
                 let Some(next) = drainers.keys().next() else {
                     *slot = Slot::Owned;
                     changed = true;
                     continue;
                 };
-                *from = next.clone();
-                changed = true;
+                if serves_nothing(from) {
+                    // The old owner serves nothing here any more (its
+                    // flows ended, or it gave them up: a node of power 0
+                    // at drain_timeout). Its flows are this node's from
+                    // now on; the bucket waits for the earlier owners
+                    // that still drain alone, below.
+                    *from = next.clone();
+                    changed = true;
+                }
             }
             // The cut is the latest moment one of the nodes that still
             // serve the bucket stopped taking its new flows (each drainer's
@@ -352,7 +366,8 @@ impl Handover {
             // not when it applies this one: waiting for that, new flows
             // begun in between would belong to nobody). A node that serves
             // it no more counts no more: the flows it took after an earlier
-            // owner's cut are this node's, as nobody else answers them.
+            // owner's cut are this node's, as nobody else answers them. One
+            // only waited out counts from the moment it was given up.
             let mut latest = if drainers.contains_key(from.as_str()) {
                 Some(0)
             } else {
@@ -658,8 +673,11 @@ mod tests {
         };
         b.confirm(&reports(true), patient(), 3 * SECOND);
         for x in &moved {
+            // c serves nothing: only a's flows are left to a. b saw no
+            // report between the join and now, so a's stop in the bucket
+            // is known no earlier than its table of now (2 s).
             assert!(
-                matches!(&b.slots()[*x as usize], Slot::Incoming { from, cut: Some(_) } if from == "a"),
+                matches!(&b.slots()[*x as usize], Slot::Incoming { from, cut: Some(cut) } if from == "a" && *cut == 2 * SECOND),
                 "bucket {x} stays incoming while a drains: {:?}",
                 b.slots()[*x as usize]
             );
@@ -773,6 +791,56 @@ mod tests {
         assert!(!b.confirm(&reports, patient(), 21 * SECOND), "settled");
         b.confirm(&|_| peer(heavy_at, false), patient(), 22 * SECOND);
         assert!(moved.iter().all(|x| b.slots()[*x as usize] == Slot::Owned));
+    }
+
+    /// The same, but c is only waited out: it shows another table (behind
+    /// a partial partition, say) and may still own the bucket under it and
+    /// serve its flows there. b keeps leaving those to c: the cut stays c's.
+    #[test]
+    fn an_owner_only_waited_out_keeps_its_flows_while_an_earlier_one_drains() {
+        let alive = |_: &str| true;
+        let mut b = Handover::new("b");
+        let join = table(&[("a", 1), ("b", 1), ("c", 1)]);
+        let heavy = table(&[("a", 1), ("b", 3), ("c", 1)]);
+        let moved: Vec<u16> = (0..BUCKETS as u16)
+            .filter(|&x| {
+                table(&[("a", 1), ("b", 1)]).owner(x) == Some("a")
+                    && join.owner(x) == Some("c")
+                    && heavy.owner(x) == Some("b")
+            })
+            .collect();
+        b.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
+        b.retable(join, &alive, &none(), SECOND);
+        let joined = PeerTable::Same {
+            applied_at: SECOND + SECOND / 2,
+        };
+        b.confirm(&|_| peer(joined, true), patient(), 2 * SECOND);
+        b.retable(heavy, &alive, &none(), 3 * SECOND);
+        let heavy_at = PeerTable::Same {
+            applied_at: 3 * SECOND,
+        };
+        b.confirm(&|_| peer(heavy_at, true), patient(), 4 * SECOND);
+        let waited = Patience {
+            agreement_waited: true,
+            unknown_waited: true,
+        };
+        for (table, at) in [(PeerTable::Other, 20), (PeerTable::Unknown, 21)] {
+            let reports = |name: &str| match name {
+                "a" => peer(heavy_at, true),
+                _ => peer(table, false),
+            };
+            b.confirm(&reports, waited, at * SECOND);
+            for x in &moved {
+                assert_eq!(
+                    b.slots()[*x as usize],
+                    Slot::Incoming {
+                        from: "c".to_owned(),
+                        cut: Some(3 * SECOND)
+                    },
+                    "bucket {x}, c showing {table:?}"
+                );
+            }
+        }
     }
 
     /// Nodes that start together, each first alone: each owned every
@@ -1239,36 +1307,42 @@ mod tests {
 
     /// The program's shortcut for a datagram of a flow it serves in an
     /// owned bucket, on the coarse clock, agrees with the full decision at
-    /// every precise time the coarse reading may stand for, and is taken
-    /// for a flow refreshed recently enough.
+    /// every precise time the coarse reading may stand for, is taken for a
+    /// flow refreshed recently enough, and in no other state.
     #[test]
     fn the_coarse_clock_shortcut_agrees_with_the_udp_decision() {
         use halo_common::farm::{udp_owned_unchanged, UdpFlow, COARSE_LAG_NS, UDP_REFRESH_NS};
         let mut taken = 0;
-        for idle in [50 * MS, UDP_REFRESH_NS, 30 * SECOND] {
-            for mine in [0, 1] {
-                for last_seen in [0, 5 * SECOND] {
-                    let entry = UdpFlow {
-                        first_seen: last_seen.saturating_sub(SECOND),
-                        last_seen,
-                        mine,
-                        _pad: 0,
-                    };
-                    // Coarse readings from before the entry was written
-                    // (the precise clock wrote it) to well past refresh.
-                    for step in 0..400u64 {
-                        let coarse = (last_seen + step * MS / 2).saturating_sub(30 * MS);
-                        if !udp_owned_unchanged(&entry, coarse, idle) {
-                            continue;
-                        }
-                        taken += 1;
-                        for lag in [0, 1, COARSE_LAG_NS / 2, COARSE_LAG_NS] {
-                            let precise = (coarse + lag).max(last_seen);
-                            assert_eq!(
-                                udp_decision(Owned, Some(&entry), precise, idle, CUT_UNKNOWN),
-                                (true, None),
-                                "{entry:?} coarse {coarse} precise {precise} idle {idle}"
-                            );
+        for state in [Owned, NotMine, Draining, Incoming] {
+            for idle in [50 * MS, UDP_REFRESH_NS, 30 * SECOND] {
+                for mine in [0, 1] {
+                    for last_seen in [0, 5 * SECOND] {
+                        let entry = UdpFlow {
+                            first_seen: last_seen.saturating_sub(SECOND),
+                            last_seen,
+                            mine,
+                            _pad: 0,
+                        };
+                        // Coarse readings from before the entry was written
+                        // (the precise clock wrote it) to well past refresh.
+                        for step in 0..400u64 {
+                            let coarse = (last_seen + step * MS / 2).saturating_sub(30 * MS);
+                            if !udp_owned_unchanged(state, &entry, coarse, idle) {
+                                continue;
+                            }
+                            taken += 1;
+                            for lag in [0, 1, COARSE_LAG_NS / 2, COARSE_LAG_NS] {
+                                let precise = (coarse + lag).max(last_seen);
+                                // Any cut: the shortcut must not depend on it.
+                                for cut in [0, precise, CUT_UNKNOWN] {
+                                    assert_eq!(
+                                        udp_decision(state, Some(&entry), precise, idle, cut),
+                                        (true, None),
+                                        "{state:?} {entry:?} coarse {coarse} precise {precise} \
+                                         idle {idle} cut {cut}"
+                                    );
+                                }
+                            }
                         }
                     }
                 }
@@ -1281,13 +1355,21 @@ mod tests {
             mine: 1,
             _pad: 0,
         };
-        assert!(udp_owned_unchanged(&served, SECOND + 50 * MS, 30 * SECOND));
-        assert!(!udp_owned_unchanged(&served, SECOND + 90 * MS, 30 * SECOND));
+        let idle = 30 * SECOND;
+        assert!(udp_owned_unchanged(Owned, &served, SECOND + 50 * MS, idle));
+        assert!(!udp_owned_unchanged(Owned, &served, SECOND + 90 * MS, idle));
         assert!(!udp_owned_unchanged(
+            Owned,
             &UdpFlow { mine: 0, ..served },
             SECOND,
-            30 * SECOND
+            idle
         ));
+        for state in [NotMine, Draining, Incoming] {
+            assert!(
+                !udp_owned_unchanged(state, &served, SECOND, idle),
+                "{state:?}"
+            );
+        }
     }
 
     #[test]
