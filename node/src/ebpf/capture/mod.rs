@@ -113,6 +113,11 @@ const LINK_PIN_PREFIX: &str = "link-";
 /// The pinned name of a capture's change counters, which a change of its
 /// roots must bump (captures pinned before it existed have none).
 const GENERATIONS_PIN: &str = "generations";
+/// The pinned names of a capture's root counts, per device and in total,
+/// which its programs test before anything else: a root taken over must
+/// leave them (captures pinned before the eighteenth session have none).
+const DEVS_PIN: &str = "devs";
+const TOTALS_PIN: &str = "totals";
 
 /// The pinned capture of a daemon that died: if one of its modules served
 /// (or stopped less than 5 s before), its programs are still attached and still stop the writers that make
@@ -124,6 +129,13 @@ pub struct PreviousCapture {
     roots: HashMap<MapData, FileKey, RootPolicy>,
     paused: PinnedPaused,
     generations: Option<Array<MapData, u64>>,
+    counts: Option<PinnedCounts>,
+}
+
+/// A pinned capture's root counts (`CAPTURE_DEVS`, `CAPTURE_TOTALS`).
+struct PinnedCounts {
+    devs: HashMap<MapData, u32, RootCount>,
+    totals: Array<MapData, RootCount>,
 }
 
 /// A pinned capture's map of paused tasks, in the layout of the daemon
@@ -232,10 +244,18 @@ impl PreviousCapture {
             )?))?),
             false => None,
         };
+        let counts = match dir.join(DEVS_PIN).exists() && dir.join(TOTALS_PIN).exists() {
+            true => Some(PinnedCounts {
+                devs: HashMap::try_from(aya::maps::Map::HashMap(map(DEVS_PIN)?))?,
+                totals: Array::try_from(aya::maps::Map::Array(map(TOTALS_PIN)?))?,
+            }),
+            false => None,
+        };
         Ok(PreviousCapture {
             roots: HashMap::try_from(aya::maps::Map::HashMap(map(ROOTS_PIN)?))?,
             paused: PinnedPaused::open(map(PAUSED_PIN)?)?,
             generations,
+            counts,
             dir: dir.to_owned(),
         })
     }
@@ -283,6 +303,18 @@ impl PreviousCapture {
                     )
                 })
             }
+        }
+        // Its programs test the counts first: left as they were, a sync of
+        // the device (or of every root) would still be held for this root.
+        if let Some(counts) = &mut self.counts {
+            let remaining: Vec<(u32, bool)> = self
+                .roots
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(key, policy)| (key.dev, policy.flags & ROOT_SYNC_PAUSE != 0))
+                .collect();
+            write_root_counts(&mut counts.devs, &mut counts.totals, &remaining)
+                .with_context(|| format!("updating the root counts in {}", self.dir.display()))?;
         }
         if let Some(generations) = &mut self.generations {
             bump_roots_generation(generations).with_context(|| {
@@ -535,11 +567,15 @@ impl WriteCapture {
         let roots_map = take("CAPTURE_ROOTS")?;
         let paused_map = take("CAPTURE_PAUSED")?;
         let generations_map = take("CAPTURE_GENERATIONS")?;
+        let devs_map = take("CAPTURE_DEVS")?;
+        let totals_map = take("CAPTURE_TOTALS")?;
         if let Some(dir) = &config.pin_dir {
             for (map, name) in [
                 (&roots_map, ROOTS_PIN),
                 (&paused_map, PAUSED_PIN),
                 (&generations_map, GENERATIONS_PIN),
+                (&devs_map, DEVS_PIN),
+                (&totals_map, TOTALS_PIN),
             ] {
                 let path = dir.join(name);
                 map.pin(&path)
@@ -549,8 +585,8 @@ impl WriteCapture {
         let roots_map = HashMap::try_from(roots_map)?;
         let paused = HashMap::try_from(paused_map)?;
         let generations = Array::try_from(generations_map)?;
-        let devs = HashMap::try_from(take("CAPTURE_DEVS")?)?;
-        let totals = Array::try_from(take("CAPTURE_TOTALS")?)?;
+        let devs = HashMap::try_from(devs_map)?;
+        let totals = Array::try_from(totals_map)?;
         let lost = PerCpuArray::try_from(take("CAPTURE_LOST")?)?;
         let events = RingBuf::try_from(take("CAPTURE_EVENTS")?)?;
         Ok(WriteCapture {
@@ -744,24 +780,12 @@ impl WriteCapture {
     /// and makes the verdicts the programs remembered under the old roots
     /// stale.
     fn write_counts(&mut self) -> anyhow::Result<()> {
-        let (per_dev, totals) = root_counts(&self.roots);
-        let stale: Vec<u32> = self
-            .devs
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|dev| !per_dev.contains_key(dev))
+        let roots: Vec<(u32, bool)> = self
+            .roots
+            .iter()
+            .map(|(root, pause)| (st_dev_to_kernel(root.st_dev), *pause))
             .collect();
-        for (dev, count) in &per_dev {
-            self.devs
-                .insert(dev, count, 0)
-                .context("updating CAPTURE_DEVS")?;
-        }
-        for dev in stale {
-            self.devs.remove(&dev).context("updating CAPTURE_DEVS")?;
-        }
-        self.totals
-            .set(0, totals, 0)
-            .context("updating CAPTURE_TOTALS")?;
+        write_root_counts(&mut self.devs, &mut self.totals, &roots)?;
         bump_roots_generation(&mut self.generations).context("updating CAPTURE_GENERATIONS")
     }
 
@@ -1121,17 +1145,41 @@ fn paused_from(tid: u32, task: &PausedTask) -> Paused {
 }
 
 /// The per-device (kernel `s_dev`) and total root counts of `roots`.
-fn root_counts(roots: &BTreeMap<RootId, bool>) -> (StdHashMap<u32, RootCount>, RootCount) {
+fn root_counts(roots: &[(u32, bool)]) -> (StdHashMap<u32, RootCount>, RootCount) {
     let mut per_dev: StdHashMap<u32, RootCount> = StdHashMap::new();
     let mut totals = RootCount::default();
-    for (root, &sync_pause) in roots {
-        let count = per_dev.entry(st_dev_to_kernel(root.st_dev)).or_default();
+    for &(dev, sync_pause) in roots {
+        let count = per_dev.entry(dev).or_default();
         for count in [count, &mut totals] {
             count.roots += 1;
             count.sync_roots += u32::from(sync_pause);
         }
     }
     (per_dev, totals)
+}
+
+/// Writes the counts of `roots` (kernel `s_dev`, `sync_pause`) into a
+/// capture's `CAPTURE_DEVS` and `CAPTURE_TOTALS`, removing the devices
+/// that have none left.
+fn write_root_counts(
+    devs: &mut HashMap<MapData, u32, RootCount>,
+    totals: &mut Array<MapData, RootCount>,
+    roots: &[(u32, bool)],
+) -> anyhow::Result<()> {
+    let (per_dev, total) = root_counts(roots);
+    let stale: Vec<u32> = devs
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|dev| !per_dev.contains_key(dev))
+        .collect();
+    for (dev, count) in &per_dev {
+        devs.insert(dev, count, 0)
+            .context("updating CAPTURE_DEVS")?;
+    }
+    for dev in stale {
+        devs.remove(&dev).context("updating CAPTURE_DEVS")?;
+    }
+    totals.set(0, total, 0).context("updating CAPTURE_TOTALS")
 }
 
 #[cfg(test)]
@@ -1156,29 +1204,11 @@ mod tests {
     fn root_counts_are_per_kernel_device_and_in_total() {
         let sda1 = libc::makedev(8, 1);
         let nvme = libc::makedev(259, 3);
-        let roots = BTreeMap::from([
-            (
-                RootId {
-                    st_dev: sda1,
-                    ino: 2,
-                },
-                true,
-            ),
-            (
-                RootId {
-                    st_dev: sda1,
-                    ino: 9,
-                },
-                false,
-            ),
-            (
-                RootId {
-                    st_dev: nvme,
-                    ino: 2,
-                },
-                false,
-            ),
-        ]);
+        let roots = [
+            (st_dev_to_kernel(sda1), true),
+            (st_dev_to_kernel(sda1), false),
+            (st_dev_to_kernel(nvme), false),
+        ];
         let (per_dev, totals) = root_counts(&roots);
         assert_eq!(
             per_dev[&((8 << 20) | 1)],
@@ -1201,7 +1231,7 @@ mod tests {
                 sync_roots: 1
             }
         );
-        assert_eq!(root_counts(&BTreeMap::new()).1, RootCount::default());
+        assert_eq!(root_counts(&[]).1, RootCount::default());
     }
 
     #[test]

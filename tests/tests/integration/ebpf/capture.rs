@@ -1051,3 +1051,123 @@ fn a_detached_capture_reports_nothing_and_forgets_what_it_could_not_see() {
         "after the re-attach, only the write below the root"
     );
 }
+
+/// `syncfs` on a file beside the roots (on their device), then creates the
+/// file named by its argument.
+const DEVICE_SYNCER: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open("/var/lib/app/beside", os.O_WRONLY | os.O_CREAT, 0o644)
+if libc.syncfs(fd) != 0:
+    raise OSError(ctypes.get_errno(), "syncfs")
+open(sys.argv[1], "w").close()
+"#;
+
+/// Where the helper pins the capture of the "dead daemon", in the lab
+/// host's own bpffs (it goes with the host's mount namespace).
+const DEAD_PINS: &str = "/sys/fs/bpf/halo-capture-test";
+
+/// A dead daemon's capture found in the lab host, retired when dropped
+/// (also when the test fails) and every task it held resumed: its programs
+/// pause syncs machine-wide, whoever calls them.
+struct Dead<'a> {
+    app: &'a Host,
+    capture: Option<ebpf::capture::PreviousCapture>,
+}
+
+impl Drop for Dead<'_> {
+    fn drop(&mut self) {
+        let Some(capture) = self.capture.take() else {
+            return;
+        };
+        if let Ok(tasks) = self.app.enter(|| capture.retire()) {
+            for task in tasks {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(task.pid as i32),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+            }
+        }
+    }
+}
+
+/// A daemon that died left its capture attached with two roots on one
+/// device, one of them `sync_pause`. Once the next daemon takes that root
+/// over, a `syncfs` of the device is no longer held: the dead capture's
+/// root counts, which its programs test first, lose the root too.
+#[test]
+fn a_root_taken_over_from_a_dead_daemons_capture_no_longer_holds_syncs_of_its_device() {
+    let lab = LabBuilder::new("captakeover")
+        .hosts(&["app"])
+        .build()
+        .unwrap();
+    let app = lab.host("app");
+    app.sh("mkdir -p /var/lib/app/taken /var/lib/app/kept")
+        .unwrap();
+    let mut holder = app
+        .spawn(
+            "holder",
+            Command::new(env!("CARGO_BIN_EXE_halo-capture-hold")).args([
+                &format!("{DEAD_PINS}/dead"),
+                "/var/lib/app/taken:pause",
+                "/var/lib/app/kept",
+            ]),
+        )
+        .unwrap();
+    lab::wait_until(WAIT, "the holder's capture attached", || {
+        Ok(holder.log()?.contains("ready"))
+    })
+    .unwrap_or_else(|error| panic!("{error:#}: {}", holder.log().unwrap_or_default()));
+    holder.kill().unwrap();
+    let mut dead = Dead { app, capture: None };
+    let mut found = app
+        .enter(|| {
+            Ok(ebpf::capture::PreviousCapture::find(
+                DEAD_PINS.as_ref(),
+                "/nonexistent".as_ref(),
+            ))
+        })
+        .unwrap();
+    assert_eq!(found.len(), 1, "the dead daemon's pinned capture");
+    let previous = dead.capture.insert(found.remove(0));
+    // Its pins are in the host's bpffs: looked at from there.
+    assert!(app.enter(|| Ok(previous.attached())).unwrap());
+
+    // Dead, its capture still holds a sync of the device, for `taken`.
+    let held_done = app.outside_path("/var/lib/app/held-done");
+    let held = python(
+        app,
+        "held-syncer",
+        &[DEVICE_SYNCER, "/var/lib/app/held-done"],
+    );
+    lab::wait_until(WAIT, "the first syncer held", || Ok(stopped(held.pid()))).unwrap();
+    assert!(!held_done.exists());
+
+    let taken = stat_in(app, "/var/lib/app/taken");
+    let previous = dead.capture.as_mut().unwrap();
+    app.enter(|| previous.take_over(taken)).unwrap();
+    assert!(
+        app.enter(|| Ok(previous.attached())).unwrap(),
+        "`kept` is still the dead capture's"
+    );
+    // What the hub does once the module serves: resume what was held.
+    held.signal(nix::sys::signal::Signal::SIGCONT).unwrap();
+    lab::wait_until(WAIT, "the first syncer done", || Ok(held_done.exists())).unwrap();
+
+    // A sync of the device now concerns `kept` alone, which does not pause.
+    let free_done = app.outside_path("/var/lib/app/free-done");
+    let free = python(
+        app,
+        "free-syncer",
+        &[DEVICE_SYNCER, "/var/lib/app/free-done"],
+    );
+    let result = lab::wait_until(WAIT, "the second syncer done", || {
+        Ok(free_done.exists() || stopped(free.pid()))
+    });
+    assert!(
+        result.is_ok() && free_done.exists(),
+        "a syncfs of the device is held by the dead capture after its only sync_pause root \
+         there was taken over (stopped: {})",
+        stopped(free.pid())
+    );
+}
