@@ -19,6 +19,17 @@ use halo::ebpf::{
 };
 
 fn main() -> Result<()> {
+    // Its capture pauses durability calls machine-wide and nothing resumes
+    // them once it is killed: only inside a lab host, whose own bpffs goes
+    // with it, started by a test outside it (a shell on the machine shares
+    // the machine's mount namespace).
+    let parent = format!("/proc/{}/ns/mnt", std::os::unix::process::parent_id());
+    let own = std::fs::read_link("/proc/self/ns/mnt").context("reading /proc/self/ns/mnt")?;
+    let outside = std::fs::read_link(&parent).with_context(|| format!("reading {parent}"))?;
+    anyhow::ensure!(
+        own != outside,
+        "halo-capture-hold runs only in a lab host's mount namespace, started from outside it"
+    );
     let mut args = std::env::args().skip(1);
     let pin_dir = PathBuf::from(
         args.next()

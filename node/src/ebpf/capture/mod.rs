@@ -244,11 +244,25 @@ impl PreviousCapture {
             )?))?),
             false => None,
         };
+        // Optional: without them a root taken over still counts on its
+        // device until the capture is retired, which is safe; a capture
+        // still holding writers is not dropped for their sake.
         let counts = match dir.join(DEVS_PIN).exists() && dir.join(TOTALS_PIN).exists() {
-            true => Some(PinnedCounts {
-                devs: HashMap::try_from(aya::maps::Map::HashMap(map(DEVS_PIN)?))?,
-                totals: Array::try_from(aya::maps::Map::Array(map(TOTALS_PIN)?))?,
-            }),
+            true => {
+                let opened = || -> anyhow::Result<PinnedCounts> {
+                    Ok(PinnedCounts {
+                        devs: HashMap::try_from(aya::maps::Map::HashMap(map(DEVS_PIN)?))?,
+                        totals: Array::try_from(aya::maps::Map::Array(map(TOTALS_PIN)?))?,
+                    })
+                };
+                match opened() {
+                    Ok(counts) => Some(counts),
+                    Err(error) => {
+                        tracing::warn!(dir = %dir.display(), error = %format!("{error:#}"), "cannot open a dead daemon's root counts: a root taken over from it still counts on its device until it is retired");
+                        None
+                    }
+                }
+            }
             false => None,
         };
         Ok(PreviousCapture {
@@ -306,21 +320,31 @@ impl PreviousCapture {
         }
         // Its programs test the counts first: left as they were, a sync of
         // the device (or of every root) would still be held for this root.
-        if let Some(counts) = &mut self.counts {
-            let remaining: Vec<(u32, bool)> = self
+        // Counted from the whole map, or not at all: a walk cut short would
+        // drop roots it still holds (and the pauses their writers need).
+        let counted = match &mut self.counts {
+            Some(counts) => self
                 .roots
                 .iter()
-                .filter_map(Result::ok)
-                .map(|(key, policy)| (key.dev, policy.flags & ROOT_SYNC_PAUSE != 0))
-                .collect();
-            write_root_counts(&mut counts.devs, &mut counts.totals, &remaining)
-                .with_context(|| format!("updating the root counts in {}", self.dir.display()))?;
-        }
+                .map(|entry| {
+                    entry.map(|(key, policy)| (key.dev, policy.flags & ROOT_SYNC_PAUSE != 0))
+                })
+                .collect::<Result<Vec<(u32, bool)>, _>>()
+                .map_err(anyhow::Error::from)
+                .and_then(|remaining| {
+                    write_root_counts(&mut counts.devs, &mut counts.totals, &remaining)
+                })
+                .with_context(|| format!("updating the root counts in {}", self.dir.display())),
+            None => Ok(()),
+        };
+        // Bumped whatever became of the counts: the verdicts its programs
+        // remembered under the root must go.
         if let Some(generations) = &mut self.generations {
             bump_roots_generation(generations).with_context(|| {
                 format!("updating {}", self.dir.join(GENERATIONS_PIN).display())
             })?;
         }
+        counted?;
         let tasks: Vec<Paused> = self
             .paused_tasks()
             .into_iter()
