@@ -714,6 +714,7 @@ fn bucket_cut(settings: &FarmSettings, bucket: u32) -> u64 {
 /// which the verifier refuses (`R4 !read_ok`).
 #[inline(never)]
 fn udp_flow_decision(key: &UdpFlowKey, state: u8, cut: u64, idle_ns: u64) -> u32 {
+    let state = BucketState::from_raw(state);
     // SAFETY: a map lookup. The entry is copied at once: an LRU map
     // reuses a replaced entry for another key without waiting for
     // readers. Copied into a local behind a reference, not as an
@@ -731,7 +732,6 @@ fn udp_flow_decision(key: &UdpFlowKey, state: u8, cut: u64, idle_ns: u64) -> u32
     // entry recent. The coarse clock (the last tick) tells so for a
     // fraction of the precise one's cost.
     if let Some(flow) = entry {
-        let state = BucketState::from_raw(state);
         // SAFETY: the helper only reads the clock.
         if udp_owned_unchanged(state, flow, unsafe { bpf_ktime_get_coarse_ns() }, idle_ns) {
             return 1;
@@ -739,7 +739,7 @@ fn udp_flow_decision(key: &UdpFlowKey, state: u8, cut: u64, idle_ns: u64) -> u32
     }
     // SAFETY: the helper only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (keep, write) = udp_decision(BucketState::from_raw(state), entry, now, idle_ns, cut);
+    let (keep, write) = udp_decision(state, entry, now, idle_ns, cut);
     if let Some(flow) = write {
         let _ = FARM_UDP_FLOWS.insert(key, flow, 0);
     }

@@ -686,33 +686,39 @@ mod tests {
         assert!(moved.iter().all(|x| b.slots()[*x as usize] == Slot::Owned));
     }
 
-    #[test]
-    fn an_earlier_owner_still_draining_gives_the_cut_from_when_it_stopped_taking_new_flows() {
+    /// b's view of the buckets that go a -> c -> b: c joins a and b at
+    /// 1 s (a applies that table at 1.5 s and keeps draining the flows it
+    /// had there), then b's power goes up at 3 s. Returns b and the
+    /// buckets, which are Incoming on b.
+    fn moved_a_c_b() -> (Handover, Vec<u16>) {
         let alive = |_: &str| true;
-        let mut b = Handover::new("b");
+        let two = table(&[("a", 1), ("b", 1)]);
         let join = table(&[("a", 1), ("b", 1), ("c", 1)]);
         let heavy = table(&[("a", 1), ("b", 3), ("c", 1)]);
         let moved: Vec<u16> = (0..BUCKETS as u16)
             .filter(|&x| {
-                table(&[("a", 1), ("b", 1)]).owner(x) == Some("a")
+                two.owner(x) == Some("a")
                     && join.owner(x) == Some("c")
                     && heavy.owner(x) == Some("b")
             })
             .collect();
         assert!(!moved.is_empty(), "some bucket goes a -> c -> b");
-        b.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
+        let mut b = Handover::new("b");
+        b.retable(two, &alive, &none(), 0);
         b.retable(join, &alive, &none(), SECOND);
-        // a applies the join's table at 1.5 s (it stops taking new flows
-        // in the buckets c gets) and keeps draining their old flows.
         let joined = PeerTable::Same {
             applied_at: SECOND + SECOND / 2,
         };
         b.confirm(&|_| peer(joined, true), patient(), 2 * SECOND);
-
-        // Then b's power goes up: those buckets move from c to b. c applies
-        // the new table at 3 s and drains what it served there; a, slower,
-        // has not read it yet.
         b.retable(heavy, &alive, &none(), 3 * SECOND);
+        (b, moved)
+    }
+
+    #[test]
+    fn an_earlier_owner_still_draining_gives_the_cut_from_when_it_stopped_taking_new_flows() {
+        // c applies the new table at 3 s and drains what it served there;
+        // a, slower, has not read it yet.
+        let (mut b, moved) = moved_a_c_b();
         let heavy_at = |at| PeerTable::Same { applied_at: at };
         let reports = |name: &str| match name {
             "c" => peer(heavy_at(3 * SECOND), true),
@@ -741,25 +747,7 @@ mod tests {
     /// a's own old flows last.
     #[test]
     fn the_flows_of_an_owner_that_serves_no_more_go_to_the_new_owner_while_an_earlier_one_drains() {
-        let alive = |_: &str| true;
-        let mut b = Handover::new("b");
-        let join = table(&[("a", 1), ("b", 1), ("c", 1)]);
-        let heavy = table(&[("a", 1), ("b", 3), ("c", 1)]);
-        let moved: Vec<u16> = (0..BUCKETS as u16)
-            .filter(|&x| {
-                table(&[("a", 1), ("b", 1)]).owner(x) == Some("a")
-                    && join.owner(x) == Some("c")
-                    && heavy.owner(x) == Some("b")
-            })
-            .collect();
-        assert!(!moved.is_empty(), "some bucket goes a -> c -> b");
-        b.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
-        b.retable(join, &alive, &none(), SECOND);
-        let joined = PeerTable::Same {
-            applied_at: SECOND + SECOND / 2,
-        };
-        b.confirm(&|_| peer(joined, true), patient(), 2 * SECOND);
-        b.retable(heavy, &alive, &none(), 3 * SECOND);
+        let (mut b, moved) = moved_a_c_b();
         let heavy_at = PeerTable::Same {
             applied_at: 3 * SECOND,
         };
@@ -798,24 +786,7 @@ mod tests {
     /// serve its flows there. b keeps leaving those to c: the cut stays c's.
     #[test]
     fn an_owner_only_waited_out_keeps_its_flows_while_an_earlier_one_drains() {
-        let alive = |_: &str| true;
-        let mut b = Handover::new("b");
-        let join = table(&[("a", 1), ("b", 1), ("c", 1)]);
-        let heavy = table(&[("a", 1), ("b", 3), ("c", 1)]);
-        let moved: Vec<u16> = (0..BUCKETS as u16)
-            .filter(|&x| {
-                table(&[("a", 1), ("b", 1)]).owner(x) == Some("a")
-                    && join.owner(x) == Some("c")
-                    && heavy.owner(x) == Some("b")
-            })
-            .collect();
-        b.retable(table(&[("a", 1), ("b", 1)]), &alive, &none(), 0);
-        b.retable(join, &alive, &none(), SECOND);
-        let joined = PeerTable::Same {
-            applied_at: SECOND + SECOND / 2,
-        };
-        b.confirm(&|_| peer(joined, true), patient(), 2 * SECOND);
-        b.retable(heavy, &alive, &none(), 3 * SECOND);
+        let (mut b, moved) = moved_a_c_b();
         let heavy_at = PeerTable::Same {
             applied_at: 3 * SECOND,
         };
